@@ -1,0 +1,134 @@
+"""Command line: `reasonbudget run`, `reasonbudget models`.
+
+User mistakes (unknown model, bad budget, empty question, prompt too long) end with one `error:` line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Thinking budgets for reasoning LLMs.")
+
+METHOD_NAMES = ("plain", "budget-forcing", "nothinking")
+DEFAULT_BUDGET = 256
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported in one line, exit code 2."""
+
+
+def parse_budget(text: str | None, method: str) -> int | None:
+    if text is None:
+        return DEFAULT_BUDGET if method == "budget-forcing" else None
+    if method != "budget-forcing":
+        raise UserError(f"--budget applies to budget-forcing only, not to {method}")
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--budget must be a whole number of thinking tokens >= 1, got {text!r}") from None
+    if value < 1:
+        raise UserError(f"--budget must be >= 1 thinking tokens, got {value}")
+    return value
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    question: str = typer.Argument(..., help="The question to solve."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
+    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking"),
+    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budget-forcing; default {DEFAULT_BUDGET})."),
+    min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, help="Seed of this request's torch.Generator."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Solve one question under a thinking budget and print thinking, answer and usage."""
+    try:
+        result, elapsed, b = _run(question, model, method, budget, min_budget, temperature, top_p, seed, dtype)
+    except UserError as e:
+        _fail(str(e))
+        return
+    if as_json:
+        typer.echo(json.dumps({"model": model, "method": method, "budget": b, "answer": result.answer,
+                               "thinking": result.thinking, "finish_reason": result.finish_reason,
+                               "usage": result.usage.to_dict(), "trace": dict(result.trace)}))
+        return
+    _print_human(result, method, b, elapsed)
+
+
+def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype):
+    import torch
+
+    from reasonbudget.engine import Engine, PromptTooLongError, SamplingConfig
+    from reasonbudget.methods import METHODS
+    from reasonbudget.methods.budget import BudgetForcingConfig, NoThinkingConfig, PlainConfig
+    from reasonbudget.models import ModelNotFoundError, build_prompt, load_model
+
+    if method not in METHOD_NAMES:
+        raise UserError(f"unknown method {method!r}; available: {', '.join(METHOD_NAMES)}")
+    b = parse_budget(budget, method)
+    if not question.strip():
+        raise UserError("the question is empty")
+    try:
+        sampling = SamplingConfig(temperature=temperature, top_p=top_p)
+        config = {"plain": lambda: PlainConfig(sampling=sampling),
+                  "budget-forcing": lambda: BudgetForcingConfig(sampling=sampling, min_thinking_tokens=min_budget),
+                  "nothinking": lambda: NoThinkingConfig(sampling=sampling)}[method]()
+        lm = load_model(model_name, dtype=dtype)
+        engine = Engine(lm)
+        t0 = time.perf_counter()
+        result = METHODS[method](config).run(engine, [build_prompt(lm, question)], budget=b,
+                                             generator=torch.Generator().manual_seed(seed))[0]
+    except (ModelNotFoundError, PromptTooLongError, ValueError) as e:
+        raise UserError(str(e)) from None
+    return result, time.perf_counter() - t0, b
+
+
+def _print_human(result, method: str, budget: int | None, elapsed: float) -> None:
+    u = result.usage
+    limit = f" of {budget}" if budget is not None else ""
+    typer.echo(f"--- thinking ({u.thinking_tokens}{limit} tokens) ---")
+    typer.echo(result.thinking or "(none)")
+    typer.echo("--- answer ---")
+    typer.echo(result.answer)
+    typer.echo("--- usage ---")
+    tps = u.completion_tokens / elapsed if elapsed > 0 else 0.0
+    typer.echo(f"method {method} | prompt {u.prompt_tokens} | thinking {u.thinking_tokens} | forced "
+               f"{u.forced_tokens} | answer {u.answer_tokens} tokens | {elapsed:.1f} s ({tps:.0f} tok/s) | "
+               f"finish {result.finish_reason}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models and whether they are installed."""
+    from reasonbudget.models import available_models
+
+    for entry, path in available_models():
+        where = str(path) if path else f"not installed ({entry.how_to_get})"
+        typer.echo(f"{entry.name:22s} {entry.description}\n{'':22s} {where}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

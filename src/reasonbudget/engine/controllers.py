@@ -1,0 +1,95 @@
+"""Per-row controllers: they see a row's logits (and hidden states, on request) before sampling and each
+emitted token after it, and answer with an `Action`. Budget forcing, budget guidance and stop-at-step are
+controllers, so the decode loop stays one loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from reasonbudget.types import TokenIds
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    force: TokenIds = ()
+    """Tokens the row must emit next, before sampling resumes."""
+    replace: bool = False
+    """Drop the token just produced; force[0] takes its place."""
+    rollback: int = 0
+    """With replace: also drop this many earlier tokens of the row (the KV cache is truncated)."""
+    stop: bool = False
+    """Finish the row after this token."""
+
+
+KEEP = Action()
+
+
+class Controller:
+    """Base class: a controller that changes nothing."""
+
+    hidden_layers: tuple[int, ...] = ()
+
+    def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
+        """logits [V] of this row (float32) -> modified logits [V]. hidden: layer -> [d]."""
+        return logits
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        return KEEP
+
+
+class MarkerDetector:
+    """Tells when a text marker is completed by the newest token, decoding only a short tail of tokens."""
+
+    def __init__(self, marker: str, decode: Callable[[list[int]], str], marker_ids: TokenIds) -> None:
+        self.marker, self.decode = marker, decode
+        self.single_id = marker_ids[0] if len(marker_ids) == 1 else None
+        self.window = 2 * len(marker_ids) + 4
+        self.tail: list[int] = []
+
+    def push(self, token: int) -> int:
+        """Feed a token; returns 0 if the marker is not completed, else how many tail tokens it spans."""
+        self.tail = (self.tail + [token])[-self.window :]
+        if self.single_id is not None:
+            return int(token == self.single_id)
+        if self.marker not in self.decode(self.tail) or self.marker in self.decode(self.tail[:-1]):
+            return 0
+        for n in range(1, len(self.tail) + 1):  # the shortest suffix that contains the marker
+            if self.marker in self.decode(self.tail[-n:]):
+                return n
+        return len(self.tail)
+
+    def pop(self, n: int) -> None:
+        del self.tail[len(self.tail) - n :]
+
+
+class StopOnText(Controller):
+    """Finishes the row once any of `stops` has been generated (stop strings, the step delimiter)."""
+
+    def __init__(self, stops: Sequence[str], decode: Callable[[list[int]], str],
+                 encode: Callable[[str], TokenIds]) -> None:
+        self.detectors = [MarkerDetector(s, decode, encode(s)) for s in stops]
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        hit = [d.push(token) for d in self.detectors]
+        return Action(stop=True) if any(hit) else KEEP
+
+
+class Chain(Controller):
+    """Several controllers on one row: logits pass through each; the first non-trivial action wins."""
+
+    def __init__(self, *controllers: Controller) -> None:
+        self.controllers = controllers
+        self.hidden_layers = tuple(sorted({i for c in controllers for i in c.hidden_layers}))
+
+    def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
+        for c in self.controllers:
+            logits = c.process_logits(logits, hidden)
+        return logits
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        actions = [c.on_token(token, forced) for c in self.controllers]
+        return next((a for a in actions if a != KEEP), KEEP)

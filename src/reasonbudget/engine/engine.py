@@ -1,0 +1,204 @@
+"""The batched decode loop: the only hot loop in reasonbudget.
+
+Each row keeps its token history; the KV cache holds all of it but the last token, which is fed on the next
+forward. So a decode step is: feed every active row's last token, let controllers see the logits, sample,
+let controllers see the token (force, replace, roll back, stop), check stop rules. Rows are independent:
+ragged lengths, their own controllers, their own generator, their own stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Generator, Tensor
+
+from reasonbudget.engine.controllers import Controller
+from reasonbudget.engine.sampling import SamplingConfig, child_generators, sample
+from reasonbudget.models.registry import LoadedModel
+from reasonbudget.types import TokenIds
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: TokenIds
+    forced: tuple[bool, ...]  # per token: injected by a controller rather than sampled
+    finish_reason: str  # "eos" | "length" | "stop"
+    forward_passes: int
+
+
+@dataclass
+class EngineStats:
+    """Counters since creation: what the backend actually processed."""
+
+    forward_passes: int = 0
+    tokens_processed: int = 0
+    seconds: float = field(default=0.0)
+
+
+class Engine:
+    def __init__(self, model: LoadedModel, *, prefill_chunk_tokens: int = 4096) -> None:
+        self.model = model
+        self.backend = model.backend
+        self.cache = None
+        self.history: dict[int, list[int]] = {}
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.stats = EngineStats()
+
+    # ---- rows -------------------------------------------------------------------------------------------
+    def _ensure_cache(self, num_rows: int, capacity: int) -> None:
+        c = self.cache
+        if c is not None and int((~c.in_use).sum()) >= num_rows and c.capacity >= capacity:
+            return
+        if c is not None and bool(c.in_use.any()):
+            raise RuntimeError("KV cache too small while rows are live; release rows or reserve more up front")
+        rows = max(num_rows, 1 if c is None else c.num_rows)
+        cap = max(capacity, 0 if c is None else c.capacity)
+        self.cache = None  # free the old one before allocating
+        self.cache = self.backend.new_cache(rows, cap)
+
+    def reserve(self, num_rows: int, capacity: int) -> None:
+        """Make room for `num_rows` rows of `capacity` tokens (call before forking many rows)."""
+        self._ensure_cache(num_rows, min(capacity, self.model.context_length))
+
+    def release(self, rows: Tensor) -> None:
+        self.cache.free(rows)
+        for r in rows.tolist():
+            self.history.pop(r, None)
+
+    def tokens(self, row: int) -> list[int]:
+        return self.history[row]
+
+    def fork(self, rows: Tensor) -> Tensor:
+        new = self.cache.fork(rows)
+        for s, d in zip(rows.tolist(), new.tolist()):
+            self.history[d] = list(self.history[s])
+        return new
+
+    def reorder(self, rows: Tensor, src_rows: Tensor) -> None:
+        hist = [list(self.history[s]) for s in src_rows.tolist()]
+        self.cache.reorder(rows, src_rows)
+        for d, h in zip(rows.tolist(), hist):
+            self.history[d] = h
+
+    def truncate(self, rows: Tensor, num_tokens: Tensor) -> None:
+        """Rollback: row keeps its first num_tokens tokens (prompt included)."""
+        for r, n in zip(rows.tolist(), num_tokens.tolist()):
+            del self.history[r][n:]
+        self.cache.truncate(rows, num_tokens - 1)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+    def _forward(self, tokens: Tensor, rows: Tensor, logits_at: Tensor, hidden_layers: Sequence[int]):
+        t0 = time.perf_counter()
+        out = self.backend(tokens, self.cache, rows, logits_at=logits_at, hidden_layers=hidden_layers)
+        self.stats.forward_passes += 1
+        self.stats.tokens_processed += tokens.numel()
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[TokenIds], *, max_new_tokens: int) -> Tensor:
+        """Allocate one row per prompt and write all but each prompt's last token into the cache."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.model.context_length:
+            raise PromptTooLongError(
+                f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the context of "
+                f"{self.model.name} ({self.model.context_length} tokens)")
+        self._ensure_cache(len(prompts), longest + max_new_tokens)
+        rows = self.cache.allocate(len(prompts))
+        for r, p in zip(rows.tolist(), prompts):
+            self.history[r] = list(p)
+        # chunks of rows keep the padded [R, T] prefill within a token budget
+        per_chunk = max(1, self.prefill_chunk_tokens // max(longest - 1, 1))
+        for i in range(0, len(prompts), per_chunk):
+            chunk, chunk_rows = prompts[i : i + per_chunk], rows[i : i + per_chunk]
+            t = max(len(p) for p in chunk) - 1
+            if t == 0:
+                continue
+            tokens = torch.zeros(len(chunk), t, dtype=torch.long)
+            for j, p in enumerate(chunk):
+                tokens[j, : len(p) - 1] = torch.tensor(p[:-1])
+            self._forward(tokens, chunk_rows, torch.zeros(len(chunk), dtype=torch.long), ())
+            self.cache.lengths[chunk_rows] = torch.tensor([len(p) - 1 for p in chunk])
+        return rows
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        rows: Tensor,
+        *,
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        generator: Generator | None = None,
+        controllers: Sequence[Controller | None] | None = None,
+        stop_on_eos: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[Decoded]:
+        """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order."""
+        n = rows.numel()
+        ctrl = list(controllers) if controllers is not None else [None] * n
+        gens = None if sampling.greedy else child_generators(generator or _missing_generator(), n)
+        layers = tuple(sorted({i for c in ctrl if c is not None for i in c.hidden_layers}))
+        eos = self.model.eos_ids if stop_on_eos else frozenset()
+        out: list[list[int]] = [[] for _ in range(n)]
+        forced: list[list[bool]] = [[] for _ in range(n)]
+        queue: list[deque[int]] = [deque() for _ in range(n)]
+        finish, passes = [""] * n, [0] * n
+        active = list(range(n))
+        zeros = torch.zeros(n, dtype=torch.long)
+        while active:
+            act_rows = rows[active]
+            feed = torch.tensor([[self.history[r][-1]] for r in act_rows.tolist()])
+            fo = self._forward(feed, act_rows, zeros[: len(active)], layers)
+            self.cache.lengths[act_rows] += 1
+            logits = fo.logits  # [A, V]
+            for j, i in enumerate(active):
+                passes[i] += 1
+                if ctrl[i] is not None and not queue[i]:
+                    hidden = {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None
+                    logits[j] = ctrl[i].process_logits(logits[j], hidden)
+            sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
+            still = []
+            for j, i in enumerate(active):
+                row = int(rows[i])
+                tok, is_forced = (queue[i].popleft(), True) if queue[i] else (sampled[j], False)
+                stop = False
+                if ctrl[i] is not None:
+                    act = ctrl[i].on_token(tok, is_forced)
+                    if act.replace:
+                        if act.rollback:
+                            del out[i][-act.rollback :], forced[i][-act.rollback :], self.history[row][-act.rollback :]
+                            self.cache.lengths[row] -= act.rollback
+                        tok, is_forced = act.force[0], True
+                        queue[i].extendleft(reversed(act.force[1:]))
+                    else:
+                        queue[i].extend(act.force)
+                    stop = act.stop
+                out[i].append(tok)
+                forced[i].append(is_forced)
+                self.history[row].append(tok)
+                if stop:
+                    finish[i] = "stop"
+                elif not is_forced and tok in eos:
+                    finish[i] = "eos"
+                elif len(out[i]) >= max_new_tokens:
+                    finish[i] = "length"
+                else:
+                    still.append(i)
+            active = still
+            if on_step is not None:
+                on_step(len(active))
+        return [Decoded(tuple(o), tuple(f), r, p) for o, f, r, p in zip(out, forced, finish, passes)]
+
+
+def _missing_generator() -> Generator:
+    raise ValueError("sampling with temperature > 0 needs a torch.Generator (seed it at the entry point)")

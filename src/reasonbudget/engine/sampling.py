@@ -1,0 +1,84 @@
+"""Pure sampling functions: temperature, top-k, top-p, and seeded draws.
+
+Draws use the exponential race (argmax p_i / E_i with E_i ~ Exp(1) is a draw from p), one generator per
+row, so a row's tokens do not depend on which other rows are still running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Generator, Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    temperature: float = 0.0
+    """0 means greedy (argmax)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens whose probability mass is at least top_p."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 keeps all."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_top_k(logits: Tensor, k: int) -> Tensor:
+    """logits [R, V] -> logits with all but the k largest per row set to -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter on logits [R, V]: keeps the smallest prefix (by probability) whose mass is >= p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+    drop_sorted = mass_before >= p  # the argmax always has mass_before = 0 and survives
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def probabilities(logits: Tensor, cfg: SamplingConfig) -> Tensor:
+    """The distribution actually sampled from: [R, V] logits -> [R, V] probs (temperature > 0)."""
+    x = logits.float() / cfg.temperature
+    return apply_top_p(apply_top_k(x, cfg.top_k), cfg.top_p).softmax(-1)
+
+
+def draw(probs: Tensor, generators: Sequence[Generator]) -> Tensor:
+    """One token per row of probs [R, V] with that row's generator -> [R]."""
+    race = torch.empty_like(probs)
+    for r, g in enumerate(generators):
+        race[r].exponential_(generator=g)
+    return (probs / race).argmax(-1)
+
+
+def sample(logits: Tensor, cfg: SamplingConfig, generators: Sequence[Generator] | None) -> Tensor:
+    """logits [R, V] -> token ids [R]."""
+    if cfg.greedy:
+        return logits.argmax(-1)
+    if generators is None or len(generators) != logits.shape[0]:
+        raise ValueError("sampling with temperature > 0 needs one torch.Generator per row")
+    return draw(probabilities(logits, cfg), generators)
+
+
+def child_generators(parent: Generator, n: int) -> list[Generator]:
+    """n independent generators derived deterministically from `parent`."""
+    seeds = torch.randint(0, 2**62, (n,), generator=parent).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]

@@ -1,0 +1,102 @@
+"""The `Method` interface, the method registry, and the shared budgeted run behind the budget methods."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig, BudgetController, ProfileTokens
+from reasonbudget.engine.engine import Decoded, Engine, PromptTooLongError
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.models.registry import LoadedModel
+from reasonbudget.types import MethodResult, TokenIds, Usage
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generator) -> list[MethodResult]: ...
+
+
+METHODS: dict[str, Callable[..., Method]] = {}
+
+
+def register(cls: type) -> type:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def profile_tokens(model: LoadedModel) -> ProfileTokens:
+    p = model.profile
+    return ProfileTokens(close=p.think_close, close_ids=model.encode(p.think_close),
+                         forcing_ids=model.encode(p.forcing), wait_ids=model.encode(p.wait), eos_ids=model.eos_ids,
+                         answer_stop=p.answer_stop)
+
+
+def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool) -> tuple[str, str]:
+    """(thinking, answer) text of generated tokens; EOS tokens are dropped."""
+    text = model.decode([t for t in tokens if t not in model.eos_ids])
+    if thinking_done:
+        return "", text.strip()
+    close = model.profile.think_close
+    if close not in text:
+        return text.strip(), ""
+    thinking, answer = text.split(close, 1)
+    return thinking.strip(), answer.strip()
+
+
+@dataclass(frozen=True)
+class BudgetedRun:
+    """One batched decode under a `BudgetConfig`: the shared core of plain CoT, budget forcing, NoThinking."""
+
+    budget: BudgetConfig
+    sampling: SamplingConfig
+    prefill_text: str = ""
+    """Appended to every prompt (NoThinking prefills a finished thinking block)."""
+
+    def max_new_tokens(self, ptok: ProfileTokens) -> int:
+        b = self.budget
+        thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else 4096
+        waits = b.max_waits * len(ptok.wait_ids)
+        return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
+
+    def __call__(self, engine: Engine, prompts: Sequence[TokenIds], generator: Generator) -> list[MethodResult]:
+        model = engine.model
+        ptok = profile_tokens(model)
+        in_answer = bool(self.prefill_text)
+        prompts = [tuple(p) + model.encode(self.prefill_text) for p in prompts] if in_answer else list(prompts)
+        t0 = time.perf_counter()
+        longest = max(len(p) for p in prompts)
+        room, needed = model.context_length - longest, len(ptok.forcing_ids) + 16
+        if room < needed:
+            raise PromptTooLongError(f"the prompt has {longest} tokens and {model.name}'s context is "
+                                     f"{model.context_length}; at least {needed} tokens must remain for the answer")
+        limit = min(self.max_new_tokens(ptok), room)
+        rows = engine.prefill(prompts, max_new_tokens=limit)
+        ctrls = [BudgetController(self.budget, ptok, model.decode, start_in_answer=in_answer) for _ in prompts]
+        try:
+            decoded = engine.decode(rows, max_new_tokens=limit, sampling=self.sampling, generator=generator,
+                                    controllers=ctrls)
+        finally:
+            engine.release(rows)
+        wall = (time.perf_counter() - t0) / len(prompts)
+        return [_result(model, p, d, c, wall, in_answer) for p, d, c in zip(prompts, decoded, ctrls)]
+
+
+def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,
+            in_answer: bool) -> MethodResult:
+    thinking, answer = split_thinking(model, d.tokens, thinking_done=in_answer)
+    processed = len(prompt) + len(d.tokens)
+    usage = Usage(prompt_tokens=len(prompt), thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
+                  answer_tokens=c.state.answer_tokens, tokens_by_model={model.name: processed},
+                  forward_passes_by_model={model.name: d.forward_passes + 1}, wall_seconds=wall,
+                  energy_flops=2.0 * model.num_params * processed)
+    trace = {"waits": c.state.waits, "forced_close": c.forced_close,
+             "answer_has_text": c.answer_has_text}
+    return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,
+                        finish_reason=d.finish_reason, trace=trace)

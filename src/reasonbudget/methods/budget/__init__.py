@@ -1,0 +1,5 @@
+from reasonbudget.methods.budget.forcing import BudgetForcing, BudgetForcingConfig
+from reasonbudget.methods.budget.nothinking import NoThinking, NoThinkingConfig
+from reasonbudget.methods.budget.plain import PlainConfig, PlainCoT
+
+__all__ = ["BudgetForcing", "BudgetForcingConfig", "NoThinking", "NoThinkingConfig", "PlainCoT", "PlainConfig"]

@@ -1,0 +1,52 @@
+"""Budget forcing (s1, Muennighoff et al. 2025, arXiv 2501.19393; baseline in Budget Guidance).
+
+1. Think; at most B thinking tokens (B = `budget`, counted in model tokens sampled before the end of thinking).
+2. When B is reached, inject the profile's forcing string (Qwen's "Considering the limited time ... </think>",
+   or "Final answer:" for instruct models) and continue with the answer.
+3. Optionally, below `min_thinking_tokens`, replace an attempt to end thinking by "Wait" (at most
+   `max_waits` times): s1's way of making the model think longer.
+The answer is generated after the forced end (never an empty answer; at most `max_answer_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetForcingConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    min_thinking_tokens: int = 0
+    """Extend thinking with "Wait" while below this many tokens (0 = off)."""
+    max_waits: int = 4
+    max_answer_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.min_thinking_tokens < 0:
+            raise ValueError(f"min_thinking_tokens={self.min_thinking_tokens}: must be >= 0")
+
+
+@register
+@dataclass(frozen=True)
+class BudgetForcing:
+    name: ClassVar[str] = "budget-forcing"
+    config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generator) -> list[MethodResult]:
+        if budget is None or budget < 1:
+            raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {budget}")
+        c = self.config
+        cfg = BudgetConfig(max_thinking_tokens=budget, min_thinking_tokens=min(c.min_thinking_tokens, budget),
+                           max_waits=c.max_waits, max_answer_tokens=c.max_answer_tokens)
+        return BudgetedRun(cfg, c.sampling)(engine, prompts, generator)

@@ -1,0 +1,38 @@
+"""NoThinking (Ma et al. 2025, arXiv 2504.09858): prefill an already finished thinking block and answer.
+
+The profile's `nothinking` text ("Okay, I think I have finished thinking.</think>", or "Final answer:" for
+instruct models) is appended to the prompt; only answer tokens are generated. `budget` is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoThinkingConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_answer_tokens: int = 256
+
+
+@register
+@dataclass(frozen=True)
+class NoThinking:
+    name: ClassVar[str] = "nothinking"
+    config: NoThinkingConfig = field(default_factory=NoThinkingConfig)
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
+            generator: Generator) -> list[MethodResult]:
+        cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=self.config.max_answer_tokens)
+        return BudgetedRun(cfg, self.config.sampling, prefill_text=engine.model.profile.nothinking)(
+            engine, prompts, generator)

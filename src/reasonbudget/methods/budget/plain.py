@@ -1,0 +1,40 @@
+"""Plain chain of thought: think until the model ends thinking by itself, then answer.
+
+`budget` is ignored (there is none); `max_thinking_tokens` is only a safety cap. If the model emits EOS
+while still thinking, the profile's forcing string closes thinking so that an answer still follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlainConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_thinking_tokens: int = 2048
+    """Safety cap on thinking (not a budget: use budget-forcing for that)."""
+    max_answer_tokens: int = 256
+
+
+@register
+@dataclass(frozen=True)
+class PlainCoT:
+    name: ClassVar[str] = "plain"
+    config: PlainConfig = field(default_factory=PlainConfig)
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
+            generator: Generator) -> list[MethodResult]:
+        c = self.config
+        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
+        return BudgetedRun(cfg, c.sampling)(engine, prompts, generator)

