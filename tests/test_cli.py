@@ -1,0 +1,55 @@
+"""The CLI as a user meets it: real subprocesses, one-line errors, JSON output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+QUESTION = "Tom has 3 boxes of 12 pencils. How many pencils does he have?"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reasonbudget.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", QUESTION, "--model", "no-such-model"], "Available models: smollm2-135m"),
+    (["run", QUESTION, "--model", "/tmp/definitely/missing.gguf"], "Available models"),
+    (["run", QUESTION, "--budget", "0"], "--budget must be >= 1"),
+    (["run", QUESTION, "--budget", "-5"], "--budget must be >= 1"),
+    (["run", QUESTION, "--budget", "12.5"], "whole number"),
+    (["run", QUESTION, "--budget", "lots"], "whole number"),
+    (["run", "   "], "question is empty"),
+    (["run", QUESTION, "--method", "magic"], "available: plain, budget-forcing, nothinking"),
+    (["run", QUESTION, "--temperature", "-1"], "temperature"),
+])
+def test_bad_input_is_one_clear_line(args, fragment):
+    p = cli(*args)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], p.stderr
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_context():
+    p = cli("run", "word " * 9000)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "context is 8192" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_json_output_reports_thinking_answer_and_usage():
+    p = cli("run", QUESTION, "--budget", "16", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["answer"].strip() and isinstance(out["thinking"], str)
+    u = out["usage"]
+    assert 1 <= u["thinking_tokens"] <= 16 and u["answer_tokens"] >= 1 and u["wall_seconds"] > 0
+
+
+def test_models_lists_the_registry():
+    p = cli("models")
+    assert p.returncode == 0 and "smollm2-135m" in p.stdout and "qwen2.5-coder-1.5b" in p.stdout

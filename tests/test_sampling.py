@@ -1,0 +1,51 @@
+"""Pure sampling functions: filters keep what they must, and configs validate."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasonbudget.engine.sampling import SamplingConfig, apply_top_k, apply_top_p, probabilities, sample
+
+logit_rows = st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_rows, st.floats(0.01, 1.0))
+def test_top_p_keeps_at_least_p_and_the_argmax(row, p):
+    logits = torch.tensor([row])
+    kept = torch.isfinite(apply_top_p(logits, p))
+    probs = logits.softmax(-1)
+    assert kept[0, logits.argmax()].item()
+    assert probs[kept].sum().item() >= p - 1e-5
+    # minimal: dropping the least likely kept token would fall below p
+    if kept.sum() > 1:
+        smallest = probs[kept].min().item()
+        assert probs[kept].sum().item() - smallest < p + 1e-5
+
+
+@settings(max_examples=100, deadline=None)
+@given(logit_rows, st.integers(1, 50))
+def test_top_k_keeps_k_largest(row, k):
+    logits = torch.tensor([row])
+    kept = torch.isfinite(apply_top_k(logits, k))
+    assert kept.sum().item() >= min(k, len(row))  # ties may keep more
+    assert kept[0, logits.argmax()].item()
+
+
+def test_greedy_is_argmax_and_needs_no_generator():
+    logits = torch.randn(4, 30)
+    assert torch.equal(sample(logits, SamplingConfig(), None), logits.argmax(-1))
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    cold = probabilities(logits, SamplingConfig(temperature=0.1))
+    hot = probabilities(logits, SamplingConfig(temperature=10.0))
+    assert cold[0, 2] > 0.99 and hot[0].max() < 0.4
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2)])
+def test_config_validation(kw):
+    with pytest.raises(ValueError):
+        SamplingConfig(**kw)
