@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/reasonbudget run "$(DEMO_QUESTION)" --method budget-forcing --budget 64
+	@$(VENV)/bin/reasonbudget run "$(DEMO_QUESTION)" --method budget-forcing --budget 64
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	@$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode_speed.py

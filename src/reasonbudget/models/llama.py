@@ -48,9 +48,8 @@ class Linear(nn.Module):
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    """One fused op (statistics in float32 inside the kernel) instead of seven small ones per call."""
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -79,14 +78,15 @@ class Block(nn.Module):
         cfg = self.cfg
         R, T, _ = x.shape
         h = rms_norm(x, self.attn_norm, cfg.rms_norm_eps)
-        qkv = self.wqkv(h).view(R, T, cfg.num_heads + 2 * cfg.num_kv_heads, cfg.head_dim)
-        q, k, v = qkv.split([cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads], dim=2)
+        H, Hkv = cfg.num_heads, cfg.num_kv_heads
+        qkv = self.wqkv(h).view(R, T, H + 2 * Hkv, cfg.head_dim).transpose(1, 2)  # [R, H + 2 Hkv, T, D]
+        qk, v = qkv[:, : H + Hkv], qkv[:, H + Hkv :]
         if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, cfg.rms_norm_eps)
-            k = rms_norm(k, self.k_norm, cfg.rms_norm_eps)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # [R, H, T, D]
-        k = apply_rope(k.transpose(1, 2), cos, sin)
-        cache.write(self.index, sel, k, v.transpose(1, 2))
+            qk = torch.cat([rms_norm(qk[:, :H], self.q_norm, cfg.rms_norm_eps),
+                            rms_norm(qk[:, H:], self.k_norm, cfg.rms_norm_eps)], dim=1)
+        qk = apply_rope(qk, cos, sin)  # q and k heads rotated in one go
+        q, k = qk[:, :H], qk[:, H:]
+        cache.write(self.index, sel, k, v)
         keys, values = cache.read(self.index, sel)  # [R, Hkv, S, D]
         o = F.scaled_dot_product_attention(q, keys, values, attn_mask=sel.mask, enable_gqa=True)
         x = x + self.wo(o.transpose(1, 2).reshape(R, T, -1))

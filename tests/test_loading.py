@@ -1,0 +1,54 @@
+"""Loading HF safetensors directories through the registry, with our runtime and the transformers fallback."""
+
+import pytest
+import torch
+
+from reasonbudget.engine import Engine, SamplingConfig
+from reasonbudget.models import load_model
+from tests.helpers import char_tokenizer, tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen3")
+    hf = tiny_hf_model("qwen3", seed=9)
+    hf.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path, hf
+
+
+def _greedy(model, prompt, n=16):
+    e = Engine(model)
+    rows = e.prefill([prompt], max_new_tokens=n)
+    return e.decode(rows, max_new_tokens=n, sampling=SamplingConfig(), stop_on_eos=False)[0].tokens
+
+
+def test_safetensors_directory_loads_into_the_runtime(checkpoint):
+    path, hf = checkpoint
+    model = load_model(str(path))
+    assert model.kind == "runtime" and model.profile.name == "thinking"
+    ids = torch.tensor([model.encode("12+7=")])
+    got = model.backend(ids, model.backend.new_cache(1, 16), torch.tensor([0])).logits
+    assert (got - hf(ids).logits).abs().max() < 1e-4
+
+
+def test_transformers_fallback_decodes_like_the_runtime(checkpoint):
+    path, _ = checkpoint
+    runtime, fallback = load_model(str(path)), load_model(str(path), backend="hf")
+    assert fallback.kind == "hf"
+    prompt = runtime.encode("3*4=")
+    assert _greedy(runtime, prompt) == _greedy(fallback, prompt)
+
+
+def test_bfloat16_runtime_stays_close(checkpoint):
+    path, _ = checkpoint
+    full, half = load_model(str(path)), load_model(str(path), dtype="bfloat16")
+    ids = torch.tensor([full.encode("9-2=")])
+    a = full.backend(ids, full.backend.new_cache(1, 16), torch.tensor([0])).logits
+    b = half.backend(ids, half.backend.new_cache(1, 16), torch.tensor([0])).logits
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
+def test_unknown_dtype_is_rejected(checkpoint):
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(str(checkpoint[0]), dtype="float8")
