@@ -1,9 +1,27 @@
-"""reasonbudget: thinking budgets, inference-time scaling and draft/target decoding on one engine."""
+"""reasonbudget: thinking budgets, inference-time scaling and draft/target decoding on one engine.
 
-from reasonbudget.engine import Engine, SamplingConfig
-from reasonbudget.methods import METHODS
-from reasonbudget.models import build_prompt, load_model
-from reasonbudget.types import MethodResult, Usage
+Names are imported lazily, so that light entry points (answer grading workers, `--help`) do not pay for
+importing torch and transformers.
+"""
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["METHODS", "Engine", "MethodResult", "SamplingConfig", "Usage", "build_prompt", "load_model"]
+
+_EXPORTS = {
+    "Engine": "reasonbudget.engine",
+    "SamplingConfig": "reasonbudget.engine",
+    "METHODS": "reasonbudget.methods",
+    "build_prompt": "reasonbudget.models",
+    "load_model": "reasonbudget.models",
+    "MethodResult": "reasonbudget.types",
+    "Usage": "reasonbudget.types",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'reasonbudget' has no attribute {name!r}")
