@@ -112,6 +112,70 @@ def _print_human(result, method: str, budget: int | None, elapsed: float) -> Non
                f"finish {result.finish_reason}")
 
 
+def parse_int_list(text: str, what: str, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < minimum for v in values):
+        raise UserError(f"{what} must be comma-separated whole numbers >= {minimum} (e.g. 32,64,128), got {text!r}")
+    return values
+
+
+@app.command("eval")
+def eval_(
+    task: str = typer.Option(..., help="gsm8k | gsm8k:split=train | math500 | aime24"),
+    method: str = typer.Option(..., help="Comma-separated methods, e.g. plain,budget-forcing,nothinking."),
+    budgets: Optional[str] = typer.Option(None, help="Comma-separated thinking budgets, e.g. 32,64,128."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    temperature: float = typer.Option(0.0),
+    top_p: float = typer.Option(1.0),
+    dtype: str = typer.Option("float32"),
+    batch_size: int = typer.Option(16, help="Problems decoded together in one engine batch."),
+    out: str = typer.Option(..., help="Output directory (results.jsonl, summary.json/md, plots)."),
+    ray: Optional[str] = typer.Option(None, help="Run on Ray: --ray (local) or --ray ADDRESS."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Sweep task x methods x budgets x seeds; resumable; writes results, summary and plots."""
+    from pathlib import Path
+
+    try:
+        from reasonbudget.eval import SweepConfig, run_sweep
+        from reasonbudget.models import ModelNotFoundError
+
+        b = parse_int_list(budgets, "--budgets", 1) if budgets else ()
+        cfg = SweepConfig(task=task, methods=tuple(m.strip() for m in method.split(",") if m.strip()), budgets=b,
+                          seeds=parse_int_list(seeds, "--seeds", 0), limit=limit, model=model,
+                          temperature=temperature, top_p=top_p, dtype=dtype, batch_size=batch_size)
+        t0 = time.perf_counter()
+        summary = run_sweep(cfg, Path(out), ray_address=ray, progress=not quiet)
+    except UserError as e:
+        _fail(str(e))
+        return
+    except (ValueError, ModelNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo((summary.parent / "summary.md").read_text())
+    typer.echo(f"sweep wall time {time.perf_counter() - t0:.1f} s; results in {summary.parent}/ "
+               "(results.jsonl, summary.json, summary.md, accuracy_vs_*.png)")
+
+
+@app.command()
+def report(out: str = typer.Argument(..., help="A sweep's output directory.")) -> None:
+    """Rewrite summary.json, summary.md and the plots of a sweep directory."""
+    from pathlib import Path
+
+    from reasonbudget.eval import write_report
+
+    path = Path(out)
+    if not (path / "results.jsonl").is_file():
+        _fail(f"{path} has no results.jsonl (not a sweep output directory)")
+    summary = write_report(path)
+    typer.echo((summary.parent / "summary.md").read_text())
+
+
 @app.command()
 def models() -> None:
     """List the registered models and whether they are installed."""
@@ -122,7 +186,18 @@ def models() -> None:
         typer.echo(f"{entry.name:22s} {entry.description}\n{'':22s} {where}")
 
 
+def _ray_flag_default(argv: list[str]) -> list[str]:
+    """`--ray` may stand alone (local Ray); give it the value 'local' so the option parser accepts it."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--ray" and (i + 1 == len(out) or out[i + 1].startswith("--")):
+            out.insert(i + 1, "local")
+            break
+    return out
+
+
 def main() -> None:
+    sys.argv = _ray_flag_default(sys.argv)
     try:
         app()
     except KeyboardInterrupt:

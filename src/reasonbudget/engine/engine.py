@@ -138,15 +138,18 @@ class Engine:
         *,
         max_new_tokens: int,
         sampling: SamplingConfig,
-        generator: Generator | None = None,
+        generator: Generator | Sequence[Generator] | None = None,
         controllers: Sequence[Controller | None] | None = None,
         stop_on_eos: bool = True,
         on_step: Callable[[int], None] | None = None,
     ) -> list[Decoded]:
-        """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order."""
+        """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order.
+
+        `generator`: one generator for the call (row generators are derived from it), or one per row (a row's
+        draws then depend only on its own generator, whatever batch it runs in)."""
         n = rows.numel()
         ctrl = list(controllers) if controllers is not None else [None] * n
-        gens = None if sampling.greedy else child_generators(generator or _missing_generator(), n)
+        gens = None if sampling.greedy else _row_generators(generator, n)
         layers = tuple(sorted({i for c in ctrl if c is not None for i in c.hidden_layers}))
         eos = self.model.eos_ids if stop_on_eos else frozenset()
         out: list[list[int]] = [[] for _ in range(n)]
@@ -200,5 +203,11 @@ class Engine:
         return [Decoded(tuple(o), tuple(f), r, p) for o, f, r, p in zip(out, forced, finish, passes)]
 
 
-def _missing_generator() -> Generator:
-    raise ValueError("sampling with temperature > 0 needs a torch.Generator (seed it at the entry point)")
+def _row_generators(generator: Generator | Sequence[Generator] | None, n: int) -> list[Generator]:
+    if generator is None:
+        raise ValueError("sampling with temperature > 0 needs a torch.Generator (seed it at the entry point)")
+    if isinstance(generator, Generator):
+        return child_generators(generator, n)
+    if len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for {n} rows")
+    return list(generator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from torch import Generator
 
@@ -16,11 +16,17 @@ from reasonbudget.models.registry import LoadedModel
 from reasonbudget.types import MethodResult, TokenIds, Usage
 
 
+Generators = Generator | Sequence[Generator]
+"""One generator per call, or one per prompt (a prompt's draws then do not depend on its batch)."""
+
+
 class Method(Protocol):
     name: ClassVar[str]
+    uses_budget: ClassVar[bool]
+    config_type: ClassVar[type]
 
     def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generator) -> list[MethodResult]: ...
+            generator: Generators) -> list[MethodResult]: ...
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
@@ -29,6 +35,14 @@ METHODS: dict[str, Callable[..., Method]] = {}
 def register(cls: type) -> type:
     METHODS[cls.name] = cls
     return cls
+
+
+def make_method(name: str, sampling: SamplingConfig, **options: Any) -> Method:
+    """A registered method with its config built from a sampling config (and optional overrides)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    return cls(cls.config_type(sampling=sampling, **options))
 
 
 def profile_tokens(model: LoadedModel) -> ProfileTokens:
@@ -65,7 +79,7 @@ class BudgetedRun:
         waits = b.max_waits * len(ptok.wait_ids)
         return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
 
-    def __call__(self, engine: Engine, prompts: Sequence[TokenIds], generator: Generator) -> list[MethodResult]:
+    def __call__(self, engine: Engine, prompts: Sequence[TokenIds], generator: Generators) -> list[MethodResult]:
         model = engine.model
         ptok = profile_tokens(model)
         in_answer = bool(self.prefill_text)

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from torch import Generator
-
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.methods.base import BudgetedRun, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -40,10 +38,12 @@ class BudgetForcingConfig:
 @dataclass(frozen=True)
 class BudgetForcing:
     name: ClassVar[str] = "budget-forcing"
+    uses_budget: ClassVar[bool] = True
+    config_type: ClassVar[type] = BudgetForcingConfig
     config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
 
     def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generator) -> list[MethodResult]:
+            generator: Generators) -> list[MethodResult]:
         if budget is None or budget < 1:
             raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {budget}")
         c = self.config

@@ -10,12 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from torch import Generator
-
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.methods.base import BudgetedRun, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -29,10 +27,12 @@ class NoThinkingConfig:
 @dataclass(frozen=True)
 class NoThinking:
     name: ClassVar[str] = "nothinking"
+    uses_budget: ClassVar[bool] = False
+    config_type: ClassVar[type] = NoThinkingConfig
     config: NoThinkingConfig = field(default_factory=NoThinkingConfig)
 
     def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
-            generator: Generator) -> list[MethodResult]:
+            generator: Generators) -> list[MethodResult]:
         cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=self.config.max_answer_tokens)
         return BudgetedRun(cfg, self.config.sampling, prefill_text=engine.model.profile.nothinking)(
             engine, prompts, generator)

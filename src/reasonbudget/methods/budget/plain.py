@@ -10,12 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from torch import Generator
-
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, register
+from reasonbudget.methods.base import BudgetedRun, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -31,10 +29,12 @@ class PlainConfig:
 @dataclass(frozen=True)
 class PlainCoT:
     name: ClassVar[str] = "plain"
+    uses_budget: ClassVar[bool] = False
+    config_type: ClassVar[type] = PlainConfig
     config: PlainConfig = field(default_factory=PlainConfig)
 
     def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
-            generator: Generator) -> list[MethodResult]:
+            generator: Generators) -> list[MethodResult]:
         c = self.config
         cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
         return BudgetedRun(cfg, c.sampling)(engine, prompts, generator)

@@ -1,0 +1,205 @@
+"""Evaluation sweeps: task x method x budget x seed, decoded in engine batches, resumable.
+
+Work is cut into fixed units (method, budget, seed, a chunk of `batch_size` problems in task order). A unit
+whose records are all in the results file is skipped; any other unit is recomputed whole and only its
+missing records are written. Every problem has its own generator seeded from (seed, problem id), so a
+resumed sweep reproduces an uninterrupted one exactly, sampled or greedy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from reasonbudget.eval.records import Key, ResultsFile
+
+logger = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    task: str
+    methods: tuple[str, ...]
+    budgets: tuple[int, ...] = ()
+    """Thinking budgets (tokens) for methods that take one; methods without a budget run once."""
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    """First N problems of the task."""
+    model: str = "smollm2-135m"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    dtype: str = "float32"
+    batch_size: int = 16
+    """Problems decoded together in one engine batch."""
+
+    def __post_init__(self) -> None:
+        from reasonbudget.methods import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ValueError(f"unknown method {', '.join(unknown) or '(none given)'}; available: {', '.join(METHODS)}")
+        if any(METHODS[m].uses_budget for m in self.methods) and not self.budgets:
+            raise ValueError("budgets are required for " + ", ".join(m for m in self.methods if METHODS[m].uses_budget))
+        if any(b < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be >= 1 tokens, got {list(self.budgets)}")
+        if not self.seeds or self.limit is not None and self.limit < 1 or self.batch_size < 1:
+            raise ValueError("seeds must be non-empty, limit >= 1 and batch_size >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0")
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for two runs to share a results file."""
+        return {"task": self.task, "model": self.model, "temperature": self.temperature, "top_p": self.top_p,
+                "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Unit:
+    method: str
+    budget: int | None
+    seed: int
+    problem_ids: tuple[str, ...]
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()[:8], "little") >> 1
+
+
+def plan(cfg: SweepConfig, problem_ids: Sequence[str]) -> list[Unit]:
+    from reasonbudget.methods import METHODS
+
+    units = []
+    for method in cfg.methods:
+        for budget in cfg.budgets if METHODS[method].uses_budget else (None,):
+            for seed in cfg.seeds:
+                for i in range(0, len(problem_ids), cfg.batch_size):
+                    units.append(Unit(method, budget, seed, tuple(problem_ids[i : i + cfg.batch_size])))
+    return units
+
+
+def unit_keys(task: str, u: Unit) -> list[Key]:
+    return [(task, pid, u.method, u.budget, u.seed) for pid in u.problem_ids]
+
+
+class UnitRunner:
+    """Loads the model once and turns units into unscored records (also the body of a Ray actor)."""
+
+    def __init__(self, cfg: SweepConfig, threads: int | None = None) -> None:
+        import torch
+
+        from reasonbudget.engine import Engine
+        from reasonbudget.models import load_model
+        from reasonbudget.tasks import get_task
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+        self.problems = {p.id: p for p in self.task.problems(cfg.limit)}
+        self.model = load_model(cfg.model, dtype=cfg.dtype)
+        self.engine = Engine(self.model)
+
+    def run(self, unit: Unit) -> list[dict[str, Any]]:
+        import torch
+
+        from reasonbudget.engine import SamplingConfig
+        from reasonbudget.methods.base import make_method
+
+        cfg = self.cfg
+        method = make_method(unit.method, SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p))
+        problems = [self.problems[pid] for pid in unit.problem_ids]
+        prompts = [self.task.prompt(self.model, p) for p in problems]
+        gens = [torch.Generator().manual_seed(problem_seed(unit.seed, p.id)) for p in problems]
+        results = method.run(self.engine, prompts, budget=unit.budget, generator=gens)
+        return [{"task": self.task.spec, "problem_id": p.id, "method": unit.method, "budget": unit.budget,
+                 "seed": unit.seed, "gold": p.gold, "thinking": r.thinking, "answer": r.answer,
+                 "finish_reason": r.finish_reason, "usage": r.usage.to_dict(), "trace": dict(r.trace),
+                 "model": cfg.model, "temperature": cfg.temperature, "version": VERSION}
+                for p, r in zip(problems, results)]
+
+
+def check_out_dir(out: Path, cfg: SweepConfig) -> None:
+    """Create DIR (or fail clearly) and make sure an existing sweep there is the same kind of run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to output directory {out}: {e.strerror or e}") from None
+    manifest = out / "run.json"
+    if manifest.exists():
+        previous = json.loads(manifest.read_text()).get("identity", {})
+        if previous != cfg.identity():
+            diff = ", ".join(f"{k}={previous.get(k)!r} there vs {v!r} now" for k, v in cfg.identity().items()
+                             if previous.get(k) != v)
+            raise ValueError(f"{out} holds a different sweep ({diff}); choose another --out")
+
+
+def run_sweep(cfg: SweepConfig, out: Path, *, ray_address: str | None = None, progress: bool = True,
+              threads: int | None = None) -> Path:
+    """Run what is missing, then write the report; returns the path of summary.json."""
+    from reasonbudget.eval.report import write_report
+    from reasonbudget.tasks import get_task, grade_many
+
+    from reasonbudget.models.registry import resolve
+
+    task = get_task(cfg.task)  # unknown task or model: fail before anything is written
+    resolve(cfg.model)
+    problems = task.problems(cfg.limit)
+    check_out_dir(out, cfg)
+    results = ResultsFile(out / "results.jsonl")
+    done = results.load()
+    units = [u for u in plan(cfg, [p.id for p in problems]) if not all(k in done for k in unit_keys(task.spec, u))]
+    (out / "run.json").write_text(json.dumps({"identity": cfg.identity(), "config": asdict(cfg),
+                                              "version": VERSION}, indent=2))
+    bar = _progress(sum(len(u.problem_ids) for u in units), enabled=progress)
+    correct = total = 0
+    t0 = time.perf_counter()
+    for unit, records in _execute(cfg, units, ray_address, threads):
+        todo = [r for r, k in zip(records, unit_keys(task.spec, unit)) if k not in done]
+        verdicts = grade_many([(r["answer"], r["gold"], task.grader) for r in todo])
+        for r, ok in zip(todo, verdicts):
+            r["correct"] = ok
+            r["extracted"] = _extracted(r["answer"], task.grader)
+        results.append(todo)
+        correct, total = correct + sum(verdicts), total + len(todo)
+        bar.update(len(unit.problem_ids))
+        bar.set_postfix(acc=f"{correct / max(total, 1):.3f}", unit=f"{unit.method}@{unit.budget}")
+    bar.close()
+    logger.info("sweep finished in %.1fs (%d new records)", time.perf_counter() - t0, total)
+    return write_report(out)
+
+
+def _extracted(answer: str, grader: str) -> str | None:
+    from reasonbudget.tasks.extraction import extract_answer
+    from reasonbudget.tasks.grading import NUMERIC_TASKS
+
+    return extract_answer(answer, numeric=grader in NUMERIC_TASKS)
+
+
+def _progress(total: int, *, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="problem", desc="eval", disable=not enabled, dynamic_ncols=True)
+
+
+def _execute(cfg: SweepConfig, units: list[Unit], ray_address: str | None,
+             threads: int | None) -> Iterator[tuple[Unit, list[dict[str, Any]]]]:
+    if not units:
+        return
+    if ray_address is not None:
+        from reasonbudget.eval.distributed import execute_on_ray
+
+        yield from execute_on_ray(cfg, units, ray_address)
+        return
+    runner = UnitRunner(cfg, threads)
+    for unit in units:
+        yield unit, runner.run(unit)
