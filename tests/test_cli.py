@@ -22,7 +22,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["run", QUESTION, "--budget", "12.5"], "whole number"),
     (["run", QUESTION, "--budget", "lots"], "whole number"),
     (["run", "   "], "question is empty"),
-    (["run", QUESTION, "--method", "magic"], "available: plain, budget-forcing, nothinking"),
+    (["run", QUESTION, "--method", "magic"], "available: budget-forcing, nothinking, plain"),
     (["run", QUESTION, "--temperature", "-1"], "temperature"),
 ])
 def test_bad_input_is_one_clear_line(args, fragment):

@@ -16,7 +16,6 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Thinking budgets for reasoning LLMs.")
 
-METHOD_NAMES = ("plain", "budget-forcing", "nothinking")
 DEFAULT_BUDGET = 256
 
 
@@ -25,9 +24,11 @@ class UserError(Exception):
 
 
 def parse_budget(text: str | None, method: str) -> int | None:
+    from reasonbudget.methods import METHODS
+
     if text is None:
-        return DEFAULT_BUDGET if method == "budget-forcing" else None
-    if method != "budget-forcing":
+        return DEFAULT_BUDGET if METHODS[method].uses_budget else None
+    if not METHODS[method].uses_budget:
         raise UserError(f"--budget applies to budget-forcing only, not to {method}")
     try:
         value = int(text)
@@ -75,24 +76,24 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
 
     from reasonbudget.engine import Engine, PromptTooLongError, SamplingConfig
     from reasonbudget.methods import METHODS
-    from reasonbudget.methods.budget import BudgetForcingConfig, NoThinkingConfig, PlainConfig
+    from reasonbudget.methods.base import make_method
     from reasonbudget.models import ModelNotFoundError, build_prompt, load_model
 
-    if method not in METHOD_NAMES:
-        raise UserError(f"unknown method {method!r}; available: {', '.join(METHOD_NAMES)}")
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     b = parse_budget(budget, method)
     if not question.strip():
         raise UserError("the question is empty")
+    if min_budget and method != "budget-forcing":
+        raise UserError("--min-budget applies to budget-forcing only")
     try:
-        sampling = SamplingConfig(temperature=temperature, top_p=top_p)
-        config = {"plain": lambda: PlainConfig(sampling=sampling),
-                  "budget-forcing": lambda: BudgetForcingConfig(sampling=sampling, min_thinking_tokens=min_budget),
-                  "nothinking": lambda: NoThinkingConfig(sampling=sampling)}[method]()
+        options = {"min_thinking_tokens": min_budget} if min_budget else {}
+        chosen = make_method(method, SamplingConfig(temperature=temperature, top_p=top_p), **options)
         lm = load_model(model_name, dtype=dtype)
         engine = Engine(lm)
         t0 = time.perf_counter()
-        result = METHODS[method](config).run(engine, [build_prompt(lm, question)], budget=b,
-                                             generator=torch.Generator().manual_seed(seed))[0]
+        result = chosen.run(engine, [build_prompt(lm, question)], budget=b,
+                            generator=torch.Generator().manual_seed(seed))[0]
     except (ModelNotFoundError, PromptTooLongError, ValueError) as e:
         raise UserError(str(e)) from None
     return result, time.perf_counter() - t0, b

@@ -57,4 +57,15 @@ INSTRUCT = ReasoningProfile(
                    "that starts with 'Final answer:'."),
 )
 
-PROFILES = {p.name: p for p in (THINKING, INSTRUCT)}
+TESTBED = ReasoningProfile(
+    name="testbed",
+    think_open="<think>\n",
+    think_close="</think>",
+    forcing="\n</think>\n",
+    nothinking="</think>\n",
+    wait="\ncheck: ",
+    step_delimiter="\n",
+)
+"""The testbed's tiny thinking models: one reasoning step per line, no forcing sentence they never saw."""
+
+PROFILES = {p.name: p for p in (THINKING, INSTRUCT, TESTBED)}

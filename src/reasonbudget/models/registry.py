@@ -60,9 +60,17 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (target)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
                       "make real-models", "instruct"),
+        RegistryEntry("testbed-target", "testbed target thinking model (trained here, committed)",
+                      lambda: _existing(_testbed_dir() / "target"), "reasonbudget testbed train", "testbed"),
+        RegistryEntry("testbed-draft", "testbed draft thinking model (trained here, committed)",
+                      lambda: _existing(_testbed_dir() / "draft"), "reasonbudget testbed train", "testbed"),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def _testbed_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints"
 
 
 def _existing(p: Path) -> Path | None:
@@ -178,8 +186,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", dev
     path = resolve(name_or_path)
     entry = REGISTRY.get(name_or_path)
     tok = load_tokenizer(path)
-    prof = _profile_for(tok, profile or (entry.profile if entry else None))
     config, state = _read_state(path) if backend != "hf" else ({}, {})
+    prof = _profile_for(tok, profile or (entry.profile if entry else None) or config.get("reasonbudget_profile"))
     if backend == "hf" or (backend == "auto" and config.get("model_type") not in ("llama", "mistral", "qwen2", "qwen3")):
         from reasonbudget.models.hf_fallback import load_hf_backend
 

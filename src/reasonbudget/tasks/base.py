@@ -81,7 +81,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def get_task(spec: str) -> Task:
-    from reasonbudget.tasks import aime, gsm8k, math500  # noqa: F401  (register the built-in tasks)
+    from reasonbudget.tasks import aime, gsm8k, math500, testbed  # noqa: F401  (register the built-in tasks)
 
     name, options = parse_spec(spec)
     if name not in TASKS:

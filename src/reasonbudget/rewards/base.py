@@ -1,0 +1,44 @@
+"""The process-reward interface: per-step scores for a batch of partial traces, and their aggregation.
+
+A PRM reads text (it may have its own tokenizer): each item is the problem statement and the steps written
+so far; it returns one score in [0, 1] per step, the estimated probability that the trace is still correct
+after that step. Aggregation turns those into one number per trace (last, min, prod, mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+Aggregation = Literal["last", "min", "prod", "mean"]
+
+
+@dataclass(frozen=True)
+class StepSequence:
+    problem: str
+    steps: tuple[str, ...]
+
+
+class ProcessRewardModel(Protocol):
+    def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
+        """One float tensor [num_steps] per item, values in [0, 1]."""
+        ...
+
+
+def aggregate(scores: Tensor, how: Aggregation) -> float:
+    """scores [num_steps] -> one score; an empty trace scores 0."""
+    if scores.numel() == 0:
+        return 0.0
+    if how == "last":
+        return float(scores[-1])
+    if how == "min":
+        return float(scores.min())
+    if how == "prod":
+        return float(torch.prod(scores.double()))
+    if how == "mean":
+        return float(scores.mean())
+    raise ValueError(f"aggregation {how!r}: accepted are last, min, prod, mean")

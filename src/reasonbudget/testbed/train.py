@@ -1,0 +1,126 @@
+"""Training the testbed's thinking models on CPU: a weak draft and a stronger target (HF LlamaForCausalLM).
+
+Teacher forcing on reference traces of fresh random problems (difficulty 1..8 uniform, training seeds kept
+apart from the test-set seeds), loss on the completion only, AdamW with warm-up and cosine decay, bfloat16
+autocast (AMX/AVX-512 make it several times faster than float32 on CPU). Checkpoints are safetensors with
+the tokenizer and a `reasonbudget_profile` entry, so they load through the ordinary registry path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
+from reasonbudget.testbed.tokenizer import build_tokenizer
+from reasonbudget.testbed.traces import reference_completion
+
+logger = logging.getLogger(__name__)
+TRAIN_SEED_OFFSET = 1_000_000  # training problems never use the seeds of the fixed or fresh test sets
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    shape: ModelShape
+    steps: int
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    max_seconds: float | None = None
+    """Stop early (cosine schedule still completes its shape) when this wall-time is spent."""
+
+
+DRAFT = TrainConfig(shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192), steps=1200)
+TARGET = TrainConfig(shape=ModelShape(hidden_size=192, num_layers=4, num_heads=6, intermediate_size=512), steps=3000)
+
+
+def hf_config(shape: ModelShape, vocab_size: int, eos_id: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+                       num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+                       num_key_value_heads=shape.num_heads, max_position_embeddings=1024, rope_theta=10000.0,
+                       tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+
+
+def training_example(tok, rng: random.Random, index: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + end, and where the completion starts."""
+    d = rng.randint(1, MAX_DIFFICULTY)
+    (problem,) = generate(1, difficulty=d, seed=TRAIN_SEED_OFFSET + index)
+    prompt = tok.apply_chat_template([{"role": "user", "content": problem.question}], tokenize=False,
+                                     add_generation_prompt=True)
+    p_ids = tok.encode(prompt, add_special_tokens=False)
+    c_ids = tok.encode(reference_completion(problem, rng), add_special_tokens=False) + [tok.eos_token_id]
+    return p_ids + c_ids, len(p_ids)
+
+
+def make_batch(tok, rng: random.Random, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    examples = [training_example(tok, rng, start + i) for i in range(n)]
+    width = max(len(ids) for ids, _ in examples)
+    x = torch.full((n, width), tok.eos_token_id, dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    for i, (ids, c0) in enumerate(examples):
+        x[i, : len(ids)] = torch.tensor(ids)
+        labels[i, c0 : len(ids)] = torch.tensor(ids[c0:])  # loss on the completion only
+    return x, labels
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(cfg: TrainConfig, out: Path, *, name: str, log_every: int = 50) -> dict:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)  # entry point of a training run: initial weights
+    tok = build_tokenizer()
+    model = LlamaForCausalLM(hf_config(cfg.shape, len(tok), tok.eos_token_id))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    rng = random.Random(f"train:{name}:{cfg.seed}")
+    t0, tokens, history = time.time(), 0, []
+    step = 0
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x, labels = make_batch(tok, rng, step * cfg.batch_size, cfg.batch_size)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int((labels != -100).sum())
+        if step % log_every == 0 or step == cfg.steps - 1:
+            history.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
+            logger.info("%s step %d loss %.4f (%.0fs)", name, step, loss.item(), time.time() - t0)
+        if cfg.max_seconds is not None and time.time() - t0 > cfg.max_seconds:
+            logger.warning("%s: stopping at step %d, time budget spent", name, step)
+            break
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.reasonbudget_profile = "testbed"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    stats = {"name": name, "config": asdict(cfg), "steps_done": step + 1, "train_seconds": round(time.time() - t0, 1),
+             "completion_tokens": tokens, "params": sum(p.numel() for p in model.parameters()), "history": history}
+    (out / "training.json").write_text(json.dumps(stats, indent=2))
+    return stats

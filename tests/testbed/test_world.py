@@ -1,0 +1,119 @@
+"""The testbed world without models: problems, traces, the step checker, tokenizer, task specs, oracle PRM."""
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasonbudget.rewards import OraclePRM, StepSequence, aggregate
+from reasonbudget.tasks import get_task
+from reasonbudget.testbed.problems import MOD, generate, parse_question
+from reasonbudget.testbed.tokenizer import build_tokenizer
+from reasonbudget.testbed.traces import final_answer, label_steps, reference_completion, reference_lines
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 10**6))
+def test_generation_is_seeded_and_questions_parse_back(d, seed):
+    a, b = generate(5, difficulty=d, seed=seed), generate(5, difficulty=d, seed=seed)
+    assert a == b
+    for p in a:
+        assert p.difficulty == d and all(0 <= v < MOD for v in p.values)
+        q = parse_question(p.question, p.id)
+        assert (q.start, q.steps) == (p.start, p.steps)
+
+
+def test_difficulty_is_validated():
+    with pytest.raises(ValueError, match="1..8"):
+        generate(1, difficulty=9, seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 10**6))
+def test_reference_traces_are_all_correct(d, seed):
+    rng = random.Random(seed)
+    for p in generate(3, difficulty=d, seed=seed):
+        text = reference_completion(p, rng)
+        thinking, answer = text.split("</think>")
+        assert all(label.correct for label in label_steps(p, thinking))
+        assert final_answer(answer) == p.answer
+
+
+def test_a_wrong_step_derails_everything_after_it():
+    p = generate(1, difficulty=6, seed=3)[0]
+    lines = reference_lines(p, random.Random(1))
+    i = next(j for j, line in enumerate(lines) if not line.startswith("check"))
+    lhs, rhs = lines[i].rsplit(" = ", 1)
+    lines[i] = f"{lhs} = {(int(rhs) + 1) % MOD}"
+    labels = label_steps(p, "\n".join(lines))
+    assert [lab.correct for lab in labels] == [True] * i + [False] * (len(lines) - i)
+    assert not any(lab.correct for lab in label_steps(p, "banana\n12 + 3 = 15"))
+
+
+def test_traces_vary_in_length_and_a_third_is_self_checks():
+    rng = random.Random(0)
+    total = checks = merged = 0
+    lengths = []
+    for d in range(1, 9):
+        for p in generate(150, difficulty=d, seed=11):
+            lines = reference_lines(p, rng)
+            lengths.append(sum(map(len, lines)))
+            total += sum(len(x) + 1 for x in lines)
+            checks += sum(len(x) + 1 for x in lines if x.startswith("check"))
+            merged += any(x.startswith("((") or x.startswith("(") and not x.startswith("check") for x in lines)
+    assert 0.28 < checks / total < 0.38
+    assert merged > 100  # some traces merge two operations into one line
+
+
+def test_tokenizer_round_trip_and_chat_template():
+    tok = build_tokenizer()
+    text = "<|user|>(3 + 4) * 2 mod 100\n<|assistant|><think>\n3 + 4 = 7\n</think>\nThe answer is 14.<|end|>"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text and len(ids) == len(tok.encode(text, add_special_tokens=False))
+    assert tok.convert_tokens_to_ids("</think>") == 2 and tok.eos_token_id == 0
+    prompt = tok.apply_chat_template([{"role": "user", "content": "1 + 1 mod 100"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt == "<|user|>1 + 1 mod 100\n<|assistant|><think>\n"
+
+
+def test_task_specs():
+    assert len(get_task("testbed").problems()) == 800
+    d3 = get_task("testbed:d=3").problems()
+    assert len(d3) == 100 and all(p.meta["difficulty"] == 3 for p in d3)
+    fresh = get_task("testbed:d=3,seed=7").problems()
+    assert {p.id for p in fresh}.isdisjoint({p.id for p in d3})
+    assert get_task("testbed:seed=1,n=5").spec == "testbed:seed=1,n=5"
+    for bad in ("testbed:d=0", "testbed:d=x", "testbed:n=5", "testbed:k=1"):
+        with pytest.raises(ValueError):
+            get_task(bad)
+
+
+def test_committed_default_sets_match_the_generator():
+    from reasonbudget.tasks.testbed import DEFAULT_PER_DIFFICULTY, DEFAULT_SEED
+
+    committed = get_task("testbed:d=5").problems()
+    fresh = get_task(f"testbed:d=5,seed={DEFAULT_SEED},n={DEFAULT_PER_DIFFICULTY}").problems()
+    assert [(p.question, p.gold) for p in committed] == [(p.question, p.gold) for p in fresh]
+
+
+def test_oracle_prm_scores_are_the_checker_labels_and_noise_flips_them():
+    p = generate(1, difficulty=4, seed=2)[0]
+    lines = tuple(reference_lines(p, random.Random(0)))
+    bad = lines[:1] + ("1 + 1 = 3",) + lines[1:]
+    clean = OraclePRM().score_steps([StepSequence(p.question, lines), StepSequence(p.question, bad)])
+    assert clean[0].tolist() == [1.0] * len(lines)
+    assert clean[1].tolist() == [1.0] + [0.0] * len(lines)
+    noisy = OraclePRM(noise=0.2, seed=1).score_steps([StepSequence(p.question, lines)] * 500)
+    flipped = sum(int((s == 0).sum()) for s in noisy) / sum(s.numel() for s in noisy)
+    assert 0.17 < flipped < 0.23  # binomial sd ~0.008 at these counts: a >3.5 sd band
+
+
+def test_aggregate():
+    s = torch.tensor([0.9, 0.5, 0.8])
+    assert aggregate(s, "last") == pytest.approx(0.8) and aggregate(s, "min") == pytest.approx(0.5)
+    assert aggregate(s, "prod") == pytest.approx(0.36) and aggregate(s, "mean") == pytest.approx(2.2 / 3)
+    assert aggregate(torch.tensor([]), "min") == 0.0
+    with pytest.raises(ValueError):
+        aggregate(s, "max")
