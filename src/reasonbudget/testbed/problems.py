@@ -1,8 +1,9 @@
 """Synthetic multi-step arithmetic problems: the testbed's reasoning world.
 
-A problem starts from a number and applies `difficulty` operations (+ k, - k, * k), every result taken mod
-100, e.g. "((37 + 48) - 19) * 3 mod 100" or in words "Start with 37, add 48, subtract 19, multiply by 3.
-What is the result mod 100?". The value after every step is kept: it is the ground truth that the step
+A problem starts from a number 0..99 and applies `difficulty` operations (+ k and - k with k in 1..9, * k with
+k in 2..3), every result taken mod 100, e.g. "((37 + 8) - 9) * 3 mod 100" or in words "Start with 37, add 8,
+subtract 9, multiply by 3. What is the result mod 100?". Small operands keep one step learnable by a tiny
+model on CPU (one carry at most), while chains of up to 8 steps still compound errors. The value after every step is kept: it is the ground truth that the step
 checker and the oracle PRM compare against. Generation is seeded (a private random.Random per call).
 """
 
@@ -72,7 +73,7 @@ def generate(n: int, *, difficulty: int, seed: int, prefix: str = "") -> list[Ar
         steps = []
         for _ in range(difficulty):
             op = rng.choice(OPS)
-            steps.append((op, rng.randint(2, 9) if op == "*" else rng.randint(1, 99)))
+            steps.append((op, rng.randint(2, 3) if op == "*" else rng.randint(1, 9)))
         problems.append(ArithProblem(id=f"{prefix}d{difficulty}-s{seed}-{i}", start=rng.randint(0, 99),
                                      steps=tuple(steps), wording=rng.choice(("symbols", "words"))))
     return problems

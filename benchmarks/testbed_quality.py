@@ -1,0 +1,144 @@
+"""Is the testbed a world where our methods' effects are real? Measures, in one run:
+
+1. greedy accuracy of the target and the draft per difficulty, on the fixed default test sets and on a fresh
+   seed; mean thinking tokens per difficulty; the share of thinking tokens spent on self-check lines;
+2. the PRM on held-out steps (traces sampled at T=1 from both models on unseen problems): AUROC, and the
+   accuracy of picking the correct one of two traces (one right, one wrong final answer) by min-aggregated score;
+3. best-of-16 with the PRM against greedy on the hardest levels.
+
+    python benchmarks/testbed_quality.py [--fresh-seed 7] [--bon 16] [--bon-problems 100] [--json] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+
+from reasonbudget.engine import Engine, SamplingConfig
+from reasonbudget.eval.runner import problem_seed
+from reasonbudget.methods.base import make_method
+from reasonbudget.models import build_prompt, load_model
+from reasonbudget.rewards import StepSequence, aggregate
+from reasonbudget.tasks import get_task
+from reasonbudget.tasks.testbed import problem_from_meta
+from reasonbudget.testbed.pipeline import CHECKPOINTS
+from reasonbudget.testbed.prm import TestbedPRM, auroc, sample_labelled_traces
+from reasonbudget.testbed.problems import generate
+from reasonbudget.testbed.traces import final_answer, label_steps
+
+HELD_OUT_SEED = 3_000_000
+
+
+def run_plain(model, problems, *, temperature=0.0, samples=1, seed=0, batch=64):
+    """Plain CoT results for each (problem, sample), in order."""
+    engine = Engine(model)
+    method = make_method("plain", SamplingConfig(temperature=temperature), max_thinking_tokens=400,
+                         max_answer_tokens=32)
+    jobs = [(p, k) for p in problems for k in range(samples)]
+    out = []
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i : i + batch]
+        gens = [torch.Generator().manual_seed(problem_seed(seed, f"{p.id}#{k}")) for p, k in chunk]
+        out += method.run(engine, [build_prompt(model, p.question) for p, _ in chunk], budget=None, generator=gens)
+    return out
+
+
+def greedy_table(model, spec_fmt: str):
+    rows = {}
+    for d in range(1, 9):
+        problems = [problem_from_meta(p) for p in get_task(spec_fmt.format(d=d)).problems()]
+        results = run_plain(model, problems)
+        correct = [final_answer(r.answer) == p.answer for p, r in zip(problems, results)]
+        lines = [line for r in results for line in r.thinking.split("\n") if line.strip()]
+        check_chars = sum(len(x) + 1 for x in lines if x.startswith("check"))
+        rows[d] = {"accuracy": sum(correct) / len(correct),
+                   "mean_thinking_tokens": statistics.mean(r.usage.thinking_tokens for r in results),
+                   "check_share": check_chars / max(1, sum(len(x) + 1 for x in lines))}
+    return rows
+
+
+def prm_quality(prm, models, per_difficulty=25, samples=4):
+    problems = [p for d in range(1, 9) for p in generate(per_difficulty, difficulty=d, seed=HELD_OUT_SEED + d)]
+    data = [t for m in models for t in sample_labelled_traces(m, problems, samples=samples, temperature=1.0, seed=5)]
+    scores = prm.score_steps([StepSequence(t.question, t.steps) for t in data])
+    step_scores = [float(s) for sc in scores for s in sc]
+    step_labels = [lab for t in data for lab in t.labels]
+    by_q: dict[str, list[tuple[float, bool]]] = {}
+    for t, sc in zip(data, scores):
+        by_q.setdefault(t.question, []).append((aggregate(sc, "min"), all(t.labels)))
+    wins = pairs = 0
+    for items in by_q.values():
+        good, bad = [s for s, ok in items if ok], [s for s, ok in items if not ok]
+        for g in good:
+            for b in bad:
+                pairs += 1
+                wins += (g > b) + 0.5 * (g == b)
+    return {"auroc": auroc(step_scores, step_labels), "steps": len(step_labels),
+            "positive_share": sum(step_labels) / len(step_labels), "pair_accuracy": wins / max(1, pairs),
+            "pairs": pairs}
+
+
+def best_of_n(model, prm, d: int, n: int, num_problems: int):
+    problems = [problem_from_meta(p) for p in get_task(f"testbed:d={d}").problems()][:num_problems]
+    greedy = run_plain(model, problems)
+    sampled = run_plain(model, problems, temperature=1.0, samples=n, seed=11)
+    g_acc = statistics.mean(final_answer(r.answer) == p.answer for p, r in zip(problems, greedy))
+    hits = 0
+    for i, p in enumerate(problems):
+        cands = sampled[i * n : (i + 1) * n]
+        steps = [tuple(lab.line for lab in label_steps(p, r.thinking)) for r in cands]
+        scores = prm.score_steps([StepSequence(p.question, s) for s in steps])
+        best = max(range(n), key=lambda j: aggregate(scores[j], "min"))
+        hits += final_answer(cands[best].answer) == p.answer
+    return {"greedy": g_acc, f"best_of_{n}": hits / len(problems), "problems": len(problems)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fresh-seed", type=int, default=7)
+    ap.add_argument("--bon", type=int, default=16)
+    ap.add_argument("--bon-problems", type=int, default=100)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    target, draft = load_model("testbed-target"), load_model("testbed-draft")
+    prm = TestbedPRM(CHECKPOINTS / "prm")
+    report = {
+        "default": {name: greedy_table(m, "testbed:d={d}") for name, m in (("target", target), ("draft", draft))},
+        "fresh": {name: greedy_table(m, f"testbed:d={{d}},seed={args.fresh_seed}")
+                  for name, m in (("target", target), ("draft", draft))},
+        "prm": prm_quality(prm, [target, draft]),
+        "best_of_n": {d: best_of_n(target, prm, d, args.bon, args.bon_problems) for d in (6, 7, 8)},
+    }
+    report["seconds"] = round(time.time() - t0, 1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for split in ("default", "fresh"):
+        print(f"greedy accuracy, {split} test sets (100 problems per difficulty)")
+        print("d   target  draft   target thinking tok  target check share")
+        for d in range(1, 9):
+            t, r = report[split]["target"][d], report[split]["draft"][d]
+            print(f"{d}   {t['accuracy']:.2f}    {r['accuracy']:.2f}    {t['mean_thinking_tokens']:8.1f}"
+                  f"             {t['check_share']:.2f}")
+        for name in ("target", "draft"):
+            print(f"{name} overall: {statistics.mean(v['accuracy'] for v in report[split][name].values()):.3f}")
+    print("PRM on held-out steps:", json.dumps(report["prm"]))
+    print("best-of-N with the PRM (min aggregation) vs greedy, target:")
+    for d, v in report["best_of_n"].items():
+        print(f"  d={d}: {json.dumps(v)}")
+    print(f"total {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

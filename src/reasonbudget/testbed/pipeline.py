@@ -1,0 +1,52 @@
+"""`reasonbudget testbed train`: regenerate data and retrain the target, the draft and the PRM."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
+
+logger = logging.getLogger(__name__)
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+PRM_SEED_OFFSET = 2_000_000  # PRM training problems: disjoint from LM training and from test seeds
+
+
+def prm_training_problems(per_difficulty: int):
+    return [p for d in range(1, MAX_DIFFICULTY + 1)
+            for p in generate(per_difficulty, difficulty=d, seed=PRM_SEED_OFFSET + d)]
+
+
+def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, epochs: int | None = None) -> dict:
+    from reasonbudget.models import load_model
+    from reasonbudget.testbed.prm import PRMTrainConfig, sample_labelled_traces, train_prm
+
+    t0 = time.time()
+    problems = prm_training_problems(per_difficulty)
+    data = []
+    for name in ("target", "draft"):
+        model = load_model(str(out / name))
+        data += sample_labelled_traces(model, problems, samples=samples, temperature=1.0, seed=1)
+    sampling_seconds = time.time() - t0
+    cfg = PRMTrainConfig() if epochs is None else replace(PRMTrainConfig(), epochs=epochs)
+    stats = train_prm(data, cfg, out / "prm", init_from=out / "target")
+    stats["sampling_seconds"] = round(sampling_seconds, 1)
+    stats["positive_step_share"] = sum(sum(d.labels) for d in data) / max(1, sum(len(d.labels) for d in data))
+    (out / "prm" / "training.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
+    """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only)."""
+    from reasonbudget.testbed.train import DRAFT, TARGET, train
+
+    t0 = time.time()
+    target, draft = (replace(c, steps=3, warmup_steps=1) for c in (TARGET, DRAFT)) if smoke else (TARGET, DRAFT)
+    report = {"target": train(target, out / "target", name="target"),
+              "draft": train(draft, out / "draft", name="draft"),
+              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, epochs=1) if smoke else {}))}
+    report["total_seconds"] = round(time.time() - t0, 1)
+    return report
