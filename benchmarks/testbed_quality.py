@@ -88,6 +88,8 @@ def best_of_n(model, prm, d: int, n: int, num_problems: int):
     greedy = run_plain(model, problems)
     sampled = run_plain(model, problems, temperature=1.0, samples=n, seed=11)
     g_acc = statistics.mean(final_answer(r.answer) == p.answer for p, r in zip(problems, greedy))
+    lines = [x for r in sampled for x in r.thinking.split("\n") if x.strip()]
+    check_share = sum(len(x) + 1 for x in lines if x.startswith("check")) / max(1, sum(len(x) + 1 for x in lines))
     hits = 0
     for i, p in enumerate(problems):
         cands = sampled[i * n : (i + 1) * n]
@@ -95,7 +97,11 @@ def best_of_n(model, prm, d: int, n: int, num_problems: int):
         scores = prm.score_steps([StepSequence(p.question, s) for s in steps])
         best = max(range(n), key=lambda j: aggregate(scores[j], "min"))
         hits += final_answer(cands[best].answer) == p.answer
-    return {"greedy": g_acc, f"best_of_{n}": hits / len(problems), "problems": len(problems)}
+    return {"greedy": g_acc, f"best_of_{n}": hits / len(problems), "problems": len(problems),
+            "sampled_mean_thinking_tokens": statistics.mean(r.usage.thinking_tokens for r in sampled),
+            "sampled_check_share": round(check_share, 3),
+            "sampled_accuracy": statistics.mean(final_answer(r.answer) == p.answer
+                                                for i, p in enumerate(problems) for r in sampled[i * n:(i + 1) * n])}
 
 
 def main() -> None:
@@ -115,7 +121,8 @@ def main() -> None:
         "fresh": {name: greedy_table(m, f"testbed:d={{d}},seed={args.fresh_seed}")
                   for name, m in (("target", target), ("draft", draft))},
         "prm": prm_quality(prm, [target, draft]),
-        "best_of_n": {d: best_of_n(target, prm, d, args.bon, args.bon_problems) for d in (6, 7, 8)},
+        "best_of_n": {name: {d: best_of_n(m, prm, d, args.bon, args.bon_problems) for d in (6, 7, 8)}
+                      for name, m in (("target", target), ("draft", draft))},
     }
     report["seconds"] = round(time.time() - t0, 1)
     if args.out:
@@ -134,9 +141,10 @@ def main() -> None:
         for name in ("target", "draft"):
             print(f"{name} overall: {statistics.mean(v['accuracy'] for v in report[split][name].values()):.3f}")
     print("PRM on held-out steps:", json.dumps(report["prm"]))
-    print("best-of-N with the PRM (min aggregation) vs greedy, target:")
-    for d, v in report["best_of_n"].items():
-        print(f"  d={d}: {json.dumps(v)}")
+    for name, by_d in report["best_of_n"].items():
+        print(f"best-of-{args.bon} with the PRM (min aggregation) vs greedy, {name}:")
+        for d, v in by_d.items():
+            print(f"  d={d}: {json.dumps(v)}")
     print(f"total {report['seconds']} s")
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from reasonbudget.testbed.prm import TestbedPRM, auroc
+from reasonbudget.testbed.prm import TestbedPRM as PRM
+from reasonbudget.testbed.prm import auroc
 
 
 def test_auroc_pure():
@@ -22,5 +23,5 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     for name in ("target", "draft"):
         model = load_model(str(tmp_path / name))
         assert model.profile.name == "testbed" and model.kind == "runtime"
-    scores = TestbedPRM(tmp_path / "prm").score_steps([StepSequence("1 + 2 mod 100", ("1 + 2 = 3",))])
+    scores = PRM(tmp_path / "prm").score_steps([StepSequence("1 + 2 mod 100", ("1 + 2 = 3",))])
     assert scores[0].shape == (1,) and 0.0 <= float(scores[0][0]) <= 1.0
