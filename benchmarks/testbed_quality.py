@@ -13,46 +13,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 
 import torch
 
-from reasonbudget.engine import Engine, SamplingConfig
-from reasonbudget.eval.runner import problem_seed
-from reasonbudget.methods.base import make_method
-from reasonbudget.models import build_prompt, load_model
+from reasonbudget.models import load_model
 from reasonbudget.rewards import StepSequence, aggregate
 from reasonbudget.tasks import get_task
 from reasonbudget.tasks.testbed import problem_from_meta
 from reasonbudget.testbed.pipeline import CHECKPOINTS
 from reasonbudget.testbed.prm import TestbedPRM, auroc, sample_labelled_traces
+from reasonbudget.testbed.rollouts import rollouts
 from reasonbudget.testbed.problems import generate
 from reasonbudget.testbed.traces import final_answer, label_steps
 
 HELD_OUT_SEED = 3_000_000
 
 
-def run_plain(model, problems, *, temperature=0.0, samples=1, seed=0, batch=64):
-    """Plain CoT results for each (problem, sample), in order."""
-    engine = Engine(model)
-    method = make_method("plain", SamplingConfig(temperature=temperature), max_thinking_tokens=400,
-                         max_answer_tokens=32)
-    jobs = [(p, k) for p in problems for k in range(samples)]
-    out = []
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i : i + batch]
-        gens = [torch.Generator().manual_seed(problem_seed(seed, f"{p.id}#{k}")) for p, k in chunk]
-        out += method.run(engine, [build_prompt(model, p.question) for p, _ in chunk], budget=None, generator=gens)
-    return out
-
-
 def greedy_table(model, spec_fmt: str):
     rows = {}
     for d in range(1, 9):
         problems = [problem_from_meta(p) for p in get_task(spec_fmt.format(d=d)).problems()]
-        results = run_plain(model, problems)
+        results = rollouts(model, problems)
         correct = [final_answer(r.answer) == p.answer for p, r in zip(problems, results)]
         lines = [line for r in results for line in r.thinking.split("\n") if line.strip()]
         check_chars = sum(len(x) + 1 for x in lines if x.startswith("check"))
@@ -85,8 +68,8 @@ def prm_quality(prm, models, per_difficulty=25, samples=4):
 
 def best_of_n(model, prm, d: int, n: int, num_problems: int):
     problems = [problem_from_meta(p) for p in get_task(f"testbed:d={d}").problems()][:num_problems]
-    greedy = run_plain(model, problems)
-    sampled = run_plain(model, problems, temperature=1.0, samples=n, seed=11)
+    greedy = rollouts(model, problems)
+    sampled = rollouts(model, problems, temperature=1.0, samples=n, seed=11)
     g_acc = statistics.mean(final_answer(r.answer) == p.answer for p, r in zip(problems, greedy))
     lines = [x for r in sampled for x in r.thinking.split("\n") if x.strip()]
     check_share = sum(len(x) + 1 for x in lines if x.startswith("check")) / max(1, sum(len(x) + 1 for x in lines))

@@ -47,7 +47,7 @@ def apply_top_p(logits: Tensor, p: float) -> Tensor:
     """Nucleus filter on logits [R, V]: keeps the smallest prefix (by probability) whose mass is >= p."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties: lowest id first, like argmax
     probs = sorted_logits.softmax(-1)
     mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
     drop_sorted = mass_before >= p  # the argmax always has mass_before = 0 and survives

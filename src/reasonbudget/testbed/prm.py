@@ -158,28 +158,16 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def sample_labelled_traces(model, problems, *, samples: int, temperature: float, seed: int,
-                           batch_size: int = 64) -> list[LabelledTrace]:
+def sample_labelled_traces(model, problems, *, samples: int, temperature: float, seed: int) -> list[LabelledTrace]:
     """`samples` traces per problem from `model` (a LoadedModel) at `temperature`, labelled by the checker."""
-    from reasonbudget.engine import Engine, SamplingConfig
-    from reasonbudget.eval.runner import problem_seed
-    from reasonbudget.methods.base import make_method
-    from reasonbudget.models.registry import build_prompt
+    from reasonbudget.testbed.rollouts import rollouts
     from reasonbudget.testbed.traces import label_steps
 
-    engine = Engine(model)
-    method = make_method("plain", SamplingConfig(temperature=temperature), max_thinking_tokens=400,
-                         max_answer_tokens=32)
-    jobs = [(p, k) for p in problems for k in range(samples)]
+    results = rollouts(model, problems, samples=samples, temperature=temperature, seed=seed)
     out: list[LabelledTrace] = []
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
-        gens = [torch.Generator().manual_seed(problem_seed(seed, f"{p.id}#{k}")) for p, k in chunk]
-        results = method.run(engine, [build_prompt(model, p.question) for p, _ in chunk], budget=None,
-                             generator=gens)
-        for (p, _), r in zip(chunk, results):
-            labels = label_steps(p, r.thinking)
-            if labels:
-                out.append(LabelledTrace(p.question, tuple(lab.line for lab in labels),
-                                         tuple(lab.correct for lab in labels)))
+    for i, r in enumerate(results):
+        p = problems[i // samples]
+        labels = label_steps(p, r.thinking)
+        if labels:
+            out.append(LabelledTrace(p.question, tuple(lab.line for lab in labels), tuple(lab.correct for lab in labels)))
     return out
