@@ -53,17 +53,6 @@ _GGUF_NAMES = {
 }
 
 
-def gguf_metadata(path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")} | {
-        "tokenizer.ggml.tokens.count": len(reader.fields["tokenizer.ggml.tokens"].data)
-        if "tokenizer.ggml.tokens" in reader.fields
-        else 0
-    }
-
-
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp stores Llama q/k rows interleaved per head (GPT-J rope); back to HF's rotate-half order."""
     out, rest = w.shape[0], w.shape[1:]
