@@ -8,10 +8,9 @@ ragged lengths, their own controllers, their own generator, their own stop.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Generator, Tensor
@@ -34,15 +33,6 @@ class Decoded:
     forward_passes: int
 
 
-@dataclass
-class EngineStats:
-    """Counters since creation: what the backend actually processed."""
-
-    forward_passes: int = 0
-    tokens_processed: int = 0
-    seconds: float = field(default=0.0)
-
-
 class Engine:
     def __init__(self, model: LoadedModel, *, prefill_chunk_tokens: int = 4096) -> None:
         self.model = model
@@ -50,7 +40,6 @@ class Engine:
         self.cache = None
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.stats = EngineStats()
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
@@ -96,12 +85,7 @@ class Engine:
 
     # ---- forward ----------------------------------------------------------------------------------------
     def _forward(self, tokens: Tensor, rows: Tensor, logits_at: Tensor, hidden_layers: Sequence[int]):
-        t0 = time.perf_counter()
-        out = self.backend(tokens, self.cache, rows, logits_at=logits_at, hidden_layers=hidden_layers)
-        self.stats.forward_passes += 1
-        self.stats.tokens_processed += tokens.numel()
-        self.stats.seconds += time.perf_counter() - t0
-        return out
+        return self.backend(tokens, self.cache, rows, logits_at=logits_at, hidden_layers=hidden_layers)
 
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[TokenIds], *, max_new_tokens: int) -> Tensor:

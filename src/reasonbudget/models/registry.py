@@ -187,13 +187,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", dev
     entry = REGISTRY.get(name_or_path)
     tok = load_tokenizer(path)
     config, state = _read_state(path) if backend != "hf" else ({}, {})
-    prof = _profile_for(tok, profile or (entry.profile if entry else None) or config.get("reasonbudget_profile"))
+    hint = profile or (entry.profile if entry else None)
     if backend == "hf" or (backend == "auto" and config.get("model_type") not in ("llama", "mistral", "qwen2", "qwen3")):
         from reasonbudget.models.hf_fallback import load_hf_backend
 
         module, hf_config = load_hf_backend(path, DTYPES[dtype], device)
+        prof = _profile_for(tok, hint or hf_config.get("reasonbudget_profile"))
         return LoadedModel(name_or_path, module, tok, prof, module.num_params, hf_config.get("max_position_embeddings", 2048),
                            _eos_ids(tok, hf_config), kind="hf")
+    prof = _profile_for(tok, hint or config.get("reasonbudget_profile"))
     from reasonbudget.models.loading import build_transformer
 
     cfg = ModelConfig.from_hf(config)
