@@ -26,7 +26,7 @@ from reasonbudget.testbed.pipeline import CHECKPOINTS
 from reasonbudget.testbed.prm import TestbedPRM, auroc, sample_labelled_traces
 from reasonbudget.testbed.rollouts import rollouts
 from reasonbudget.testbed.problems import generate
-from reasonbudget.testbed.traces import final_answer, label_steps
+from reasonbudget.testbed.traces import final_answer, label_trace
 
 HELD_OUT_SEED = 3_000_000
 
@@ -76,7 +76,7 @@ def best_of_n(model, prm, d: int, n: int, num_problems: int):
     hits = 0
     for i, p in enumerate(problems):
         cands = sampled[i * n : (i + 1) * n]
-        steps = [tuple(lab.line for lab in label_steps(p, r.thinking)) for r in cands]
+        steps = [tuple(lab.line for lab in label_trace(p, r.thinking, r.answer)) for r in cands]
         scores = prm.score_steps([StepSequence(p.question, s) for s in steps])
         best = max(range(n), key=lambda j: aggregate(scores[j], "min"))
         hits += final_answer(cands[best].answer) == p.answer

@@ -34,6 +34,24 @@ def test_trained_prm_scores_steps():
     assert scores[0].shape == (1,) and 0 <= float(scores[0][0]) <= 1 and scores[1].numel() == 0
 
 
+def test_trained_prm_flags_a_wrong_step_and_a_premature_end():
+    p = generate(1, difficulty=3, seed=21)[0]
+    lines, v = [], p.start
+    for (op, k), value in zip(p.steps, p.values):
+        lines.append(f"{v} {op} {k} = {value}")
+        v = value
+    wrong = lines[:1] + [lines[1].rsplit(" = ", 1)[0] + f" = {(p.values[1] + 7) % 100}"]
+    prm = PRM(CHECKPOINTS / "prm")
+    good, bad, early = prm.score_steps([
+        StepSequence(p.question, (*lines, f"</think>\nThe answer is {p.answer}.")),
+        StepSequence(p.question, tuple(wrong)),
+        StepSequence(p.question, (*lines[:2], f"</think>\nThe answer is {p.values[1]}.")),
+    ])
+    assert float(good.min()) > 0.5
+    assert float(bad[1]) < 0.5 < float(bad[0])
+    assert float(early[-1]) < 0.5 < float(early[:2].min())
+
+
 def test_checkpoints_stay_small():
     total = sum(f.stat().st_size for f in CHECKPOINTS.rglob("*") if f.is_file())
     assert total < 25 * 2**20

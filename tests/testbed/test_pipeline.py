@@ -1,9 +1,10 @@
 """The retraining pipeline end to end at smoke scale, and the pure AUROC."""
 
 import pytest
+import torch
 
 from reasonbudget.testbed.prm import TestbedPRM as PRM
-from reasonbudget.testbed.prm import auroc
+from reasonbudget.testbed.prm import LOGPROB_FLOOR, auroc, features_from_logprobs
 
 
 def test_auroc_pure():
@@ -11,6 +12,13 @@ def test_auroc_pure():
     assert auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
     assert auroc([0.5, 0.5], [True, False]) == 0.5
     assert auroc([0.3, 0.7, 0.4, 0.6], [False, True, True, False]) == pytest.approx(0.75)
+
+
+def test_step_features_pure():
+    # tokens 0..2 are the prompt; step one is tokens 3,4 + newline 5; step two is token 6 + newline 7
+    lp = torch.tensor([0.0, -9.0, -9.0, -1.0, -3.0, -50.0, -40.0, -0.5])
+    f = features_from_logprobs(lp, ends=[5, 7], first=3) * -LOGPROB_FLOOR
+    assert f.flatten().tolist() == pytest.approx([-3.0, -2.0, -3.0, -20.0, -20.0, -20.0])  # newlines out, floor clamps
 
 
 def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):

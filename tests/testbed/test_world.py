@@ -11,7 +11,8 @@ from reasonbudget.rewards import OraclePRM, StepSequence, aggregate
 from reasonbudget.tasks import get_task
 from reasonbudget.testbed.problems import MOD, generate, parse_question
 from reasonbudget.testbed.tokenizer import build_tokenizer
-from reasonbudget.testbed.traces import final_answer, label_steps, reference_completion, reference_lines
+from reasonbudget.testbed.traces import (final_answer, label_steps, label_trace, reference_completion,
+                                         reference_lines)
 
 
 @settings(max_examples=60, deadline=None)
@@ -50,6 +51,18 @@ def test_a_wrong_step_derails_everything_after_it():
     labels = label_steps(p, "\n".join(lines))
     assert [lab.correct for lab in labels] == [True] * i + [False] * (len(lines) - i)
     assert not any(lab.correct for lab in label_steps(p, "banana\n12 + 3 = 15"))
+
+
+def test_closing_step_catches_a_trace_that_stops_early():
+    p = generate(1, difficulty=4, seed=8)[0]
+    lines = [x for x in reference_lines(p, random.Random(2)) if not x.startswith("check")]
+    full = label_trace(p, "\n".join(lines), f"The answer is {p.answer}.")
+    assert [lab.correct for lab in full] == [True] * (len(lines) + 1)
+    assert full[-1].line == f"</think>\nThe answer is {p.answer}."
+    early = label_trace(p, "\n".join(lines[:-1]), f"The answer is {p.values[-2]}.")
+    assert [lab.correct for lab in early] == [True] * (len(lines) - 1) + [False]  # every written line is right
+    wrong_answer = label_trace(p, "\n".join(lines), f"The answer is {(p.answer + 1) % MOD}.")
+    assert not wrong_answer[-1].correct
 
 
 def test_traces_vary_in_length_and_a_third_is_self_checks():

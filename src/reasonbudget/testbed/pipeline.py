@@ -20,22 +20,23 @@ def prm_training_problems(per_difficulty: int):
             for p in generate(per_difficulty, difficulty=d, seed=PRM_SEED_OFFSET + d)]
 
 
-def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, epochs: int | None = None) -> dict:
+def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, smoke: bool = False) -> dict:
+    """The verifier LM (into out/prm), then traces of the target and draft at T=1 and the step head."""
     from reasonbudget.models import load_model
     from reasonbudget.testbed.prm import PRMTrainConfig, sample_labelled_traces, train_prm
+    from reasonbudget.testbed.train import VERIFIER, train
 
+    verifier = replace(VERIFIER, steps=3, warmup_steps=1) if smoke else VERIFIER
+    stats: dict = {"verifier_lm": train(verifier, out / "prm", name="verifier", data_stream="target")}
     t0 = time.time()
     problems = prm_training_problems(per_difficulty)
     data = []
     for name in ("target", "draft"):
         model = load_model(str(out / name))
         data += sample_labelled_traces(model, problems, samples=samples, temperature=1.0, seed=1)
-    sampling_seconds = time.time() - t0
-    cfg = PRMTrainConfig() if epochs is None else replace(PRMTrainConfig(), epochs=epochs)
-    stats = train_prm(data, cfg, out / "prm", init_from=out / "target")
-    stats["sampling_seconds"] = round(sampling_seconds, 1)
-    stats["positive_step_share"] = sum(sum(d.labels) for d in data) / max(1, sum(len(d.labels) for d in data))
-    (out / "prm" / "training.json").write_text(json.dumps(stats, indent=2))
+    stats["sampling_seconds"] = round(time.time() - t0, 1)
+    cfg = replace(PRMTrainConfig(), epochs=1) if smoke else PRMTrainConfig()
+    stats["step_head"] = train_prm(data, cfg, out / "prm")
     return stats
 
 
@@ -47,6 +48,7 @@ def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
     target, draft = (replace(c, steps=3, warmup_steps=1) for c in (TARGET, DRAFT)) if smoke else (TARGET, DRAFT)
     report = {"target": train(target, out / "target", name="target"),
               "draft": train(draft, out / "draft", name="draft"),
-              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, epochs=1) if smoke else {}))}
+              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {}))}
     report["total_seconds"] = round(time.time() - t0, 1)
+    (out / "retrain.json").write_text(json.dumps(report, indent=2))
     return report

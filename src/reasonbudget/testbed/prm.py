@@ -1,10 +1,16 @@
-"""The testbed's trained process reward model.
+"""The testbed's trained process reward model: a verifier LM read by a trained step head.
 
-A small Llama encoder with a one-logit token-classification head (HF `LlamaForTokenClassification`). It
-reads "<|user|>question\\n<|assistant|><think>\\n" followed by the steps, one per line, and at the newline
-that ends each step predicts P(trace still correct after this step). Training data: traces sampled at
-temperature 1 from the draft and the target on training problems, labelled by the step checker; loss is
-binary cross-entropy at step ends only.
+A step is judged from how the verifier LM (a testbed LM trained longer than the target policy, as real PRMs
+start from strong models) reads it: the log-probabilities it gives the step's tokens (the lowest in the
+step, the mean, and the lowest over the whole trace so far) and its final hidden state at the newline that
+ends the step. A small MLP over those features predicts P(trace still correct after this step); it is
+trained with binary cross-entropy on traces sampled at temperature 1 from the draft and the target and
+labelled by the step checker. The LM stays frozen.
+
+Why not fine-tune an LM as a token classifier (the usual recipe)? Measured here: initialised from the
+target and trained on the same data it reached a held-out step AUROC of only 0.77, because checking
+`a op k = r` at the newline needs the sum the LM computes one position earlier; the LM's own surprise at
+the written digits carries that check directly (AUROC 0.99 from the running-minimum log-probability alone).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reasonbudget.rewards.base import StepSequence
-from reasonbudget.testbed.tokenizer import build_tokenizer
-from reasonbudget.testbed.train import ModelShape
 
 logger = logging.getLogger(__name__)
+HEAD_FILE, HEAD_CONFIG = "step_head.safetensors", "step_head.json"
+SCALAR_FEATURES = 3  # line min log-prob, line mean log-prob, running min log-prob
+LOGPROB_FLOOR = -20.0
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,12 @@ class LabelledTrace:
 
 @dataclass(frozen=True, kw_only=True)
 class PRMTrainConfig:
-    shape: ModelShape = ModelShape(hidden_size=128, num_layers=3, num_heads=4, intermediate_size=384)
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
+    hidden: int = 64
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 3e-3
+    val_fraction: float = 0.05
+    """Traces held out of training to report step AUROC during training."""
     seed: int = 0
 
 
@@ -67,76 +76,116 @@ def _batch(tok, items: Sequence[tuple[str, Sequence[str]]]) -> tuple[Tensor, Ten
     return x, mask, [ends for _, ends in encoded]
 
 
+def features_from_logprobs(token_logprobs: Tensor, ends: Sequence[int], first: int) -> Tensor:
+    """Scalar features per step; pure. token_logprobs[t]: log p(token t | tokens < t); the steps' tokens
+    start at `first` and step i ends with its newline at ends[i]. -> [num_steps, SCALAR_FEATURES]"""
+    rows, running, start = [], 0.0, first
+    for end in ends:
+        line = token_logprobs[start:end].clamp(min=LOGPROB_FLOOR)  # the step's characters, not its newline
+        low = float(line.min()) if line.numel() else 0.0
+        running = min(running, low)
+        rows.append([low, float(line.mean()) if line.numel() else 0.0, running])
+        start = end + 1
+    return torch.tensor(rows) / -LOGPROB_FLOOR
+
+
+@torch.inference_mode()
+def step_features(lm, tok, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64) -> list[Tensor]:
+    """Per item: [num_steps, SCALAR_FEATURES + d_model] from one forward of the verifier LM."""
+    out: list[Tensor] = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        x, mask, ends = _batch(tok, chunk)
+        res = lm(input_ids=x, attention_mask=mask, output_hidden_states=True)
+        logp = torch.log_softmax(res.logits.float(), dim=-1)
+        token_lp = torch.cat([torch.zeros(x.shape[0], 1), logp[:, :-1].gather(-1, x[:, 1:, None])[..., 0]], dim=1)
+        hidden = res.hidden_states[-1].float()
+        for b, ((_, steps), e) in enumerate(zip(chunk, ends)):
+            if not e:
+                out.append(torch.zeros(0, SCALAR_FEATURES + hidden.shape[-1]))
+                continue
+            first = e[0] - len(tok.encode(steps[0] + "\n", add_special_tokens=False)) + 1
+            out.append(torch.cat([features_from_logprobs(token_lp[b], e, first), hidden[b, e]], dim=1))
+    return out
+
+
+class StepHead(nn.Module):
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(SCALAR_FEATURES + d_model, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)[..., 0]
+
+
 class TestbedPRM:
-    """`ProcessRewardModel` over a trained checkpoint directory."""
+    """`ProcessRewardModel` over a checkpoint directory: the verifier LM plus `step_head.safetensors`."""
 
     def __init__(self, path: str | Path) -> None:
-        from transformers import AutoTokenizer, LlamaForTokenClassification
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer, LlamaForCausalLM
 
+        path = Path(path)
         self.tok = AutoTokenizer.from_pretrained(str(path))
-        self.model = LlamaForTokenClassification.from_pretrained(str(path)).eval()
+        self.lm = LlamaForCausalLM.from_pretrained(str(path)).eval()
+        cfg = json.loads((path / HEAD_CONFIG).read_text())
+        self.head = StepHead(cfg["d_model"], cfg["hidden"]).eval()
+        self.head.load_state_dict(load_file(str(path / HEAD_FILE)))
 
     @torch.inference_mode()
     def score_steps(self, items: Sequence[StepSequence], batch_size: int = 64) -> list[Tensor]:
-        out: list[Tensor] = []
-        for i in range(0, len(items), batch_size):
-            chunk = items[i : i + batch_size]
-            x, mask, ends = _batch(self.tok, [(it.problem, it.steps) for it in chunk])
-            logits = self.model(input_ids=x, attention_mask=mask).logits[..., 0]  # [B, T]
-            out += [torch.sigmoid(logits[b, e]) if e else torch.zeros(0) for b, e in enumerate(ends)]
-        return out
+        feats = step_features(self.lm, self.tok, [(it.problem, it.steps) for it in items], batch_size)
+        return [torch.sigmoid(self.head(f)) for f in feats]
 
 
-def train_prm(data: Sequence[LabelledTrace], cfg: PRMTrainConfig, out: Path, *,
-              init_from: Path | None = None) -> dict:
-    """Train on labelled traces. `init_from`: a testbed LM checkpoint whose body starts the PRM (the usual
-    recipe: a PRM begins as the policy model, which already reads the arithmetic), with a fresh score head."""
-    from transformers import LlamaConfig, LlamaForTokenClassification
+def train_prm(data: Sequence[LabelledTrace], cfg: PRMTrainConfig, lm_dir: Path) -> dict:
+    """Train the step head over the frozen verifier LM in `lm_dir`; the head is saved next to the LM."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)  # entry point of a training run
-    tok = build_tokenizer()
-    if init_from is not None:
-        model = LlamaForTokenClassification.from_pretrained(str(init_from), num_labels=1)
-    else:
-        s = cfg.shape
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
-                             num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads,
-                             num_key_value_heads=s.num_heads, max_position_embeddings=1024, num_labels=1,
-                             pad_token_id=tok.eos_token_id)
-        model = LlamaForTokenClassification(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(str(lm_dir))
+    lm = LlamaForCausalLM.from_pretrained(str(lm_dir)).eval()
     rng = random.Random(cfg.seed)
     order = list(range(len(data)))
-    total_steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
-    t0, step, history = time.time(), 0, []
+    rng.shuffle(order)
+    n_val = int(len(order) * cfg.val_fraction)
+    feats = step_features(lm, tok, [(d.question, d.steps) for d in data])
+    labels = [torch.tensor([float(v) for v in d.labels]) for d in data]
+
+    def gather(idx):
+        if not idx:
+            return torch.zeros(0, SCALAR_FEATURES + lm.config.hidden_size), torch.zeros(0)
+        return torch.cat([feats[j] for j in idx]), torch.cat([labels[j] for j in idx])
+
+    (xv, yv), (xt, yt) = gather(order[:n_val]), gather(order[n_val:])
+    head = StepHead(lm.config.hidden_size, cfg.hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.01)
+    steps_per_epoch = math.ceil(len(yt) / cfg.batch_size)
+    total, step, history = cfg.epochs * steps_per_epoch, 0, []
     for epoch in range(cfg.epochs):
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            batch = [data[j] for j in order[i : i + cfg.batch_size]]
-            x, mask, ends = _batch(tok, [(d.question, d.steps) for d in batch])
-            target = torch.full(x.shape, -1.0)
-            for b, (d, e) in enumerate(zip(batch, ends)):
-                target[b, e] = torch.tensor([float(v) for v in d.labels])
+        perm = torch.randperm(len(yt))
+        for i in range(0, len(yt), cfg.batch_size):
+            sel = perm[i : i + cfg.batch_size]
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(input_ids=x, attention_mask=mask).logits[..., 0].float()
-            sel = target >= 0
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[sel], target[sel])
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = nn.functional.binary_cross_entropy_with_logits(head(xt[sel]), yt[sel])
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if step % 50 == 0:
-                history.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
-                logger.info("prm epoch %d step %d loss %.4f", epoch, step, loss.item())
             step += 1
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    stats = {"config": asdict(cfg), "init_from": str(init_from) if init_from else None, "examples": len(data), "steps": step, "train_seconds": round(time.time() - t0, 1),
-             "params": sum(p.numel() for p in model.parameters()), "history": history}
-    (out / "training.json").write_text(json.dumps(stats, indent=2))
+        if epoch % 10 == 9 or epoch == cfg.epochs - 1:
+            with torch.no_grad():
+                val = auroc(head(xv).tolist(), yv.bool().tolist()) if n_val else float("nan")
+            history.append({"epoch": epoch, "loss": round(loss.item(), 4), "val_auroc": round(val, 4)})
+            logger.info("prm head epoch %d loss %.4f held-out step AUROC %.4f", epoch, loss.item(), val)
+    save_file(head.state_dict(), str(lm_dir / HEAD_FILE))
+    (lm_dir / HEAD_CONFIG).write_text(json.dumps({"d_model": lm.config.hidden_size, "hidden": cfg.hidden}))
+    stats = {"config": asdict(cfg), "examples": len(data), "steps": len(yt) + len(yv),
+             "positive_step_share": round(float(torch.cat(labels).mean()), 4), "history": history,
+             "train_seconds": round(time.time() - t0, 1)}
+    (lm_dir / "step_head_training.json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
@@ -161,13 +210,13 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 def sample_labelled_traces(model, problems, *, samples: int, temperature: float, seed: int) -> list[LabelledTrace]:
     """`samples` traces per problem from `model` (a LoadedModel) at `temperature`, labelled by the checker."""
     from reasonbudget.testbed.rollouts import rollouts
-    from reasonbudget.testbed.traces import label_steps
+    from reasonbudget.testbed.traces import label_trace
 
     results = rollouts(model, problems, samples=samples, temperature=temperature, seed=seed)
     out: list[LabelledTrace] = []
     for i, r in enumerate(results):
         p = problems[i // samples]
-        labels = label_steps(p, r.thinking)
+        labels = label_trace(p, r.thinking, r.answer)
         if labels:
             out.append(LabelledTrace(p.question, tuple(lab.line for lab in labels), tuple(lab.correct for lab in labels)))
     return out

@@ -12,7 +12,8 @@ trace (check lines are about a third of all thinking tokens on average), and hal
 of operations with probability 0.3.
 
 Step labels ("process" labels, as a PRM learns them): a line is correct when its arithmetic is right and it
-continues the true chain; after the first wrong line, every later line is wrong.
+continues the true chain; after the first wrong line, every later line is wrong. `label_trace` adds the
+closing step (end of thinking and the answer line), which is where a trace that skips steps goes wrong.
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ def label_steps(problem: ArithProblem, thinking: str) -> list[StepLabel]:
         derailed = derailed or not ok
         labels.append(StepLabel(line, ok, is_check))
     return labels
+
+
+def label_trace(problem: ArithProblem, thinking: str, answer: str) -> list[StepLabel]:
+    """`label_steps` plus the closing step ("</think>" and the answer line), correct when every line before
+    it is and the answer is right: a trace that stops thinking a step early is wrong there, not nowhere."""
+    labels = label_steps(problem, thinking)
+    ok = all(lab.correct for lab in labels) and final_answer(answer) == problem.answer
+    return labels + [StepLabel(closing_step(answer), ok, False)]
+
+
+def closing_step(answer: str) -> str:
+    return "</think>\n" + answer.strip()
 
 
 def final_answer(text: str) -> int | None:

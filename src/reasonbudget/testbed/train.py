@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,7 +48,13 @@ class TrainConfig:
 
 
 DRAFT = TrainConfig(shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192), steps=1200)
-TARGET = TrainConfig(shape=ModelShape(hidden_size=192, num_layers=4, num_heads=6, intermediate_size=512), steps=2400)
+# The target's training length is the knob that sets its step-error rate (measured greedy accuracy at d=1/3/8 on
+# the default sets): 700 steps 0.92/0.86/0.57, 850 steps 0.99/0.94/0.70, 1100 steps 1.00/1.00/0.97. 850 leaves
+# the target reliable on short chains and fallible on long ones, which is where search and verification pay.
+TARGET = TrainConfig(shape=ModelShape(hidden_size=192, num_layers=4, num_heads=6, intermediate_size=512), steps=850)
+# The PRM's verifier LM: the target's recipe and data stream, trained longer (greedy 0.97 at d=8), as real PRMs
+# start from models stronger than the policies they judge.
+VERIFIER = replace(TARGET, steps=1100)
 
 
 def hf_config(shape: ModelShape, vocab_size: int, eos_id: int):
@@ -89,14 +95,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def train(cfg: TrainConfig, out: Path, *, name: str, log_every: int = 50) -> dict:
+def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = None, log_every: int = 50) -> dict:
+    """Train one LM; `data_stream` (default `name`) seeds the order of training problems and traces."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)  # entry point of a training run: initial weights
     tok = build_tokenizer()
     model = LlamaForCausalLM(hf_config(cfg.shape, len(tok), tok.eos_token_id))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    rng = random.Random(f"train:{name}:{cfg.seed}")
+    rng = random.Random(f"train:{data_stream or name}:{cfg.seed}")
     t0, tokens, history = time.time(), 0, []
     step = 0
     for step in range(cfg.steps):
