@@ -7,6 +7,7 @@
 3. best-of-16 with the PRM against greedy on the hardest levels.
 
     python benchmarks/testbed_quality.py [--fresh-seed 7] [--bon 16] [--bon-problems 100] [--json] [--out FILE]
+                                         [--plot PNG] [--load FILE (print/plot a saved report, measure nothing)]
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def best_of_n(model, prm, d: int, n: int, num_problems: int):
                                                 for i, p in enumerate(problems) for r in sampled[i * n:(i + 1) * n])}
 
 
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ds = list(range(1, 9))
+    for name, color in (("target", "tab:blue"), ("draft", "tab:orange")):
+        for split, style in (("default", "-o"), ("fresh", "--x")):
+            acc = [report[split][name][str(d)]["accuracy"] for d in ds]
+            ax1.plot(ds, acc, style, color=color, label=f"{name}, {split} set")
+        bon = report["best_of_n"][name]
+        hard = sorted(bon, key=int)
+        key = next(k for k in bon[hard[0]] if k.startswith("best_of_"))
+        ax1.plot([int(d) for d in hard], [bon[d][key] for d in hard], "s", color=color, markersize=9,
+                 markerfacecolor="none", label=f"{name}, {key.replace('_', '-')} with the PRM")
+    ax1.set(xlabel="difficulty (steps)", ylabel="accuracy", title="greedy accuracy and best-of-N", ylim=(-0.02, 1.02))
+    ax1.legend(fontsize=7)
+    tok = [report["default"]["target"][str(d)]["mean_thinking_tokens"] for d in ds]
+    ax2.bar(ds, tok, color="tab:blue")
+    ax2.set(xlabel="difficulty (steps)", ylabel="mean thinking tokens (target, greedy)", title="thinking length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fresh-seed", type=int, default=7)
@@ -94,7 +121,24 @@ def main() -> None:
     ap.add_argument("--bon-problems", type=int, default=100)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
+    ap.add_argument("--plot")
+    ap.add_argument("--load")
     args = ap.parse_args()
+    if args.load:
+        with open(args.load) as f:
+            report = json.load(f)
+    else:
+        report = measure(args)
+    report = json.loads(json.dumps(report))  # one key type (str) whether measured or loaded
+    if args.plot:
+        plot(report, args.plot)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print_report(report, args.bon)
+
+
+def measure(args) -> dict:
     torch.set_num_threads(2)
     t0 = time.time()
     target, draft = load_model("testbed-target"), load_model("testbed-draft")
@@ -111,21 +155,22 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
-    if args.json:
-        print(json.dumps(report))
-        return
+    return report
+
+
+def print_report(report: dict, bon: int) -> None:
     for split in ("default", "fresh"):
         print(f"greedy accuracy, {split} test sets (100 problems per difficulty)")
         print("d   target  draft   target thinking tok  target check share")
         for d in range(1, 9):
-            t, r = report[split]["target"][d], report[split]["draft"][d]
+            t, r = report[split]["target"][str(d)], report[split]["draft"][str(d)]
             print(f"{d}   {t['accuracy']:.2f}    {r['accuracy']:.2f}    {t['mean_thinking_tokens']:8.1f}"
                   f"             {t['check_share']:.2f}")
         for name in ("target", "draft"):
             print(f"{name} overall: {statistics.mean(v['accuracy'] for v in report[split][name].values()):.3f}")
     print("PRM on held-out steps:", json.dumps(report["prm"]))
     for name, by_d in report["best_of_n"].items():
-        print(f"best-of-{args.bon} with the PRM (min aggregation) vs greedy, {name}:")
+        print(f"best-of-{bon} with the PRM (min aggregation) vs greedy, {name}:")
         for d, v in by_d.items():
             print(f"  d={d}: {json.dumps(v)}")
     print(f"total {report['seconds']} s")
