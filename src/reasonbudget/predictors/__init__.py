@@ -1,0 +1,1 @@
+"""Learned predictors that steer decoding (Budget Guidance's remaining-length model)."""
