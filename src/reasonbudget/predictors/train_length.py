@@ -1,0 +1,111 @@
+"""Training the remaining-length predictor: the LM stays frozen and only reads the traces (teacher forcing);
+per batch its hidden states at the supervised positions feed the predictor, whose Gamma NLL at the actual
+next token is minimised (AdamW, constant learning rate after warm-up, as in the reference recipe).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from reasonbudget.predictors.gamma import gamma_nll, remaining_length_targets
+from reasonbudget.predictors.length import LengthPredictor, LengthPredictorConfig, hidden_layer_ids, lm_fingerprint
+from reasonbudget.types import TokenIds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorTrainConfig:
+    epochs: int = 1
+    batch_size: int = 16
+    """Sequences per step."""
+    positions_per_sequence: int | None = None
+    """Supervised positions sampled per sequence and step (None: all of them)."""
+    lr: float = 1e-4
+    warmup_fraction: float = 0.05
+    seed: int = 0
+
+
+@torch.inference_mode()
+def lm_states(model, sequences: Sequence[TokenIds]) -> Tensor:
+    """All hidden states of the frozen LM: [R, T, num_states, d] (right-padded with the first EOS id)."""
+    backend = model.backend
+    width = max(len(s) for s in sequences)
+    pad = min(model.eos_ids) if model.eos_ids else 0
+    x = torch.full((len(sequences), width), pad, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = torch.tensor(list(s))
+    cache = backend.new_cache(len(sequences), width)
+    layers = hidden_layer_ids(model)
+    out = backend(x, cache, torch.arange(len(sequences)), hidden_layers=layers)
+    return torch.stack([out.hidden[i] for i in layers], dim=2).float()
+
+
+def supervised(sequence: TokenIds, prompt_len: int, think_id: int, end_think_id: int) -> tuple[Tensor, Tensor]:
+    """Positions (in the completion) with their remaining length L; the prompt is not supervised."""
+    targets = remaining_length_targets(list(sequence[1:]), think_id, end_think_id)
+    pos = torch.nonzero(targets > 0).flatten()
+    if prompt_len > 0:
+        pos = pos[pos >= prompt_len - 1]  # the position that predicts the first completion token onwards
+    return pos, targets[pos]
+
+
+def train_length_predictor(model, sequences: Sequence[tuple[TokenIds, int]], cfg: LengthPredictorConfig,
+                           train_cfg: PredictorTrainConfig, *, think_id: int, end_think_id: int,
+                           log_every: int = 50) -> tuple[LengthPredictor, dict]:
+    """sequences: (token ids of prompt + thinking + answer, prompt length). Returns the trained predictor
+    (fingerprinted for `model`) and training statistics."""
+    from dataclasses import replace
+
+    torch.manual_seed(train_cfg.seed)  # entry point of a training run: initial weights
+    cfg = replace(cfg, lm_fingerprint=lm_fingerprint(model))
+    predictor = LengthPredictor(cfg).train()
+    opt = torch.optim.AdamW(predictor.parameters(), lr=train_cfg.lr, weight_decay=0.01)
+    rng = random.Random(train_cfg.seed)
+    order = list(range(len(sequences)))
+    total = train_cfg.epochs * math.ceil(len(order) / train_cfg.batch_size)
+    warmup = max(1, int(total * train_cfg.warmup_fraction))
+    t0, step, history = time.time(), 0, []
+    for _ in range(train_cfg.epochs):
+        rng.shuffle(order)
+        for i in range(0, len(order), train_cfg.batch_size):
+            batch = [sequences[j] for j in order[i : i + train_cfg.batch_size]]
+            states = lm_states(model, [s for s, _ in batch]).clone()  # leave inference mode for autograd
+            rows, cols, lengths = [], [], []
+            for b, (seq, prompt_len) in enumerate(batch):
+                pos, length = supervised(seq, prompt_len, think_id, end_think_id)
+                k = train_cfg.positions_per_sequence
+                if k is not None and len(pos) > k:
+                    keep = torch.tensor(sorted(rng.sample(range(len(pos)), k)))
+                    pos, length = pos[keep], length[keep]
+                rows += [b] * len(pos)
+                cols.append(pos)
+                lengths.append(length)
+            if not rows:
+                continue
+            cols_t, length_t = torch.cat(cols), torch.cat(lengths)
+            rows_t = torch.tensor(rows)
+            next_tokens = torch.tensor([batch[r][0][c + 1] for r, c in zip(rows, cols_t.tolist())])
+            for g in opt.param_groups:
+                g["lr"] = train_cfg.lr * min(1.0, (step + 1) / warmup)
+            shape, rate = predictor.gather(states[rows_t, cols_t], next_tokens)
+            loss = gamma_nll(shape, rate, length_t.float()).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(predictor.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step % log_every == 0 or step == total - 1:
+                history.append({"step": step, "nll": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
+                logger.info("length predictor step %d/%d nll %.4f", step, total, loss.item())
+            step += 1
+    stats = {"steps": step, "sequences": len(sequences), "train_seconds": round(time.time() - t0, 1),
+             "params": sum(p.numel() for p in predictor.parameters()), "history": history}
+    return predictor.eval(), stats
