@@ -8,24 +8,20 @@ import torch
 from reasonbudget.predictors.gamma import (gamma_cdf, gamma_nll, guided_probs, remaining_length_targets,
                                            trained_rows)
 
-THINK, END = 7, 8
-
-
 def test_targets_count_down_to_one_at_the_position_predicting_end_of_thinking():
-    #          j:  0  1      2  3  4  5    6  7
-    nxt = [3, THINK, 5, 5, 5, END, 2, 2]
-    assert remaining_length_targets(nxt, THINK, END).tolist() == [-1, 5, 4, 3, 2, 1, -1, -1]
+    # tokens: 0-1 prompt, 2-5 thinking, 6 the end-of-thinking marker, 7 answer
+    assert remaining_length_targets(8, first=2, thinking_len=4).tolist() == [-1, 5, 4, 3, 2, 1, -1, -1]
 
 
-def test_targets_without_tags():
-    assert remaining_length_targets([5, 5, 5], THINK, END).tolist() == [3, 2, 1]  # no <think>: from 0, to the end
-    assert remaining_length_targets([THINK, 5, 5], THINK, END).tolist() == [3, 2, 1]
+def test_targets_of_a_truncated_sequence_keep_the_full_trace_lengths():
+    full = remaining_length_targets(60, first=3, thinking_len=50)
+    cut = remaining_length_targets(20, first=3, thinking_len=50)
+    assert full[2] == 51 and full[52] == 1 and full[53] == -1
+    assert torch.equal(cut, full[:20])
 
 
-def test_targets_of_a_long_trace_count_the_whole_span():
-    nxt = [THINK] + [5] * 50 + [END, 2]
-    full = remaining_length_targets(nxt, THINK, END)
-    assert full[:3].tolist() == [52, 51, 50] and full[51] == 1 and full[52] == -1
+def test_targets_of_empty_thinking():
+    assert remaining_length_targets(4, first=2, thinking_len=0).tolist() == [-1, 1, -1, -1]
 
 
 def test_nll_matches_torch_gamma_log_prob():

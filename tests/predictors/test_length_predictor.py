@@ -6,7 +6,8 @@ import torch
 
 from reasonbudget.predictors.length import (LengthPredictor, LengthPredictorConfig, PredictorError,
                                             hidden_layer_ids, load_predictor)
-from reasonbudget.predictors.train_length import PredictorTrainConfig, lm_states, train_length_predictor
+from reasonbudget.predictors.train_length import (PredictorTrainConfig, TraceTokens, lm_states,
+                                                  train_length_predictor)
 from tests.helpers import VOCAB, char_tokenizer, runtime_from_hf, tiny_hf_model
 
 SMALL = dict(width=32, layers=1, heads=2, ffn=64, dropout=0.0)
@@ -40,10 +41,9 @@ def test_save_load_and_refusals(tmp_path):
     model = runtime_from_hf(tiny_hf_model("llama", seed=0))
     other = runtime_from_hf(tiny_hf_model("llama", seed=1), name="other")
     tok = char_tokenizer()
-    think, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
-    seqs = [(tuple(tok.encode("Q<think>abc</think>A")), 1)]
+    traces = [TraceTokens(tuple(tok.encode("Q<think>abc</think>A")), prompt_len=2, thinking_len=3)]
     cfg = LengthPredictorConfig(lm_hidden_size=64, num_states=3, vocab_size=VOCAB, **SMALL)
-    pred, _ = train_length_predictor(model, seqs, cfg, PredictorTrainConfig(), think_id=think, end_think_id=end)
+    pred, _ = train_length_predictor(model, traces, cfg, PredictorTrainConfig())
     pred.save(tmp_path / "p")
     again = load_predictor(tmp_path / "p", model)
     states = torch.randn(2, 3, 64)
@@ -57,13 +57,12 @@ def test_save_load_and_refusals(tmp_path):
 def test_training_lowers_the_gamma_nll():
     model = runtime_from_hf(tiny_hf_model("llama"))
     tok = char_tokenizer()
-    think, end = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
-    seqs = []
+    traces = []
     for n in range(1, 9):  # the prompt digit tells the thinking length
         ids = tok.encode(f"{n}<think>" + "ab" * (4 * n) + "</think>x")
-        seqs += [(tuple(ids), 2)] * 4
+        traces += [TraceTokens(tuple(ids), prompt_len=2, thinking_len=8 * n)] * 4
     cfg = LengthPredictorConfig(lm_hidden_size=64, num_states=3, vocab_size=VOCAB, **SMALL)
-    _, stats = train_length_predictor(model, seqs, cfg, PredictorTrainConfig(epochs=10, batch_size=8, lr=1e-2),
-                                      think_id=think, end_think_id=end, log_every=1)
+    _, stats = train_length_predictor(model, traces, cfg, PredictorTrainConfig(epochs=10, batch_size=8, lr=1e-2),
+                                      log_every=1)
     first, last = stats["history"][0]["nll"], stats["history"][-1]["nll"]
     assert last < 0.5 * first

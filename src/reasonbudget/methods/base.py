@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 from torch import Generator
 
 from reasonbudget.engine.budget import BudgetConfig, BudgetController, ProfileTokens
+from reasonbudget.engine.controllers import Chain, Controller
 from reasonbudget.engine.engine import Decoded, Engine, PromptTooLongError
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.models.registry import LoadedModel
@@ -72,6 +73,8 @@ class BudgetedRun:
     sampling: SamplingConfig
     prefill_text: str = ""
     """Appended to every prompt (NoThinking prefills a finished thinking block)."""
+    steering: Callable[[BudgetController], Controller] | None = None
+    """A per-row controller chained after the budget controller (it may read that row's budget state)."""
 
     def max_new_tokens(self, ptok: ProfileTokens) -> int:
         b = self.budget
@@ -93,13 +96,18 @@ class BudgetedRun:
         limit = min(self.max_new_tokens(ptok), room)
         rows = engine.prefill(prompts, max_new_tokens=limit)
         ctrls = [BudgetController(self.budget, ptok, model.decode, start_in_answer=in_answer) for _ in prompts]
+        steer = [self.steering(c) for c in ctrls] if self.steering is not None else None
+        row_ctrls = [Chain(c, s) for c, s in zip(ctrls, steer)] if steer is not None else ctrls
         try:
             decoded = engine.decode(rows, max_new_tokens=limit, sampling=self.sampling, generator=generator,
-                                    controllers=ctrls)
+                                    controllers=row_ctrls)
         finally:
             engine.release(rows)
         wall = (time.perf_counter() - t0) / len(prompts)
-        return [_result(model, p, d, c, wall, in_answer) for p, d, c in zip(prompts, decoded, ctrls)]
+        results = [_result(model, p, d, c, wall, in_answer) for p, d, c in zip(prompts, decoded, ctrls)]
+        for r, s in zip(results, steer or []):
+            r.trace.update(getattr(s, "trace", {}))
+        return results
 
 
 def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,

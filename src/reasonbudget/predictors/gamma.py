@@ -9,26 +9,24 @@ only tokens whose heads are trained: rate >= 10, shape > 1 and a decoded mode ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
 MIN_RATE, MIN_SHAPE, MIN_MODE = 10.0, 1.0, 0.9
 
 
-def remaining_length_targets(next_tokens: Sequence[int], think_id: int, end_think_id: int) -> Tensor:
-    """L_j for each position j whose next token is next_tokens[j]; -1 where position j is not supervised.
+def remaining_length_targets(num_positions: int, first: int, thinking_len: int) -> Tensor:
+    """L_j for positions j = 0..num_positions-1 of a sequence whose thinking tokens are first..first+len-1
+    and whose end-of-thinking marker starts at first+len; -1 where j is not supervised.
 
-    Supervised: from the position predicting `<think>` (or 0 without one) to the position predicting
-    `</think>` (or the last position without one), with L = 1 at the position predicting `</think>`.
-    Compute on the full sequence before truncating it, so long traces keep their true targets.
+    Position j predicts token j+1: supervised are the position predicting the first thinking token (L = len+1)
+    through the one predicting the marker (L = 1). Counting from the full trace keeps targets right when the
+    sequence is truncated for the forward pass later.
     """
-    n = len(next_tokens)
-    start = next((j for j, t in enumerate(next_tokens) if t == think_id), 0)
-    end = next((j for j, t in enumerate(next_tokens) if t == end_think_id and j >= start), n - 1)
-    out = torch.full((n,), -1, dtype=torch.long)
-    out[start : end + 1] = end - torch.arange(start, end + 1) + 1
+    out = torch.full((num_positions,), -1, dtype=torch.long)
+    start, end = first - 1, min(first - 1 + thinking_len, num_positions - 1)
+    if start <= end and start >= 0:
+        out[start : end + 1] = thinking_len + 1 - torch.arange(0, end - start + 1)
     return out
 
 

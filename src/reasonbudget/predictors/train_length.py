@@ -49,20 +49,26 @@ def lm_states(model, sequences: Sequence[TokenIds]) -> Tensor:
     return torch.stack([out.hidden[i] for i in layers], dim=2).float()
 
 
-def supervised(sequence: TokenIds, prompt_len: int, think_id: int, end_think_id: int) -> tuple[Tensor, Tensor]:
-    """Positions (in the completion) with their remaining length L; the prompt is not supervised."""
-    targets = remaining_length_targets(list(sequence[1:]), think_id, end_think_id)
+@dataclass(frozen=True)
+class TraceTokens:
+    """One training trace: prompt ids, then `thinking_len` thinking tokens, then the end-of-thinking marker
+    and the answer."""
+
+    ids: TokenIds
+    prompt_len: int
+    thinking_len: int
+
+
+def supervised(trace: TraceTokens) -> tuple[Tensor, Tensor]:
+    """Positions with their remaining length L (see `remaining_length_targets`)."""
+    targets = remaining_length_targets(len(trace.ids) - 1, trace.prompt_len, trace.thinking_len)
     pos = torch.nonzero(targets > 0).flatten()
-    if prompt_len > 0:
-        pos = pos[pos >= prompt_len - 1]  # the position that predicts the first completion token onwards
     return pos, targets[pos]
 
 
-def train_length_predictor(model, sequences: Sequence[tuple[TokenIds, int]], cfg: LengthPredictorConfig,
-                           train_cfg: PredictorTrainConfig, *, think_id: int, end_think_id: int,
-                           log_every: int = 50) -> tuple[LengthPredictor, dict]:
-    """sequences: (token ids of prompt + thinking + answer, prompt length). Returns the trained predictor
-    (fingerprinted for `model`) and training statistics."""
+def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPredictorConfig,
+                           train_cfg: PredictorTrainConfig, *, log_every: int = 50) -> tuple[LengthPredictor, dict]:
+    """Returns the trained predictor (fingerprinted for `model`) and training statistics."""
     from dataclasses import replace
 
     torch.manual_seed(train_cfg.seed)  # entry point of a training run: initial weights
@@ -70,18 +76,18 @@ def train_length_predictor(model, sequences: Sequence[tuple[TokenIds, int]], cfg
     predictor = LengthPredictor(cfg).train()
     opt = torch.optim.AdamW(predictor.parameters(), lr=train_cfg.lr, weight_decay=0.01)
     rng = random.Random(train_cfg.seed)
-    order = list(range(len(sequences)))
+    order = list(range(len(traces)))
     total = train_cfg.epochs * math.ceil(len(order) / train_cfg.batch_size)
     warmup = max(1, int(total * train_cfg.warmup_fraction))
     t0, step, history = time.time(), 0, []
     for _ in range(train_cfg.epochs):
         rng.shuffle(order)
         for i in range(0, len(order), train_cfg.batch_size):
-            batch = [sequences[j] for j in order[i : i + train_cfg.batch_size]]
-            states = lm_states(model, [s for s, _ in batch]).clone()  # leave inference mode for autograd
+            batch = [traces[j] for j in order[i : i + train_cfg.batch_size]]
+            states = lm_states(model, [t.ids for t in batch]).clone()  # leave inference mode for autograd
             rows, cols, lengths = [], [], []
-            for b, (seq, prompt_len) in enumerate(batch):
-                pos, length = supervised(seq, prompt_len, think_id, end_think_id)
+            for b, trace in enumerate(batch):
+                pos, length = supervised(trace)
                 k = train_cfg.positions_per_sequence
                 if k is not None and len(pos) > k:
                     keep = torch.tensor(sorted(rng.sample(range(len(pos)), k)))
@@ -93,7 +99,7 @@ def train_length_predictor(model, sequences: Sequence[tuple[TokenIds, int]], cfg
                 continue
             cols_t, length_t = torch.cat(cols), torch.cat(lengths)
             rows_t = torch.tensor(rows)
-            next_tokens = torch.tensor([batch[r][0][c + 1] for r, c in zip(rows, cols_t.tolist())])
+            next_tokens = torch.tensor([batch[r].ids[c + 1] for r, c in zip(rows, cols_t.tolist())])
             for g in opt.param_groups:
                 g["lr"] = train_cfg.lr * min(1.0, (step + 1) / warmup)
             shape, rate = predictor.gather(states[rows_t, cols_t], next_tokens)
@@ -106,6 +112,6 @@ def train_length_predictor(model, sequences: Sequence[tuple[TokenIds, int]], cfg
                 history.append({"step": step, "nll": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
                 logger.info("length predictor step %d/%d nll %.4f", step, total, loss.item())
             step += 1
-    stats = {"steps": step, "sequences": len(sequences), "train_seconds": round(time.time() - t0, 1),
+    stats = {"steps": step, "traces": len(traces), "train_seconds": round(time.time() - t0, 1),
              "params": sum(p.numel() for p in predictor.parameters()), "history": history}
     return predictor.eval(), stats

@@ -1,0 +1,139 @@
+"""Budget Guidance (Li et al. 2025, arXiv 2506.13752): steer thinking length with a learned predictor.
+
+At the first thinking token and after every token that contains a newline, the row's next-token
+probabilities are multiplied by P(remaining thinking length <= remaining budget) from the length predictor
+(`reasonbudget.predictors`), over trusted vocabulary rows, and renormalised; elsewhere decoding is plain.
+The remaining budget is B minus the thinking tokens so far, floored at 1, so a row past its budget is pushed
+hard towards ending. The budget is soft, as in the paper; `hard_cap` also forces the end of thinking at B.
+
+Departures from the reference, flagged: rows of a batch are guided independently (the reference is batch 1
+only); the guided distribution then goes through the request's sampling settings (the reference samples
+guided steps at temperature 1 whatever was asked); `strength` raises the CDF to a power (1 = reference).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from reasonbudget.engine.budget import BudgetConfig, BudgetController
+from reasonbudget.engine.controllers import KEEP, Action, Controller
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.predictors.gamma import guided_probs
+from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, load_predictor
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetGuidanceConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    predictor: str | None = None
+    """Directory of a trained length predictor; None: the model's default (see `default_predictor_dir`)."""
+    hard_cap: bool = False
+    """Also force the end of thinking at the budget (no overshoot)."""
+    strength: float = 1.0
+    max_answer_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.strength <= 0:
+            raise ValueError(f"strength={self.strength}: must be > 0")
+
+
+def default_predictor_dir(model) -> Path:
+    from reasonbudget.testbed.pipeline import CHECKPOINTS
+
+    if model.profile.name == "testbed":
+        return CHECKPOINTS / f"{model.name}-length-predictor"
+    return Path.home() / ".cache" / "reasonbudget" / "predictors" / model.name.replace("/", "--")
+
+
+_NEWLINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> table
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> {path: predictor}
+
+
+def newline_table(model) -> Tensor:
+    """[V] bool: which token ids decode to text containing a newline (looked up, not decoded, per step)."""
+    if model.tokenizer not in _NEWLINES:
+        _NEWLINES[model.tokenizer] = _newline_table(model)
+    return _NEWLINES[model.tokenizer]
+
+
+def cached_predictor(path: Path, model) -> LengthPredictor:
+    loaded = _PREDICTORS.setdefault(model.backend, {})
+    key = str(Path(path).resolve())
+    if key not in loaded:
+        loaded[key] = load_predictor(path, model)
+    return loaded[key]
+
+
+def _newline_table(model) -> Tensor:
+    vocab = model.backend.cfg.vocab_size if hasattr(model.backend, "cfg") else model.backend.model.config.vocab_size
+    table = torch.zeros(vocab, dtype=torch.bool)
+    for i in range(min(vocab, len(model.tokenizer))):
+        table[i] = "\n" in model.decode([i])
+    return table
+
+
+class GuidanceController(Controller):
+    """One row: guides at line starts while its budget controller says the row is thinking."""
+
+    def __init__(self, predictor: LengthPredictor, layers: Sequence[int], newline: Tensor, budget: int,
+                 row_budget: BudgetController, strength: float) -> None:
+        self.predictor, self.hidden_layers, self.newline = predictor, tuple(layers), newline
+        self.budget, self.row_budget, self.strength = budget, row_budget, strength
+        self.guide_now, self.guided_steps, self.predictor_seconds = True, 0, 0.0
+
+    @torch.inference_mode()
+    def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
+        if not self.guide_now or self.row_budget.state.phase != "thinking" or hidden is None:
+            return logits
+        t0 = time.perf_counter()
+        states = torch.stack([hidden[i] for i in self.hidden_layers])[None].float()  # [1, layers + 1, d]
+        shape, rate = self.predictor(states)
+        remaining = max(self.budget - self.row_budget.state.thinking_tokens, 1)
+        probs = guided_probs(logits[None, : shape.shape[-1]], shape, rate, remaining, self.strength)[0]
+        out = torch.full_like(logits, float("-inf"))
+        out[: probs.shape[0]] = torch.log(probs)
+        self.guided_steps += 1
+        self.predictor_seconds += time.perf_counter() - t0
+        return out
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        self.guide_now = bool(self.newline[token]) if token < self.newline.shape[0] else False
+        return KEEP
+
+    @property
+    def trace(self) -> dict:
+        return {"guided_steps": self.guided_steps, "predictor_seconds": round(self.predictor_seconds, 4)}
+
+
+@register
+@dataclass(frozen=True)
+class BudgetGuidance:
+    name: ClassVar[str] = "budget-guidance"
+    uses_budget: ClassVar[bool] = True
+    config_type: ClassVar[type] = BudgetGuidanceConfig
+    config: BudgetGuidanceConfig = field(default_factory=BudgetGuidanceConfig)
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators) -> list[MethodResult]:
+        if budget is None or budget < 1:
+            raise ValueError(f"budget-guidance needs a thinking budget >= 1 tokens, got {budget}")
+        c, model = self.config, engine.model
+        predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
+        layers, newline = hidden_layer_ids(model), newline_table(model)
+        cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=c.max_answer_tokens)
+
+        def steer(row_budget: BudgetController) -> GuidanceController:
+            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength)
+
+        return BudgetedRun(cfg, c.sampling, steering=steer)(engine, prompts, generator)
