@@ -22,7 +22,10 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["run", QUESTION, "--budget", "12.5"], "whole number"),
     (["run", QUESTION, "--budget", "lots"], "whole number"),
     (["run", "   "], "question is empty"),
-    (["run", QUESTION, "--method", "magic"], "available: budget-forcing, nothinking, plain"),
+    (["run", QUESTION, "--method", "magic"], "available: budget-forcing, budget-guidance, nothinking, plain"),
+    (["run", QUESTION, "--method", "budget-guidance", "--model", "smollm2-135m"], "missing length_predictor.json"),
+    (["train-predictor", "--model", "testbed-target", "--traces", "0"], "--traces and --epochs must be >= 1"),
+    (["train-predictor", "--model", "smollm2-135m", "--data", "testbed"], "needs a testbed model"),
     (["run", QUESTION, "--temperature", "-1"], "temperature"),
 ])
 def test_bad_input_is_one_clear_line(args, fragment):

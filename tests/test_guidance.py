@@ -49,6 +49,7 @@ def test_a_tight_budget_ends_thinking_at_the_first_guided_step():
     results, ctrls = guided_run(model, budget=3)
     for r in results:
         assert r.usage.thinking_tokens == 0 and r.trace["guided_steps"] == 1 and r.answer
+        assert r.trace["fallback_steps"] == 0
 
 
 def test_a_loose_budget_changes_nothing():

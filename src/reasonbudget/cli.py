@@ -29,7 +29,7 @@ def parse_budget(text: str | None, method: str) -> int | None:
     if text is None:
         return DEFAULT_BUDGET if METHODS[method].uses_budget else None
     if not METHODS[method].uses_budget:
-        raise UserError(f"--budget applies to budget-forcing only, not to {method}")
+        raise UserError(f"--budget applies to budgeted methods, not to {method}")
     try:
         value = int(text)
     except ValueError:
@@ -48,8 +48,8 @@ def _fail(msg: str) -> None:
 def run(
     question: str = typer.Argument(..., help="The question to solve."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
-    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking"),
-    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budget-forcing; default {DEFAULT_BUDGET})."),
+    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance"),
+    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budgeted methods; default {DEFAULT_BUDGET})."),
     min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
@@ -199,6 +199,63 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
                            "prm_sampling_seconds": prm["sampling_seconds"],
                            "prm_step_head_seconds": prm["step_head"]["train_seconds"],
                            "total_seconds": report["total_seconds"]}))
+
+
+@app.command("train-predictor")
+def train_predictor(
+    model: str = typer.Option(..., "--model", "-m", help="The LM the predictor reads (registry name or path)."),
+    data: str = typer.Option("auto", help="testbed (the model's own T=1 traces) | gsm8k (train solutions as "
+                                           "thinking) | auto (testbed for testbed models, else gsm8k)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: where budget-guidance looks)."),
+    traces: int = typer.Option(2000, help="Number of training traces (about)."),
+    epochs: int = typer.Option(2),
+    lr: float = typer.Option(3e-4),
+) -> None:
+    """Train Budget Guidance's remaining-length predictor for one model (the model stays frozen)."""
+    import logging
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from reasonbudget.models import ModelNotFoundError, load_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if traces < 1 or epochs < 1 or lr <= 0:
+        _fail("--traces and --epochs must be >= 1 and --lr > 0")
+    if data not in ("auto", "testbed", "gsm8k"):
+        _fail(f"--data {data!r}: accepted are testbed, gsm8k, auto")
+    try:
+        lm = load_model(model)
+    except (ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    from reasonbudget.methods.budget.guidance import default_predictor_dir
+    from reasonbudget.predictors.length import LengthPredictorConfig, hidden_layer_ids
+    from reasonbudget.predictors.train_length import PredictorTrainConfig, train_length_predictor
+    from reasonbudget.predictors.traces import solution_traces, testbed_traces
+
+    kind = data if data != "auto" else ("testbed" if lm.profile.name == "testbed" else "gsm8k")
+    if kind == "testbed":
+        if lm.profile.name != "testbed":
+            _fail(f"--data testbed needs a testbed model; {lm.name} is not one (use --data gsm8k)")
+        examples = testbed_traces(lm, per_difficulty=max(1, traces // 16), samples=2)
+    else:
+        from reasonbudget.tasks import get_task
+
+        examples = solution_traces(lm, get_task("gsm8k:split=train").problems(limit=traces))
+    layers = hidden_layer_ids(lm)
+    d = lm.backend.cfg.hidden_size if hasattr(lm.backend, "cfg") else lm.backend.model.config.hidden_size
+    vocab = lm.backend.cfg.vocab_size if hasattr(lm.backend, "cfg") else lm.backend.model.config.vocab_size
+    small = vocab < 4096
+    cfg = LengthPredictorConfig(lm_hidden_size=d, num_states=len(layers), vocab_size=vocab, width=128 if small else 256,
+                                layers=2, heads=4, ffn=256 if small else 512, dropout=0.0,
+                                head_rank=None if small else 128)
+    predictor, stats = train_length_predictor(lm, examples, cfg, PredictorTrainConfig(epochs=epochs, lr=lr))
+    target = Path(out) if out else default_predictor_dir(lm)
+    predictor.save(target)
+    stats.update(data=kind, config=asdict(predictor.cfg))
+    (target / "training.json").write_text(json.dumps(stats, indent=2))
+    typer.echo(f"saved to {target} ({stats['params']} parameters, {stats['traces']} traces, "
+               f"{stats['train_seconds']} s, final NLL {stats['history'][-1]['nll'] if stats['history'] else 'n/a'})")
 
 
 @app.command()

@@ -54,12 +54,14 @@ def test_filter_keeps_only_trained_rows():
     rate = torch.tensor([0.69, 12.0, 20.0, 9.0, 12.0])
     # untrained softplus(0); good (mode e^(29/12)-1 = 10); shape <= 1; rate < 10; mode e^(4/12)-1 = 0.4 < 0.9
     assert trained_rows(shape, rate).tolist() == [False, True, False, False, False]
+    assert trained_rows(shape, rate, min_rate=5.0).tolist() == [False, True, False, True, False]  # short traces
 
 
 def test_guided_probs_reweight_by_the_cdf_and_renormalise():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))
     shape, rate = torch.tensor([30.0, 30.0, 30.0]), torch.tensor([10.0, 15.0, 20.0])
-    out = guided_probs(logits, shape, rate, remaining=30)
+    out, fell_back = guided_probs(logits, shape, rate, remaining=30)
+    assert not fell_back
     g = gamma_cdf(shape, rate, 30)
     expected = torch.tensor([0.5, 0.3, 0.2]) * g
     assert torch.allclose(out, expected / expected.sum(), atol=1e-6)
@@ -69,15 +71,15 @@ def test_guided_probs_reweight_by_the_cdf_and_renormalise():
 def test_guided_probs_fall_back_to_the_argmax_when_nothing_is_trusted():
     logits = torch.tensor([[0.1, 2.0, 0.3], [1.0, 0.0, 0.0]])
     shape, rate = torch.full((2, 3), 0.69), torch.full((2, 3), 0.69)
-    out = guided_probs(logits, shape, rate, remaining=torch.tensor([5.0, 9.0]))
-    assert out.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    out, fell_back = guided_probs(logits, shape, rate, remaining=torch.tensor([5.0, 9.0]))
+    assert out.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]] and fell_back.tolist() == [True, True]
 
 
 def test_guided_probs_per_row_budgets_and_strength():
     logits = torch.zeros(2, 2)
     shape, rate = torch.tensor([[30.0, 30.0]] * 2), torch.tensor([[10.0, 20.0]] * 2)
-    out = guided_probs(logits, shape, rate, remaining=torch.tensor([5.0, 5000.0]))
+    out, _ = guided_probs(logits, shape, rate, remaining=torch.tensor([5.0, 5000.0]))
     assert out[0, 1] > 0.9 and abs(float(out[1, 0]) - 0.5) < 1e-3  # a loose budget changes nothing
-    stronger = guided_probs(logits[:1], shape[:1], rate[:1], remaining=torch.tensor([12.0]), strength=3.0)
-    weaker = guided_probs(logits[:1], shape[:1], rate[:1], remaining=torch.tensor([12.0]))
+    stronger, _ = guided_probs(logits[:1], shape[:1], rate[:1], remaining=torch.tensor([12.0]), strength=3.0)
+    weaker, _ = guided_probs(logits[:1], shape[:1], rate[:1], remaining=torch.tensor([12.0]))
     assert stronger[0, 1] > weaker[0, 1]

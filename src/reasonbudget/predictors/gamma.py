@@ -46,27 +46,33 @@ def gamma_cdf(shape: Tensor, rate: Tensor, remaining: Tensor | float) -> Tensor:
     return torch.special.gammainc(shape, rate * x)
 
 
-def trained_rows(shape: Tensor, rate: Tensor) -> Tensor:
-    """Tokens whose Gamma is trusted (the reference's filter; it tests the mode, whatever its comment says)."""
+def trained_rows(shape: Tensor, rate: Tensor, min_rate: float = MIN_RATE) -> Tensor:
+    """Tokens whose Gamma is trusted (the reference's filter; it tests the mode, whatever its comment says).
+
+    rate >= 10 is a proxy for "trained" that fits R1-length traces (log lengths 6-9); for short traces a
+    sharp Gamma has a smaller rate (shape / mean log length), so `min_rate` is a setting."""
     mode = torch.exp((shape - 1) / rate) - 1
-    return (rate >= MIN_RATE) & (shape > MIN_SHAPE) & (mode >= MIN_MODE)
+    return (rate >= min_rate) & (shape > MIN_SHAPE) & (mode >= MIN_MODE)
 
 
 def guided_probs(logits: Tensor, shape: Tensor, rate: Tensor, remaining: Tensor | float,
-                 strength: float = 1.0) -> Tensor:
-    """p(v) * P(L_v <= remaining)^strength over trusted rows, renormalised; [..., V] -> [..., V].
+                 strength: float = 1.0, min_rate: float = MIN_RATE) -> tuple[Tensor, Tensor]:
+    """p(v) * P(L_v <= remaining)^strength over trusted rows, renormalised; [..., V] -> ([..., V], [...]).
 
     Where no trusted token has any chance (all weights zero), the model's own argmax is kept, as in the
-    reference. `strength` != 1 is our extension (the reference has no such knob).
+    reference; the second result says where that fallback happened (an undertrained predictor trusts no
+    row and silently turns guidance into greedy line starts, so it is worth counting).
+    `strength` != 1 is our extension (the reference has no such knob).
     """
     p = torch.softmax(logits.float(), dim=-1)
     rem = torch.as_tensor(remaining, dtype=torch.float32)
     if rem.dim() > 0:
         rem = rem.unsqueeze(-1)  # one remaining budget per row
-    g = gamma_cdf(shape.float(), rate.float(), rem).clamp(0, 1) * trained_rows(shape, rate)
+    g = gamma_cdf(shape.float(), rate.float(), rem).clamp(0, 1) * trained_rows(shape, rate, min_rate)
     if strength != 1.0:
         g = g.pow(strength)
     q = p * g
     total = q.sum(dim=-1, keepdim=True)
     fallback = torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(q.dtype)
-    return torch.where(total > 0, q / total.clamp_min(torch.finfo(q.dtype).tiny), fallback)
+    fell_back = total[..., 0] <= 0
+    return torch.where(total > 0, q / total.clamp_min(torch.finfo(q.dtype).tiny), fallback), fell_back

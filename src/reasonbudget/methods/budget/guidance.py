@@ -28,7 +28,7 @@ from reasonbudget.engine.controllers import KEEP, Action, Controller
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import BudgetedRun, Generators, register
-from reasonbudget.predictors.gamma import guided_probs
+from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, load_predictor
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -41,6 +41,8 @@ class BudgetGuidanceConfig:
     hard_cap: bool = False
     """Also force the end of thinking at the budget (no overshoot)."""
     strength: float = 1.0
+    min_rate: float = MIN_RATE
+    """Trusted-row filter: Gamma rate at least this (the reference's 10 suits traces thousands of tokens long)."""
     max_answer_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -87,10 +89,10 @@ class GuidanceController(Controller):
     """One row: guides at line starts while its budget controller says the row is thinking."""
 
     def __init__(self, predictor: LengthPredictor, layers: Sequence[int], newline: Tensor, budget: int,
-                 row_budget: BudgetController, strength: float) -> None:
+                 row_budget: BudgetController, strength: float, min_rate: float = MIN_RATE) -> None:
         self.predictor, self.hidden_layers, self.newline = predictor, tuple(layers), newline
-        self.budget, self.row_budget, self.strength = budget, row_budget, strength
-        self.guide_now, self.guided_steps, self.predictor_seconds = True, 0, 0.0
+        self.budget, self.row_budget, self.strength, self.min_rate = budget, row_budget, strength, min_rate
+        self.guide_now, self.guided_steps, self.fallback_steps, self.predictor_seconds = True, 0, 0, 0.0
 
     @torch.inference_mode()
     def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
@@ -100,7 +102,10 @@ class GuidanceController(Controller):
         states = torch.stack([hidden[i] for i in self.hidden_layers])[None].float()  # [1, layers + 1, d]
         shape, rate = self.predictor(states)
         remaining = max(self.budget - self.row_budget.state.thinking_tokens, 1)
-        probs = guided_probs(logits[None, : shape.shape[-1]], shape, rate, remaining, self.strength)[0]
+        probs, fell_back = guided_probs(logits[None, : shape.shape[-1]], shape, rate, remaining, self.strength,
+                                       self.min_rate)
+        probs = probs[0]
+        self.fallback_steps += int(fell_back[0])
         out = torch.full_like(logits, float("-inf"))
         out[: probs.shape[0]] = torch.log(probs)
         self.guided_steps += 1
@@ -113,7 +118,8 @@ class GuidanceController(Controller):
 
     @property
     def trace(self) -> dict:
-        return {"guided_steps": self.guided_steps, "predictor_seconds": round(self.predictor_seconds, 4)}
+        return {"guided_steps": self.guided_steps, "fallback_steps": self.fallback_steps,
+                "predictor_seconds": round(self.predictor_seconds, 4)}
 
 
 @register
@@ -134,6 +140,6 @@ class BudgetGuidance:
         cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=c.max_answer_tokens)
 
         def steer(row_budget: BudgetController) -> GuidanceController:
-            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength)
+            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength, c.min_rate)
 
         return BudgetedRun(cfg, c.sampling, steering=steer)(engine, prompts, generator)
