@@ -229,7 +229,7 @@ def train_predictor(
         _fail(str(e))
         return
     from reasonbudget.methods.budget.guidance import default_predictor_dir
-    from reasonbudget.predictors.length import LengthPredictorConfig, hidden_layer_ids
+    from reasonbudget.predictors.length import LengthPredictorConfig, hidden_layer_ids, lm_dims
     from reasonbudget.predictors.train_length import PredictorTrainConfig, train_length_predictor
     from reasonbudget.predictors.traces import solution_traces, testbed_traces
 
@@ -243,10 +243,10 @@ def train_predictor(
 
         examples = solution_traces(lm, get_task("gsm8k:split=train").problems(limit=traces))
     layers = hidden_layer_ids(lm)
-    d = lm.backend.cfg.hidden_size if hasattr(lm.backend, "cfg") else lm.backend.model.config.hidden_size
-    vocab = lm.backend.cfg.vocab_size if hasattr(lm.backend, "cfg") else lm.backend.model.config.vocab_size
-    small = vocab < 4096
-    cfg = LengthPredictorConfig(lm_hidden_size=d, num_states=len(layers), vocab_size=vocab, width=128 if small else 256,
+    dims = lm_dims(lm)
+    small = dims.vocab_size < 4096
+    cfg = LengthPredictorConfig(lm_hidden_size=dims.hidden_size, num_states=len(layers), vocab_size=dims.vocab_size,
+                                width=128 if small else 256,
                                 layers=2, heads=4, ffn=256 if small else 512, dropout=0.0,
                                 head_rank=None if small else 128)
     predictor, stats = train_length_predictor(lm, examples, cfg, PredictorTrainConfig(epochs=epochs, lr=lr))

@@ -35,23 +35,39 @@ class LengthPredictorConfig:
     """None: full-rank heads (the reference); else width -> rank -> vocabulary."""
     lm_fingerprint: str = ""
     """Which LM the predictor reads (see `lm_fingerprint`); others are refused."""
+    min_rate: float = 10.0
+    """Trusted-row filter for guidance: the reference's 10, or lower when the rates the predictor gives the
+    tokens it was trained on are lower (short traces); set by the trainer."""
+
+
+@dataclass(frozen=True)
+class LMDims:
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+
+
+def lm_dims(model) -> LMDims:
+    """Shapes of a LoadedModel, from our runtime's config or the transformers fallback's."""
+    if hasattr(model.backend, "cfg"):
+        c = model.backend.cfg
+        return LMDims(c.num_layers, c.hidden_size, c.vocab_size)
+    c = model.backend.model.config
+    return LMDims(c.num_hidden_layers, c.hidden_size, c.vocab_size)
 
 
 def lm_fingerprint(model) -> str:
     """Identity of a LoadedModel's weights, cheap enough for 7B models: shapes plus a hash of a few
     embedding rows."""
     backend = model.backend
-    cfg = backend.cfg if hasattr(backend, "cfg") else None
-    emb = backend.embed if cfg is not None else backend.model.get_input_embeddings().weight
+    emb = backend.embed if hasattr(backend, "cfg") else backend.model.get_input_embeddings().weight
     dims = (emb.shape[0], emb.shape[1], len(hidden_layer_ids(model)))
     rows = emb[: min(64, emb.shape[0])].detach().float().contiguous()
     return f"{dims[0]}x{dims[1]}x{dims[2]}:" + hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
 def hidden_layer_ids(model) -> tuple[int, ...]:
-    backend = model.backend
-    n = backend.cfg.num_layers if hasattr(backend, "cfg") else backend.model.config.num_hidden_layers
-    return tuple(range(n + 1))
+    return tuple(range(lm_dims(model).num_layers + 1))
 
 
 class VocabHead(nn.Module):

@@ -10,7 +10,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -69,8 +69,6 @@ def supervised(trace: TraceTokens) -> tuple[Tensor, Tensor]:
 def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPredictorConfig,
                            train_cfg: PredictorTrainConfig, *, log_every: int = 50) -> tuple[LengthPredictor, dict]:
     """Returns the trained predictor (fingerprinted for `model`) and training statistics."""
-    from dataclasses import replace
-
     torch.manual_seed(train_cfg.seed)  # entry point of a training run: initial weights
     cfg = replace(cfg, lm_fingerprint=lm_fingerprint(model))
     predictor = LengthPredictor(cfg).train()
@@ -112,6 +110,28 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
                 history.append({"step": step, "nll": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
                 logger.info("length predictor step %d/%d nll %.4f", step, total, loss.item())
             step += 1
-    stats = {"steps": step, "traces": len(traces), "train_seconds": round(time.time() - t0, 1),
+    predictor.eval()
+    min_rate = calibrated_min_rate(predictor, model, traces[:: max(1, len(traces) // 64)])  # spread over the set
+    predictor.cfg = replace(predictor.cfg, min_rate=min_rate)
+    stats = {"steps": step, "traces": len(traces), "min_rate": min_rate, "train_seconds": round(time.time() - t0, 1),
              "params": sum(p.numel() for p in predictor.parameters()), "history": history}
-    return predictor.eval(), stats
+    return predictor, stats
+
+
+@torch.inference_mode()
+def calibrated_min_rate(predictor: LengthPredictor, model, traces: Sequence[TraceTokens], quantile: float = 0.05,
+                        reference: float = 10.0) -> float:
+    """The reference trusts rows with rate >= 10, a proxy for "trained" that fits traces thousands of tokens
+    long. Here: the `quantile` of the rates given to the actual next tokens of training traces, capped at the
+    reference value, so rows as sharp as trained ones count as trained at any trace length."""
+    rates = []
+    for i in range(0, len(traces), 16):
+        batch = traces[i : i + 16]
+        states = lm_states(model, [t.ids for t in batch])
+        for b, trace in enumerate(batch):
+            pos, _ = supervised(trace)
+            nxt = torch.tensor([trace.ids[c + 1] for c in pos.tolist()])
+            rates.append(predictor.gather(states[b, pos], nxt)[1])
+    if not rates:
+        return reference
+    return round(min(reference, float(torch.quantile(torch.cat(rates), quantile))), 3)

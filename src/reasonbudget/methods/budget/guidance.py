@@ -29,7 +29,7 @@ from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import BudgetedRun, Generators, register
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
-from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, load_predictor
+from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -41,8 +41,9 @@ class BudgetGuidanceConfig:
     hard_cap: bool = False
     """Also force the end of thinking at the budget (no overshoot)."""
     strength: float = 1.0
-    min_rate: float = MIN_RATE
-    """Trusted-row filter: Gamma rate at least this (the reference's 10 suits traces thousands of tokens long)."""
+    min_rate: float | None = None
+    """Trusted-row filter: Gamma rate at least this; None: the predictor's calibrated value (the reference's
+    fixed 10 suits traces thousands of tokens long and trusts almost nothing on short ones)."""
     max_answer_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -78,7 +79,7 @@ def cached_predictor(path: Path, model) -> LengthPredictor:
 
 
 def _newline_table(model) -> Tensor:
-    vocab = model.backend.cfg.vocab_size if hasattr(model.backend, "cfg") else model.backend.model.config.vocab_size
+    vocab = lm_dims(model).vocab_size
     table = torch.zeros(vocab, dtype=torch.bool)
     for i in range(min(vocab, len(model.tokenizer))):
         table[i] = "\n" in model.decode([i])
@@ -138,8 +139,9 @@ class BudgetGuidance:
         predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
         layers, newline = hidden_layer_ids(model), newline_table(model)
         cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=c.max_answer_tokens)
+        min_rate = c.min_rate if c.min_rate is not None else predictor.cfg.min_rate
 
         def steer(row_budget: BudgetController) -> GuidanceController:
-            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength, c.min_rate)
+            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength, min_rate)
 
         return BudgetedRun(cfg, c.sampling, steering=steer)(engine, prompts, generator)
