@@ -44,6 +44,7 @@ def test_save_load_and_refusals(tmp_path):
     traces = [TraceTokens(tuple(tok.encode("Q<think>abc</think>A")), prompt_len=2, thinking_len=3)]
     cfg = LengthPredictorConfig(lm_hidden_size=64, num_states=3, vocab_size=VOCAB, **SMALL)
     pred, _ = train_length_predictor(model, traces, cfg, PredictorTrainConfig())
+    assert 0 < pred.cfg.min_rate <= 10.0  # calibrated on the training traces, capped at the reference value
     pred.save(tmp_path / "p")
     again = load_predictor(tmp_path / "p", model)
     states = torch.randn(2, 3, 64)
