@@ -31,5 +31,8 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     for name in ("target", "draft"):
         model = load_model(str(tmp_path / name))
         assert model.profile.name == "testbed" and model.kind == "runtime"
+    from reasonbudget.testbed.pipeline import PREDICTOR_DIR
+
+    assert (tmp_path / PREDICTOR_DIR / "length_predictor.safetensors").is_file()
     scores = PRM(tmp_path / "prm").score_steps([StepSequence("1 + 2 mod 100", ("1 + 2 = 3",))])
     assert scores[0].shape == (1,) and 0.0 <= float(scores[0][0]) <= 1.0

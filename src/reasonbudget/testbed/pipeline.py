@@ -12,7 +12,8 @@ from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-PRM_SEED_OFFSET = 2_000_000  # PRM training problems: disjoint from LM training and from test seeds
+PRM_SEED_OFFSET = 2_000_000
+PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target  # PRM training problems: disjoint from LM training and from test seeds
 
 
 def prm_training_problems(per_difficulty: int):
@@ -42,13 +43,17 @@ def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, sm
 
 def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
     """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only)."""
+    from reasonbudget.models import load_model
+    from reasonbudget.predictors.recipe import train_predictor_for
     from reasonbudget.testbed.train import DRAFT, TARGET, train
 
     t0 = time.time()
     target, draft = (replace(c, steps=3, warmup_steps=1) for c in (TARGET, DRAFT)) if smoke else (TARGET, DRAFT)
     report = {"target": train(target, out / "target", name="target"),
               "draft": train(draft, out / "draft", name="draft"),
-              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {}))}
+              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {})),
+              "length_predictor": train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR,
+                                                      data="testbed", **(dict(traces=16, epochs=1) if smoke else {}))}
     report["total_seconds"] = round(time.time() - t0, 1)
     (out / "retrain.json").write_text(json.dumps(report, indent=2))
     return report

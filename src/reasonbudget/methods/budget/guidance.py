@@ -52,8 +52,10 @@ class BudgetGuidanceConfig:
 
 
 def default_predictor_dir(model) -> Path:
-    from reasonbudget.testbed.pipeline import CHECKPOINTS
+    from reasonbudget.testbed.pipeline import CHECKPOINTS, PREDICTOR_DIR
 
+    if model.name == "testbed-target":
+        return CHECKPOINTS / PREDICTOR_DIR
     if model.profile.name == "testbed":
         return CHECKPOINTS / f"{model.name}-length-predictor"
     return Path.home() / ".cache" / "reasonbudget" / "predictors" / model.name.replace("/", "--")
