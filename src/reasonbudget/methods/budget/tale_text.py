@@ -1,0 +1,87 @@
+"""TALE's text layer (Han et al. 2025, arXiv 2412.18547), as pure functions: the budget prompt, the
+zero-shot budget-estimation prompt and the parsing of its answer (TALE-EP), and the optimal-budget search.
+
+The search is the reference's one-sided halving: from the token count of a correct vanilla answer, halve the
+budget while the answer stays correct and (by default) its length keeps falling; the cost condition stops
+before "token elasticity", where a model given too small a budget writes more, not less. A true binary
+search over the interval after the first failure is an option.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+COT_TRIGGER = "Let's think step by step"
+ESTIMATE_INSTRUCTION = (
+    "Task: Analyze the given question and estimate the minimum number of tokens needed to produce a complete "
+    "and accurate answer. Reply only with the number in the form [[budget]], for example: Budget: [[12]]."
+)
+_ESTIMATE = re.compile(r"\[\[\s*(\d+)\s*\]\]")
+
+
+def budget_prompt(question: str, budget: int | None) -> str:
+    """The question with TALE's trigger; with a budget, "...and use less than {budget} tokens:"."""
+    trigger = f"{COT_TRIGGER} and use less than {budget} tokens:" if budget is not None else f"{COT_TRIGGER}:"
+    return f"{question.rstrip()}\n{trigger}"
+
+
+def estimate_prompt(question: str) -> str:
+    return f"{ESTIMATE_INSTRUCTION}\n\nBelow is the question:\n\nQuestion: \"{question.strip()}\""
+
+
+def parse_estimate(text: str, *, minimum: int = 1, maximum: int | None = None) -> int | None:
+    """The first [[n]] in the estimator's reply, clamped to [minimum, maximum]; None when there is none
+    (the reference then prompts "use less than -1 tokens"; callers fall back to the vanilla prompt)."""
+    m = _ESTIMATE.search(text)
+    if m is None:
+        return None
+    value = max(int(m.group(1)), minimum)
+    return min(value, maximum) if maximum is not None else value
+
+
+@dataclass(frozen=True)
+class Attempt:
+    budget: int
+    correct: bool
+    tokens: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    budget: int
+    """The smallest feasible budget found (the vanilla length when nothing smaller worked)."""
+    tokens: int
+    """Output tokens of the answer written under that budget."""
+    attempts: tuple[Attempt, ...]
+
+
+def search_budget(solve: Callable[[int], tuple[bool, int]], vanilla_tokens: int, *, require_shorter: bool = True,
+                  binary: bool = False) -> SearchResult:
+    """Smallest budget that keeps an answer correct. `solve(budget) -> (correct, output tokens)`; the vanilla
+    answer (`vanilla_tokens` long) must already be correct. Halving (reference) or, with `binary`, bisection
+    between the last feasible and the first infeasible budget."""
+    if vanilla_tokens < 1:
+        raise ValueError(f"vanilla_tokens={vanilla_tokens}: a correct vanilla answer has at least one token")
+    best, best_tokens, attempts = vanilla_tokens, vanilla_tokens, []
+
+    def feasible(budget: int) -> bool:
+        correct, tokens = solve(budget)
+        attempts.append(Attempt(budget, correct, tokens))
+        return correct and (tokens < best_tokens or not require_shorter)
+
+    low = 0  # largest budget known to be infeasible
+    while best // 2 >= 1:
+        if feasible(best // 2):
+            best, best_tokens = best // 2, attempts[-1].tokens
+        else:
+            low = best // 2
+            break
+    while binary and best - low > 1:
+        mid = (low + best) // 2
+        if feasible(mid):
+            best, best_tokens = mid, attempts[-1].tokens
+        else:
+            low = mid
+    return SearchResult(best, best_tokens, tuple(attempts))
