@@ -22,7 +22,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["run", QUESTION, "--budget", "12.5"], "whole number"),
     (["run", QUESTION, "--budget", "lots"], "whole number"),
     (["run", "   "], "question is empty"),
-    (["run", QUESTION, "--method", "magic"], "available: budget-forcing, budget-guidance, nothinking, plain"),
+    (["run", QUESTION, "--method", "magic"], "available: budget-forcing, budget-guidance, nothinking, plain, tale"),
     (["run", QUESTION, "--method", "budget-guidance", "--model", "smollm2-135m"], "missing length_predictor.json"),
     (["train-predictor", "--model", "testbed-target", "--traces", "0"], "--traces and --epochs must be >= 1"),
     (["train-predictor", "--model", "smollm2-135m", "--data", "testbed"], "needs a testbed model"),

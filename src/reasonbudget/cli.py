@@ -48,7 +48,7 @@ def _fail(msg: str) -> None:
 def run(
     question: str = typer.Argument(..., help="The question to solve."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
-    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance"),
+    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale"),
     budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budgeted methods; default {DEFAULT_BUDGET})."),
     min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),

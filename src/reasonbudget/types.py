@@ -12,6 +12,21 @@ from typing import Any
 TokenIds = tuple[int, ...]
 
 
+class PromptIds(tuple):
+    """A prompt's token ids (a plain tuple of ints everywhere) that also remember the question they were built
+    from, for methods that rewrite the question itself (TALE's budget prompt)."""
+
+    question: str
+
+    def __new__(cls, ids, question: str) -> "PromptIds":
+        self = super().__new__(cls, ids)
+        self.question = question
+        return self
+
+    def __getnewargs__(self) -> tuple:  # pickling (Ray workers) keeps the question
+        return tuple(self), self.question
+
+
 def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     out = dict(a)
     for k, v in b.items():

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from reasonbudget.models.config import ModelConfig
 from reasonbudget.models.profiles import INSTRUCT, PROFILES, THINKING, ReasoningProfile
 from reasonbudget.models.tokenizer import cache_root, gguf_cache_key, load_tokenizer
+from reasonbudget.types import PromptIds
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", dev
                        _eos_ids(tok, config))
 
 
-def build_prompt(model: LoadedModel, question: str) -> tuple[int, ...]:
+def build_prompt(model: LoadedModel, question: str) -> PromptIds:
     """The chat-templated prompt for one question, ending where the model starts thinking."""
     if not question.strip():
         raise ValueError("the question is empty")
@@ -218,4 +219,4 @@ def build_prompt(model: LoadedModel, question: str) -> tuple[int, ...]:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
     if prof.think_open and not text.rstrip().endswith(prof.think_open.strip()):
         text += prof.think_open
-    return tuple(tok.encode(text, add_special_tokens=False))
+    return PromptIds(tok.encode(text, add_special_tokens=False), question)
