@@ -11,7 +11,7 @@ from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import BudgetedRun, make_method
-from reasonbudget.methods.budget.guidance import GuidanceController, newline_table
+from reasonbudget.methods.budget.guidance import GuidanceController, PredictorBatch, newline_table
 from reasonbudget.predictors.length import LengthPredictorConfig, PredictorError, hidden_layer_ids
 from reasonbudget.predictors.train_length import PredictorTrainConfig, TraceTokens, train_length_predictor
 from tests.helpers import VOCAB, char_tokenizer, runtime_from_hf, tiny_hf_model
@@ -31,22 +31,31 @@ class EndsSoonPredictor(nn.Module):
         return shape, rate
 
 
+class CountingBatch(PredictorBatch):
+    calls: list
+
+    def run(self, rows):
+        self.calls = getattr(self, "calls", []) + [len(rows)]
+        super().run(rows)
+
+
 def guided_run(model, budget, *, hard_cap=False, max_thinking=60):
-    layers, table = hidden_layer_ids(model), newline_table(model)
+    batch, table = CountingBatch(EndsSoonPredictor(), hidden_layer_ids(model)), newline_table(model)
     ctrls = []
 
     def steer(row_budget):
-        ctrls.append(GuidanceController(EndsSoonPredictor(), layers, table, budget, row_budget, 1.0))
+        ctrls.append(GuidanceController(batch, table, budget, row_budget, 1.0))
         return ctrls[-1]
 
     cfg = BudgetConfig(max_thinking_tokens=budget if hard_cap else max_thinking, max_answer_tokens=8)
     results = BudgetedRun(cfg, SamplingConfig(), steering=steer)(Engine(model), PROMPTS, torch.Generator())
-    return results, ctrls
+    return results, batch
 
 
 def test_a_tight_budget_ends_thinking_at_the_first_guided_step():
     model = runtime_from_hf(tiny_hf_model("llama"))
-    results, ctrls = guided_run(model, budget=3)
+    results, batch = guided_run(model, budget=3)
+    assert batch.calls == [2]  # both rows' first thinking token: one predictor call
     for r in results:
         assert r.usage.thinking_tokens == 0 and r.trace["guided_steps"] == 1 and r.answer
         assert r.trace["fallback_steps"] == 0
@@ -63,7 +72,8 @@ def test_a_loose_budget_changes_nothing():
 def test_guides_the_first_thinking_token_and_line_starts_only():
     model = runtime_from_hf(tiny_hf_model("llama"))
     row = SimpleNamespace(state=SimpleNamespace(phase="thinking", thinking_tokens=0))
-    ctrl = GuidanceController(EndsSoonPredictor(), hidden_layer_ids(model), newline_table(model), 10, row, 1.0)
+    ctrl = GuidanceController(PredictorBatch(EndsSoonPredictor(), hidden_layer_ids(model)), newline_table(model), 10,
+                              row, 1.0)
     hidden = {i: torch.zeros(64) for i in hidden_layer_ids(model)}
     guided = []
     for text in ["a", "b", "\n", "c", "\n"]:
@@ -94,6 +104,8 @@ def test_method_loads_its_predictor_and_refuses_bad_ones(tmp_path):
                          max_answer_tokens=8)
     results = method.run(Engine(model), PROMPTS, budget=6, generator=torch.Generator())
     assert all(r.usage.thinking_tokens <= 6 and r.trace["guided_steps"] >= 1 for r in results)
+    alone = [method.run(Engine(model), [p], budget=6, generator=torch.Generator())[0] for p in PROMPTS]
+    assert [r.tokens for r in results] == [r.tokens for r in alone]  # batched predictor calls change nothing
     other = runtime_from_hf(tiny_hf_model("llama", seed=3), name="other")
     with pytest.raises(PredictorError, match="trained for another model"):
         method.run(Engine(other), PROMPTS, budget=6, generator=torch.Generator())

@@ -40,6 +40,20 @@ class Controller:
     def on_token(self, token: int, forced: bool) -> Action:
         return KEEP
 
+    def batched_work(self) -> Sequence[tuple["BatchedWork", "Controller"]]:
+        """Work this row wants done for the coming step together with other rows, with the controller that
+        receives its share (see `BatchedWork`)."""
+        return ()
+
+
+class BatchedWork:
+    """Per-step work shared by many rows (a predictor forward, say): before the rows' `process_logits`, the
+    engine calls `run` once per distinct object with every row that asked, as (receiving controller, that
+    row's hidden states) pairs."""
+
+    def run(self, rows: Sequence[tuple[Controller, Mapping[int, Tensor]]]) -> None:
+        raise NotImplementedError
+
 
 class MarkerDetector:
     """Tells when a text marker is completed by the newest token, decoding only a short tail of tokens."""
@@ -93,3 +107,6 @@ class Chain(Controller):
     def on_token(self, token: int, forced: bool) -> Action:
         actions = [c.on_token(token, forced) for c in self.controllers]
         return next((a for a in actions if a != KEEP), KEEP)
+
+    def batched_work(self) -> Sequence[tuple[BatchedWork, Controller]]:
+        return [w for c in self.controllers for w in c.batched_work()]

@@ -9,13 +9,13 @@ ragged lengths, their own controllers, their own generator, their own stop.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Generator, Tensor
 
-from reasonbudget.engine.controllers import Controller
+from reasonbudget.engine.controllers import BatchedWork, Controller
 from reasonbudget.engine.sampling import SamplingConfig, child_generators, sample
 from reasonbudget.models.registry import LoadedModel
 from reasonbudget.types import TokenIds
@@ -148,11 +148,13 @@ class Engine:
             fo = self._forward(feed, act_rows, zeros[: len(active)], layers)
             self.cache.lengths[act_rows] += 1
             logits = fo.logits  # [A, V]
+            row_hidden = [{k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in range(len(active))]
+            _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in enumerate(active)
+                               if ctrl[i] is not None and not queue[i]])
             for j, i in enumerate(active):
                 passes[i] += 1
                 if ctrl[i] is not None and not queue[i]:
-                    hidden = {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None
-                    logits[j] = ctrl[i].process_logits(logits[j], hidden)
+                    logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
             sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
             still = []
             for j, i in enumerate(active):
@@ -185,6 +187,16 @@ class Engine:
             if on_step is not None:
                 on_step(len(active))
         return [Decoded(tuple(o), tuple(f), r, p) for o, f, r, p in zip(out, forced, finish, passes)]
+
+
+def _run_batched_work(rows: Sequence[tuple[Controller, Mapping[int, Tensor] | None]]) -> None:
+    """One call per distinct `BatchedWork` with all the rows that asked for it this step."""
+    groups: dict[int, tuple[BatchedWork, list]] = {}
+    for c, hidden in rows:
+        for work, receiver in c.batched_work():
+            groups.setdefault(id(work), (work, []))[1].append((receiver, hidden))
+    for work, members in groups.values():
+        work.run(members)
 
 
 def _row_generators(generator: Generator | Sequence[Generator] | None, n: int) -> list[Generator]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
-from reasonbudget.engine.controllers import KEEP, Action, Controller
+from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import BudgetedRun, Generators, register
@@ -88,29 +88,57 @@ def _newline_table(model) -> Tensor:
     return table
 
 
-class GuidanceController(Controller):
-    """One row: guides at line starts while its budget controller says the row is thinking."""
+class PredictorBatch(BatchedWork):
+    """One predictor forward per decode step for every row of the batch that is at a line start."""
 
-    def __init__(self, predictor: LengthPredictor, layers: Sequence[int], newline: Tensor, budget: int,
-                 row_budget: BudgetController, strength: float, min_rate: float = MIN_RATE) -> None:
-        self.predictor, self.hidden_layers, self.newline = predictor, tuple(layers), newline
+    def __init__(self, predictor: LengthPredictor, layers: Sequence[int]) -> None:
+        self.predictor, self.layers = predictor, tuple(layers)
+
+    @torch.inference_mode()
+    def run(self, rows: Sequence[tuple[Controller, Mapping[int, Tensor] | None]]) -> None:
+        rows = [(c, h) for c, h in rows if h is not None]
+        if not rows:
+            return
+        t0 = time.perf_counter()
+        states = torch.stack([torch.stack([h[i] for i in self.layers]) for _, h in rows]).float()  # [n, L+1, d]
+        shape, rate = self.predictor(states)
+        share = (time.perf_counter() - t0) / len(rows)
+        for k, (c, _) in enumerate(rows):
+            c.pending = (shape[k], rate[k])
+            c.predictor_seconds += share
+
+
+class GuidanceController(Controller):
+    """One row: guides at line starts while its budget controller says the row is thinking. The predictor
+    runs batched across rows (`PredictorBatch`); a controller used alone runs its own share."""
+
+    def __init__(self, batch: PredictorBatch, newline: Tensor, budget: int, row_budget: BudgetController,
+                 strength: float, min_rate: float = MIN_RATE) -> None:
+        self.batch, self.hidden_layers, self.newline = batch, batch.layers, newline
         self.budget, self.row_budget, self.strength, self.min_rate = budget, row_budget, strength, min_rate
         self.guide_now, self.guided_steps, self.fallback_steps, self.predictor_seconds = True, 0, 0, 0.0
+        self.pending: tuple[Tensor, Tensor] | None = None
+
+    def _due(self) -> bool:
+        return self.guide_now and self.row_budget.state.phase == "thinking"
+
+    def batched_work(self) -> Sequence[tuple[BatchedWork, Controller]]:
+        return ((self.batch, self),) if self._due() else ()
 
     @torch.inference_mode()
     def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
-        if not self.guide_now or self.row_budget.state.phase != "thinking" or hidden is None:
+        if not self._due() or hidden is None:
             return logits
+        if self.pending is None:
+            self.batch.run([(self, hidden)])
+        (shape, rate), self.pending = self.pending, None
         t0 = time.perf_counter()
-        states = torch.stack([hidden[i] for i in self.hidden_layers])[None].float()  # [1, layers + 1, d]
-        shape, rate = self.predictor(states)
         remaining = max(self.budget - self.row_budget.state.thinking_tokens, 1)
-        probs, fell_back = guided_probs(logits[None, : shape.shape[-1]], shape, rate, remaining, self.strength,
-                                       self.min_rate)
-        probs = probs[0]
+        probs, fell_back = guided_probs(logits[None, : shape.shape[-1]], shape[None], rate[None], remaining,
+                                        self.strength, self.min_rate)
         self.fallback_steps += int(fell_back[0])
         out = torch.full_like(logits, float("-inf"))
-        out[: probs.shape[0]] = torch.log(probs)
+        out[: probs.shape[1]] = torch.log(probs[0])
         self.guided_steps += 1
         self.predictor_seconds += time.perf_counter() - t0
         return out
@@ -139,11 +167,11 @@ class BudgetGuidance:
             raise ValueError(f"budget-guidance needs a thinking budget >= 1 tokens, got {budget}")
         c, model = self.config, engine.model
         predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
-        layers, newline = hidden_layer_ids(model), newline_table(model)
+        batch, newline = PredictorBatch(predictor, hidden_layer_ids(model)), newline_table(model)
         cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=c.max_answer_tokens)
         min_rate = c.min_rate if c.min_rate is not None else predictor.cfg.min_rate
 
         def steer(row_budget: BudgetController) -> GuidanceController:
-            return GuidanceController(predictor, layers, newline, budget, row_budget, c.strength, min_rate)
+            return GuidanceController(batch, newline, budget, row_budget, c.strength, min_rate)
 
         return BudgetedRun(cfg, c.sampling, steering=steer)(engine, prompts, generator)
