@@ -148,12 +148,12 @@ class Engine:
             fo = self._forward(feed, act_rows, zeros[: len(active)], layers)
             self.cache.lengths[act_rows] += 1
             logits = fo.logits  # [A, V]
-            row_hidden = [{k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in range(len(active))]
-            _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in enumerate(active)
-                               if ctrl[i] is not None and not queue[i]])
+            steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
+            row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
+            _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
             for j, i in enumerate(active):
                 passes[i] += 1
-                if ctrl[i] is not None and not queue[i]:
+                if j in steered:
                     logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
             sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
             still = []

@@ -26,9 +26,7 @@ logger = logging.getLogger(__name__)
 class PredictorTrainConfig:
     epochs: int = 1
     batch_size: int = 16
-    """Sequences per step."""
-    positions_per_sequence: int | None = None
-    """Supervised positions sampled per sequence and step (None: all of them)."""
+    """Sequences per step (every supervised position of each is used)."""
     lr: float = 1e-4
     warmup_fraction: float = 0.05
     seed: int = 0
@@ -66,6 +64,16 @@ def supervised(trace: TraceTokens) -> tuple[Tensor, Tensor]:
     return pos, targets[pos]
 
 
+def batch_targets(batch: Sequence[TraceTokens]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every supervised position of a batch: (row, position, remaining length L, actual next token)."""
+    supervision = [supervised(t) for t in batch]
+    rows = torch.cat([torch.full((len(pos),), b, dtype=torch.long) for b, (pos, _) in enumerate(supervision)])
+    cols = torch.cat([pos for pos, _ in supervision])
+    length = torch.cat([lengths for _, lengths in supervision])
+    next_tokens = torch.tensor([batch[r].ids[c + 1] for r, c in zip(rows.tolist(), cols.tolist())], dtype=torch.long)
+    return rows, cols, length, next_tokens
+
+
 def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPredictorConfig,
                            train_cfg: PredictorTrainConfig, *, log_every: int = 50) -> tuple[LengthPredictor, dict]:
     """Returns the trained predictor (fingerprinted for `model`) and training statistics."""
@@ -83,25 +91,13 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
         for i in range(0, len(order), train_cfg.batch_size):
             batch = [traces[j] for j in order[i : i + train_cfg.batch_size]]
             states = lm_states(model, [t.ids for t in batch]).clone()  # leave inference mode for autograd
-            rows, cols, lengths = [], [], []
-            for b, trace in enumerate(batch):
-                pos, length = supervised(trace)
-                k = train_cfg.positions_per_sequence
-                if k is not None and len(pos) > k:
-                    keep = torch.tensor(sorted(rng.sample(range(len(pos)), k)))
-                    pos, length = pos[keep], length[keep]
-                rows += [b] * len(pos)
-                cols.append(pos)
-                lengths.append(length)
-            if not rows:
+            rows, cols, length, next_tokens = batch_targets(batch)
+            if not len(rows):
                 continue
-            cols_t, length_t = torch.cat(cols), torch.cat(lengths)
-            rows_t = torch.tensor(rows)
-            next_tokens = torch.tensor([batch[r].ids[c + 1] for r, c in zip(rows, cols_t.tolist())])
             for g in opt.param_groups:
                 g["lr"] = train_cfg.lr * min(1.0, (step + 1) / warmup)
-            shape, rate = predictor.gather(states[rows_t, cols_t], next_tokens)
-            loss = gamma_nll(shape, rate, length_t.float()).mean()
+            shape, rate = predictor.gather(states[rows, cols], next_tokens)
+            loss = gamma_nll(shape, rate, length.float()).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(predictor.parameters(), 1.0)
             opt.step()
@@ -127,11 +123,9 @@ def calibrated_min_rate(predictor: LengthPredictor, model, traces: Sequence[Trac
     rates = []
     for i in range(0, len(traces), 16):
         batch = traces[i : i + 16]
-        states = lm_states(model, [t.ids for t in batch])
-        for b, trace in enumerate(batch):
-            pos, _ = supervised(trace)
-            nxt = torch.tensor([trace.ids[c + 1] for c in pos.tolist()])
-            rates.append(predictor.gather(states[b, pos], nxt)[1])
-    if not rates:
+        rows, cols, _, next_tokens = batch_targets(batch)
+        rates.append(predictor.gather(lm_states(model, [t.ids for t in batch])[rows, cols], next_tokens)[1])
+    seen = torch.cat(rates) if rates else torch.zeros(0)
+    if seen.numel() == 0:
         return reference
-    return round(min(reference, float(torch.quantile(torch.cat(rates), quantile))), 3)
+    return round(min(reference, float(torch.quantile(seen, quantile))), 3)
