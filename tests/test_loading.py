@@ -52,3 +52,21 @@ def test_bfloat16_runtime_stays_close(checkpoint):
 def test_unknown_dtype_is_rejected(checkpoint):
     with pytest.raises(ValueError, match="dtype"):
         load_model(str(checkpoint[0]), dtype="float8")
+
+
+def test_gguf_cache_key_survives_reinstall_but_not_other_content(tmp_path):
+    """Each fresh virtualenv reinstalls the embedded GGUF with a new mtime; the dequantized cache must not
+    grow a new copy every time, and a different file of the same name must not reuse it."""
+    import os
+
+    from reasonbudget.models.tokenizer import gguf_cache_key
+
+    a = tmp_path / "a" / "m.gguf"
+    b = tmp_path / "b" / "m.gguf"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(bytes(range(256)) * 9000)
+    os.utime(b, (1, 1))
+    assert gguf_cache_key(a) == gguf_cache_key(b)
+    b.write_bytes(bytes(range(256)) * 8999 + bytes(255) + b"x")
+    assert gguf_cache_key(a) != gguf_cache_key(b)

@@ -58,3 +58,19 @@ def test_nothing_smaller_works_keeps_the_vanilla_length():
     assert (result.budget, result.tokens, len(result.attempts)) == (64, 64, 1)
     with pytest.raises(ValueError, match="vanilla_tokens"):
         search_budget(model_with_threshold(1), vanilla_tokens=0)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("threshold,vanilla", [(30, 200), (1, 64), (500, 64), (7, 9)])
+def test_lockstep_search_matches_the_sequential_one(threshold, vanilla, binary):
+    """BudgetSearch driven by hand (as the batched driver does) retraces search_budget exactly."""
+    from reasonbudget.methods.budget.tale_text import BudgetSearch
+
+    solve = model_with_threshold(threshold)
+    search = BudgetSearch(vanilla, binary=binary)
+    while (b := search.proposal) is not None:
+        search.record(*solve(b))
+    assert search.result() == search_budget(solve, vanilla, binary=binary)
+    assert search.result().vanilla_tokens == vanilla
+    with pytest.raises(RuntimeError, match="finished"):
+        search.record(True, 1)

@@ -24,11 +24,12 @@ class UserError(Exception):
 
 
 def parse_budget(text: str | None, method: str) -> int | None:
-    from reasonbudget.methods import METHODS
+    from reasonbudget.methods.spec import method_class
 
+    uses_budget = method_class(method).uses_budget
     if text is None:
-        return DEFAULT_BUDGET if METHODS[method].uses_budget else None
-    if not METHODS[method].uses_budget:
+        return DEFAULT_BUDGET if uses_budget else None
+    if not uses_budget:
         raise UserError(f"--budget applies to budgeted methods, not to {method}")
     try:
         value = int(text)
@@ -48,7 +49,8 @@ def _fail(msg: str) -> None:
 def run(
     question: str = typer.Argument(..., help="The question to solve."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
-    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale"),
+    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale, "
+                               "with settings as NAME:key=value,... (e.g. budget-guidance:hard_cap=true)"),
     budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budgeted methods; default {DEFAULT_BUDGET})."),
     min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -75,16 +77,16 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
     import torch
 
     from reasonbudget.engine import Engine, PromptTooLongError, SamplingConfig
-    from reasonbudget.methods import METHODS
     from reasonbudget.methods.base import make_method
     from reasonbudget.models import ModelNotFoundError, build_prompt, load_model
 
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    b = parse_budget(budget, method)
+    try:
+        b = parse_budget(budget, method)
+    except ValueError as e:  # unknown method or setting
+        raise UserError(str(e)) from None
     if not question.strip():
         raise UserError("the question is empty")
-    if min_budget and method != "budget-forcing":
+    if min_budget and not method.startswith("budget-forcing"):
         raise UserError("--min-budget applies to budget-forcing only")
     try:
         options = {"min_thinking_tokens": min_budget} if min_budget else {}
@@ -126,7 +128,8 @@ def parse_int_list(text: str, what: str, minimum: int) -> tuple[int, ...]:
 @app.command("eval")
 def eval_(
     task: str = typer.Option(..., help="gsm8k | gsm8k:split=train | math500 | aime24"),
-    method: str = typer.Option(..., help="Comma-separated methods, e.g. plain,budget-forcing,nothinking."),
+    method: str = typer.Option(..., help="Comma-separated methods, e.g. plain,budget-forcing,tale; settings as "
+                               "NAME:key=value (budget-guidance:hard_cap=true,strength=2)."),
     budgets: Optional[str] = typer.Option(None, help="Comma-separated thinking budgets, e.g. 32,64,128."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     seeds: str = typer.Option("0", help="Comma-separated seeds."),
@@ -144,10 +147,11 @@ def eval_(
 
     try:
         from reasonbudget.eval import SweepConfig, run_sweep
+        from reasonbudget.methods.spec import split_method_list
         from reasonbudget.models import ModelNotFoundError
 
         b = parse_int_list(budgets, "--budgets", 1) if budgets else ()
-        cfg = SweepConfig(task=task, methods=tuple(m.strip() for m in method.split(",") if m.strip()), budgets=b,
+        cfg = SweepConfig(task=task, methods=tuple(split_method_list(method)), budgets=b,
                           seeds=parse_int_list(seeds, "--seeds", 0), limit=limit, model=model,
                           temperature=temperature, top_p=top_p, dtype=dtype, batch_size=batch_size)
         t0 = time.perf_counter()
@@ -194,6 +198,7 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
     report = retrain_all(Path(out) if out else CHECKPOINTS)
     prm = report["prm"]
     typer.echo(json.dumps({"target_seconds": report["target"]["train_seconds"],
+                           "target_prompt_tuning_seconds": report["target_prompt_tuning"]["train_seconds"],
                            "draft_seconds": report["draft"]["train_seconds"],
                            "prm_verifier_lm_seconds": prm["verifier_lm"]["train_seconds"],
                            "prm_sampling_seconds": prm["sampling_seconds"],
@@ -238,6 +243,34 @@ def train_predictor(
         return
     typer.echo(f"saved to {target} ({stats['params']} parameters, {stats['traces']} traces, "
                f"{stats['train_seconds']} s, final NLL {stats['history'][-1]['nll'] if stats['history'] else 'n/a'})")
+
+
+@app.command("fit-budget-estimator")
+def fit_budget_estimator_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="The model whose budgets are searched (name or path)."),
+    task: str = typer.Option("gsm8k:split=train", help="Problems to search budgets on (a task spec)."),
+    limit: int = typer.Option(400, help="First N problems of the task."),
+    out: str = typer.Option(..., help="Output directory (budget_estimator.json, searches.json)."),
+    binary: bool = typer.Option(False, help="Bisect after the first failed halving (tighter budgets)."),
+) -> None:
+    """Fit TALE's learned budget estimator: greedy budget searches, then ridge regression on prompt states.
+    Use it with --method tale:estimator=DIR."""
+    import logging
+    from pathlib import Path
+
+    from reasonbudget.models import ModelNotFoundError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if limit < 2:
+        _fail("--limit must be >= 2")
+    try:
+        from reasonbudget.methods.budget.budget_estimator import fit_on_task
+
+        stats = fit_on_task(model, task, limit, Path(out), binary=binary)
+    except (ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    typer.echo(json.dumps(stats))
 
 
 @app.command()

@@ -90,7 +90,7 @@ def _cli(*args):
 @pytest.mark.parametrize("args,fragment", [
     (["--task", "gsm9k", "--method", "plain"], "available: aime24, gsm8k, math500"),
     (["--task", "gsm8k:split=dev", "--method", "plain"], "accepted are test, train"),
-    (["--task", "gsm8k", "--method", "plain,magic"], "unknown method magic; available: budget-forcing"),
+    (["--task", "gsm8k", "--method", "plain,magic"], "unknown method 'magic'; available: budget-forcing"),
     (["--task", "gsm8k", "--method", "budget-forcing", "--budgets", "32,abc"], "--budgets must be"),
     (["--task", "gsm8k", "--method", "budget-forcing", "--budgets", "0,64"], "--budgets must be"),
     (["--task", "gsm8k", "--method", "budget-forcing"], "budgets are required"),

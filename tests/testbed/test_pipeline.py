@@ -28,6 +28,8 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
 
     report = retrain_all(tmp_path, smoke=True)
     assert report["target"]["steps_done"] == 3 and report["draft"]["steps_done"] == 3
+    tuned = report["target_prompt_tuning"]  # the prompt-tuning stage starts from the trained target
+    assert tuned["steps_done"] == 3 and tuned["initial_training"]["name"] == "target"
     for name in ("target", "draft"):
         model = load_model(str(tmp_path / name))
         assert model.profile.name == "testbed" and model.kind == "runtime"

@@ -65,19 +65,22 @@ def test_closing_step_catches_a_trace_that_stops_early():
     assert not wrong_answer[-1].correct
 
 
-def test_traces_vary_in_length_and_a_third_is_self_checks():
+def test_traces_vary_in_length_a_third_is_self_checks_and_concise_traces_are_short():
+    from reasonbudget.testbed.traces import concise_length
+
     rng = random.Random(0)
-    total = checks = merged = 0
-    lengths = []
+    total = checks = terse = lines_seen = concise = 0
     for d in range(1, 9):
         for p in generate(150, difficulty=d, seed=11):
             lines = reference_lines(p, rng)
-            lengths.append(sum(map(len, lines)))
             total += sum(len(x) + 1 for x in lines)
             checks += sum(len(x) + 1 for x in lines if x.startswith("check"))
-            merged += any(x.startswith("((") or x.startswith("(") and not x.startswith("check") for x in lines)
-    assert 0.28 < checks / total < 0.38
-    assert merged > 100  # some traces merge two operations into one line
+            terse += sum(x[:1] in "+-*" for x in lines)
+            lines_seen += sum(not x.startswith("check") for x in lines)
+            concise += concise_length(p)
+    assert 0.25 < checks / total < 0.38
+    assert 0.2 < terse / lines_seen < 0.4  # terse rate ~ U(0, 0.6) per trace
+    assert 0.3 < concise / total < 0.45  # room to cut: the all-terse trace without checks
 
 
 def test_tokenizer_round_trip_and_chat_template():
@@ -130,3 +133,71 @@ def test_aggregate():
     assert aggregate(torch.tensor([]), "min") == 0.0
     with pytest.raises(ValueError):
         aggregate(s, "max")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 10**6), st.integers(4, 200))
+def test_budgeted_traces_fit_when_they_can_and_stay_correct(d, seed, budget):
+    from reasonbudget.testbed.traces import budgeted_lines, concise_lines, thinking_text
+
+    (p,) = generate(1, difficulty=d, seed=seed)
+    rng = random.Random(seed)
+    lines = budgeted_lines(p, rng, budget)
+    shortest = concise_lines(p)
+    assert all(lab.correct for lab in label_steps(p, thinking_text(lines)))
+    if len(thinking_text(shortest)) < budget:
+        assert len(thinking_text(lines)) < budget
+    else:  # cannot be met: the shortest trace, over budget (the model overshoots what it cannot do)
+        assert lines == shortest
+
+
+def test_concise_length_is_the_all_terse_trace_without_checks():
+    from reasonbudget.testbed.traces import concise_length
+
+    (p,) = generate(1, difficulty=3, seed=4)
+    lines = [f"{op}{k}={b}" for (op, k), b in zip(p.steps, p.values)]
+    assert concise_length(p) == sum(len(x) + 1 for x in lines)
+    assert all(lab.correct for lab in label_steps(p, "\n".join(lines)))
+
+
+def test_terse_lines_are_checked_against_the_chain():
+    (p,) = generate(1, difficulty=2, seed=4)
+    (op1, k1), (op2, k2) = p.steps
+    v1, v2 = p.values
+    good = f"{op1}{k1}={v1}\ncheck: {op1}{k1}={v1}\n{v1} {op2} {k2} = {v2}"
+    assert [lab.correct for lab in label_steps(p, good)] == [True, True, True]
+    wrong_op = "+" if op1 != "+" else "-"
+    for bad in (f"{op1}{k1}={(v1 + 1) % 100}", f"{wrong_op}{k1}={v1}", f"{op2}{k2}={v2}", f"{op1}{k1}+1={v1}"):
+        assert not label_steps(p, bad)[0].correct
+
+
+def test_prompt_following_examples_use_tales_prompts():
+    from reasonbudget.methods.budget.tale_text import COT_TRIGGER, ESTIMATE_INSTRUCTION, parse_estimate
+    from reasonbudget.testbed.train import budget_example
+    from reasonbudget.testbed.traces import concise_length
+
+    (p,) = generate(1, difficulty=5, seed=9)
+    rng = random.Random(0)
+    message, completion = budget_example(p, rng, "budget")
+    assert message.startswith(p.question + "\n" + COT_TRIGGER + " and use less than ")
+    assert final_answer(completion) == p.answer
+    message, completion = budget_example(p, rng, "estimate")
+    assert message.startswith(ESTIMATE_INSTRUCTION) and completion.startswith("</think>\n")
+    assert parse_estimate(completion) == concise_length(p)
+    with pytest.raises(ValueError, match="unknown example kind"):
+        budget_example(p, rng, "other")
+
+
+def test_without_the_mix_the_training_stream_is_unchanged():
+    """The committed verifier LM and target were trained on this stream: it must not change silently, or the
+    checkpoints stop being what `reasonbudget testbed train` makes (digest of the committed version's stream)."""
+    import hashlib
+
+    from reasonbudget.testbed.train import make_batch
+
+    tok, rng, h = build_tokenizer(), random.Random("train:target:0"), hashlib.sha256()
+    for step in range(3):
+        x, labels = make_batch(tok, rng, step * 32, 32, budget_mix=0.0)
+        h.update(x.numpy().tobytes())
+        h.update(labels.numpy().tobytes())
+    assert h.hexdigest()[:16] == "5bfcd902d9b3c5db"

@@ -41,12 +41,13 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         from reasonbudget.methods import METHODS
+        from reasonbudget.methods.spec import method_class
 
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
-            raise ValueError(f"unknown method {', '.join(unknown) or '(none given)'}; available: {', '.join(METHODS)}")
-        if any(METHODS[m].uses_budget for m in self.methods) and not self.budgets:
-            raise ValueError("budgets are required for " + ", ".join(m for m in self.methods if METHODS[m].uses_budget))
+        if not self.methods:
+            raise ValueError(f"no method given; available: {', '.join(METHODS)}")
+        budgeted = [m for m in self.methods if method_class(m).uses_budget]  # unknown names raise here
+        if budgeted and not self.budgets:
+            raise ValueError("budgets are required for " + ", ".join(budgeted))
         if any(b < 1 for b in self.budgets):
             raise ValueError(f"budgets must be >= 1 tokens, got {list(self.budgets)}")
         if not self.seeds or self.limit is not None and self.limit < 1 or self.batch_size < 1:
@@ -73,11 +74,11 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 
 def plan(cfg: SweepConfig, problem_ids: Sequence[str]) -> list[Unit]:
-    from reasonbudget.methods import METHODS
+    from reasonbudget.methods.spec import method_class
 
     units = []
     for method in cfg.methods:
-        for budget in cfg.budgets if METHODS[method].uses_budget else (None,):
+        for budget in cfg.budgets if method_class(method).uses_budget else (None,):
             for seed in cfg.seeds:
                 for i in range(0, len(problem_ids), cfg.batch_size):
                     units.append(Unit(method, budget, seed, tuple(problem_ids[i : i + cfg.batch_size])))

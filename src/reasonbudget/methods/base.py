@@ -38,12 +38,14 @@ def register(cls: type) -> type:
     return cls
 
 
-def make_method(name: str, sampling: SamplingConfig, **options: Any) -> Method:
-    """A registered method with its config built from a sampling config (and optional overrides)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+def make_method(spec: str, sampling: SamplingConfig, **options: Any) -> Method:
+    """A registered method with its config built from a sampling config, the settings of its spec
+    ("name:key=value,...", see `methods.spec`) and keyword overrides."""
+    from reasonbudget.methods.spec import parse_method_spec
+
+    name, settings = parse_method_spec(spec)
     cls = METHODS[name]
-    return cls(cls.config_type(sampling=sampling, **options))
+    return cls(cls.config_type(sampling=sampling, **{**settings, **options}))
 
 
 def profile_tokens(model: LoadedModel) -> ProfileTokens:

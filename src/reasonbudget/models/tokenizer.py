@@ -14,8 +14,17 @@ def cache_root() -> Path:
 
 
 def gguf_cache_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.stem}-{st.st_size}-{int(st.st_mtime)}"
+    """Name, size and a digest of the first and last MiB: stable when the same file is installed again (a
+    fresh virtualenv gives it a new mtime), different for another file of the same name."""
+    import hashlib
+
+    size, chunk = path.stat().st_size, 1 << 20
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        h.update(f.read(chunk))
+    return f"{path.stem}-{size}-{h.hexdigest()[:12]}"
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

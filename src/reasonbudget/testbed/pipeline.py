@@ -1,4 +1,5 @@
-"""`reasonbudget testbed train`: regenerate data and retrain the target, the draft and the PRM."""
+"""`reasonbudget testbed train`: regenerate data and retrain the target (then tune it on TALE's prompts), the
+draft, the PRM and the target's length predictor."""
 
 from __future__ import annotations
 
@@ -45,11 +46,13 @@ def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
     """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only)."""
     from reasonbudget.models import load_model
     from reasonbudget.predictors.recipe import train_predictor_for
-    from reasonbudget.testbed.train import DRAFT, TARGET, train
+    from reasonbudget.testbed.train import DRAFT, PROMPT_TUNING, TARGET, train
 
     t0 = time.time()
-    target, draft = (replace(c, steps=3, warmup_steps=1) for c in (TARGET, DRAFT)) if smoke else (TARGET, DRAFT)
+    target, tuning, draft = ((replace(c, steps=3, warmup_steps=1) for c in (TARGET, PROMPT_TUNING, DRAFT)) if smoke
+                             else (TARGET, PROMPT_TUNING, DRAFT))
     report = {"target": train(target, out / "target", name="target"),
+              "target_prompt_tuning": train(tuning, out / "target", name="target-prompts", init=out / "target"),
               "draft": train(draft, out / "draft", name="draft"),
               "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {})),
               "length_predictor": train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR,

@@ -55,6 +55,39 @@ class SearchResult:
     tokens: int
     """Output tokens of the answer written under that budget."""
     attempts: tuple[Attempt, ...]
+    vanilla_tokens: int = 0
+
+
+class BudgetSearch:
+    """One problem's search as a state machine, so that many searches can run in lockstep, one engine batch
+    per round: `proposal` is the next budget to try (None when done), `record` takes its outcome."""
+
+    def __init__(self, vanilla_tokens: int, *, require_shorter: bool = True, binary: bool = False) -> None:
+        if vanilla_tokens < 1:
+            raise ValueError(f"vanilla_tokens={vanilla_tokens}: a correct vanilla answer has at least one token")
+        self.vanilla_tokens = vanilla_tokens
+        self.best, self.best_tokens, self.low = vanilla_tokens, vanilla_tokens, 0  # low: largest known infeasible
+        self.require_shorter, self.binary, self.halving = require_shorter, binary, True
+        self.attempts: list[Attempt] = []
+
+    @property
+    def proposal(self) -> int | None:
+        if self.halving:
+            return self.best // 2 if self.best // 2 >= 1 else None
+        return (self.low + self.best) // 2 if self.binary and self.best - self.low > 1 else None
+
+    def record(self, correct: bool, tokens: int) -> None:
+        budget = self.proposal
+        if budget is None:
+            raise RuntimeError("the search is finished")
+        self.attempts.append(Attempt(budget, correct, tokens))
+        if correct and (tokens < self.best_tokens or not self.require_shorter):
+            self.best, self.best_tokens = budget, tokens
+        else:
+            self.low, self.halving = budget, False
+
+    def result(self) -> SearchResult:
+        return SearchResult(self.best, self.best_tokens, tuple(self.attempts), self.vanilla_tokens)
 
 
 def search_budget(solve: Callable[[int], tuple[bool, int]], vanilla_tokens: int, *, require_shorter: bool = True,
@@ -62,26 +95,7 @@ def search_budget(solve: Callable[[int], tuple[bool, int]], vanilla_tokens: int,
     """Smallest budget that keeps an answer correct. `solve(budget) -> (correct, output tokens)`; the vanilla
     answer (`vanilla_tokens` long) must already be correct. Halving (reference) or, with `binary`, bisection
     between the last feasible and the first infeasible budget."""
-    if vanilla_tokens < 1:
-        raise ValueError(f"vanilla_tokens={vanilla_tokens}: a correct vanilla answer has at least one token")
-    best, best_tokens, attempts = vanilla_tokens, vanilla_tokens, []
-
-    def feasible(budget: int) -> bool:
-        correct, tokens = solve(budget)
-        attempts.append(Attempt(budget, correct, tokens))
-        return correct and (tokens < best_tokens or not require_shorter)
-
-    low = 0  # largest budget known to be infeasible
-    while best // 2 >= 1:
-        if feasible(best // 2):
-            best, best_tokens = best // 2, attempts[-1].tokens
-        else:
-            low = best // 2
-            break
-    while binary and best - low > 1:
-        mid = (low + best) // 2
-        if feasible(mid):
-            best, best_tokens = mid, attempts[-1].tokens
-        else:
-            low = mid
-    return SearchResult(best, best_tokens, tuple(attempts))
+    search = BudgetSearch(vanilla_tokens, require_shorter=require_shorter, binary=binary)
+    while (budget := search.proposal) is not None:
+        search.record(*solve(budget))
+    return search.result()

@@ -1,0 +1,76 @@
+"""Method specs: a method name with settings of its config, as the CLI, the harness and the server take them.
+
+    budget-guidance                          defaults
+    budget-guidance:hard_cap=true,strength=2 config fields set from text (bool, int, float, str; "none")
+
+In a comma-separated list of methods, a part with "=" and no ":" continues the previous method's settings:
+"plain,budget-guidance:hard_cap=true,strength=2,tale" is three methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def split_method_list(text: str) -> list[str]:
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
+def _coerce(text: str, annotation: Any, where: str) -> Any:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() == "none":
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            return _coerce(text, arg, where)
+    if annotation is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"{where}={text!r}: accepted are true or false")
+    if annotation in (int, float, str):
+        try:
+            return annotation(text)
+        except ValueError:
+            raise ValueError(f"{where}={text!r}: expected {annotation.__name__}") from None
+    raise ValueError(f"{where} cannot be set from a method spec")
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'budget-guidance:hard_cap=true' -> ('budget-guidance', {'hard_cap': True}); unknown method or field,
+    or a value of the wrong type: ValueError naming what is accepted."""
+    from reasonbudget.methods.base import METHODS
+
+    name, _, rest = spec.strip().partition(":")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    config_type = METHODS[name].config_type
+    hints = typing.get_type_hints(config_type)
+    settable = [f.name for f in dataclasses.fields(config_type) if f.name != "sampling"]
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = (s.strip() for s in part.partition("="))
+        if not eq or not key or not value:
+            raise ValueError(f"method setting {part!r} in {spec!r} is not key=value")
+        if key not in settable:
+            raise ValueError(f"{name} has no setting {key!r}; accepted: {', '.join(settable)}")
+        options[key] = _coerce(value, hints[key], f"{name}:{key}")
+    return name, options
+
+
+def method_class(spec: str):
+    from reasonbudget.methods.base import METHODS
+
+    return METHODS[parse_method_spec(spec)[0]]
