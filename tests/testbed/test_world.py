@@ -121,9 +121,16 @@ def test_oracle_prm_scores_are_the_checker_labels_and_noise_flips_them():
     clean = OraclePRM().score_steps([StepSequence(p.question, lines), StepSequence(p.question, bad)])
     assert clean[0].tolist() == [1.0] * len(lines)
     assert clean[1].tolist() == [1.0] + [0.0] * len(lines)
-    noisy = OraclePRM(noise=0.2, seed=1).score_steps([StepSequence(p.question, lines)] * 500)
+    many = [StepSequence(q.question, tuple(reference_lines(q, random.Random(0))))
+            for q in generate(500, difficulty=4, seed=3)]
+    noisy = OraclePRM(noise=0.2, seed=1).score_steps(many)
     flipped = sum(int((s == 0).sum()) for s in noisy) / sum(s.numel() for s in noisy)
     assert 0.17 < flipped < 0.23  # binomial sd ~0.008 at these counts: a >3.5 sd band
+    again = OraclePRM(noise=0.2, seed=1).score_steps(many[::-1])[::-1]  # a fixed function: order-free
+    assert all(torch.equal(a, b) for a, b in zip(noisy, again))
+    closing = StepSequence(p.question, lines + (f"</think>\nThe answer is {p.answer}.",))
+    wrong = StepSequence(p.question, lines + (f"</think>\nThe answer is {(p.answer + 1) % MOD}.",))
+    assert [s[-1].item() for s in OraclePRM().score_steps([closing, wrong])] == [1.0, 0.0]
 
 
 def test_aggregate():

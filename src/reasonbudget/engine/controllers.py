@@ -58,9 +58,12 @@ class BatchedWork:
 class MarkerDetector:
     """Tells when a text marker is completed by the newest token, decoding only a short tail of tokens."""
 
-    def __init__(self, marker: str, decode: Callable[[list[int]], str], marker_ids: TokenIds) -> None:
+    def __init__(self, marker: str, decode: Callable[[list[int]], str], marker_ids: TokenIds, *,
+                 inside_tokens: bool = False) -> None:
+        """inside_tokens: the marker may also be part of a longer token ("\n\n" in ".\n\n"), so match on
+        text even when it is a single token itself."""
         self.marker, self.decode = marker, decode
-        self.single_id = marker_ids[0] if len(marker_ids) == 1 else None
+        self.single_id = marker_ids[0] if len(marker_ids) == 1 and not inside_tokens else None
         self.window = 2 * len(marker_ids) + 4
         self.tail: list[int] = []
 
@@ -85,7 +88,7 @@ class StopOnText(Controller):
 
     def __init__(self, stops: Sequence[str], decode: Callable[[list[int]], str],
                  encode: Callable[[str], TokenIds]) -> None:
-        self.detectors = [MarkerDetector(s, decode, encode(s)) for s in stops]
+        self.detectors = [MarkerDetector(s, decode, encode(s), inside_tokens=True) for s in stops]
 
     def on_token(self, token: int, forced: bool) -> Action:
         hit = [d.push(token) for d in self.detectors]

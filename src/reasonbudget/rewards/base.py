@@ -2,19 +2,23 @@
 
 A PRM reads text (it may have its own tokenizer): each item is the problem statement and the steps written
 so far; it returns one score in [0, 1] per step, the estimated probability that the trace is still correct
-after that step. Aggregation turns those into one number per trace (last, min, prod, mean).
+after that step. Aggregation turns those into one number per trace: `last`, `min`, `prod`, `mean`, or
+`model`: the whole prefix given to the PRM as one step (what the particle-filtering paper's code does with
+Qwen2.5-Math-PRM; see `search.scoring`). PRMs may count what they read in a `tokens_read` attribute and say
+how to join steps into one text in `step_separator`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
 
-Aggregation = Literal["last", "min", "prod", "mean"]
+Aggregation = Literal["last", "min", "prod", "mean", "model"]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,11 @@ class ProcessRewardModel(Protocol):
 
 
 def aggregate(scores: Tensor, how: Aggregation) -> float:
-    """scores [num_steps] -> one score; an empty trace scores 0."""
+    """scores [num_steps] -> one score; an empty trace scores 0. (`model` is decided before scoring, so here
+    it reads the single score like `last`.)"""
     if scores.numel() == 0:
         return 0.0
-    if how == "last":
+    if how in ("last", "model"):
         return float(scores[-1])
     if how == "min":
         return float(scores.min())
@@ -41,4 +46,4 @@ def aggregate(scores: Tensor, how: Aggregation) -> float:
         return float(torch.prod(scores.double()))
     if how == "mean":
         return float(scores.mean())
-    raise ValueError(f"aggregation {how!r}: accepted are last, min, prod, mean")
+    raise ValueError(f"aggregation {how!r}: accepted are {', '.join(AGGREGATIONS)}")

@@ -1,8 +1,14 @@
 """The testbed's checker as a PRM: exact step labels, optionally flipped with probability `noise` to study how
-search methods degrade with an imperfect verifier. Seeded: one generator per PRM instance."""
+search methods degrade with an imperfect verifier. The noise is a fixed function of (seed, problem, prefix):
+the same prefix always gets the same score, as with a real imperfect PRM, whatever the batch or call order.
+
+A step that starts with "</think>" is the closing step (end of thinking and the answer line, as
+`testbed.traces.closing_step` writes it and the trained PRM reads it): correct when every line before it is
+and its answer is right."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -10,24 +16,33 @@ from torch import Tensor
 
 from reasonbudget.rewards.base import StepSequence
 from reasonbudget.testbed.problems import parse_question
-from reasonbudget.testbed.traces import label_steps
+from reasonbudget.testbed.traces import final_answer, label_steps
 
 
 class OraclePRM:
     def __init__(self, *, noise: float = 0.0, seed: int = 0) -> None:
         if not 0.0 <= noise <= 0.5:
             raise ValueError(f"noise={noise}: accepted is 0 <= noise <= 0.5")
-        self.noise = noise
-        self.generator = torch.Generator().manual_seed(seed)
+        self.noise, self.seed = noise, seed
 
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         out = []
         for item in items:
             problem = parse_question(item.problem)
-            labels = label_steps(problem, "\n".join(item.steps))
-            scores = torch.tensor([float(l.correct) for l in labels])
+            closing = bool(item.steps) and item.steps[-1].lstrip().startswith("</think>")
+            thinking = item.steps[:-1] if closing else item.steps
+            correct = [lab.correct for lab in label_steps(problem, "\n".join(thinking))]
+            if closing:
+                correct.append(all(correct) and final_answer(item.steps[-1]) == problem.answer)
+            scores = torch.tensor([float(c) for c in correct])
             if self.noise:
-                flip = torch.rand(scores.shape, generator=self.generator) < self.noise
+                flip = torch.tensor([self._uniform(item.problem, item.steps[: j + 1]) < self.noise
+                                     for j in range(len(scores))], dtype=torch.bool)
                 scores = torch.where(flip, 1.0 - scores, scores)
             out.append(scores)
         return out
+
+    def _uniform(self, problem: str, prefix: Sequence[str]) -> float:
+        text = f"{self.seed}\x00{problem}\x00" + "\x00".join(prefix)
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64

@@ -1,0 +1,72 @@
+"""Step-level beam search with a PRM, as search-and-learn runs it (Snell et al. 2024).
+
+N beams per problem. Each round every live beam gets one sampled step; the PRM scores the prefixes; beams
+that finished move to `completed`; the best N / M live beams (M = `beam_width`) are kept and each is copied
+M times for the next round. Ends when N beams have completed or none is live (a beam on its last allowed
+step runs to the end of its answer). The answer: the completed beam with the highest score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from reasonbudget.engine.engine import Engine
+from reasonbudget.methods.base import Generators, register
+from reasonbudget.methods.scaling.common import SearchConfig, best, check_budget, finite, setup, split
+from reasonbudget.search.particles import Particle
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BeamSearchConfig(SearchConfig):
+    beam_width: int = 4
+    """M: copies of each kept beam; N / M beams survive each round."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width={self.beam_width}: must be >= 1")
+
+
+def keep_best(live: Sequence[Particle], n: int, width: int) -> list[Particle]:
+    """The best max(1, n // width) live beams (failed PRM scores last), each copied to fill n slots."""
+    kept = sorted(live, key=lambda p: finite(p.score), reverse=True)[: max(1, n // width)]
+    return [kept[i % len(kept)] for i in range(n)]
+
+
+@register
+@dataclass(frozen=True)
+class BeamSearch:
+    name: ClassVar[str] = "beam-search"
+    uses_budget: ClassVar[bool] = True
+    config_type: ClassVar[type] = BeamSearchConfig
+    config: BeamSearchConfig = field(default_factory=BeamSearchConfig)
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators) -> list[MethodResult]:
+        n = check_budget(self.name, budget)
+        s = setup(self.config, engine, prompts, generator, method=self.name)
+        pops = s.runner.start(prompts, [n] * len(prompts))
+        completed: list[list[Particle]] = [[] for _ in prompts]
+        rounds = 0
+        try:
+            flat = [p for pop in pops for p in pop]
+            while flat:
+                flat = s.runner.extend(flat, s.generators)
+                flat = s.runner.score(flat, range(len(flat)), s.scorer, s.questions)
+                rounds += 1
+                new: list[Particle] = []
+                for i, pop in enumerate(split(flat, len(prompts))):
+                    completed[i].extend(p for p in pop if p.done)
+                    live = [p for p in pop if not p.done]
+                    if live and len(completed[i]) < n:
+                        new.extend(keep_best(live, n, self.config.beam_width))
+                flat = s.runner.rebind(flat, new)
+        finally:
+            s.runner.close()
+        calls, tokens = s.prm_share(len(prompts))
+        return [s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
+                                trace={"n": n, "rounds": rounds, "completed": len(done)})
+                for done in completed]

@@ -1,0 +1,90 @@
+"""Best-of-N, weighted best-of-N and majority vote: N complete samples per problem, one PRM call each.
+
+- best-of-n: the sample with the highest aggregated PRM score.
+- weighted-best-of-n: PRM scores summed per group of equivalent final answers; the best group wins.
+- majority-vote (maj@N, self-consistency): the most frequent equivalent answer; no PRM.
+Samples share the prompt's KV rows (one prefill, forked) and decode in one batch with every other prompt's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from reasonbudget.engine.engine import Engine
+from reasonbudget.methods.base import Generators, register
+from reasonbudget.methods.scaling.common import SearchConfig, best, check_budget, setup, split
+from reasonbudget.search.voting import answer_groups, vote
+from reasonbudget.types import MethodResult, TokenIds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BestOfNConfig(SearchConfig):
+    pass
+
+
+class _Sampled:
+    """N samples per prompt, then a selection rule (`choose`)."""
+
+    name: ClassVar[str]
+    uses_budget: ClassVar[bool] = True
+    config_type: ClassVar[type] = BestOfNConfig
+    needs_prm: ClassVar[bool] = True
+    config: BestOfNConfig
+
+    def choose(self, answers: Sequence[str], scores: Sequence[float]) -> int | None:
+        raise NotImplementedError
+
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators) -> list[MethodResult]:
+        n = check_budget(self.name, budget)
+        s = setup(self.config, engine, prompts, generator, method=self.name, needs_prm=self.needs_prm)
+        pops = s.runner.start(prompts, [n] * len(prompts))
+        try:
+            flat = s.runner.extend([p for pop in pops for p in pop], s.generators, to_end=True)
+            if s.scorer is not None:
+                flat = s.runner.score(flat, range(len(flat)), s.scorer, s.questions)
+        finally:
+            s.runner.close()
+        calls, tokens = s.prm_share(len(prompts))
+        results = []
+        for pop in split(flat, len(prompts)):
+            answers = [s.runner.result(p, wall_seconds=0).answer for p in pop]
+            pick = self.choose(answers, [p.score for p in pop])
+            chosen = pop[pick] if pick is not None else best(pop)
+            trace = {"n": n, "answers": answers, "scores": [round(p.score, 6) for p in pop]}
+            results.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
+                                           prm_tokens=tokens, trace=trace))
+        return results
+
+
+@register
+@dataclass(frozen=True)
+class BestOfN(_Sampled):
+    name: ClassVar[str] = "best-of-n"
+    config: BestOfNConfig = field(default_factory=BestOfNConfig)
+
+    def choose(self, answers, scores):
+        return None  # `best`: highest score, answered samples first
+
+
+@register
+@dataclass(frozen=True)
+class WeightedBestOfN(_Sampled):
+    name: ClassVar[str] = "weighted-best-of-n"
+    config: BestOfNConfig = field(default_factory=BestOfNConfig)
+
+    def choose(self, answers, scores):
+        return vote(answer_groups(answers), weights=scores)
+
+
+@register
+@dataclass(frozen=True)
+class MajorityVote(_Sampled):
+    name: ClassVar[str] = "majority-vote"
+    needs_prm: ClassVar[bool] = False
+    config: BestOfNConfig = field(default_factory=BestOfNConfig)
+
+    def choose(self, answers, scores):
+        return vote(answer_groups(answers))

@@ -1,0 +1,118 @@
+"""What every inference-time scaling method shares: its config fields (PRM, steps, sampling), the budget N
+check, and the setup of one batched search (step runner, scorer, questions, per-prompt generators)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Generator
+
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import Generators
+from reasonbudget.search.particles import Particle, StepConfig, StepRunner, prompt_generators
+from reasonbudget.search.scoring import RewardScorer
+from reasonbudget.types import TokenIds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    default_temperature: float = 0.8
+    """Used when `sampling` is greedy (the harness default): N copies of one greedy answer buy nothing."""
+    prm: str = "auto"
+    """auto | testbed | oracle | judge | a PRM directory or hub id (see `rewards.factory`)."""
+    prm_noise: float = 0.0
+    """Oracle PRM only: probability of flipping each step label."""
+    aggregation: str = "last"
+    """How per-step scores become one: last | min | prod | mean | model."""
+    max_steps: int = 40
+    max_step_tokens: int = 256
+    max_tokens: int = 2048
+    max_answer_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        StepConfig(**self.step_fields())  # validates
+        if not 0.0 <= self.prm_noise <= 0.5:
+            raise ValueError(f"prm_noise={self.prm_noise}: accepted is 0 <= prm_noise <= 0.5")
+
+    def step_fields(self) -> dict:
+        return dict(max_steps=self.max_steps, max_step_tokens=self.max_step_tokens, max_tokens=self.max_tokens,
+                    max_answer_tokens=self.max_answer_tokens)
+
+    def search_sampling(self) -> SamplingConfig:
+        if self.sampling.greedy:
+            return replace(self.sampling, temperature=self.default_temperature)
+        return self.sampling
+
+
+def check_budget(name: str, budget: int | None, *, minimum: int = 1) -> int:
+    if budget is None or isinstance(budget, bool) or not isinstance(budget, int) or budget < minimum:
+        raise ValueError(f"{name} needs a budget N >= {minimum} (samples or particles; --budgets N), got {budget}")
+    return budget
+
+
+@dataclass
+class Search:
+    """One batched search: runner, scorer, the prompts' questions and generators, and a clock."""
+
+    runner: StepRunner
+    scorer: RewardScorer | None
+    questions: list[str]
+    generators: list[Generator]
+    started: float
+
+    def wall(self, num_prompts: int) -> float:
+        import time
+
+        return (time.perf_counter() - self.started) / max(num_prompts, 1)
+
+    def prm_share(self, num_prompts: int) -> tuple[int, int]:
+        """PRM calls and tokens per prompt (the batch shares one scorer)."""
+        if self.scorer is None:
+            return 0, 0
+        return round(self.scorer.calls / num_prompts), round(self.scorer.tokens / num_prompts)
+
+
+def setup(cfg: SearchConfig, engine: Engine, prompts: Sequence[TokenIds], generator: Generators, *,
+          method: str, needs_prm: bool = True) -> Search:
+    import time
+
+    from reasonbudget.methods.budget.tale import questions_of
+    from reasonbudget.rewards.factory import load_prm
+
+    started = time.perf_counter()
+    runner = StepRunner(engine, cfg.search_sampling(), StepConfig(**cfg.step_fields()))
+    scorer = None
+    if needs_prm:
+        prm = load_prm(cfg.prm, engine.model, noise=cfg.prm_noise)
+        scorer = RewardScorer(prm, cfg.aggregation)  # type: ignore[arg-type]
+    return Search(runner, scorer, questions_of(prompts, method), prompt_generators(generator, len(prompts)), started)
+
+
+def finite(x: float) -> float:
+    """Scores for ranking: NaN (PRM failed) ranks last."""
+    return -math.inf if math.isnan(x) else x
+
+
+def best(particles: Sequence[Particle]) -> Particle:
+    """Highest score, preferring particles that reached an answer; ties: first."""
+    answered = [p for p in particles if p.finish == "answer"] or list(particles)
+    return max(answered, key=lambda p: finite(p.score))
+
+
+def split(flat: Sequence[Particle], num_prompts: int) -> list[list[Particle]]:
+    out: list[list[Particle]] = [[] for _ in range(num_prompts)]
+    for p in flat:
+        out[p.prompt].append(p)
+    return out
+
+
+def scores_tensor(particles: Sequence[Particle]) -> torch.Tensor:
+    return torch.tensor([p.score for p in particles], dtype=torch.float64)

@@ -1,0 +1,61 @@
+"""PRMs by name, as methods take them (`prm=...` in a method spec):
+
+    auto     the testbed's trained PRM for testbed models, else an LLM judge (the policy model itself)
+    testbed  the trained testbed PRM (verifier LM + step head) committed with the package
+    oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier)
+    judge    LLM-as-judge with the policy model
+    PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
+
+Loaded PRMs are kept per process: a sweep builds its method once per unit, the PRM only once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAMES = ("auto", "testbed", "oracle", "judge")
+_loaded: dict[tuple, object] = {}
+
+
+def testbed_prm_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints" / "prm"
+
+
+def load_prm(name: str, policy, *, noise: float = 0.0, seed: int = 0):
+    """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
+    if name == "auto":
+        name = "testbed" if policy.profile.name == "testbed" else "judge"
+    if noise and name != "oracle":
+        raise ValueError(f"prm_noise is only for the oracle PRM (prm={name!r})")
+    if name in ("testbed", "oracle") and policy.profile.name != "testbed":
+        raise ValueError(f"prm={name!r} scores testbed problems only; {policy.name} is not a testbed model "
+                         "(use prm=judge or a PRM directory)")
+    key = (name, id(policy), noise, seed)
+    if key not in _loaded:
+        _loaded[key] = _build(name, policy, noise, seed)
+    return _loaded[key]
+
+
+def _build(name: str, policy, noise: float, seed: int):
+    if name == "oracle":
+        from reasonbudget.rewards.oracle import OraclePRM
+
+        return OraclePRM(noise=noise, seed=seed)
+    if name == "testbed":
+        from reasonbudget.testbed.prm import TestbedPRM
+
+        return TestbedPRM(testbed_prm_dir())
+    if name == "judge":
+        from reasonbudget.rewards.judge import LLMJudge
+
+        return LLMJudge(policy)
+    path = Path(name).expanduser()
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "
+                         "directory or a hub id such as Qwen/Qwen2.5-Math-PRM-7B")
+    from reasonbudget.rewards.hf_prm import HFProcessRewardModel
+
+    try:
+        return HFProcessRewardModel(path if path.exists() else name)
+    except OSError as e:
+        raise ValueError(f"prm={name!r} could not be loaded ({type(e).__name__}): {e}") from None

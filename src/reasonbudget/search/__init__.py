@@ -1,0 +1,1 @@
+"""Building blocks of the search methods: particles on the engine, PRM scoring, resampling, voting."""

@@ -1,0 +1,319 @@
+"""Partial solutions on the engine: a step generator that extends a whole population by one reasoning step in
+one batched decode, and moves KV rows when a search duplicates or drops candidates (fork and release, never
+a re-prefill of a prefix).
+
+A *particle* is one partial solution of one prompt: its generated tokens, its steps (text, for the PRM),
+where each step ends, its PRM scores. A step ends at the step delimiter (the profile's, "\n\n" for chat
+models, "\n" for the testbed) once it has some text; a step that reaches `max_step_tokens` is cut there. The
+step in which thinking closes runs on through the answer, and the particle is finished. A particle is also
+finished at `max_steps` steps or `max_tokens` tokens (no answer then: it cannot win unless nothing else did).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Generator, Tensor
+
+from reasonbudget.engine.budget import BudgetConfig, BudgetController
+from reasonbudget.engine.controllers import KEEP, Action, Controller, MarkerDetector
+from reasonbudget.engine.engine import Engine, PromptTooLongError
+from reasonbudget.engine.sampling import SamplingConfig, child_generators
+from reasonbudget.rewards.base import StepSequence
+from reasonbudget.types import MethodResult, TokenIds, Usage
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepConfig:
+    max_steps: int = 40
+    max_step_tokens: int = 256
+    """A step that has not met the delimiter after this many tokens ends there (a step that never ends)."""
+    max_tokens: int = 2048
+    """Per particle: thinking and answer together."""
+    max_answer_tokens: int = 256
+    delimiter: str | None = None
+    """None: the model profile's step delimiter."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_step_tokens", "max_tokens", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.delimiter is not None and not self.delimiter:
+            raise ValueError("the step delimiter must not be empty")
+
+
+@dataclass(frozen=True)
+class Particle:
+    prompt: int
+    """Index of its prompt in the batch."""
+    row: int | None
+    """Its engine row (None once it no longer needs one: a finished copy)."""
+    tokens: TokenIds = ()
+    steps: tuple[str, ...] = ()
+    step_ends: tuple[int, ...] = ()
+    """len(tokens) at the end of each step."""
+    scores: tuple[float, ...] = ()
+    """The PRM's (aggregated) score of the prefix after each step; NaN where the PRM failed."""
+    done: bool = False
+    finish: str = ""
+    """answer | max_steps | length"""
+
+    @property
+    def score(self) -> float:
+        return self.scores[-1] if self.scores else float("nan")
+
+
+@dataclass
+class PromptCost:
+    """What one prompt's particles consumed, summed over all of them."""
+
+    thinking: int = 0
+    forced: int = 0
+    answer: int = 0
+    passes: int = 0
+
+
+class _StepController(Controller):
+    """One step of one particle: budget rules of plain CoT (EOS while thinking forces the close, the answer
+    is never empty) plus the stop at the step delimiter."""
+
+    def __init__(self, budget: BudgetController, delimiter: MarkerDetector, decode, max_step_tokens: int,
+                 to_end: bool) -> None:
+        self.budget, self.delimiter, self.decode = budget, delimiter, decode
+        self.max_step_tokens, self.to_end = max_step_tokens, to_end
+        self.sampled, self.has_text = 0, False
+
+    def process_logits(self, logits: Tensor, hidden) -> Tensor:
+        return self.budget.process_logits(logits, hidden)
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        act = self.budget.on_token(token, forced)
+        if act != KEEP or forced or self.to_end or self.budget.state.phase == "answer":
+            return act
+        self.sampled += 1
+        hit = self.delimiter.push(token)
+        if hit and self.has_text:
+            return Action(stop=True)
+        text = self.decode([token])
+        self.has_text = self.has_text or bool(text.strip())
+        if self.sampled >= self.max_step_tokens:
+            return Action(stop=True)
+        return KEEP
+
+
+class StepRunner:
+    """Particles of a batch of prompts on one engine. Typical use: `start`, then repeatedly `extend`,
+    `score`, and `rebind` (after a search method chose the next population), then `results`."""
+
+    def __init__(self, engine: Engine, sampling: SamplingConfig, cfg: StepConfig) -> None:
+        from reasonbudget.methods.base import profile_tokens  # the methods package imports this module
+
+        self.engine, self.model, self.sampling, self.cfg = engine, engine.model, sampling, cfg
+        self.ptok = profile_tokens(self.model)
+        self.delimiter = cfg.delimiter or self.model.profile.step_delimiter
+        self.delimiter_ids = self.model.encode(self.delimiter)
+        self.prompts: list[TokenIds] = []
+        self.costs: list[PromptCost] = []
+        self.owned: set[int] = set()
+
+    # ---- population -------------------------------------------------------------------------------------
+    def start(self, prompts: Sequence[TokenIds], counts: Sequence[int], *, spare_rows: int = 0) -> list[list[Particle]]:
+        """counts[i] empty particles for prompt i: one prefill per prompt (kept as the prompt's root row, for
+        `spawn`), then KV-row forks of it."""
+        if any(c < 0 for c in counts):
+            raise ValueError("particle counts must be >= 0")
+        self.prompts, self.costs = [tuple(p) for p in prompts], [PromptCost() for _ in prompts]
+        longest = max(len(p) for p in prompts)
+        room = self.model.context_length - longest
+        if room < len(self.ptok.forcing_ids) + 16:
+            raise PromptTooLongError(f"the prompt has {longest} tokens and {self.model.name}'s context is "
+                                     f"{self.model.context_length}; too little room to generate")
+        self.capacity = longest + min(room, self.cfg.max_tokens + self._step_limit())
+        self.engine.reserve(sum(counts) + len(prompts) + spare_rows, self.capacity)
+        self.roots = self.engine.prefill(list(prompts), max_new_tokens=self.capacity - longest).tolist()
+        self.owned.update(self.roots)
+        return self.spawn(counts)
+
+    def spawn(self, counts: Sequence[int]) -> list[list[Particle]]:
+        """counts[i] new empty particles for prompt i, forked from its root row."""
+        src = [r for r, c in zip(self.roots, counts) for _ in range(c)]
+        forked = self.engine.fork(torch.tensor(src, dtype=torch.long)).tolist() if src else []
+        self.owned.update(forked)
+        out, k = [], 0
+        for i, c in enumerate(counts):
+            out.append([Particle(i, row) for row in forked[k : k + c]])
+            k += c
+        return out
+
+    def rebind(self, old: Sequence[Particle], new: Sequence[Particle], *, keep_rows: Sequence[int] = ()) -> list[Particle]:
+        """Make `new` (drawn from `old`, duplicates allowed) own rows: the first copy of an unfinished particle
+        keeps its row, further copies get forked rows, finished copies need none; rows nobody keeps are freed."""
+        claimed: set[int] = set()
+        to_fork: list[int] = []
+        plan: list[tuple[Particle, str]] = []
+        for p in new:
+            if p.row is None:
+                plan.append((p, "none"))
+            elif p.row not in claimed:
+                claimed.add(p.row)
+                plan.append((p, "keep"))
+            elif p.done:
+                plan.append((p, "none"))
+            else:
+                plan.append((p, "fork"))
+                to_fork.append(p.row)
+        keep = claimed | set(keep_rows)
+        stale = sorted({p.row for p in old if p.row is not None} - keep)
+        self._free(stale)
+        forked_rows = self.engine.fork(torch.tensor(to_fork, dtype=torch.long)).tolist() if to_fork else []
+        self.owned.update(forked_rows)
+        forked = iter(forked_rows)
+        return [p if how == "keep" else replace(p, row=None if how == "none" else next(forked)) for p, how in plan]
+
+    def fork_prefix(self, p: Particle, num_steps: int) -> Particle:
+        """A new unfinished particle with the first `num_steps` (< len(p.steps)) steps of `p`: a fork of its row
+        cut back, or (if `p` no longer has a row) a prefill of that prefix."""
+        cut = p.step_ends[num_steps - 1] if num_steps else 0
+        prefix = self.prompts[p.prompt] + p.tokens[:cut]
+        if p.row is not None:
+            (row,) = self.engine.fork(torch.tensor([p.row])).tolist()
+            self.engine.truncate(torch.tensor([row]), torch.tensor([len(prefix)]))
+        else:
+            (row,) = self.engine.prefill([prefix], max_new_tokens=self.capacity - len(prefix)).tolist()
+        self.owned.add(row)
+        return Particle(p.prompt, row, p.tokens[:cut], p.steps[:num_steps], p.step_ends[:num_steps],
+                        p.scores[:num_steps])
+
+    def release(self, particles: Sequence[Particle]) -> None:
+        self._free(sorted({p.row for p in particles if p.row is not None}))
+
+    def close(self) -> None:
+        """Free every row this runner still holds (also after an error)."""
+        self._free(sorted(self.owned))
+
+    def _free(self, rows: Sequence[int]) -> None:
+        rows = [r for r in rows if r in self.owned]
+        if rows:
+            self.engine.release(torch.tensor(rows, dtype=torch.long))
+            self.owned.difference_update(rows)
+
+    # ---- generation and scoring -------------------------------------------------------------------------
+    def _step_limit(self) -> int:
+        return self.cfg.max_step_tokens + len(self.ptok.forcing_ids) + self.cfg.max_answer_tokens + 1
+
+    def extend(self, particles: Sequence[Particle], generators: Sequence[Generator], *,
+               to_end: bool = False) -> list[Particle]:
+        """Every unfinished particle gets one more step (`to_end`: runs to the end of its answer) in one
+        batched decode. generators[i] is prompt i's: each particle's draws derive from its prompt's only."""
+        active = [j for j, p in enumerate(particles) if not p.done]
+        if not active:
+            return list(particles)
+        if any(particles[j].row is None for j in active):
+            raise RuntimeError("an unfinished particle has no engine row")
+        per_prompt: dict[int, list[int]] = {}
+        for j in active:
+            per_prompt.setdefault(particles[j].prompt, []).append(j)
+        gens: dict[int, Generator] = {}
+        if not self.sampling.greedy:
+            for i, js in per_prompt.items():
+                gens.update(zip(js, child_generators(generators[i], len(js))))
+        budget_cfg = BudgetConfig(max_thinking_tokens=None, max_answer_tokens=self.cfg.max_answer_tokens)
+        budgets = [BudgetController(budget_cfg, self.ptok, self.model.decode) for _ in active]
+        # a particle on its last allowed step runs to the end of its answer, so that it has one
+        last = [to_end or len(particles[j].steps) >= self.cfg.max_steps - 1 for j in active]
+        ctrls = [_StepController(b, MarkerDetector(self.delimiter, self.model.decode, self.delimiter_ids,
+                                                inside_tokens=True),
+                                 self.model.decode, self.cfg.max_step_tokens, end) for b, end in zip(budgets, last)]
+        rows = torch.tensor([particles[j].row for j in active], dtype=torch.long)
+        longest = max(len(self.engine.tokens(r)) for r in rows.tolist())
+        per_call = self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1 if any(last) else self._step_limit()
+        limit = max(1, min(per_call, self.capacity - longest))
+        decoded = self.engine.decode(rows, max_new_tokens=limit, sampling=self.sampling,
+                                     generator=[gens[j] for j in active] if gens else None, controllers=ctrls)
+        out = list(particles)
+        for j, d, b in zip(active, decoded, budgets):
+            p = particles[j]
+            cost = self.costs[p.prompt]
+            cost.thinking += b.state.thinking_tokens
+            cost.forced += b.forced
+            cost.answer += b.state.answer_tokens
+            cost.passes += d.forward_passes
+            out[j] = self._advance(p, d.tokens, closed=b.state.phase == "answer")
+        return out
+
+    def _advance(self, p: Particle, new: TokenIds, *, closed: bool) -> Particle:
+        tokens = p.tokens + tuple(new)
+        if closed or len(new) == 0:
+            texts = self._split_steps(new) if closed else []
+        else:
+            texts = [self._text(new)]
+        steps = p.steps + tuple(t for t in texts if t)
+        ends = p.step_ends + (len(tokens),) * (len(steps) - len(p.steps))
+        full = len(tokens) >= self.cfg.max_tokens or len(self.prompts[p.prompt]) + len(tokens) >= self.capacity
+        if closed:
+            return replace(p, tokens=tokens, steps=steps, step_ends=ends, done=True, finish="answer")
+        if full or len(steps) >= self.cfg.max_steps:
+            return replace(p, tokens=tokens, steps=steps, step_ends=ends, done=True,
+                           finish="length" if full else "max_steps")
+        return replace(p, tokens=tokens, steps=steps, step_ends=ends)
+
+    def _text(self, tokens: Sequence[int]) -> str:
+        return self.model.decode([t for t in tokens if t not in self.model.eos_ids]).strip()
+
+    def _split_steps(self, tokens: TokenIds) -> list[str]:
+        """Text generated to the end of the answer: thinking steps split at the delimiter, then the closing
+        step (end-of-thinking marker and answer) as one step."""
+        text = self.model.decode([t for t in tokens if t not in self.model.eos_ids])
+        close = self.model.profile.think_close
+        head, sep, tail = text.partition(close)
+        parts = [s.strip() for s in head.split(self.delimiter)] if sep else [s.strip() for s in text.split(self.delimiter)]
+        if sep:
+            parts.append((close + tail).strip())
+        return [s for s in parts if s]
+
+    def score(self, particles: Sequence[Particle], which: Sequence[int], scorer, questions: Sequence[str]) -> list[Particle]:
+        """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
+        items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
+        values = scorer(items)
+        out = list(particles)
+        for j, v in zip(which, values):
+            out[j] = replace(out[j], scores=out[j].scores + (v,))
+        return out
+
+    # ---- results ----------------------------------------------------------------------------------------
+    def result(self, p: Particle, *, wall_seconds: float, prm_calls: int = 0, prm_tokens: int = 0,
+               trace: dict | None = None, charge: Sequence[int] | None = None) -> MethodResult:
+        """The chosen particle as the prompt's result; usage counts every particle of the prompt (of every
+        runner prompt in `charge`, when one problem ran as several: parallel tempering's chains)."""
+        from reasonbudget.methods.base import split_thinking
+
+        thinking, answer = split_thinking(self.model, p.tokens, thinking_done=False)
+        charged = [self.costs[i] for i in (charge if charge is not None else [p.prompt])]
+        cost = PromptCost(*(sum(getattr(c, f) for c in charged) for f in ("thinking", "forced", "answer", "passes")))
+        generated = cost.thinking + cost.forced + cost.answer
+        processed = len(self.prompts[p.prompt]) * len(charged) + generated
+        m = self.model
+        usage = Usage(prompt_tokens=len(self.prompts[p.prompt]), thinking_tokens=cost.thinking,
+                      forced_tokens=cost.forced, answer_tokens=cost.answer, tokens_by_model={m.name: processed},
+                      forward_passes_by_model={m.name: cost.passes + 1}, prm_calls=prm_calls,
+                      prm_tokens=prm_tokens, wall_seconds=wall_seconds,
+                      energy_flops=2.0 * m.num_params * processed)
+        finish = {"answer": "stop", "max_steps": "length", "length": "length"}.get(p.finish, "length")
+        return MethodResult(tokens=p.tokens, thinking=thinking, answer=answer, usage=usage,
+                            finish_reason=finish, trace=trace or {})
+
+
+def empty_particle_result(runner: StepRunner, prompt: int, **kw) -> MethodResult:
+    return runner.result(Particle(prompt, None), **kw)
+
+
+def prompt_generators(generator: Generator | Sequence[Generator], n: int) -> list[Generator]:
+    """One generator per prompt (search draws depend on the prompt's own generator only)."""
+    if isinstance(generator, Generator):
+        return child_generators(generator, n)
+    if len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for {n} prompts")
+    return list(generator)
+

@@ -1,0 +1,100 @@
+"""The search methods on the testbed target: they run through the common Method interface, count their cost,
+are reproducible from the per-problem generators, and survive bad PRMs and bad budgets."""
+
+import math
+
+import pytest
+import torch
+
+from reasonbudget.engine import SamplingConfig
+from reasonbudget.methods.base import make_method
+from reasonbudget.rewards.oracle import OraclePRM
+from reasonbudget.tasks import grade_many
+
+ALL = ["best-of-n", "weighted-best-of-n", "majority-vote", "beam-search", "dvts", "particle-filter",
+       "particle-gibbs", "parallel-tempering:iterations=1"]
+
+
+def _run(testbed, spec, budget, seed=0, prompts=None):
+    engine, problems, all_prompts = testbed
+    prompts = prompts if prompts is not None else all_prompts
+    method = make_method(spec, SamplingConfig(temperature=0.8))
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    return method.run(engine, prompts, budget=budget, generator=gens)
+
+
+@pytest.mark.parametrize("spec", ALL)
+def test_every_method_answers_and_counts_its_cost(testbed, spec):
+    engine, problems, prompts = testbed
+    results = _run(testbed, spec + (",prm=oracle" if ":" in spec else ":prm=oracle"), 4)
+    assert len(results) == len(problems)
+    for r in results:
+        assert r.answer.startswith("The answer is") and r.finish_reason == "stop"
+        u = r.usage
+        assert u.completion_tokens >= len(r.tokens)  # every particle's tokens, not just the chosen one's
+        assert (u.prm_calls > 0) == (spec != "majority-vote")
+    assert not engine.cache.in_use.any()
+    # with the exact checker as PRM, search finds the right answer on these problems
+    assert sum(grade_many([(r.answer, p.gold, "testbed") for r, p in zip(results, problems)])) >= 2
+
+
+def test_a_problem_gets_the_same_result_alone_or_in_a_batch(testbed):
+    engine, problems, prompts = testbed
+    batch = _run(testbed, "particle-filter:prm=oracle", 4, seed=7)
+    alone = _run(testbed, "particle-filter:prm=oracle", 4, seed=8, prompts=prompts[1:2])
+    assert alone[0].tokens == batch[1].tokens  # problem 1's generator is seed 7 + 1 in both runs
+
+
+def test_budgets_are_checked(testbed):
+    for spec, budget, match in [("particle-filter", 0, "budget N >= 1"), ("best-of-n", None, "budget N >= 1"),
+                                ("particle-gibbs:iterations=2", 3, "multiple of iterations"),
+                                ("particle-gibbs:iterations=2", 2, ">= 2 particles"),
+                                ("parallel-tempering", 6, "multiple of iterations x chains")]:
+        with pytest.raises(ValueError, match=match):
+            _run(testbed, spec, budget)
+
+
+class FlakyPRM:
+    """The oracle, except that one particle's prefixes score NaN and a marked batch raises."""
+
+    def __init__(self):
+        self.oracle, self.calls = OraclePRM(), 0
+
+    def score_steps(self, items):
+        self.calls += 1
+        out = self.oracle.score_steps(items)
+        if self.calls % 3 == 0:
+            raise RuntimeError("PRM server hiccup")
+        out[0] = torch.full_like(out[0], float("nan"))
+        return out
+
+
+def test_a_failing_prm_drops_particles_and_the_run_goes_on(testbed, monkeypatch):
+    import reasonbudget.rewards.factory as factory
+
+    flaky = FlakyPRM()
+    monkeypatch.setattr(factory, "load_prm", lambda *a, **k: flaky)
+    for spec in ("particle-filter", "beam-search", "best-of-n"):
+        results = _run(testbed, spec, 4)
+        assert all(r.answer.startswith("The answer is") for r in results)
+    assert flaky.calls > 3
+
+
+def test_prm_names_are_checked(testbed, smollm):
+    with pytest.raises(ValueError, match="accepted are auto, testbed, oracle, judge"):
+        _run(testbed, "particle-filter:prm=nonsense", 2)
+    with pytest.raises(ValueError, match="prm_noise is only for the oracle"):
+        _run(testbed, "particle-filter:prm=testbed,prm_noise=0.1", 2)
+    from reasonbudget.rewards.factory import load_prm
+
+    with pytest.raises(ValueError, match="scores testbed problems only"):
+        load_prm("oracle", smollm)
+
+
+def test_parallel_tempering_swap_rule():
+    from reasonbudget.methods.scaling.parallel_tempering import swap_probability
+
+    # moving the better path (higher S) to the colder chain (tau 1) is always accepted
+    assert swap_probability(1.0, 2.0, 3.0, 5.0) == 1.0
+    assert swap_probability(1.0, 2.0, 5.0, 3.0) == pytest.approx(math.exp(-1.0))
+    assert swap_probability(1.0, 2.0, float("-inf"), float("-inf")) == 0.0
