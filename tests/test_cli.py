@@ -29,6 +29,10 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["train-predictor", "--model", "testbed-target", "--traces", "0"], "--traces and --epochs must be >= 1"),
     (["train-predictor", "--model", "smollm2-135m", "--data", "testbed"], "needs a testbed model"),
     (["run", QUESTION, "--temperature", "-1"], "temperature"),
+    (["run", QUESTION, "--method", "particle-filter", "--budget", "0"], "--budget must be >= 1 samples or particles"),
+    (["run", QUESTION, "--method", "particle-gibbs:iterations=2", "--budget", "3"], "multiple of iterations"),
+    (["run", QUESTION, "--method", "beam-search:prm=oracle"], "scores testbed problems only"),
+    (["run", QUESTION, "--method", "particle-filter:resampler=stratified"], "accepted are multinomial, systematic"),
 ])
 def test_bad_input_is_one_clear_line(args, fragment):
     p = cli(*args)
@@ -58,3 +62,15 @@ def test_json_output_reports_thinking_answer_and_usage():
 def test_models_lists_the_registry():
     p = cli("models")
     assert p.returncode == 0 and "smollm2-135m" in p.stdout and "qwen2.5-coder-1.5b" in p.stdout
+
+
+def test_search_methods_run_from_the_cli_with_n_as_budget():
+    from reasonbudget.tasks import get_task
+
+    question = get_task("testbed:d=3").problems(1)[0].question
+    p = cli("run", question, "--model", "testbed-target", "--method", "particle-filter", "--budget", "4",
+            "--temperature", "0.8", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["budget"] == 4 and out["answer"].startswith("The answer is")
+    assert out["usage"]["prm_calls"] >= 4 and out["trace"]["n"] == 4

@@ -54,6 +54,19 @@ def test_rows_finishing_early_do_not_change_the_others(tiny):
     assert out[3].tokens == _alone(tiny, prompts[3], 30)
 
 
+def test_scattered_rows_fed_as_a_span_leave_the_rows_between_intact(tiny):
+    """Rows 4, 1, 3 (unordered, row 2 between them not in the call) decode through the span path; row 2
+    decodes afterwards exactly as if nothing had touched it."""
+    prompts = _prompts(6, seed=4)
+    e = Engine(tiny)
+    rows = e.prefill(prompts, max_new_tokens=20)
+    picked = rows[torch.tensor([4, 1, 3])]
+    out = e.decode(picked, max_new_tokens=20, sampling=GREEDY, stop_on_eos=False)
+    assert [d.tokens for d in out] == [_alone(tiny, prompts[i], 20) for i in (4, 1, 3)]
+    later = e.decode(rows[2:3], max_new_tokens=20, sampling=GREEDY, stop_on_eos=False)
+    assert later[0].tokens == _alone(tiny, prompts[2], 20)
+
+
 class _StopAfter(Controller):
     def __init__(self, n):
         self.n = n

@@ -24,19 +24,22 @@ class UserError(Exception):
 
 
 def parse_budget(text: str | None, method: str) -> int | None:
+    """The --budget of a method: thinking tokens for budget methods, N (samples or particles) for search
+    methods (their `budget_unit`)."""
     from reasonbudget.methods.spec import method_class
 
-    uses_budget = method_class(method).uses_budget
+    cls = method_class(method)
+    unit = getattr(cls, "budget_unit", "thinking tokens")
     if text is None:
-        return DEFAULT_BUDGET if uses_budget else None
-    if not uses_budget:
+        return getattr(cls, "default_budget", DEFAULT_BUDGET) if cls.uses_budget else None
+    if not cls.uses_budget:
         raise UserError(f"--budget applies to budgeted methods, not to {method}")
     try:
         value = int(text)
     except ValueError:
-        raise UserError(f"--budget must be a whole number of thinking tokens >= 1, got {text!r}") from None
+        raise UserError(f"--budget must be a whole number of {unit} >= 1, got {text!r}") from None
     if value < 1:
-        raise UserError(f"--budget must be >= 1 thinking tokens, got {value}")
+        raise UserError(f"--budget must be >= 1 {unit}, got {value}")
     return value
 
 
@@ -49,9 +52,12 @@ def _fail(msg: str) -> None:
 def run(
     question: str = typer.Argument(..., help="The question to solve."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
-    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale, "
+    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale | best-of-n | "
+                               "weighted-best-of-n | majority-vote | beam-search | dvts | particle-filter | "
+                               "particle-gibbs | parallel-tempering, "
                                "with settings as NAME:key=value,... (e.g. budget-guidance:hard_cap=true)"),
-    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budgeted methods; default {DEFAULT_BUDGET})."),
+    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budget methods; default "
+                                         f"{DEFAULT_BUDGET}), or N samples / particles (search methods; default 8)."),
     min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),

@@ -98,3 +98,21 @@ def test_parallel_tempering_swap_rule():
     assert swap_probability(1.0, 2.0, 3.0, 5.0) == 1.0
     assert swap_probability(1.0, 2.0, 5.0, 3.0) == pytest.approx(math.exp(-1.0))
     assert swap_probability(1.0, 2.0, float("-inf"), float("-inf")) == 0.0
+
+
+def test_gibbs_reference_is_weighted_by_its_own_score_at_the_same_step():
+    from reasonbudget.methods.scaling.particle_filter import REFERENCE, ParticleFilterConfig, resample_population
+    from reasonbudget.search.particles import Particle
+
+    cfg = ParticleFilterConfig()
+    free = [Particle(0, None, steps=("a",), scores=(0.5,)), Particle(0, None, steps=("b",), scores=(0.5,))]
+    ref = Particle(0, None, steps=("x", "y", "z"), scores=(0.9, 0.1, 0.1), done=True, finish="answer")
+    gen = torch.Generator().manual_seed(0)
+
+    def share(step):
+        draws = [p for _ in range(2000) for p in resample_population(free, cfg, gen, reference=ref, step=step)]
+        return sum(p is REFERENCE for p in draws) / len(draws)
+
+    # odds weights: step 1 -> 9 : 1 : 1 (reference 0.818); step 2 -> 1/9 : 1 : 1 (0.053)
+    assert share(1) == pytest.approx(9 / 11, abs=0.02)
+    assert share(2) == pytest.approx((1 / 9) / (2 + 1 / 9), abs=0.015)

@@ -115,6 +115,24 @@ class Engine:
             self.cache.lengths[chunk_rows] = torch.tensor([len(p) - 1 for p in chunk])
         return rows
 
+    def _step_forward(self, act_rows: Tensor, zeros: Tensor, layers: Sequence[int]):
+        """Feed each active row its last token. Rows scattered over a range at least half full are fed as the
+        whole range (rows outside the call get their own last token at their next position: the K/V they
+        will write there anyway), so that attention reads the cache as a view instead of gathering it."""
+        ids = act_rows.tolist()
+        lo, hi = min(ids), max(ids)
+        span = hi - lo + 1
+        contiguous = span == len(ids) and ids == list(range(lo, hi + 1))
+        if (contiguous or span > 2 * len(ids) or self.model.kind != "runtime"  # (the HF fallback recomputes rows)
+                or int(self.cache.lengths[lo : hi + 1].max()) >= self.cache.capacity):
+            feed = torch.tensor([[self.history[r][-1]] for r in ids])
+            return self._forward(feed, act_rows, zeros[: len(ids)], layers)
+        span_rows = torch.arange(lo, hi + 1)
+        feed = torch.tensor([[h[-1] if (h := self.history.get(r)) else 0] for r in range(lo, hi + 1)])
+        fo = self._forward(feed, span_rows, torch.zeros(span, dtype=torch.long), layers)
+        at = act_rows - lo
+        return type(fo)(logits=fo.logits[at], hidden={k: h[at] for k, h in fo.hidden.items()})
+
     @torch.inference_mode()
     def decode(
         self,
@@ -144,8 +162,7 @@ class Engine:
         zeros = torch.zeros(n, dtype=torch.long)
         while active:
             act_rows = rows[active]
-            feed = torch.tensor([[self.history[r][-1]] for r in act_rows.tolist()])
-            fo = self._forward(feed, act_rows, zeros[: len(active)], layers)
+            fo = self._step_forward(act_rows, zeros, layers)
             self.cache.lengths[act_rows] += 1
             logits = fo.logits  # [A, V]
             steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}

@@ -130,7 +130,7 @@ class StepRunner:
         if room < len(self.ptok.forcing_ids) + 16:
             raise PromptTooLongError(f"the prompt has {longest} tokens and {self.model.name}'s context is "
                                      f"{self.model.context_length}; too little room to generate")
-        self.capacity = longest + min(room, self.cfg.max_tokens + self._step_limit())
+        self.capacity = longest + min(room, self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1)
         self.engine.reserve(sum(counts) + len(prompts) + spare_rows, self.capacity)
         self.roots = self.engine.prefill(list(prompts), max_new_tokens=self.capacity - longest).tolist()
         self.owned.update(self.roots)
@@ -147,20 +147,21 @@ class StepRunner:
             k += c
         return out
 
-    def rebind(self, old: Sequence[Particle], new: Sequence[Particle], *, keep_rows: Sequence[int] = ()) -> list[Particle]:
+    def rebind(self, old: Sequence[Particle], new: Sequence[Particle], *,
+               keep_rows: Sequence[int] = ()) -> list[Particle]:
         """Make `new` (drawn from `old`, duplicates allowed) own rows: the first copy of an unfinished particle
-        keeps its row, further copies get forked rows, finished copies need none; rows nobody keeps are freed."""
+        keeps its row, further copies get forked rows, finished particles need none (their rows are freed, so
+        live rows stay packed at the low end of the cache: see `Engine._step_forward`); rows nobody keeps are
+        freed."""
         claimed: set[int] = set()
         to_fork: list[int] = []
         plan: list[tuple[Particle, str]] = []
         for p in new:
-            if p.row is None:
+            if p.row is None or p.done:
                 plan.append((p, "none"))
             elif p.row not in claimed:
                 claimed.add(p.row)
                 plan.append((p, "keep"))
-            elif p.done:
-                plan.append((p, "none"))
             else:
                 plan.append((p, "fork"))
                 to_fork.append(p.row)
@@ -268,12 +269,13 @@ class StepRunner:
         text = self.model.decode([t for t in tokens if t not in self.model.eos_ids])
         close = self.model.profile.think_close
         head, sep, tail = text.partition(close)
-        parts = [s.strip() for s in head.split(self.delimiter)] if sep else [s.strip() for s in text.split(self.delimiter)]
+        parts = [s.strip() for s in (head if sep else text).split(self.delimiter)]
         if sep:
             parts.append((close + tail).strip())
         return [s for s in parts if s]
 
-    def score(self, particles: Sequence[Particle], which: Sequence[int], scorer, questions: Sequence[str]) -> list[Particle]:
+    def score(self, particles: Sequence[Particle], which: Sequence[int], scorer,
+              questions: Sequence[str]) -> list[Particle]:
         """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
         items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
         values = scorer(items)

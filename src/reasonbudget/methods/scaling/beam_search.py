@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import SearchConfig, best, check_budget, finite, setup, split
+from reasonbudget.methods.scaling.common import (SearchMethod, SearchConfig, best, check_budget, finite,
+                                                 setup, step_search)
 from reasonbudget.search.particles import Particle
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -38,9 +39,8 @@ def keep_best(live: Sequence[Particle], n: int, width: int) -> list[Particle]:
 
 @register
 @dataclass(frozen=True)
-class BeamSearch:
+class BeamSearch(SearchMethod):
     name: ClassVar[str] = "beam-search"
-    uses_budget: ClassVar[bool] = True
     config_type: ClassVar[type] = BeamSearchConfig
     config: BeamSearchConfig = field(default_factory=BeamSearchConfig)
 
@@ -48,24 +48,13 @@ class BeamSearch:
             generator: Generators) -> list[MethodResult]:
         n = check_budget(self.name, budget)
         s = setup(self.config, engine, prompts, generator, method=self.name)
-        pops = s.runner.start(prompts, [n] * len(prompts))
-        completed: list[list[Particle]] = [[] for _ in prompts]
-        rounds = 0
-        try:
-            flat = [p for pop in pops for p in pop]
-            while flat:
-                flat = s.runner.extend(flat, s.generators)
-                flat = s.runner.score(flat, range(len(flat)), s.scorer, s.questions)
-                rounds += 1
-                new: list[Particle] = []
-                for i, pop in enumerate(split(flat, len(prompts))):
-                    completed[i].extend(p for p in pop if p.done)
-                    live = [p for p in pop if not p.done]
-                    if live and len(completed[i]) < n:
-                        new.extend(keep_best(live, n, self.config.beam_width))
-                flat = s.runner.rebind(flat, new)
-        finally:
-            s.runner.close()
+
+        def select(i: int, pop: list[Particle], completed: list[Particle]) -> list[Particle]:
+            completed.extend(p for p in pop if p.done)
+            live = [p for p in pop if not p.done]
+            return keep_best(live, n, self.config.beam_width) if live and len(completed) < n else []
+
+        completed, rounds = step_search(s, prompts, n, select)
         calls, tokens = s.prm_share(len(prompts))
         return [s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
                                 trace={"n": n, "rounds": rounds, "completed": len(done)})

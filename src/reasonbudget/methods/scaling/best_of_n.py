@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import SearchConfig, best, check_budget, setup, split
+from reasonbudget.methods.scaling.common import SearchMethod, SearchConfig, best, check_budget, setup, split
 from reasonbudget.search.voting import answer_groups, vote
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -24,11 +24,10 @@ class BestOfNConfig(SearchConfig):
     pass
 
 
-class _Sampled:
+class _Sampled(SearchMethod):
     """N samples per prompt, then a selection rule (`choose`)."""
 
     name: ClassVar[str]
-    uses_budget: ClassVar[bool] = True
     config_type: ClassVar[type] = BestOfNConfig
     needs_prm: ClassVar[bool] = True
     config: BestOfNConfig

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import Generator
@@ -34,7 +35,9 @@ class SearchConfig:
     """How per-step scores become one: last | min | prod | mean | model."""
     max_steps: int = 40
     max_step_tokens: int = 256
-    max_tokens: int = 2048
+    max_tokens: int = 1024
+    """Per particle, thinking and answer; with the prompt it sets the KV cache's row length (rows x length
+    floats per layer: keep it near the longest trace you expect)."""
     max_answer_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -50,6 +53,14 @@ class SearchConfig:
         if self.sampling.greedy:
             return replace(self.sampling, temperature=self.default_temperature)
         return self.sampling
+
+
+class SearchMethod:
+    """Class attributes shared by the search methods: their budget is N, counted in samples or particles."""
+
+    uses_budget: ClassVar[bool] = True
+    budget_unit: ClassVar[str] = "samples or particles (N)"
+    default_budget: ClassVar[int] = 8
 
 
 def check_budget(name: str, budget: int | None, *, minimum: int = 1) -> int:
@@ -116,3 +127,27 @@ def split(flat: Sequence[Particle], num_prompts: int) -> list[list[Particle]]:
 
 def scores_tensor(particles: Sequence[Particle]) -> torch.Tensor:
     return torch.tensor([p.score for p in particles], dtype=torch.float64)
+
+
+Selector = Callable[[int, list[Particle], list[Particle]], list[Particle]]
+
+
+def step_search(s: Search, prompts: Sequence[TokenIds], count: int,
+                select: Selector) -> tuple[list[list[Particle]], int]:
+    """Rounds of one step for every live candidate, a PRM score each, then `select(i, pop, kept_i)` per
+    problem: it moves the candidates to keep as results into kept_i and returns problem i's next population.
+    Ends when no problem has a population left. -> (kept per problem, rounds). Beam search and DVTS."""
+    pops = s.runner.start(prompts, [count] * len(prompts))
+    kept: list[list[Particle]] = [[] for _ in prompts]
+    rounds = 0
+    try:
+        flat = [p for pop in pops for p in pop]
+        while flat:
+            flat = s.runner.extend(flat, s.generators)
+            flat = s.runner.score(flat, range(len(flat)), s.scorer, s.questions)
+            rounds += 1
+            new = [q for i, pop in enumerate(split(flat, len(prompts))) for q in select(i, pop, kept[i])]
+            flat = s.runner.rebind(flat, new)
+    finally:
+        s.runner.close()
+    return kept, rounds

@@ -18,7 +18,7 @@ import torch
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import child_generators
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import best, setup
+from reasonbudget.methods.scaling.common import SearchMethod, best, setup
 from reasonbudget.methods.scaling.particle_gibbs import ParticleGibbsConfig, gibbs_iterations, particles_per_iteration
 from reasonbudget.search.particles import Particle
 from reasonbudget.search.resampling import log_weights
@@ -62,9 +62,8 @@ def swap_probability(tau_a: float, tau_b: float, s_a: float, s_b: float) -> floa
 
 @register
 @dataclass(frozen=True)
-class ParallelTempering:
+class ParallelTempering(SearchMethod):
     name: ClassVar[str] = "parallel-tempering"
-    uses_budget: ClassVar[bool] = True
     config_type: ClassVar[type] = ParallelTemperingConfig
     config: ParallelTemperingConfig = field(default_factory=ParallelTemperingConfig)
 

@@ -23,7 +23,8 @@ from torch import Generator
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import Search, SearchConfig, best, check_budget, setup, split
+from reasonbudget.methods.scaling.common import (SearchMethod, Search, SearchConfig, best, check_budget,
+                                                 setup, split)
 from reasonbudget.search.particles import Particle
 from reasonbudget.search.resampling import effective_sample_size, log_weights, normalized, resample
 from reasonbudget.search.voting import answer_groups, vote
@@ -78,8 +79,8 @@ def resample_population(pop: list[Particle], cfg: ParticleFilterConfig, gen: Gen
     logw = particle_log_weights(movable, cfg)
     if reference is not None:
         ref_score = reference.scores[min(step, len(reference.scores)) - 1] if reference.scores else float("nan")
-        ref_w = log_weights(torch.tensor([ref_score], dtype=torch.float64), weighting=cfg.weighting,  # type: ignore[arg-type]
-                            eps=cfg.eps)
+        ref_w = log_weights(torch.tensor([ref_score], dtype=torch.float64),
+                            weighting=cfg.weighting, eps=cfg.eps)  # type: ignore[arg-type]
         pool.append(None)  # stands for the reference's prefix
         logw = torch.cat([logw, ref_w])
     probs = normalized(logw, tau)
@@ -148,9 +149,8 @@ def select(pop: Sequence[Particle], cfg: ParticleFilterConfig, gen: Generator, r
 
 @register
 @dataclass(frozen=True)
-class ParticleFilter:
+class ParticleFilter(SearchMethod):
     name: ClassVar[str] = "particle-filter"
-    uses_budget: ClassVar[bool] = True
     config_type: ClassVar[type] = ParticleFilterConfig
     config: ParticleFilterConfig = field(default_factory=ParticleFilterConfig)
 

@@ -19,7 +19,7 @@ import torch
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import Search, check_budget, setup
+from reasonbudget.methods.scaling.common import SearchMethod, Search, check_budget, setup
 from reasonbudget.methods.scaling.particle_filter import (ParticleFilterConfig, particle_log_weights, run_filter,
                                                           select)
 from reasonbudget.search.particles import Particle
@@ -76,9 +76,8 @@ def gibbs_iterations(s: Search, cfg: ParticleGibbsConfig, per: int, taus: Sequen
 
 @register
 @dataclass(frozen=True)
-class ParticleGibbs:
+class ParticleGibbs(SearchMethod):
     name: ClassVar[str] = "particle-gibbs"
-    uses_budget: ClassVar[bool] = True
     config_type: ClassVar[type] = ParticleGibbsConfig
     config: ParticleGibbsConfig = field(default_factory=ParticleGibbsConfig)
 

@@ -1,0 +1,220 @@
+"""Inference-time scaling on the testbed: accuracy against the number of samples / particles N.
+
+The testbed target at T=0.8 on the two hardest difficulty levels (d=7, 8), N = 1, 2, 4, ..., 64, several
+seeds, with two PRMs: the trained testbed PRM and the exact checker with each step label flipped with
+probability 0.2 (a noisy oracle, to test how each method copes with verifier errors). Methods:
+best-of-N, weighted best-of-N and majority vote (search-and-learn's protocol: one run of 64 samples per
+problem and seed, evaluated at n = 1, 2, 4, ... on its first n samples), beam search and DVTS (from N = 4,
+beam width 4), and particle filtering, each run at every N. Greedy decoding gives the N = 1 reference.
+Everything runs through the evaluation harness (one resumable sweep directory per PRM and difficulty).
+
+    python benchmarks/scaling.py [--quick] [--json] [--out DIR] [--plot PNG]
+
+--json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
+"mean_prm_calls"}...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+MODEL = "testbed-target"
+DIFFICULTIES = (7, 8)
+PRMS = {"trained": "prm=testbed", "noisy-oracle": "prm=oracle,prm_noise=0.2"}
+STEPS = "max_tokens=320"  # testbed traces stay under ~250 tokens; this bounds the KV cache rows
+SUBSAMPLED = ("best-of-n", "weighted-best-of-n", "majority-vote")
+TEMPERATURE = 0.8
+BEAM_WIDTH = 4  # beam search and DVTS start at N = beam width
+
+
+def sweep(task: str, methods, budgets, args, out: Path, temperature: float = TEMPERATURE) -> list[dict]:
+    from reasonbudget.eval import SweepConfig, run_sweep
+    from reasonbudget.eval.records import ResultsFile
+
+    cfg = SweepConfig(task=task, methods=tuple(methods), budgets=tuple(budgets), seeds=tuple(range(args.seeds)),
+                      limit=args.per_difficulty, model=MODEL, temperature=temperature, top_p=1.0,
+                      batch_size=args.batch_size)
+    run_sweep(cfg, out, progress=not args.json)
+    keep, ids = set(cfg.methods), _ids(task, args.per_difficulty)
+    return [r for r in ResultsFile(out / "results.jsonl").load().values()
+            if r["method"] in keep and (r["budget"] in budgets or r["budget"] is None) and r["seed"] < args.seeds
+            and r["problem_id"] in ids]
+
+
+def _ids(task: str, limit: int) -> set[str]:
+    from reasonbudget.tasks import get_task
+
+    return {p.id for p in get_task(task).problems(limit)}
+
+
+def subsample(record: dict, n: int) -> dict[str, dict]:
+    """best-of-n, weighted-best-of-n and majority-vote on the first n of a 64-sample record."""
+    from reasonbudget.methods.scaling.common import finite
+    from reasonbudget.search.voting import answer_groups, vote
+    from reasonbudget.tasks import grade
+
+    answers, scores = record["trace"]["answers"][:n], record["trace"]["scores"][:n]
+    scores = [float("nan") if s is None else s for s in scores]
+    groups = answer_groups(answers)
+    answered = [i for i, a in enumerate(answers) if a.strip()] or list(range(n))
+    picks = {"best-of-n": max(answered, key=lambda i: finite(scores[i])),
+             "weighted-best-of-n": vote(groups, scores), "majority-vote": vote(groups)}
+    out = {}
+    u = record["usage"]
+    share = n / len(record["trace"]["answers"])
+    for method, pick in picks.items():
+        ok = pick is not None and grade(answers[pick], record["gold"], task="testbed")
+        out[method] = {"correct": ok, "generated": share * (u["completion_tokens"]),
+                       "prm_calls": 0 if method == "majority-vote" else n}
+    return out
+
+
+def measure(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    t0 = time.time()
+    out = Path(args.out)
+    cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for d in DIFFICULTIES:
+        task = f"testbed:d={d}"
+        for r in sweep(task, ["plain"], [], args, out / f"greedy-d{d}", temperature=0.0):
+            cells[("greedy", "-", 1)].append({"correct": r["correct"], "generated": r["usage"]["completion_tokens"],
+                                              "prm_calls": 0})
+        for prm, setting in PRMS.items():
+            big = max(args.ns)
+            where = out / f"{prm}-d{d}"
+            records = sweep(task, [f"best-of-n:{setting},{STEPS}"], [big], args, where)
+            searched = [n for n in args.ns if n <= args.search_max]
+            records += sweep(task, [f"particle-filter:{setting},{STEPS}"], searched, args, where)
+            records += sweep(task, [f"{m}:{setting},{STEPS}" for m in ("beam-search", "dvts")],
+                             [n for n in searched if n >= BEAM_WIDTH], args, where)
+            for r in records:
+                name = r["method"].split(":")[0]
+                if name == "best-of-n":
+                    if r["budget"] != big:
+                        continue
+                    for n in args.ns:
+                        for method, cell in subsample(r, n).items():
+                            if method == "majority-vote" and prm != next(iter(PRMS)):
+                                continue  # no PRM: one row is enough
+                            cells[(method, "-" if method == "majority-vote" else prm, n)].append(cell)
+                    continue
+                cells[(name, prm, r["budget"])].append({"correct": r["correct"],
+                                                        "generated": r["usage"]["completion_tokens"],
+                                                        "prm_calls": r["usage"]["prm_calls"]})
+            _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
+    return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
+            "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
+                         "seeds": args.seeds, "temperature": TEMPERATURE, "ns": list(args.ns), "prms": PRMS}}
+
+
+def rows_of(cells) -> list[dict]:
+    from reasonbudget.eval.report import wilson
+
+    rows = []
+    for (method, prm, n), cs in sorted(cells.items()):
+        k, total = sum(bool(c["correct"]) for c in cs), len(cs)
+        lo, hi = wilson(k, total)
+        rows.append({"method": method, "prm": prm, "n": n, "accuracy": k / total, "ci_low": lo, "ci_high": hi,
+                     "count": total, "mean_generated_tokens": statistics.mean(c["generated"] for c in cs),
+                     "mean_prm_calls": statistics.mean(c["prm_calls"] for c in cs)})
+    return rows
+
+
+def _log(args, msg: str) -> None:
+    if not args.json:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def print_table(report: dict) -> None:
+    s = report["settings"]
+    print(f"inference-time scaling on {s['model']}, d={','.join(map(str, s['difficulties']))} "
+          f"({s['per_difficulty']} problems each) x {s['seeds']} seeds, T={s['temperature']}")
+    ns = s["ns"]
+    for prm in ["-"] + list(s["prms"]):
+        rows = [r for r in report["rows"] if r["prm"] == prm or (prm == "-" and r["prm"] == "-")]
+        if not rows:
+            continue
+        print(f"\nPRM: {prm if prm != '-' else 'none'}")
+        print(f"{'method':20} " + " ".join(f"{'N=' + str(n):>7}" for n in ns) + "   tokens@max  prm calls@max")
+        for method in dict.fromkeys(r["method"] for r in rows):
+            by_n = {r["n"]: r for r in rows if r["method"] == method}
+            top = by_n[max(by_n)]
+            print(f"{method:20} " + " ".join(f"{by_n[n]['accuracy']:7.3f}" if n in by_n else f"{'-':>7}" for n in ns)
+                  + f"   {top['mean_generated_tokens']:10.0f}  {top['mean_prm_calls']:13.0f}")
+    print(f"\ntotal {report.get('seconds', 0)} s")
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prms = list(report["settings"]["prms"])
+    fig, axes = plt.subplots(1, len(prms), figsize=(6 * len(prms), 4.4), squeeze=False, sharey=True)
+    greedy = next((r for r in report["rows"] if r["method"] == "greedy"), None)
+    for ax, prm in zip(axes[0], prms):
+        rows = [r for r in report["rows"] if r["prm"] in (prm, "-") and r["method"] != "greedy"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+            acc = [r["accuracy"] for r in rs]
+            err = [[a - r["ci_low"] for a, r in zip(acc, rs)], [r["ci_high"] - a for a, r in zip(acc, rs)]]
+            ax.errorbar([r["n"] for r in rs], acc, yerr=err, marker="o", capsize=2, label=method,
+                        linewidth=2.2 if method == "particle-filter" else 1.2)
+        if greedy:
+            ax.axhline(greedy["accuracy"], color="k", linestyle=":", label="greedy")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="N (samples / particles)", ylabel="accuracy (95% CI)", title=f"PRM: {prm}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10 problems per difficulty, 1 seed, N up to 16")
+    ap.add_argument("--json", action="store_true", help="print the JSON document only")
+    ap.add_argument("--out", default=None, help="sweep directories (default runs/scaling[-quick])")
+    ap.add_argument("--plot", help="accuracy-vs-N plot (default: DIR/scaling.png)")
+    ap.add_argument("--load", help="print/plot a saved report.json, measure nothing")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--per-difficulty", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="problems per engine batch")
+    ap.add_argument("--ns", default=None, help="comma-separated N values (default 1,2,4,...,64)")
+    ap.add_argument("--search-max", type=int, default=None,
+                    help="largest N for particle filtering, beam search and DVTS (default 32; 16 with --quick)")
+    args = ap.parse_args()
+    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.per_difficulty = args.per_difficulty or (10 if args.quick else 20)
+    args.ns = tuple(int(x) for x in args.ns.split(",")) if args.ns else ((1, 2, 4, 8, 16) if args.quick
+                                                                        else (1, 2, 4, 8, 16, 32, 64))
+    args.batch_size = args.batch_size or args.per_difficulty
+    args.search_max = args.search_max or max(args.ns if args.quick else (n for n in args.ns if n <= 32))
+    out = Path(args.out or ("runs/scaling-quick" if args.quick else "runs/scaling"))
+    args.out = str(out)
+    if args.load:
+        report = json.loads(Path(args.load).read_text())
+    else:
+        report = measure(args)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        plot(report, args.plot or str(out / "scaling.png"))
+    if args.json:
+        print(json.dumps({"rows": report["rows"]}, indent=2))
+    else:
+        print_table(report)
+        if args.plot and args.load:
+            plot(report, args.plot)
+
+
+if __name__ == "__main__":
+    main()
