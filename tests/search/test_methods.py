@@ -116,3 +116,9 @@ def test_gibbs_reference_is_weighted_by_its_own_score_at_the_same_step():
     # odds weights: step 1 -> 9 : 1 : 1 (reference 0.818); step 2 -> 1/9 : 1 : 1 (0.053)
     assert share(1) == pytest.approx(9 / 11, abs=0.02)
     assert share(2) == pytest.approx((1 / 9) / (2 + 1 / 9), abs=0.015)
+
+
+def test_the_trained_prm_is_the_default_for_testbed_models_and_its_reading_is_counted(testbed):
+    results = _run(testbed, "particle-filter", 2)
+    for r in results:
+        assert r.usage.prm_calls >= 2 and r.usage.prm_tokens > r.usage.prm_calls * 10

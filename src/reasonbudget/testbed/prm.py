@@ -131,10 +131,15 @@ class TestbedPRM:
         cfg = json.loads((path / HEAD_CONFIG).read_text())
         self.head = StepHead(cfg["d_model"], cfg["hidden"]).eval()
         self.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        self.tokens_read = 0
+
+    def count_tokens(self, items: Sequence[StepSequence]) -> int:
+        return sum(len(encode_item(self.tok, it.problem, it.steps)[0]) for it in items)
 
     @torch.inference_mode()
     def score_steps(self, items: Sequence[StepSequence], batch_size: int = 64) -> list[Tensor]:
         feats = step_features(self.lm, self.tok, [(it.problem, it.steps) for it in items], batch_size)
+        self.tokens_read += self.count_tokens(items)
         return [torch.sigmoid(self.head(f)) for f in feats]
 
 

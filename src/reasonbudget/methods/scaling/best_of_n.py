@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import SearchMethod, SearchConfig, best, check_budget, setup, split
+from reasonbudget.methods.scaling.common import (SearchConfig, SearchMethod, best, check_budget, score_list, setup,
+                                                 split)
 from reasonbudget.search.voting import answer_groups, vote
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -52,7 +53,7 @@ class _Sampled(SearchMethod):
             answers = [s.runner.result(p, wall_seconds=0).answer for p in pop]
             pick = self.choose(answers, [p.score for p in pop])
             chosen = pop[pick] if pick is not None else best(pop)
-            trace = {"n": n, "answers": answers, "scores": [round(p.score, 6) for p in pop]}
+            trace = {"n": n, "answers": answers, "scores": score_list(pop)}
             results.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
                                            prm_tokens=tokens, trace=trace))
         return results

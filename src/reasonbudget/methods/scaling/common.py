@@ -112,6 +112,11 @@ def finite(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
 
+def score_list(particles: Sequence[Particle]) -> list[float | None]:
+    """Scores for a JSON trace: NaN (no PRM, or it failed) as null."""
+    return [None if math.isnan(p.score) else round(p.score, 6) for p in particles]
+
+
 def best(particles: Sequence[Particle]) -> Particle:
     """Highest score, preferring particles that reached an answer; ties: first."""
     answered = [p for p in particles if p.finish == "answer"] or list(particles)

@@ -23,7 +23,7 @@ from torch import Generator
 
 from reasonbudget.engine.engine import Engine
 from reasonbudget.methods.base import Generators, register
-from reasonbudget.methods.scaling.common import (SearchMethod, Search, SearchConfig, best, check_budget,
+from reasonbudget.methods.scaling.common import (Search, SearchConfig, SearchMethod, best, check_budget, score_list,
                                                  setup, split)
 from reasonbudget.search.particles import Particle
 from reasonbudget.search.resampling import effective_sample_size, log_weights, normalized, resample
@@ -169,7 +169,7 @@ class ParticleFilter(SearchMethod):
         for i, pop in enumerate(pops):
             chosen = select(pop, self.config, s.generators[i], s.runner)
             trace = {"n": n, "rounds": len(stats[i].get("ess", [])), "ess": stats[i].get("ess", []),
-                     "final_scores": [round(p.score, 6) for p in pop]}
+                     "final_scores": score_list(pop)}
             out.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
                                        prm_tokens=tokens, trace=trace))
         return out
