@@ -307,10 +307,6 @@ class StepRunner:
                             finish_reason=finish, trace=trace or {})
 
 
-def empty_particle_result(runner: StepRunner, prompt: int, **kw) -> MethodResult:
-    return runner.result(Particle(prompt, None), **kw)
-
-
 def prompt_generators(generator: Generator | Sequence[Generator], n: int) -> list[Generator]:
     """One generator per prompt (search draws depend on the prompt's own generator only)."""
     if isinstance(generator, Generator):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
@@ -80,8 +81,6 @@ class Search:
     started: float
 
     def wall(self, num_prompts: int) -> float:
-        import time
-
         return (time.perf_counter() - self.started) / max(num_prompts, 1)
 
     def prm_share(self, num_prompts: int) -> tuple[int, int]:
@@ -93,8 +92,6 @@ class Search:
 
 def setup(cfg: SearchConfig, engine: Engine, prompts: Sequence[TokenIds], generator: Generators, *,
           method: str, needs_prm: bool = True) -> Search:
-    import time
-
     from reasonbudget.methods.budget.tale import questions_of
     from reasonbudget.rewards.factory import load_prm
 
