@@ -280,6 +280,43 @@ def fit_budget_estimator_cmd(
 
 
 @app.command()
+def serve(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    max_batch: int = typer.Option(64, help="Most requests decoded together in one engine batch."),
+    max_queue: int = typer.Option(256, help="Requests waiting beyond this get 503 with Retry-After."),
+    default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
+) -> None:
+    """Serve a model over OpenAI-compatible HTTP (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from reasonbudget.models import ModelNotFoundError, load_model
+
+    if not 0 < port < 65536:
+        _fail(f"--port must be in 1..65535, got {port}")
+    if max_batch < 1 or max_queue < 1 or default_max_tokens < 1:
+        _fail("--max-batch, --max-queue and --default-max-tokens must be >= 1")
+    try:
+        lm = load_model(model, dtype=dtype)
+    except (ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    import uvicorn
+
+    from reasonbudget.serve.app import create_app
+    from reasonbudget.serve.requests import ServeConfig
+    from reasonbudget.serve.scheduler import SchedulerConfig
+
+    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens),
+                      SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
+    typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (OpenAI-compatible)", err=True)
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e}")
+
+
+@app.command()
 def models() -> None:
     """List the registered models and whether they are installed."""
     from reasonbudget.models import available_models

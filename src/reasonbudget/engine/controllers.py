@@ -40,6 +40,10 @@ class Controller:
     def on_token(self, token: int, forced: bool) -> Action:
         return KEEP
 
+    def on_edit(self, dropped: int, inserted: TokenIds) -> None:
+        """The row's last `dropped` tokens (the newest included) were replaced by `inserted` (an `Action`
+        with replace): controllers that keep their own copy of the row's tokens update it here."""
+
     def batched_work(self) -> Sequence[tuple["BatchedWork", "Controller"]]:
         """Work this row wants done for the coming step together with other rows, with the controller that
         receives its share (see `BatchedWork`)."""
@@ -110,6 +114,10 @@ class Chain(Controller):
     def on_token(self, token: int, forced: bool) -> Action:
         actions = [c.on_token(token, forced) for c in self.controllers]
         return next((a for a in actions if a != KEEP), KEEP)
+
+    def on_edit(self, dropped: int, inserted: TokenIds) -> None:
+        for c in self.controllers:
+            c.on_edit(dropped, inserted)
 
     def batched_work(self) -> Sequence[tuple[BatchedWork, Controller]]:
         return [w for c in self.controllers for w in c.batched_work()]

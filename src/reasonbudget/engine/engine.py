@@ -186,6 +186,7 @@ class Engine:
                             self.cache.lengths[row] -= act.rollback
                         tok, is_forced = act.force[0], True
                         queue[i].extendleft(reversed(act.force[1:]))
+                        ctrl[i].on_edit(act.rollback + 1, (tok,))
                     else:
                         queue[i].extend(act.force)
                     stop = act.stop

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -19,6 +21,19 @@ from reasonbudget.types import MethodResult, TokenIds, Usage
 
 Generators = Generator | Sequence[Generator]
 """One generator per call, or one per prompt (a prompt's draws then do not depend on its batch)."""
+
+_observers: ContextVar[Sequence[Controller] | None] = ContextVar("reasonbudget_observers", default=None)
+
+
+@contextmanager
+def observing(observers: Sequence[Controller]) -> Iterator[None]:
+    """Within this block, a method's final decode chains `observers[i]` onto prompt i's row (the server
+    streams and cancels through them). Methods that decode in steps (search) do not consult it."""
+    token = _observers.set(observers)
+    try:
+        yield
+    finally:
+        _observers.reset(token)
 
 
 class Method(Protocol):
@@ -69,17 +84,27 @@ def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool)
 
 @dataclass(frozen=True)
 class BudgetedRun:
-    """One batched decode under a `BudgetConfig`: the shared core of plain CoT, budget forcing, NoThinking."""
+    """One batched decode under a `BudgetConfig` (one for all prompts, or one per prompt): the shared core of
+    plain CoT, budget forcing, NoThinking."""
 
-    budget: BudgetConfig
+    budget: BudgetConfig | Sequence[BudgetConfig]
     sampling: SamplingConfig
     prefill_text: str = ""
     """Appended to every prompt (NoThinking prefills a finished thinking block)."""
     steering: Callable[[BudgetController], Controller] | None = None
     """A per-row controller chained after the budget controller (it may read that row's budget state)."""
+    observed: bool = True
+    """Chain the `observing` controllers onto the rows (False for helper decodes such as TALE's estimate)."""
 
-    def max_new_tokens(self, ptok: ProfileTokens) -> int:
-        b = self.budget
+    def row_budgets(self, n: int) -> list[BudgetConfig]:
+        if isinstance(self.budget, BudgetConfig):
+            return [self.budget] * n
+        if len(self.budget) != n:
+            raise ValueError(f"got {len(self.budget)} budgets for {n} prompts")
+        return list(self.budget)
+
+    @staticmethod
+    def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
         thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else 4096
         waits = b.max_waits * len(ptok.wait_ids)
         return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
@@ -95,11 +120,17 @@ class BudgetedRun:
         if room < needed:
             raise PromptTooLongError(f"the prompt has {longest} tokens and {model.name}'s context is "
                                      f"{model.context_length}; at least {needed} tokens must remain for the answer")
-        limit = min(self.max_new_tokens(ptok), room)
+        budgets = self.row_budgets(len(prompts))
+        limit = min(max(self.max_new_tokens(b, ptok) for b in budgets), room)
         rows = engine.prefill(prompts, max_new_tokens=limit)
-        ctrls = [BudgetController(self.budget, ptok, model.decode, start_in_answer=in_answer) for _ in prompts]
-        steer = [self.steering(c) for c in ctrls] if self.steering is not None else None
-        row_ctrls = [Chain(c, s) for c, s in zip(ctrls, steer)] if steer is not None else ctrls
+        ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
+        steer = [self.steering(c) for c in ctrls] if self.steering is not None else [None] * len(ctrls)
+        observers = _observers.get() if self.observed else None
+        if observers is not None and len(observers) != len(prompts):
+            raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
+        watch = observers or [None] * len(ctrls)
+        row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
+                     for c, s, o in zip(ctrls, steer, watch)]
         try:
             decoded = engine.decode(rows, max_new_tokens=limit, sampling=self.sampling, generator=generator,
                                     controllers=row_ctrls)
@@ -107,7 +138,7 @@ class BudgetedRun:
             engine.release(rows)
         wall = (time.perf_counter() - t0) / len(prompts)
         results = [_result(model, p, d, c, wall, in_answer) for p, d, c in zip(prompts, decoded, ctrls)]
-        for r, s in zip(results, steer or []):
+        for r, s in zip(results, steer):
             r.trace.update(getattr(s, "trace", {}))
         return results
 

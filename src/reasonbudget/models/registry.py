@@ -209,9 +209,17 @@ def build_prompt(model: LoadedModel, question: str) -> PromptIds:
     """The chat-templated prompt for one question, ending where the model starts thinking."""
     if not question.strip():
         raise ValueError("the question is empty")
+    return build_chat_prompt(model, [{"role": "user", "content": question}])
+
+
+def build_chat_prompt(model: LoadedModel, messages: list[dict[str, str]]) -> PromptIds:
+    """The chat-templated prompt of a conversation, ending where the assistant starts thinking. The profile's
+    system prompt is added unless the conversation has its own; the last user message is the question."""
     prof = model.profile
-    messages = ([{"role": "system", "content": prof.system_prompt}] if prof.system_prompt else [])
-    messages.append({"role": "user", "content": question})
+    if prof.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
+        messages = [{"role": "system", "content": prof.system_prompt}, *messages]
+    messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     tok = model.tokenizer
     if tok.chat_template:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)

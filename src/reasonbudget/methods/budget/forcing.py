@@ -42,11 +42,16 @@ class BudgetForcing:
     config_type: ClassVar[type] = BudgetForcingConfig
     config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
+    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
             generator: Generators) -> list[MethodResult]:
-        if budget is None or budget < 1:
-            raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {budget}")
+        """`budget`: one thinking budget for all prompts, or one per prompt (the server batches mixed budgets)."""
+        budgets = [budget] * len(prompts) if budget is None or isinstance(budget, int) else list(budget)
+        if len(budgets) != len(prompts):
+            raise ValueError(f"budget-forcing got {len(budgets)} budgets for {len(prompts)} prompts")
+        for b in budgets:
+            if b is None or b < 1:
+                raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {b}")
         c = self.config
-        cfg = BudgetConfig(max_thinking_tokens=budget, min_thinking_tokens=min(c.min_thinking_tokens, budget),
-                           max_waits=c.max_waits, max_answer_tokens=c.max_answer_tokens)
-        return BudgetedRun(cfg, c.sampling)(engine, prompts, generator)
+        cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
+                             max_waits=c.max_waits, max_answer_tokens=c.max_answer_tokens) for b in budgets]
+        return BudgetedRun(cfgs, c.sampling)(engine, prompts, generator)

@@ -67,7 +67,7 @@ class Tale:
             estimates, betas = self._learned_estimates(engine, prompts, budget)
         else:
             estimator = BudgetedRun(BudgetConfig(max_thinking_tokens=1, max_answer_tokens=c.max_estimate_tokens),
-                                    c.sampling, prefill_text=model.profile.nothinking)
+                                    c.sampling, prefill_text=model.profile.nothinking, observed=False)
             estimates = estimator(engine, [build_prompt(model, estimate_prompt(q)) for q in questions], generator)
             betas = [parse_estimate(e.answer, maximum=budget) for e in estimates]
         answer = BudgetedRun(BudgetConfig(max_thinking_tokens=c.max_thinking_tokens,

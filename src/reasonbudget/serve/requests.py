@@ -1,0 +1,139 @@
+"""From a validated request body to a `Job`: the method, its budget and settings, and the checks that turn
+user mistakes into 400s naming the field."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import METHODS, make_method, profile_tokens
+from reasonbudget.methods.spec import parse_method_spec
+from reasonbudget.models.registry import LoadedModel
+from reasonbudget.serve.schema import GenerationFields
+from reasonbudget.serve.thinking import EFFORT_FIELDS, EffortTable, RequestError, ThinkingPolicy, thinking_policy
+from reasonbudget.types import TokenIds
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    default_max_tokens: int = 1024
+    default_method: str = "budget-forcing"
+    """Used when a request names no method (NoThinking when it turns thinking off)."""
+    effort: EffortTable = field(default_factory=EffortTable)
+    max_body_bytes: int = 1 << 20
+    retry_after_seconds: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    method: str | None
+    budget: int | None
+    max_tokens: int
+    sampling: SamplingConfig
+    seed: int
+    stop: tuple[str, ...] = ()
+    starts_in_answer: bool = False
+
+
+def _max_tokens(req: GenerationFields, prompt_len: int, model: LoadedModel, cfg: ServeConfig) -> int:
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise RequestError(f"max_tokens={req.max_tokens} conflicts with max_completion_tokens="
+                           f"{req.max_completion_tokens}; send one", "max_tokens")
+    given = req.max_completion_tokens or req.max_tokens
+    room = model.context_length - prompt_len
+    if room < 1:
+        raise RequestError(f"the prompt has {prompt_len} tokens and {model.name}'s context is "
+                           f"{model.context_length}", "messages")
+    if given is None:
+        return min(cfg.default_max_tokens, room)
+    if given > room:
+        raise RequestError(f"max_tokens={given} does not fit: the prompt has {prompt_len} tokens and the "
+                           f"context is {model.context_length}, so at most {room} can be generated", "max_tokens")
+    return given
+
+
+def _spec(name: str, settings: Mapping[str, Any] | None) -> str:
+    if not settings:
+        return name
+    parts = []
+    for key, value in settings.items():
+        text = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        if any(c in text for c in ",:=") or any(c in key for c in ",:="):
+            raise RequestError(f"method_config.{key}: values may not contain ',', ':' or '='", "method_config")
+        parts.append(f"{key}={text}")
+    return f"{name}:{','.join(parts)}"
+
+
+def _uses_samples(name: str) -> bool:
+    return getattr(METHODS[name], "budget_unit", "thinking tokens") != "thinking tokens"
+
+
+def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenIds, model: LoadedModel,
+                 cfg: ServeConfig, *, raw_text: bool = False) -> Plan:
+    """The job for a request. `raw_text`: /v1/completions, which continues the prompt as plain text unless
+    the request asks for thinking (a budget, an effort or a method)."""
+    max_tokens = _max_tokens(req, len(prompt), model, cfg)
+    temperature = 0.0 if req.temperature is None else req.temperature
+    sampling = SamplingConfig(temperature=temperature, top_p=1.0 if req.top_p is None else req.top_p)
+    seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    stops = tuple(s for s in stops if s)
+    policy = thinking_policy(body, max_tokens=max_tokens, effort=cfg.effort)
+    asks_thinking = policy.source is not None or req.method is not None or req.budget is not None
+    if raw_text and not asks_thinking:
+        return Plan(None, None, max_tokens, sampling, seed, stop=stops, starts_in_answer=True)
+    if stops:
+        raise RequestError("stop applies to plain text continuations (/v1/completions without thinking "
+                           "settings); methods end thinking and answer by themselves", "stop")
+    name = req.method or (cfg.default_method if policy.enabled else "nothinking")
+    try:
+        name, _ = parse_method_spec(name)
+    except ValueError as e:
+        raise RequestError(str(e), "method") from None
+    if not policy.enabled and name != "nothinking":
+        raise RequestError(f"{policy.source} turns thinking off, which conflicts with method={name!r} "
+                           "(use method nothinking, or drop the setting)", "method")
+    budget = _budget(name, req, policy, max_tokens, model, cfg)
+    spec = _spec(name, req.method_config)
+    try:
+        make_method(spec, sampling)  # validates the settings (types, ranges) before queueing
+    except (ValueError, TypeError) as e:
+        raise RequestError(f"method_config: {e}", "method_config") from None
+    return Plan(spec, budget, max_tokens, sampling, seed, starts_in_answer=name == "nothinking")
+
+
+def _budget(name: str, req: GenerationFields, policy: ThinkingPolicy, max_tokens: int, model: LoadedModel,
+            cfg: ServeConfig) -> int | None:
+    cls = METHODS[name]
+    if _uses_samples(name):
+        if policy.budget is not None:
+            raise RequestError(f"{policy.source} is a thinking budget; {name} takes N {cls.budget_unit} as "
+                               "budget", policy.source)
+        return req.budget or getattr(cls, "default_budget", 8)
+    if req.budget is not None:
+        raise RequestError(f"budget is N samples or particles for search methods; {name} takes a thinking "
+                           "budget (thinking_token_budget or an alias)", "budget")
+    if not cls.uses_budget:
+        if policy.budget is not None and name != "tale":
+            raise RequestError(f"{name} takes no thinking budget ({policy.source}); use budget-forcing or "
+                               "budget-guidance", policy.source)
+        return policy.budget  # TALE: a cap on its own estimate
+    room = max_tokens - len(profile_tokens(model).forcing_ids) - 1  # the forced end and one answer token
+    if policy.budget is None or policy.source in EFFORT_FIELDS:  # an effort level is fitted into max_tokens
+        budget = policy.budget if policy.budget is not None else cfg.effort.budget(cfg.effort.default, max_tokens)
+        if room < 1:
+            raise RequestError(f"max_tokens={max_tokens} is too small to think and answer; send at least "
+                               f"{max_tokens - room + 1}", "max_tokens")
+        return min(budget, room)
+    if policy.budget >= model.context_length:
+        raise RequestError(f"{policy.source}={policy.budget} exceeds {model.name}'s context of "
+                           f"{model.context_length} tokens", policy.source)
+    if policy.budget > room:
+        raise RequestError(f"{policy.source}={policy.budget} leaves no room for the answer: max_tokens="
+                           f"{max_tokens} must be at least {max_tokens - room + policy.budget} (budget + the forced "
+                           "end of thinking + one answer token)", policy.source)
+    return policy.budget

@@ -1,0 +1,172 @@
+"""The engine thread: takes queued jobs, batches compatible ones, runs them on the one engine.
+
+Batching: every job waiting when the engine becomes free is taken at once (up to `max_batch`), grouped by
+method, settings and sampling, and each group is decoded as one engine batch. Budget forcing takes one
+budget per row, so mixed budgets share a batch. Jobs that arrive while a batch runs wait for the next one
+(rows do not join a running batch). A full queue refuses new jobs (the server answers 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from reasonbudget.engine.controllers import Chain, StopOnText
+from reasonbudget.engine.engine import Engine
+from reasonbudget.methods.base import METHODS, make_method, observing, profile_tokens
+from reasonbudget.methods.spec import parse_method_spec
+from reasonbudget.serve.jobs import Cancelled, Job, RowWatcher
+from reasonbudget.types import MethodResult, Usage
+
+log = logging.getLogger("reasonbudget.serve")
+
+PER_ROW_BUDGET_METHODS = frozenset({"budget-forcing"})
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 64
+    max_queue: int = 256
+    gather_seconds: float = 0.005
+    """After the first job arrives, wait this long for others to join its batch."""
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, config: SchedulerConfig = SchedulerConfig()) -> None:
+        self.engine, self.config = engine, config
+        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
+        self.running = 0
+        self.batches = 0
+        self.thread = threading.Thread(target=self._loop, name="reasonbudget-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+
+    # ---- engine thread ---------------------------------------------------------------------------------
+    def _take(self) -> list[Job] | None:
+        first = self.queue.get()
+        if first is None:
+            return None
+        jobs = [first]
+        deadline = time.monotonic() + self.config.gather_seconds
+        while len(jobs) < self.config.max_batch:
+            try:
+                job = self.queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+            if job is None:
+                self.queue.put(None)
+                break
+            jobs.append(job)
+        return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
+            live = []
+            for job in jobs:
+                (job.finish(Cancelled()) if job.cancelled.is_set() else live.append(job))
+            groups: dict[tuple, list[Job]] = {}
+            for job in live:
+                per_row = job.method is not None and job.method.split(":")[0] in PER_ROW_BUDGET_METHODS
+                groups.setdefault(job.group_key(per_row), []).append(job)
+            self.running = len(live)
+            for group in groups.values():
+                self.batches += 1
+                self._run_isolated(group)
+            self.running = 0
+
+    def _run_isolated(self, jobs: list[Job]) -> None:
+        """Run a group; if it fails, run its jobs one by one so one bad request cannot fail the others."""
+        try:
+            results = self._run_group(jobs)
+        except Exception as e:  # noqa: BLE001 - reported to the requests, the server keeps serving
+            if len(jobs) == 1:
+                log.exception("request failed")
+                jobs[0].finish(e)
+                return
+            for job in jobs:
+                self._run_isolated([job])
+            return
+        for job, result in zip(jobs, results):
+            job.finish(result)
+
+    def _run_group(self, jobs: Sequence[Job]) -> list[MethodResult]:
+        model = self.engine.model
+        close = model.profile.think_close
+        holdback = len(profile_tokens(model).close_ids) + 1
+        watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback) for j in jobs]
+        generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
+        head = jobs[0]
+        if head.method is None:
+            results = self._continue_text(jobs, watchers, generators)
+        else:
+            name, settings = parse_method_spec(head.method)
+            if "max_tokens" in {f for f in getattr(METHODS[name].config_type, "__dataclass_fields__", {})}:
+                settings.setdefault("max_tokens", head.max_tokens)
+            method = make_method(name, head.sampling, **settings)
+            budget = [j.budget for j in jobs] if name in PER_ROW_BUDGET_METHODS else head.budget
+            with observing(watchers):
+                results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators)
+        for w in watchers:
+            if w.job.stream:
+                w.flush(final=True)
+        return [_mark_capped(r, w) for r, w in zip(results, watchers)]
+
+    def _continue_text(self, jobs: Sequence[Job], watchers: list[RowWatcher],
+                       generators: list[torch.Generator]) -> list[MethodResult]:
+        """Plain continuation of raw prompts (/v1/completions without thinking settings)."""
+        model, engine = self.engine.model, self.engine
+        t0 = time.perf_counter()
+        limit = max(j.max_tokens for j in jobs)
+        rows = engine.prefill([j.prompt for j in jobs], max_new_tokens=limit)
+        ctrls = [Chain(StopOnText(j.stop, model.decode, model.encode), w) if j.stop else w
+                 for j, w in zip(jobs, watchers)]
+        try:
+            decoded = engine.decode(rows, max_new_tokens=limit, sampling=jobs[0].sampling, generator=generators,
+                                    controllers=ctrls)
+        finally:
+            engine.release(rows)
+        wall = (time.perf_counter() - t0) / len(jobs)
+        out = []
+        for j, d in zip(jobs, decoded):
+            text = model.decode([t for t in d.tokens if t not in model.eos_ids])
+            cut = [text.index(s) for s in j.stop if s in text]
+            finish = "stop" if cut or d.finish_reason == "eos" else d.finish_reason
+            processed = len(j.prompt) + len(d.tokens)
+            usage = Usage(prompt_tokens=len(j.prompt), answer_tokens=len(d.tokens),
+                          tokens_by_model={model.name: processed},
+                          forward_passes_by_model={model.name: d.forward_passes + 1}, wall_seconds=wall,
+                          energy_flops=2.0 * model.num_params * processed)
+            out.append(MethodResult(tokens=d.tokens, thinking="", answer=text[: min(cut)] if cut else text,
+                                    usage=usage, finish_reason=finish))
+        return out
+
+
+def _mark_capped(result: MethodResult, watcher: RowWatcher) -> MethodResult:
+    if watcher.job.cancelled.is_set():
+        return MethodResult(tokens=result.tokens, thinking=result.thinking, answer=result.answer,
+                            usage=result.usage, finish_reason="cancelled", trace=result.trace)
+    if watcher.capped:
+        return MethodResult(tokens=result.tokens, thinking=result.thinking, answer=result.answer,
+                            usage=result.usage, finish_reason="length", trace=result.trace)
+    return result
