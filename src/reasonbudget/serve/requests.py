@@ -23,6 +23,10 @@ class ServeConfig:
     default_method: str = "budget-forcing"
     """Used when a request names no method (NoThinking when it turns thinking off)."""
     effort: EffortTable = field(default_factory=EffortTable)
+    max_tokens_limit: int | None = None
+    """Largest max_tokens accepted (None: whatever fits in the context)."""
+    max_samples: int = 64
+    """Largest N (samples, particles) a search method may be asked for."""
     max_body_bytes: int = 1 << 20
     retry_after_seconds: int = 1
 
@@ -48,8 +52,12 @@ def _max_tokens(req: GenerationFields, prompt_len: int, model: LoadedModel, cfg:
     if room < 1:
         raise RequestError(f"the prompt has {prompt_len} tokens and {model.name}'s context is "
                            f"{model.context_length}", "messages")
+    limit = room if cfg.max_tokens_limit is None else min(room, cfg.max_tokens_limit)
     if given is None:
-        return min(cfg.default_max_tokens, room)
+        return min(cfg.default_max_tokens, limit)
+    if cfg.max_tokens_limit is not None and given > cfg.max_tokens_limit:
+        raise RequestError(f"max_tokens={given} is above this server's limit of {cfg.max_tokens_limit}",
+                           "max_tokens")
     if given > room:
         raise RequestError(f"max_tokens={given} does not fit: the prompt has {prompt_len} tokens and the "
                            f"context is {model.context_length}, so at most {room} can be generated", "max_tokens")
@@ -113,7 +121,11 @@ def _budget(name: str, req: GenerationFields, policy: ThinkingPolicy, max_tokens
         if policy.budget is not None:
             raise RequestError(f"{policy.source} is a thinking budget; {name} takes N {cls.budget_unit} as "
                                "budget", policy.source)
-        return req.budget or getattr(cls, "default_budget", 8)
+        n = req.budget or getattr(cls, "default_budget", 8)
+        if n > cfg.max_samples:
+            raise RequestError(f"budget={n} {cls.budget_unit} is above this server's limit of {cfg.max_samples}",
+                               "budget")
+        return n
     if req.budget is not None:
         raise RequestError(f"budget is N samples or particles for search methods; {name} takes a thinking "
                            "budget (thinking_token_budget or an alias)", "budget")
