@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reasonbudget.engine.engine import Engine, PromptTooLongError
-from reasonbudget.methods.base import METHODS, profile_tokens
+from reasonbudget.methods.base import METHODS
 from reasonbudget.models.registry import LoadedModel, build_chat_prompt
 from reasonbudget.serve.jobs import Cancelled, Job
 from reasonbudget.serve.limits import BodySizeLimit
@@ -236,7 +236,19 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
     async def on_not_found(request: Request, exc: _NotFound) -> JSONResponse:
         return error_response(404, str(exc), "model")
 
-    app.state.forcing_tokens = len(profile_tokens(model).forcing_ids)
+    def openapi() -> dict[str, Any]:
+        """The generated schema, with `model` narrowed to the one served (clients and fuzzers see it)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            for name in ("ChatRequest", "CompletionRequest"):
+                spec["components"]["schemas"][name]["properties"]["model"]["enum"] = [model.name]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

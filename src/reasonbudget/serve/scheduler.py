@@ -47,14 +47,18 @@ class Scheduler:
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
         self.running = 0
         self.batches = 0
-        self.thread = threading.Thread(target=self._loop, name="reasonbudget-engine", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the engine thread (again, after `stop`); a no-op while it runs."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._loop, name="reasonbudget-engine", daemon=True)
+            self.thread.start()
 
     def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=30)
+        if self.thread is not None and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
         try:
