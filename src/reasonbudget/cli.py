@@ -51,7 +51,8 @@ def _fail(msg: str) -> None:
 @app.command()
 def run(
     question: str = typer.Argument(..., help="The question to solve."),
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path, hub id, or "
+                              "remote:URL#MODEL (an OpenAI-compatible server)."),
     method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale | best-of-n | "
                                "weighted-best-of-n | majority-vote | beam-search | dvts | particle-filter | "
                                "particle-gibbs | parallel-tempering, "
@@ -94,6 +95,8 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
         raise UserError("the question is empty")
     if min_budget and not method.startswith("budget-forcing"):
         raise UserError("--min-budget applies to budget-forcing only")
+    if model_name.startswith("remote:"):
+        return _run_remote(question, model_name, method, b, min_budget, temperature, top_p, seed)
     try:
         options = {"min_thinking_tokens": min_budget} if min_budget else {}
         chosen = make_method(method, SamplingConfig(temperature=temperature, top_p=top_p), **options)
@@ -105,6 +108,23 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
     except (ModelNotFoundError, PromptTooLongError, ValueError) as e:
         raise UserError(str(e)) from None
     return result, time.perf_counter() - t0, b
+
+
+def _run_remote(question, model_name, method, budget, min_budget, temperature, top_p, seed):
+    from reasonbudget.engine import SamplingConfig
+    from reasonbudget.remote.methods import run_remote
+    from reasonbudget.remote.model import load_remote
+
+    if min_budget:
+        raise UserError("--min-budget needs the in-process engine; it does not apply to remote models")
+    try:
+        rm = load_remote(model_name)
+        t0 = time.perf_counter()
+        result = run_remote(rm, method, [question], budget=budget, sampling=SamplingConfig(temperature=temperature,
+                            top_p=top_p), seeds=[seed])[0]
+    except ValueError as e:  # RemoteError included
+        raise UserError(str(e)) from None
+    return result, time.perf_counter() - t0, budget
 
 
 def _print_human(result, method: str, budget: int | None, elapsed: float) -> None:

@@ -1,0 +1,1 @@
+"""Remote backends: text-level methods against OpenAI-compatible completion servers (`remote:URL#MODEL`)."""
