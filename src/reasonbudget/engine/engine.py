@@ -144,11 +144,13 @@ class Engine:
         controllers: Sequence[Controller | None] | None = None,
         stop_on_eos: bool = True,
         on_step: Callable[[int], None] | None = None,
+        on_finish: Callable[[int, Decoded], None] | None = None,
     ) -> list[Decoded]:
         """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order.
 
         `generator`: one generator for the call (row generators are derived from it), or one per row (a row's
-        draws then depend only on its own generator, whatever batch it runs in)."""
+        draws then depend only on its own generator, whatever batch it runs in). `on_finish(i, decoded)` is
+        called as soon as row i is done, while the others go on (the server answers it right away)."""
         n = rows.numel()
         ctrl = list(controllers) if controllers is not None else [None] * n
         gens = None if sampling.greedy else _row_generators(generator, n)
@@ -201,6 +203,9 @@ class Engine:
                     finish[i] = "length"
                 else:
                     still.append(i)
+                    continue
+                if on_finish is not None:
+                    on_finish(i, Decoded(tuple(out[i]), tuple(forced[i]), finish[i], passes[i]))
             active = still
             if on_step is not None:
                 on_step(len(active))

@@ -131,16 +131,21 @@ class BudgetedRun:
         watch = observers or [None] * len(ctrls)
         row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
                      for c, s, o in zip(ctrls, steer, watch)]
+        def result(i: int, d: Decoded) -> MethodResult:
+            r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
+            r.trace.update(getattr(steer[i], "trace", {}))
+            return r
+
+        def early(i: int, d: Decoded) -> None:  # an observer may hand a finished row's result on at once
+            if hasattr(watch[i], "on_result"):
+                watch[i].on_result(result(i, d))
+
         try:
             decoded = engine.decode(rows, max_new_tokens=limit, sampling=self.sampling, generator=generator,
-                                    controllers=row_ctrls)
+                                    controllers=row_ctrls, on_finish=early if observers else None)
         finally:
             engine.release(rows)
-        wall = (time.perf_counter() - t0) / len(prompts)
-        results = [_result(model, p, d, c, wall, in_answer) for p, d, c in zip(prompts, decoded, ctrls)]
-        for r, s in zip(results, steer):
-            r.trace.update(getattr(s, "trace", {}))
-        return results
+        return [result(i, d) for i, d in enumerate(decoded)]
 
 
 def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,

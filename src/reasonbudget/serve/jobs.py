@@ -90,9 +90,10 @@ class RowWatcher(Controller):
     text. Streaming holds back `holdback` tokens, which a budget controller may still roll back."""
 
     def __init__(self, job: Job, decode: Callable[[list[int]], str], eos_ids: frozenset[int], close: str,
-                 holdback: int) -> None:
+                 holdback: int, early: bool = False) -> None:
+        """early: answer the request as soon as its row is done (the method's result is the row's result)."""
         self.job, self.decode, self.eos_ids, self.close = job, decode, eos_ids, close
-        self.holdback = holdback
+        self.holdback, self.early = holdback, early
         self.tokens: list[int] = []
         self.capped = False
         self.sent = [0, 0]  # characters of thinking and answer already streamed
@@ -107,6 +108,23 @@ class RowWatcher(Controller):
             self.capped = True
             return Action(stop=True)
         return KEEP
+
+    def on_result(self, result: MethodResult) -> None:
+        """The row is done while others still decode: rows leave the batch as they finish."""
+        if self.early:
+            self.settle(result)
+
+    def settle(self, result: MethodResult) -> None:
+        if self.job.stream:
+            self.flush(final=True)
+        self.job.finish(self.finish_reason(result))
+
+    def finish_reason(self, result: MethodResult) -> MethodResult:
+        reason = "cancelled" if self.job.cancelled.is_set() else "length" if self.capped else None
+        if reason is None:
+            return result
+        return MethodResult(tokens=result.tokens, thinking=result.thinking, answer=result.answer,
+                            usage=result.usage, finish_reason=reason, trace=result.trace)
 
     def on_edit(self, dropped: int, inserted: TokenIds) -> None:
         del self.tokens[len(self.tokens) - dropped :]

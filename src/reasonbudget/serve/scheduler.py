@@ -2,8 +2,9 @@
 
 Batching: every job waiting when the engine becomes free is taken at once (up to `max_batch`), grouped by
 method, settings and sampling, and each group is decoded as one engine batch. Budget forcing takes one
-budget per row, so mixed budgets share a batch. Jobs that arrive while a batch runs wait for the next one
-(rows do not join a running batch). A full queue refuses new jobs (the server answers 503).
+budget per row, so mixed budgets share a batch. Rows leave the batch as they finish: for the one-decode
+methods (EARLY_RESULT_METHODS) a request is answered as soon as its row is done, while the others decode on.
+Jobs that arrive while a batch runs wait for the next one (rows do not join a running batch). A full queue refuses new jobs (the server answers 503).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonbudget.engine.controllers import Chain, StopOnText
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.engine import Decoded, Engine
 from reasonbudget.methods.base import METHODS, make_method, observing, profile_tokens
 from reasonbudget.methods.spec import parse_method_spec
 from reasonbudget.serve.jobs import Cancelled, Job, RowWatcher
@@ -27,6 +28,8 @@ from reasonbudget.types import MethodResult, Usage
 log = logging.getLogger("reasonbudget.serve")
 
 PER_ROW_BUDGET_METHODS = frozenset({"budget-forcing"})
+EARLY_RESULT_METHODS = frozenset({"plain", "budget-forcing", "nothinking", "budget-guidance"})
+"""Methods whose result is their one decode's row: a request is answered as soon as its row is done."""
 
 
 class QueueFull(Exception):
@@ -111,14 +114,15 @@ class Scheduler:
             for job in jobs:
                 self._run_isolated([job])
             return
-        for job, result in zip(jobs, results):
-            job.finish(result)
+        for watcher, result in results:
+            watcher.settle(result)
 
-    def _run_group(self, jobs: Sequence[Job]) -> list[MethodResult]:
+    def _run_group(self, jobs: Sequence[Job]) -> list[tuple[RowWatcher, MethodResult]]:
         model = self.engine.model
         close = model.profile.think_close
         holdback = len(profile_tokens(model).close_ids) + 1
-        watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback) for j in jobs]
+        early = jobs[0].method is not None and jobs[0].method.split(":")[0] in EARLY_RESULT_METHODS
+        watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback, early) for j in jobs]
         generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
         head = jobs[0]
         if head.method is None:
@@ -131,10 +135,7 @@ class Scheduler:
             budget = [j.budget for j in jobs] if name in PER_ROW_BUDGET_METHODS else head.budget
             with observing(watchers):
                 results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators)
-        for w in watchers:
-            if w.job.stream:
-                w.flush(final=True)
-        return [_mark_capped(r, w) for r, w in zip(results, watchers)]
+        return list(zip(watchers, results))
 
     def _continue_text(self, jobs: Sequence[Job], watchers: list[RowWatcher],
                        generators: list[torch.Generator]) -> list[MethodResult]:
@@ -145,32 +146,24 @@ class Scheduler:
         rows = engine.prefill([j.prompt for j in jobs], max_new_tokens=limit)
         ctrls = [Chain(StopOnText(j.stop, model.decode, model.encode), w) if j.stop else w
                  for j, w in zip(jobs, watchers)]
-        try:
-            decoded = engine.decode(rows, max_new_tokens=limit, sampling=jobs[0].sampling, generator=generators,
-                                    controllers=ctrls)
-        finally:
-            engine.release(rows)
-        wall = (time.perf_counter() - t0) / len(jobs)
-        out = []
-        for j, d in zip(jobs, decoded):
+
+        def result(i: int, d: Decoded) -> MethodResult:
+            j = jobs[i]
             text = model.decode([t for t in d.tokens if t not in model.eos_ids])
             cut = [text.index(s) for s in j.stop if s in text]
             finish = "stop" if cut or d.finish_reason == "eos" else d.finish_reason
             processed = len(j.prompt) + len(d.tokens)
             usage = Usage(prompt_tokens=len(j.prompt), answer_tokens=len(d.tokens),
                           tokens_by_model={model.name: processed},
-                          forward_passes_by_model={model.name: d.forward_passes + 1}, wall_seconds=wall,
+                          forward_passes_by_model={model.name: d.forward_passes + 1},
+                          wall_seconds=(time.perf_counter() - t0) / len(jobs),
                           energy_flops=2.0 * model.num_params * processed)
-            out.append(MethodResult(tokens=d.tokens, thinking="", answer=text[: min(cut)] if cut else text,
-                                    usage=usage, finish_reason=finish))
-        return out
+            return MethodResult(tokens=d.tokens, thinking="", answer=text[: min(cut)] if cut else text, usage=usage,
+                                finish_reason=finish)
 
-
-def _mark_capped(result: MethodResult, watcher: RowWatcher) -> MethodResult:
-    if watcher.job.cancelled.is_set():
-        return MethodResult(tokens=result.tokens, thinking=result.thinking, answer=result.answer,
-                            usage=result.usage, finish_reason="cancelled", trace=result.trace)
-    if watcher.capped:
-        return MethodResult(tokens=result.tokens, thinking=result.thinking, answer=result.answer,
-                            usage=result.usage, finish_reason="length", trace=result.trace)
-    return result
+        try:
+            decoded = engine.decode(rows, max_new_tokens=limit, sampling=jobs[0].sampling, generator=generators,
+                                    controllers=ctrls, on_finish=lambda i, d: watchers[i].settle(result(i, d)))
+        finally:
+            engine.release(rows)
+        return [result(i, d) for i, d in enumerate(decoded)]

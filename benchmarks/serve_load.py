@@ -1,0 +1,137 @@
+"""Load test of the OpenAI-compatible server: concurrent requests with mixed thinking budgets against the
+same requests sent one at a time, in one run on one server.
+
+Checks that no request is lost (every one answered 200 with an answer) and none thinks over its budget;
+reports p50/p95 latency and aggregate completion tokens/s of both modes and their ratio.
+
+    python benchmarks/serve_load.py [--quick] [--json] [--requests 64] [--url http://HOST:PORT/v1 --model M]
+
+Without --url it serves the embedded model in-process on loopback. GSM8K test questions, greedy decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BUDGETS = (16, 32, 64, 128)
+ANSWER_ROOM = 48
+
+
+def requests_for(n: int, model: str) -> list[dict[str, Any]]:
+    from reasonbudget.tasks import get_task
+
+    questions = [p.question for p in get_task("gsm8k").problems(n)]
+    return [{"model": model, "messages": [{"role": "user", "content": q}], "temperature": 0,
+             "thinking_token_budget": BUDGETS[i % len(BUDGETS)], "max_tokens": BUDGETS[i % len(BUDGETS)] + ANSWER_ROOM}
+            for i, q in enumerate(questions)]
+
+
+async def _send(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post(url, json=body)
+        data = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        return {"status": None, "error": f"{type(e).__name__}: {e}", "latency": time.perf_counter() - t0}
+    out = {"status": r.status_code, "latency": time.perf_counter() - t0, "budget": body["thinking_token_budget"]}
+    if r.status_code == 200:
+        usage = data["reasonbudget"]["usage"]
+        out.update(thinking=usage["thinking_tokens"], completion=data["usage"]["completion_tokens"],
+                   answered=bool(data["choices"][0]["message"]["content"]))
+    else:
+        out["error"] = data.get("error", {}).get("message")
+    return out
+
+
+async def concurrent(url: str, bodies: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    async with httpx.AsyncClient(timeout=3600) as client:
+        t0 = time.perf_counter()
+        replies = await asyncio.gather(*(_send(client, url, b) for b in bodies))
+        return list(replies), time.perf_counter() - t0
+
+
+async def one_at_a_time(url: str, bodies: list[dict[str, Any]], progress: bool) -> tuple[list[dict[str, Any]], float]:
+    from tqdm import tqdm
+
+    async with httpx.AsyncClient(timeout=3600) as client:
+        t0 = time.perf_counter()
+        replies = [await _send(client, url, b) for b in tqdm(bodies, desc="one at a time", disable=not progress)]
+        return replies, time.perf_counter() - t0
+
+
+def summarize(mode: str, replies: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    ok = [r for r in replies if r["status"] == 200]
+    lat = sorted(r["latency"] for r in replies)
+    tokens = sum(r["completion"] for r in ok)
+    return {"mode": mode, "requests": len(replies), "ok": len(ok),
+            "lost": len(replies) - len([r for r in ok if r["answered"]]),
+            "over_budget": sum(r["thinking"] > r["budget"] for r in ok),
+            "p50_latency_s": statistics.median(lat), "p95_latency_s": lat[max(int(0.95 * len(lat)) - 1, 0)],
+            "wall_s": wall, "completion_tokens": tokens, "tokens_per_s": tokens / wall if wall else 0.0,
+            "errors": sorted({r.get("error") for r in replies if r["status"] != 200} - {None})[:5]}
+
+
+def run(url: str, model: str, n: int, progress: bool) -> dict[str, Any]:
+    bodies = requests_for(n, model)
+    endpoint = url.rstrip("/") + "/chat/completions"
+    asyncio.run(concurrent(endpoint, bodies[:1]))  # warm-up (weights, caches)
+    conc = summarize("concurrent", *asyncio.run(concurrent(endpoint, bodies)))
+    seq = summarize("one at a time", *asyncio.run(one_at_a_time(endpoint, bodies, progress)))
+    return {"model": model, "budgets": list(BUDGETS), "rows": [conc, seq],
+            "throughput_ratio": conc["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    cols = ["mode", "requests", "ok", "lost", "over_budget", "p50_latency_s", "p95_latency_s", "wall_s",
+            "completion_tokens", "tokens_per_s"]
+    print(" | ".join(cols))
+    for row in report["rows"]:
+        print(" | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+    print(f"aggregate throughput, concurrent / one at a time: {report['throughput_ratio']:.2f}x "
+          f"(model {report['model']}, budgets {report['budgets']} cycled)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="16 requests instead of 64")
+    ap.add_argument("--requests", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print the JSON document only")
+    ap.add_argument("--out", default="runs/serve_load.json", help="where the JSON report is written")
+    ap.add_argument("--url", help="an already running server (default: serve the embedded model here)")
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
+    n = args.requests or (16 if args.quick else 64)
+    if n < 1:
+        sys.exit("error: --requests must be >= 1")
+    if args.url:
+        report = run(args.url, args.model, n, not args.json)
+    else:
+        from reasonbudget.models import load_model
+        from reasonbudget.serve.app import create_app
+        from reasonbudget.serve.background import serving
+
+        app = create_app(load_model(args.model))
+        with serving(app) as url:
+            report = run(url, args.model, n, not args.json)
+            report["engine_batches"] = app.state.scheduler.batches
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+        print(f"engine batches: {report.get('engine_batches', 'n/a')}; report: {out}")
+
+
+if __name__ == "__main__":
+    main()
