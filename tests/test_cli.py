@@ -33,6 +33,10 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["run", QUESTION, "--method", "particle-gibbs:iterations=2", "--budget", "3"], "multiple of iterations"),
     (["run", QUESTION, "--method", "beam-search:prm=oracle"], "scores testbed problems only"),
     (["run", QUESTION, "--method", "particle-filter:resampler=stratified"], "accepted are multinomial, systematic"),
+    (["run", QUESTION, "--model", "remote:localhost:8000"], "remote:URL#MODEL"),
+    (["run", QUESTION, "--model", "remote:http://127.0.0.1:9/v1#m"], "cannot reach http://127.0.0.1:9/v1/models"),
+    (["serve", "--model", "no-such-model"], "Available models: smollm2-135m"),
+    (["serve", "--port", "70000"], "--port must be in 1..65535"),
 ])
 def test_bad_input_is_one_clear_line(args, fragment):
     p = cli(*args)
