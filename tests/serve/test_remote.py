@@ -66,3 +66,15 @@ def test_remote_mistakes_are_clear(remote_name, server):
         load_remote("remote:http://127.0.0.1:9/v1#m")
     with pytest.raises(ValueError, match="does not run on a remote model"):
         run_remote(load_remote(remote_name), "particle-filter", QUESTIONS[:1], budget=4, sampling=GREEDY, seeds=[0])
+
+
+def test_an_eval_sweep_runs_against_a_remote_model(remote_name, tmp_path):
+    import json
+
+    from reasonbudget.eval.runner import SweepConfig, run_sweep
+
+    cfg = SweepConfig(task="gsm8k", methods=("budget-forcing",), budgets=(8,), limit=3, model=remote_name)
+    summary = run_sweep(cfg, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and summary.exists()
+    assert all(r["usage"]["thinking_tokens"] <= 8 and r["answer"] for r in records)

@@ -99,13 +99,16 @@ class UnitRunner:
         from reasonbudget.models import load_model
         from reasonbudget.tasks import get_task
 
+        from reasonbudget.remote.model import is_remote, load_remote
+
         if threads:
             torch.set_num_threads(threads)
         self.cfg = cfg
         self.task = get_task(cfg.task)
         self.problems = {p.id: p for p in self.task.problems(cfg.limit)}
-        self.model = load_model(cfg.model, dtype=cfg.dtype)
-        self.engine = Engine(self.model)
+        self.remote = load_remote(cfg.model) if is_remote(cfg.model) else None
+        self.model = load_model(cfg.model, dtype=cfg.dtype) if self.remote is None else None
+        self.engine = Engine(self.model) if self.model is not None else None
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
         import torch
@@ -114,11 +117,19 @@ class UnitRunner:
         from reasonbudget.methods.base import make_method
 
         cfg = self.cfg
-        method = make_method(unit.method, SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p))
+        sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
         problems = [self.problems[pid] for pid in unit.problem_ids]
-        prompts = [self.task.prompt(self.model, p) for p in problems]
-        gens = [torch.Generator().manual_seed(problem_seed(unit.seed, p.id)) for p in problems]
-        results = method.run(self.engine, prompts, budget=unit.budget, generator=gens)
+        seeds = [problem_seed(unit.seed, p.id) for p in problems]
+        if self.remote is not None:
+            from reasonbudget.remote.methods import run_remote
+
+            results = run_remote(self.remote, unit.method, [self.task.question_text(p) for p in problems],
+                                 budget=unit.budget, sampling=sampling, seeds=seeds)
+        else:
+            method = make_method(unit.method, sampling)
+            prompts = [self.task.prompt(self.model, p) for p in problems]
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            results = method.run(self.engine, prompts, budget=unit.budget, generator=gens)
         return [{"task": self.task.spec, "problem_id": p.id, "method": unit.method, "budget": unit.budget,
                  "seed": unit.seed, "gold": p.gold, "thinking": r.thinking, "answer": r.answer,
                  "finish_reason": r.finish_reason, "usage": r.usage.to_dict(), "trace": dict(r.trace),
@@ -152,8 +163,10 @@ def run_sweep(cfg: SweepConfig, out: Path, *, ray_address: str | None = None, pr
 
     from reasonbudget.models.registry import resolve
 
+    from reasonbudget.remote.model import is_remote, parse_remote_name
+
     task = get_task(cfg.task)  # unknown task or model: fail before anything is written
-    resolve(cfg.model)
+    parse_remote_name(cfg.model) if is_remote(cfg.model) else resolve(cfg.model)
     problems = task.problems(cfg.limit)
     check_out_dir(out, cfg)
     results = ResultsFile(out / "results.jsonl")
