@@ -30,6 +30,9 @@ class PredictorTrainConfig:
     lr: float = 1e-4
     warmup_fraction: float = 0.05
     seed: int = 0
+    cache_gib: float = 8.0
+    """Keep the LM's states at the supervised positions in memory across epochs when they fit in this many
+    GiB (float32, else bfloat16), so the frozen LM reads each trace once instead of once per epoch."""
 
 
 @torch.inference_mode()
@@ -86,17 +89,25 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
     total = train_cfg.epochs * math.ceil(len(order) / train_cfg.batch_size)
     warmup = max(1, int(total * train_cfg.warmup_fraction))
     t0, step, history = time.time(), 0, []
+    cached = cache_supervised_states(model, traces, train_cfg) if train_cfg.epochs > 1 else None
     for _ in range(train_cfg.epochs):
         rng.shuffle(order)
         for i in range(0, len(order), train_cfg.batch_size):
-            batch = [traces[j] for j in order[i : i + train_cfg.batch_size]]
-            states = lm_states(model, [t.ids for t in batch]).clone()  # leave inference mode for autograd
-            rows, cols, length, next_tokens = batch_targets(batch)
-            if not len(rows):
+            ids = order[i : i + train_cfg.batch_size]
+            if cached is not None:
+                parts = [cached[j] for j in ids]
+                picked, length, next_tokens = (torch.cat([p[k] for p in parts]) for k in range(3))
+                picked = picked.float()
+            else:
+                batch = [traces[j] for j in ids]
+                states = lm_states(model, [t.ids for t in batch]).clone()  # leave inference mode for autograd
+                rows, cols, length, next_tokens = batch_targets(batch)
+                picked = states[rows, cols]
+            if not len(next_tokens):
                 continue
             for g in opt.param_groups:
                 g["lr"] = train_cfg.lr * min(1.0, (step + 1) / warmup)
-            shape, rate = predictor.gather(states[rows, cols], next_tokens)
+            shape, rate = predictor.gather(picked, next_tokens)
             loss = gamma_nll(shape, rate, length.float()).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(predictor.parameters(), 1.0)
@@ -112,6 +123,31 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
     stats = {"steps": step, "traces": len(traces), "min_rate": min_rate, "train_seconds": round(time.time() - t0, 1),
              "params": sum(p.numel() for p in predictor.parameters()), "history": history}
     return predictor, stats
+
+
+def cache_supervised_states(model, traces: Sequence[TraceTokens], cfg: PredictorTrainConfig,
+                            ) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+    """Per trace: (LM states at its supervised positions, remaining lengths, next tokens), or None when they
+    would not fit in `cfg.cache_gib`."""
+    positions = sum(len(supervised(t)[0]) for t in traces)
+    dims = lm_states(model, [traces[0].ids[:2]]).shape[2:] if traces else (0, 0)
+    per_position = dims[0] * dims[1]
+    dtype = next((d for d, size in ((torch.float32, 4), (torch.bfloat16, 2))
+                  if positions * per_position * size <= cfg.cache_gib * 2**30), None)
+    if dtype is None:
+        logger.info("LM states (%d positions) do not fit in %.1f GiB: recomputed every epoch", positions, cfg.cache_gib)
+        return None
+    out: list[tuple[Tensor, Tensor, Tensor]] = []
+    t0 = time.time()
+    for i in range(0, len(traces), cfg.batch_size):
+        batch = traces[i : i + cfg.batch_size]
+        states = lm_states(model, [t.ids for t in batch])
+        for b, t in enumerate(batch):
+            pos, lengths = supervised(t)
+            nxt = torch.tensor([t.ids[c + 1] for c in pos.tolist()], dtype=torch.long)
+            out.append((states[b, pos].to(dtype).clone(), lengths, nxt))
+        logger.info("LM states for %d/%d traces (%.0f s)", len(out), len(traces), time.time() - t0)
+    return out
 
 
 @torch.inference_mode()
