@@ -1,5 +1,7 @@
 """The remote backend against llama-cpp-python's OpenAI-compatible server on the embedded GGUF (skipped when
-`llama-cpp-python[server]` is not installed; `pip install 'llama-cpp-python[server]'` builds it in minutes)."""
+`llama-cpp-python[server]` is not installed). Build it with
+CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install 'llama-cpp-python[server]' (about 12 minutes on one core here; the
+native build's AMX path faults in libggml-cpu on this machine)."""
 
 import subprocess
 import sys
