@@ -4,7 +4,8 @@ same requests sent one at a time, in one run on one server.
 Checks that no request is lost (every one answered 200 with an answer) and none thinks over its budget;
 reports p50/p95 latency and aggregate completion tokens/s of both modes and their ratio.
 
-    python benchmarks/serve_load.py [--quick] [--json] [--requests 64] [--url http://HOST:PORT/v1 --model M]
+    python benchmarks/serve_load.py [--quick] [--json] [--requests 64] [--plot docs/serve_load.png]
+                                    [--url http://HOST:PORT/v1 --model M]
 
 Without --url it serves the embedded model in-process on loopback. GSM8K test questions, greedy decoding.
 """
@@ -69,6 +70,7 @@ async def one_at_a_time(url: str, bodies: list[dict[str, Any]], progress: bool) 
 
 
 def summarize(mode: str, replies: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """One mode's row (per-request latencies and budgets kept for the plot)."""
     ok = [r for r in replies if r["status"] == 200]
     lat = sorted(r["latency"] for r in replies)
     tokens = sum(r["completion"] for r in ok)
@@ -77,7 +79,8 @@ def summarize(mode: str, replies: list[dict[str, Any]], wall: float) -> dict[str
             "over_budget": sum(r["thinking"] > r["budget"] for r in ok),
             "p50_latency_s": statistics.median(lat), "p95_latency_s": lat[max(int(0.95 * len(lat)) - 1, 0)],
             "wall_s": wall, "completion_tokens": tokens, "tokens_per_s": tokens / wall if wall else 0.0,
-            "errors": sorted({r.get("error") for r in replies if r["status"] != 200} - {None})[:5]}
+            "errors": sorted({r.get("error") for r in replies if r["status"] != 200} - {None})[:5],
+            "latencies_s": [round(r["latency"], 3) for r in replies], "budgets": [r.get("budget") for r in replies]}
 
 
 def run(url: str, model: str, n: int, progress: bool) -> dict[str, Any]:
@@ -88,6 +91,29 @@ def run(url: str, model: str, n: int, progress: bool) -> dict[str, Any]:
     seq = summarize("one at a time", *asyncio.run(one_at_a_time(endpoint, bodies, progress)))
     return {"model": model, "budgets": list(BUDGETS), "rows": [conc, seq],
             "throughput_ratio": conc["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None}
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Latency CDF of both modes, and concurrent latency per thinking budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for row in report["rows"]:
+        lat = sorted(row["latencies_s"])
+        ax.step(lat, [(i + 1) / len(lat) for i in range(len(lat))], where="post",
+                label=f"{row['mode']} ({row['tokens_per_s']:.0f} tok/s)")
+    ax.set(xlabel="latency (s)", ylabel="share of requests answered", title="latency CDF")
+    ax.legend()
+    conc = report["rows"][0]
+    bx.scatter(conc["budgets"], conc["latencies_s"], alpha=0.6)
+    bx.set(xlabel="thinking budget (tokens)", ylabel="latency (s)", title="concurrent: latency by budget")
+    fig.suptitle(f"{report['model']}: {conc['requests']} requests, mixed budgets")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -108,6 +134,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/serve_load.json", help="where the JSON report is written")
     ap.add_argument("--url", help="an already running server (default: serve the embedded model here)")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--plot", help="write a latency plot here (e.g. docs/serve_load.png)")
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 64)
     if n < 1:
@@ -126,6 +153,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(report, Path(args.plot))
     if args.json:
         print(json.dumps(report))
     else:

@@ -55,7 +55,7 @@ def _finish(reason: str) -> str:
     return {"eos": "stop", "stop": "stop", "length": "length"}.get(reason, reason)
 
 
-def _usage(result: MethodResult, plan: Plan) -> dict[str, Any]:
+def _usage(result: MethodResult) -> dict[str, Any]:
     u = result.usage
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "total_tokens": u.prompt_tokens + u.completion_tokens,
@@ -155,7 +155,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
             return error_response(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error")
 
     def _response(result: MethodResult, plan: Plan, rid: str, kind: str, raw: bool) -> dict[str, Any]:
-        common = {"id": rid, "created": int(time.time()), "model": model.name, "usage": _usage(result, plan),
+        common = {"id": rid, "created": int(time.time()), "model": model.name, "usage": _usage(result),
                   "reasonbudget": _extra(result, plan)}
         finish = _finish(result.finish_reason)
         if kind == "chat":
@@ -204,7 +204,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
                 return
             yield chunk({}, _finish(result.finish_reason))
             if include_usage:
-                yield chunk(None, usage=_usage(result, plan), reasonbudget=_extra(result, plan))
+                yield chunk(None, usage=_usage(result), reasonbudget=_extra(result, plan))
             yield "data: [DONE]\n\n"
         finally:
             if not job.future.done():  # the client went away mid-stream

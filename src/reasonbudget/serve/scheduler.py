@@ -40,7 +40,7 @@ class QueueFull(Exception):
 class SchedulerConfig:
     max_batch: int = 64
     max_queue: int = 256
-    gather_seconds: float = 0.005
+    gather_seconds: float = 0.05
     """After the first job arrives, wait this long for others to join its batch."""
 
 
