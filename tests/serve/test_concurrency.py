@@ -1,12 +1,10 @@
 """Concurrent requests share engine batches; a full queue answers 503; a client that leaves cancels its rows."""
 
 import asyncio
-import threading
 import time
 
 import httpx
 import pytest
-import torch
 
 from reasonbudget.engine import Engine, SamplingConfig
 from reasonbudget.serve.app import create_app

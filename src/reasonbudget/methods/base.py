@@ -131,6 +131,7 @@ class BudgetedRun:
         watch = observers or [None] * len(ctrls)
         row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
                      for c, s, o in zip(ctrls, steer, watch)]
+
         def result(i: int, d: Decoded) -> MethodResult:
             r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
             r.trace.update(getattr(steer[i], "trace", {}))
