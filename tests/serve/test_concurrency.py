@@ -103,3 +103,21 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_rows(smollm):
     stopped = [n for cancelled, stop, n in seen if cancelled and stop]
     assert stopped and stopped[0] < 400  # the row ended long before its budget
     assert health["status"] == "ok"
+
+
+def test_groups_are_split_to_keep_the_kv_cache_within_its_limit(smollm):
+    s = Scheduler(Engine(smollm), SchedulerConfig(max_kv_gib=0.05))
+    per_token = s.kv_bytes_per_token  # SmolLM2: 30 layers x 2 x 3 heads x 64 x 4 bytes
+    assert per_token == 30 * 2 * 3 * 64 * 4
+    jobs = [Job(prompt=(1,) * 100, max_tokens=900, sampling=SamplingConfig(), seed=0) for _ in range(6)]
+    batches = s._fit_memory(jobs)  # 1000 tokens x 46 KB = 46 MB a row: one row per 0.05 GiB batch
+    assert [len(b) for b in batches] == [1] * 6
+    small = [Job(prompt=(1,) * 10, max_tokens=40, sampling=SamplingConfig(), seed=0) for _ in range(6)]
+    assert [len(b) for b in s._fit_memory(small)] == [6]
+
+
+def test_the_engine_cache_is_resized_for_the_next_batch_alone(smollm):
+    engine = Engine(smollm)
+    engine.release(engine.prefill([(1, 2, 3)] * 8, max_new_tokens=5))
+    engine.release(engine.prefill([(1, 2, 3)], max_new_tokens=200))
+    assert (engine.cache.num_rows, engine.cache.capacity) == (1, 203)  # not 8 rows x 203

@@ -48,10 +48,10 @@ class Engine:
             return
         if c is not None and bool(c.in_use.any()):
             raise RuntimeError("KV cache too small while rows are live; release rows or reserve more up front")
-        rows = max(num_rows, 1 if c is None else c.num_rows)
-        cap = max(capacity, 0 if c is None else c.capacity)
+        # Nothing is live: the new cache is sized for this request alone, so that one wide batch followed by
+        # one long row does not leave a cache that is both wide and long (a server would keep growing).
         self.cache = None  # free the old one before allocating
-        self.cache = self.backend.new_cache(rows, cap)
+        self.cache = self.backend.new_cache(max(num_rows, 1), capacity)
 
     def reserve(self, num_rows: int, capacity: int) -> None:
         """Make room for `num_rows` rows of `capacity` tokens (call before forking many rows)."""

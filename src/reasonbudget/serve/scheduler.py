@@ -32,6 +32,14 @@ EARLY_RESULT_METHODS = frozenset({"plain", "budget-forcing", "nothinking", "budg
 """Methods whose result is their one decode's row: a request is answered as soon as its row is done."""
 
 
+def _rows_of(job: Job) -> int:
+    """KV rows a job holds at once: N for search methods (samples, particles), else one."""
+    if job.method is None:
+        return 1
+    cls = METHODS[job.method.split(":")[0]]
+    return job.budget or 1 if getattr(cls, "budget_unit", "thinking tokens") != "thinking tokens" else 1
+
+
 class QueueFull(Exception):
     pass
 
@@ -42,6 +50,8 @@ class SchedulerConfig:
     max_queue: int = 256
     gather_seconds: float = 0.05
     """After the first job arrives, wait this long for others to join its batch."""
+    max_kv_gib: float = 4.0
+    """A batch's KV cache (rows x longest prompt plus max_tokens) stays within this; larger groups are split."""
 
 
 class Scheduler:
@@ -98,9 +108,33 @@ class Scheduler:
                 groups.setdefault(job.group_key(per_row), []).append(job)
             self.running = len(live)
             for group in groups.values():
-                self.batches += 1
-                self._run_isolated(group)
+                for batch in self._fit_memory(group):
+                    self.batches += 1
+                    self._run_isolated(batch)
             self.running = 0
+
+    def _fit_memory(self, jobs: list[Job]) -> list[list[Job]]:
+        """Consecutive slices of a group whose KV cache fits in `max_kv_gib` (a job alone always runs)."""
+        budget = self.config.max_kv_gib * 2**30
+        batches: list[list[Job]] = []
+        current: list[Job] = []
+        for job in jobs:
+            trial = current + [job]
+            rows = sum(_rows_of(j) for j in trial)
+            length = max(len(j.prompt) + j.max_tokens for j in trial)
+            if current and rows * length * self.kv_bytes_per_token > budget:
+                batches.append(current)
+                trial = [job]
+            current = trial
+        return batches + [current] if current else batches
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        if not hasattr(self, "_kv_bytes"):
+            probe = self.engine.backend.new_cache(1, 1)
+            k = getattr(probe, "k", None)
+            self._kv_bytes = 2 * k.numel() * k.element_size() if k is not None else 16
+        return self._kv_bytes
 
     def _run_isolated(self, jobs: list[Job]) -> None:
         """Run a group; if it fails, run its jobs one by one so one bad request cannot fail the others."""
