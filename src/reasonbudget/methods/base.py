@@ -48,6 +48,11 @@ class Method(Protocol):
 METHODS: dict[str, Callable[..., Method]] = {}
 
 
+def takes_samples(name: str) -> bool:
+    """The method's budget is N samples or particles (search methods), not thinking tokens."""
+    return getattr(METHODS[name], "budget_unit", "thinking tokens") != "thinking tokens"
+
+
 def register(cls: type) -> type:
     METHODS[cls.name] = cls
     return cls

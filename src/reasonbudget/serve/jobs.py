@@ -14,6 +14,7 @@ from typing import Any
 
 from reasonbudget.engine.controllers import KEEP, Action, Controller
 from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.methods.base import takes_samples
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -36,10 +37,16 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: asyncio.Future | None = None
 
-    def group_key(self, per_row_budget: bool) -> tuple[Any, ...]:
-        """Jobs with equal keys run in one engine batch."""
-        budget = None if per_row_budget else self.budget
-        return (self.method, budget, self.sampling, self.stop if self.method is None else ())
+    @property
+    def method_name(self) -> str | None:
+        return self.method.split(":")[0] if self.method is not None else None
+
+    def group_key(self, per_row_budget_methods: frozenset[str]) -> tuple[Any, ...]:
+        """Jobs with equal keys run in one engine batch (methods that take a budget per row mix budgets)."""
+        budget = None if self.method_name in per_row_budget_methods else self.budget
+        # Search methods take max_tokens into their config (one per batch); other rows are capped one by one.
+        limit = self.max_tokens if self.method_name is not None and takes_samples(self.method_name) else None
+        return (self.method, budget, limit, self.sampling, self.stop if self.method is None else ())
 
     def emit(self, kind: str, text: str) -> None:
         if self.events is not None and self.loop is not None and text:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import METHODS, make_method, profile_tokens
+from reasonbudget.methods.base import METHODS, make_method, profile_tokens, takes_samples
 from reasonbudget.methods.spec import parse_method_spec
 from reasonbudget.models.registry import LoadedModel
 from reasonbudget.serve.schema import GenerationFields
@@ -76,10 +76,6 @@ def _spec(name: str, settings: Mapping[str, Any] | None) -> str:
     return f"{name}:{','.join(parts)}"
 
 
-def _uses_samples(name: str) -> bool:
-    return getattr(METHODS[name], "budget_unit", "thinking tokens") != "thinking tokens"
-
-
 def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenIds, model: LoadedModel,
                  cfg: ServeConfig, *, raw_text: bool = False) -> Plan:
     """The job for a request. `raw_text`: /v1/completions, which continues the prompt as plain text unless
@@ -117,7 +113,7 @@ def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenId
 def _budget(name: str, req: GenerationFields, policy: ThinkingPolicy, max_tokens: int, model: LoadedModel,
             cfg: ServeConfig) -> int | None:
     cls = METHODS[name]
-    if _uses_samples(name):
+    if takes_samples(name):
         if policy.budget is not None:
             raise RequestError(f"{policy.source} is a thinking budget; {name} takes N {cls.budget_unit} as "
                                "budget", policy.source)

@@ -20,7 +20,7 @@ import torch
 
 from reasonbudget.engine.controllers import Chain, StopOnText
 from reasonbudget.engine.engine import Decoded, Engine
-from reasonbudget.methods.base import METHODS, make_method, observing, profile_tokens
+from reasonbudget.methods.base import METHODS, make_method, observing, profile_tokens, takes_samples
 from reasonbudget.methods.spec import parse_method_spec
 from reasonbudget.serve.jobs import Cancelled, Job, RowWatcher
 from reasonbudget.types import MethodResult, Usage
@@ -34,10 +34,7 @@ EARLY_RESULT_METHODS = frozenset({"plain", "budget-forcing", "nothinking", "budg
 
 def _rows_of(job: Job) -> int:
     """KV rows a job holds at once: N for search methods (samples, particles), else one."""
-    if job.method is None:
-        return 1
-    cls = METHODS[job.method.split(":")[0]]
-    return job.budget or 1 if getattr(cls, "budget_unit", "thinking tokens") != "thinking tokens" else 1
+    return (job.budget or 1) if job.method_name is not None and takes_samples(job.method_name) else 1
 
 
 class QueueFull(Exception):
@@ -61,6 +58,8 @@ class Scheduler:
         self.running = 0
         self.batches = 0
         self.thread: threading.Thread | None = None
+        probe = getattr(engine.backend.new_cache(1, 1), "k", None)  # the HF fallback caches token ids only
+        self.kv_bytes_per_token = 2 * probe.numel() * probe.element_size() if probe is not None else 16
 
     def start(self) -> None:
         """Start the engine thread (again, after `stop`); a no-op while it runs."""
@@ -104,8 +103,7 @@ class Scheduler:
                 (job.finish(Cancelled()) if job.cancelled.is_set() else live.append(job))
             groups: dict[tuple, list[Job]] = {}
             for job in live:
-                per_row = job.method is not None and job.method.split(":")[0] in PER_ROW_BUDGET_METHODS
-                groups.setdefault(job.group_key(per_row), []).append(job)
+                groups.setdefault(job.group_key(PER_ROW_BUDGET_METHODS), []).append(job)
             self.running = len(live)
             for group in groups.values():
                 for batch in self._fit_memory(group):
@@ -128,14 +126,6 @@ class Scheduler:
             current = trial
         return batches + [current] if current else batches
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        if not hasattr(self, "_kv_bytes"):
-            probe = self.engine.backend.new_cache(1, 1)
-            k = getattr(probe, "k", None)
-            self._kv_bytes = 2 * k.numel() * k.element_size() if k is not None else 16
-        return self._kv_bytes
-
     def _run_isolated(self, jobs: list[Job]) -> None:
         """Run a group; if it fails, run its jobs one by one so one bad request cannot fail the others."""
         try:
@@ -155,7 +145,7 @@ class Scheduler:
         model = self.engine.model
         close = model.profile.think_close
         holdback = len(profile_tokens(model).close_ids) + 1
-        early = jobs[0].method is not None and jobs[0].method.split(":")[0] in EARLY_RESULT_METHODS
+        early = jobs[0].method_name in EARLY_RESULT_METHODS
         watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback, early) for j in jobs]
         generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
         head = jobs[0]
@@ -163,7 +153,7 @@ class Scheduler:
             results = self._continue_text(jobs, watchers, generators)
         else:
             name, settings = parse_method_spec(head.method)
-            if "max_tokens" in {f for f in getattr(METHODS[name].config_type, "__dataclass_fields__", {})}:
+            if "max_tokens" in getattr(METHODS[name].config_type, "__dataclass_fields__", {}):
                 settings.setdefault("max_tokens", head.max_tokens)
             method = make_method(name, head.sampling, **settings)
             budget = [j.budget for j in jobs] if name in PER_ROW_BUDGET_METHODS else head.budget
