@@ -90,11 +90,11 @@ def measure(args) -> dict:
         for prm, setting in PRMS.items():
             big = max(args.ns)
             where = out / f"{prm}-d{d}"
-            records = sweep(task, [f"best-of-n:{setting},{STEPS}"], [big], args, where)
+            records = sweep(task, [f"best-of-n:{setting},{STEPS}"], [big], args, where, args.temperature)
             searched = [n for n in args.ns if n <= args.search_max]
-            records += sweep(task, [f"particle-filter:{setting},{STEPS}"], searched, args, where)
+            records += sweep(task, [f"particle-filter:{setting},{STEPS}"], searched, args, where, args.temperature)
             records += sweep(task, [f"{m}:{setting},{STEPS}" for m in ("beam-search", "dvts")],
-                             [n for n in searched if n >= BEAM_WIDTH], args, where)
+                             [n for n in searched if n >= BEAM_WIDTH], args, where, args.temperature)
             for r in records:
                 name = r["method"].split(":")[0]
                 if name == "best-of-n":
@@ -112,7 +112,7 @@ def measure(args) -> dict:
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
     return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
-                         "seeds": args.seeds, "temperature": TEMPERATURE, "ns": list(args.ns), "prms": PRMS}}
+                         "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": PRMS}}
 
 
 def rows_of(cells) -> list[dict]:
@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--load", help="print/plot a saved report.json, measure nothing")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--per-difficulty", type=int, default=None)
+    ap.add_argument("--temperature", type=float, default=TEMPERATURE,
+                    help=f"sampling temperature of every search method (default {TEMPERATURE})")
     ap.add_argument("--batch-size", type=int, default=None, help="problems per engine batch")
     ap.add_argument("--ns", default=None, help="comma-separated N values (default 1,2,4,...,64)")
     ap.add_argument("--search-max", type=int, default=None,

@@ -192,3 +192,21 @@ def test_prompt_too_long_is_a_clear_error(tiny):
 
     with pytest.raises(PromptTooLongError, match="exceeds the context"):
         Engine(tiny).prefill([tuple(range(3, 99)) * 3], max_new_tokens=10)
+
+
+def test_peek_reads_past_the_row_and_leaves_it_unchanged(tiny):
+    """Logits after history + suffix equal a fresh forward of that text; ragged rows and suffixes in one call
+    (chunked); the rows then decode exactly as if nothing had been peeked."""
+    prompts = _prompts(3, seed=8)
+    e = Engine(tiny, prefill_chunk_tokens=64)  # small chunks: the peek is split over several calls
+    rows = e.prefill(prompts, max_new_tokens=40)
+    e.decode(rows, max_new_tokens=5, sampling=GREEDY, stop_on_eos=False)
+    suffixes = [(7, 8, 9), (11,), (12, 13, 14, 15, 16)]
+    got = e.peek(rows, suffixes)
+    for r, s, g in zip(rows.tolist(), suffixes, got):
+        text = e.tokens(r) + list(s)
+        c = tiny.backend.new_cache(1, 64)
+        ref = tiny.backend(torch.tensor([text]), c, torch.tensor([0])).logits[0, -1]
+        assert torch.allclose(g, ref, atol=1e-4)
+    out = e.decode(rows, max_new_tokens=10, sampling=GREEDY, stop_on_eos=False)
+    assert [d.tokens for d in out] == [_alone(tiny, p, 15)[5:] for p in prompts]

@@ -122,3 +122,25 @@ def test_the_trained_prm_is_the_default_for_testbed_models_and_its_reading_is_co
     results = _run(testbed, "particle-filter", 2)
     for r in results:
         assert r.usage.prm_calls >= 2 and r.usage.prm_tokens > r.usage.prm_calls * 10
+
+
+def test_the_self_judge_scores_particles_on_their_rows_at_a_fixed_cost_per_call(smollm):
+    """prm=judge on a chat model: each call reads only the judge's question (not the prefix, as judge-text
+    does), every particle gets a finite score, and no KV row is left behind."""
+    from reasonbudget.engine import Engine
+    from reasonbudget.rewards.judge import SelfJudge
+    from reasonbudget.tasks import get_task
+
+    task = get_task("gsm8k")
+    prompt = task.prompt(smollm, task.problems(1)[0])
+    engine = Engine(smollm)
+    used = {}
+    for prm in ("judge", "judge-text"):
+        method = make_method(f"particle-filter:prm={prm},max_tokens=64,max_steps=3,max_step_tokens=24",
+                             SamplingConfig(temperature=0.8))
+        (r,) = method.run(engine, [prompt], budget=2, generator=[torch.Generator().manual_seed(0)])
+        assert r.usage.prm_calls >= 2 and all(s is not None for s in r.trace["final_scores"])
+        used[prm] = r.usage.prm_tokens / r.usage.prm_calls
+        assert not engine.cache.in_use.any()
+    assert used["judge"] <= len(SelfJudge(smollm).open_suffix) + 1
+    assert used["judge-text"] > 3 * used["judge"]

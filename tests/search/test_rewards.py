@@ -93,3 +93,42 @@ def test_scorer_aggregates_isolates_failures_and_counts_calls():
     assert prm.seen[-1][0].steps == ("a | b | c",)  # the whole prefix as one step
     with pytest.raises(ValueError, match="accepted are last, min, prod, mean, model"):
         RewardScorer(prm, "max")  # type: ignore[arg-type]
+
+
+def test_self_judge_reads_the_policy_rows_like_a_full_prompt(smollm):
+    """The KV-row judge equals the yes-probability of the full text (solution + question) computed from
+    scratch; rows that ended their turn get the question without a second end-of-turn token; the rows are
+    unchanged, and it reads only the question's tokens."""
+    from reasonbudget.engine import Engine
+    from reasonbudget.rewards.judge import SelfJudge, p_yes
+
+    judge = SelfJudge(smollm)
+    assert judge.closed_suffix == judge.open_suffix[1:] and judge.open_suffix[0] in smollm.eos_ids
+    assert "correct" in smollm.decode(judge.open_suffix)
+    e = Engine(smollm)
+    prompt = smollm.encode("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+    e.reserve(2, 128)
+    rows = e.prefill([prompt + smollm.encode("2 + 3 = 5."), prompt + smollm.encode("2 + 3 = 7.<|im_end|>")],
+                     max_new_tokens=40)
+    before = [list(e.tokens(r)) for r in rows.tolist()]
+    scores = judge.score_rows(e, rows.tolist())
+    for h, s, suffix in zip(before, scores, (judge.open_suffix, judge.closed_suffix)):
+        c = smollm.backend.new_cache(1, 128)
+        logits = smollm.backend(torch.tensor([h + list(suffix)]), c, torch.tensor([0])).logits[:, -1]
+        assert float(s) == pytest.approx(float(p_yes(logits, judge.yes, judge.no)), abs=1e-4)
+    assert [e.tokens(r) for r in rows.tolist()] == before
+    assert judge.tokens_read == len(judge.open_suffix) + len(judge.closed_suffix) + 2
+
+
+def test_self_judge_scores_nan_without_room_and_scorer_needs_rows(smollm):
+    from reasonbudget.engine import Engine
+    from reasonbudget.rewards.judge import SelfJudge
+
+    judge = SelfJudge(smollm)
+    e = Engine(smollm)
+    (row,) = e.prefill([smollm.encode("Hello there")], max_new_tokens=2).tolist()  # no room for the question
+    assert math.isnan(float(judge.score_rows(e, [row])[0]))
+    scorer = RewardScorer(judge, engine=e)
+    assert math.isnan(scorer([StepSequence("q", ("a",))], rows=[None])[0])
+    with pytest.raises(ValueError, match="reads KV rows"):
+        RewardScorer(judge)([StepSequence("q", ("a",))])

@@ -115,6 +115,26 @@ class Engine:
             self.cache.lengths[chunk_rows] = torch.tensor([len(p) - 1 for p in chunk])
         return rows
 
+    @torch.inference_mode()
+    def peek(self, rows: Tensor, suffixes: Sequence[TokenIds]) -> Tensor:
+        """Next-token logits after each row's tokens followed by suffixes[i], leaving the row as it was: the
+        suffix's K/V land past the row's length, where its next token overwrites them. A look-ahead without a
+        copy or a re-prefill (a judge's question appended to a partial solution). -> [R, V]"""
+        if rows.numel() != len(suffixes):
+            raise ValueError(f"{rows.numel()} rows, {len(suffixes)} suffixes")
+        feeds = [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)]
+        longest = max(len(self.history[r]) for r in rows.tolist()) + max(map(len, feeds))
+        per_chunk = max(1, self.prefill_chunk_tokens // longest)  # bounds the K/V gathered per call
+        out = []
+        for i in range(0, len(feeds), per_chunk):
+            chunk = feeds[i : i + per_chunk]
+            x = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for j, f in enumerate(chunk):
+                x[j, : len(f)] = torch.tensor(f)
+            at = torch.tensor([len(f) - 1 for f in chunk])
+            out.append(self._forward(x, rows[i : i + per_chunk], at, ()).logits)
+        return torch.cat(out)
+
     def _step_forward(self, act_rows: Tensor, zeros: Tensor, layers: Sequence[int]):
         """Feed each active row its last token. Rows scattered over a range at least half full are fed as the
         whole range (rows outside the call get their own last token at their next position: the K/V they

@@ -3,7 +3,8 @@
     auto     the testbed's trained PRM for testbed models, else an LLM judge (the policy model itself)
     testbed  the trained testbed PRM (verifier LM + step head) committed with the package
     oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier)
-    judge    LLM-as-judge with the policy model
+    judge    LLM-as-judge: the policy model judges its own partial solutions on their KV rows (cheap)
+    judge-text  LLM-as-judge with a fresh prompt per prefix (the policy model; re-reads the whole prefix)
     PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
 
 Loaded PRMs are kept per process: a sweep builds its method once per unit, the PRM only once.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = ("auto", "testbed", "oracle", "judge")
+NAMES = ("auto", "testbed", "oracle", "judge", "judge-text")
 _loaded: dict[tuple, object] = {}
 
 
@@ -46,6 +47,10 @@ def _build(name: str, policy, noise: float, seed: int):
 
         return TestbedPRM(testbed_prm_dir())
     if name == "judge":
+        from reasonbudget.rewards.judge import SelfJudge
+
+        return SelfJudge(policy)
+    if name == "judge-text":
         from reasonbudget.rewards.judge import LLMJudge
 
         return LLMJudge(policy)

@@ -107,10 +107,12 @@ class StepRunner:
     """Particles of a batch of prompts on one engine. Typical use: `start`, then repeatedly `extend`,
     `score`, and `rebind` (after a search method chose the next population), then `results`."""
 
-    def __init__(self, engine: Engine, sampling: SamplingConfig, cfg: StepConfig) -> None:
+    def __init__(self, engine: Engine, sampling: SamplingConfig, cfg: StepConfig, *, lookahead: int = 0) -> None:
+        """`lookahead`: room kept in every row past its last token (a scorer that peeks, `Engine.peek`)."""
         from reasonbudget.methods.base import profile_tokens  # the methods package imports this module
 
         self.engine, self.model, self.sampling, self.cfg = engine, engine.model, sampling, cfg
+        self.lookahead = lookahead
         self.ptok = profile_tokens(self.model)
         self.delimiter = cfg.delimiter or self.model.profile.step_delimiter
         self.delimiter_ids = self.model.encode(self.delimiter)
@@ -131,7 +133,8 @@ class StepRunner:
             raise PromptTooLongError(f"the prompt has {longest} tokens and {self.model.name}'s context is "
                                      f"{self.model.context_length}; too little room to generate")
         self.capacity = longest + min(room, self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1)
-        self.engine.reserve(sum(counts) + len(prompts) + spare_rows, self.capacity)
+        self.engine.reserve(sum(counts) + len(prompts) + spare_rows,
+                            min(self.capacity + self.lookahead, self.model.context_length))
         self.roots = self.engine.prefill(list(prompts), max_new_tokens=self.capacity - longest).tolist()
         self.owned.update(self.roots)
         return self.spawn(counts)
@@ -278,7 +281,7 @@ class StepRunner:
               questions: Sequence[str]) -> list[Particle]:
         """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
         items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
-        values = scorer(items)
+        values = scorer(items, rows=[particles[j].row for j in which]) if scorer.reads_rows else scorer(items)
         out = list(particles)
         for j, v in zip(which, values):
             out[j] = replace(out[j], scores=out[j].scores + (v,))

@@ -2,7 +2,8 @@
 
 A PRM that raises or returns NaN for some items must not sink a search: the batch is retried item by item
 and a failing item scores NaN (the search drops that particle). Every call is counted: `calls` (prefixes
-scored) and `tokens` (what the PRM read, when it reports it).
+scored) and `tokens` (what the PRM read, when it reports it). A PRM that reads the policy's KV rows
+(`reads_rows`, the self-judge) gets them with the engine instead of texts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 class RewardScorer:
     prm: ProcessRewardModel
     aggregation: Aggregation = "last"
+    engine: object | None = None
+    """Needed by a PRM that reads rows."""
     calls: int = 0
     tokens: int = 0
 
@@ -30,10 +33,17 @@ class RewardScorer:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation {self.aggregation!r}: accepted are {', '.join(AGGREGATIONS)}")
 
-    def __call__(self, items: Sequence[StepSequence]) -> list[float]:
-        """One score in [0, 1] per item, NaN where the PRM failed."""
+    @property
+    def reads_rows(self) -> bool:
+        return bool(getattr(self.prm, "reads_rows", False))
+
+    def __call__(self, items: Sequence[StepSequence], rows: Sequence[int | None] | None = None) -> list[float]:
+        """One score in [0, 1] per item, NaN where the PRM failed. `rows`: each item's KV row (for a PRM that
+        reads rows; an item without one scores NaN)."""
         if not items:
             return []
+        if self.reads_rows:
+            return self._score_rows(items, rows)
         if self.aggregation == "model":  # the whole prefix as one step ("PRM as ORM on partial answers")
             sep = getattr(self.prm, "step_separator", "\n\n")
             items = [StepSequence(it.problem, (sep.join(it.steps),) if it.steps else ()) for it in items]
@@ -50,9 +60,27 @@ class RewardScorer:
         how = "last" if self.aggregation == "model" else self.aggregation
         return [_checked(s, how) for s in per_step]
 
-    def _one(self, item: StepSequence):
+    def _score_rows(self, items: Sequence[StepSequence], rows: Sequence[int | None] | None) -> list[float]:
+        if rows is None or len(rows) != len(items) or self.engine is None:
+            raise ValueError(f"{type(self.prm).__name__} reads KV rows: pass the engine and one row per item")
+        self.calls += len(items)
+        before = self.prm.tokens_read
+        have = [i for i, r in enumerate(rows) if r is not None]
+        scores: list = [None] * len(items)
         try:
-            return self.prm.score_steps([item])[0]
+            for i, s in zip(have, self.prm.score_rows(self.engine, [rows[i] for i in have])):
+                scores[i] = s
+        except Exception as e:  # one row at a time, so that one failure drops one candidate
+            logger.warning("PRM batch failed (%s: %s); scoring rows one by one", type(e).__name__, e)
+            for i in have:
+                scores[i] = self._one(rows[i], lambda r: self.prm.score_rows(self.engine, [r]))
+        self.tokens += self.prm.tokens_read - before
+        return [_checked(s, "last") for s in scores]
+
+    def _one(self, item, score=None):
+        score = score or (lambda it: self.prm.score_steps([it]))
+        try:
+            return score(item)[0]
         except Exception as e:
             logger.warning("PRM failed on one item (%s: %s); that candidate is dropped", type(e).__name__, e)
             return None

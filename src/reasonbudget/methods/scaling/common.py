@@ -29,7 +29,7 @@ class SearchConfig:
     default_temperature: float = 0.8
     """Used when `sampling` is greedy (the harness default): N copies of one greedy answer buy nothing."""
     prm: str = "auto"
-    """auto | testbed | oracle | judge | a PRM directory or hub id (see `rewards.factory`)."""
+    """auto | testbed | oracle | judge | judge-text | a PRM directory or hub id (see `rewards.factory`)."""
     prm_noise: float = 0.0
     """Oracle PRM only: probability of flipping each step label."""
     aggregation: str = "last"
@@ -96,11 +96,12 @@ def setup(cfg: SearchConfig, engine: Engine, prompts: Sequence[TokenIds], genera
     from reasonbudget.rewards.factory import load_prm
 
     started = time.perf_counter()
-    runner = StepRunner(engine, cfg.search_sampling(), StepConfig(**cfg.step_fields()))
     scorer = None
     if needs_prm:
         prm = load_prm(cfg.prm, engine.model, noise=cfg.prm_noise)
-        scorer = RewardScorer(prm, cfg.aggregation)  # type: ignore[arg-type]
+        scorer = RewardScorer(prm, cfg.aggregation, engine=engine)  # type: ignore[arg-type]
+    runner = StepRunner(engine, cfg.search_sampling(), StepConfig(**cfg.step_fields()),
+                        lookahead=getattr(scorer.prm, "lookahead_tokens", 0) if scorer else 0)
     return Search(runner, scorer, questions_of(prompts, method), prompt_generators(generator, len(prompts)), started)
 
 
