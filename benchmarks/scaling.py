@@ -5,7 +5,9 @@ seeds, with two PRMs: the trained testbed PRM and the exact checker with each st
 probability 0.2 (a noisy oracle, to test how each method copes with verifier errors). Methods:
 best-of-N, weighted best-of-N and majority vote (search-and-learn's protocol: one run of 64 samples per
 problem and seed, evaluated at n = 1, 2, 4, ... on its first n samples), beam search and DVTS (from N = 4,
-beam width 4), and particle filtering, each run at every N. Greedy decoding gives the N = 1 reference.
+beam width 4), and particle filtering, each run at every N (`particle-filter` selects the highest final
+weight, the paper's rule; `particle-filter-vote` is the same runs read with the weighted vote over the
+final particles' answers). Greedy decoding gives the N = 1 reference.
 Everything runs through the evaluation harness (one resumable sweep directory per PRM and difficulty).
 
     python benchmarks/scaling.py [--quick] [--json] [--out DIR] [--plot PNG]
@@ -78,6 +80,8 @@ def subsample(record: dict, n: int) -> dict[str, dict]:
 def measure(args) -> dict:
     import torch
 
+    from reasonbudget.tasks import grade
+
     torch.set_num_threads(2)
     t0 = time.time()
     out = Path(args.out)
@@ -106,9 +110,13 @@ def measure(args) -> dict:
                                 continue  # no PRM: one row is enough
                             cells[(method, "-" if method == "majority-vote" else prm, n)].append(cell)
                     continue
-                cells[(name, prm, r["budget"])].append({"correct": r["correct"],
-                                                        "generated": r["usage"]["completion_tokens"],
-                                                        "prm_calls": r["usage"]["prm_calls"]})
+                c = {"correct": r["correct"], "generated": r["usage"]["completion_tokens"],
+                     "prm_calls": r["usage"]["prm_calls"]}
+                cells[(name, prm, r["budget"])].append(c)
+                if name == "particle-filter" and "picks" in r["trace"]:  # the same run, weighted-vote selection
+                    voted = r["trace"]["answers"][r["trace"]["picks"]["vote"]]
+                    cells[("particle-filter-vote", prm, r["budget"])].append(
+                        c | {"correct": grade(voted, r["gold"], task="testbed")})
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
     return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,

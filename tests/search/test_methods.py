@@ -144,3 +144,14 @@ def test_the_self_judge_scores_particles_on_their_rows_at_a_fixed_cost_per_call(
         assert not engine.cache.in_use.any()
     assert used["judge"] <= len(SelfJudge(smollm).open_suffix) + 1
     assert used["judge-text"] > 3 * used["judge"]
+
+
+def test_particle_filter_trace_reports_what_argmax_and_vote_select(testbed):
+    """One run answers for both deterministic selection rules: the argmax pick is the returned answer, and a
+    run with selection=vote returns the vote pick."""
+    argmax = _run(testbed, "particle-filter:prm=oracle,prm_noise=0.2", 4)
+    voted = _run(testbed, "particle-filter:prm=oracle,prm_noise=0.2,selection=vote", 4)
+    for a, v in zip(argmax, voted):
+        assert a.trace["answers"] == v.trace["answers"] and a.trace["picks"] == v.trace["picks"]
+        assert a.answer == a.trace["answers"][a.trace["picks"]["argmax"]]
+        assert v.answer == v.trace["answers"][v.trace["picks"]["vote"]]

@@ -168,8 +168,12 @@ class ParticleFilter(SearchMethod):
         out = []
         for i, pop in enumerate(pops):
             chosen = select(pop, self.config, s.generators[i], s.runner)
+            # what the deterministic selection rules would return, so one run reports both (benchmarks)
+            picks = {rule: pop.index(select(pop, replace(self.config, selection=rule), s.generators[i], s.runner))
+                     for rule in ("argmax", "vote")}
             trace = {"n": n, "rounds": len(stats[i].get("ess", [])), "ess": stats[i].get("ess", []),
-                     "final_scores": score_list(pop)}
+                     "final_scores": score_list(pop), "picks": picks,
+                     "answers": [s.runner.result(p, wall_seconds=0).answer for p in pop]}
             out.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
                                        prm_tokens=tokens, trace=trace))
         return out
