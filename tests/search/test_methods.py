@@ -155,3 +155,15 @@ def test_particle_filter_trace_reports_what_argmax_and_vote_select(testbed):
         assert a.trace["answers"] == v.trace["answers"] and a.trace["picks"] == v.trace["picks"]
         assert a.answer == a.trace["answers"][a.trace["picks"]["argmax"]]
         assert v.answer == v.trace["answers"][v.trace["picks"]["vote"]]
+
+
+def test_particle_gibbs_copies_the_reference_prefix_by_forking(testbed, monkeypatch):
+    """Copies of the reference's prefix are KV-row forks: prefills are the prompts' (once) plus at most one
+    per reference and iteration (a finished reference gets its row back once), however often it is drawn."""
+    engine = testbed[0]
+    calls = []
+    real = engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda prompts, **kw: calls.append(len(prompts)) or real(prompts, **kw))
+    results = _run(testbed, "particle-gibbs:prm=oracle,prm_noise=0.2,iterations=3", 12)
+    assert len(results) == 3 and not engine.cache.in_use.any()
+    assert calls[0] == 3 and len(calls) <= 1 + 2 * 3

@@ -190,6 +190,16 @@ class StepRunner:
         return Particle(p.prompt, row, p.tokens[:cut], p.steps[:num_steps], p.step_ends[:num_steps],
                         p.scores[:num_steps])
 
+    def materialize(self, p: Particle) -> Particle:
+        """`p` with an engine row holding its whole text (one prefill if it had none), so that prefixes of it
+        are forks cut back rather than prefills (particle Gibbs's reference, copied at many rounds)."""
+        if p.row is not None:
+            return p
+        text = self.prompts[p.prompt] + p.tokens
+        (row,) = self.engine.prefill([text], max_new_tokens=max(0, self.capacity - len(text))).tolist()
+        self.owned.add(row)
+        return replace(p, row=row)
+
     def release(self, particles: Sequence[Particle]) -> None:
         self._free(sorted({p.row for p in particles if p.row is not None}))
 

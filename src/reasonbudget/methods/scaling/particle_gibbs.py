@@ -5,8 +5,8 @@ Budget N = particles x iterations (as its_hub: N must be divisible by `iteration
 first, n - 1 free particles run alongside the reference; at round t the resampling pool holds the free
 particles and the reference's prefix of t steps, weighted by the reference's own score after t steps (the
 paper's code compares it one step off; its_hub#54 compared full against partial weights). Drawing the
-reference forks its t-step prefix into a free particle (KV row forked and cut back). The reference itself
-is never replaced. The answer: the highest final weight of the last iteration.
+reference forks its t-step prefix into a free particle (KV row forked and cut back; a finished reference
+gets its row back by one prefill per iteration). The reference itself is never replaced. The answer: the highest final weight of the last iteration.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def gibbs_iterations(s: Search, cfg: ParticleGibbsConfig, per: int, taus: Sequen
         refs = [draw_reference(pop, cfg, s.generators[j], taus[j]) for j, pop in enumerate(pops)]
         if on_iteration is not None:
             refs = on_iteration(refs)
-        keep = [r for r in refs if r.row is not None]
-        s.runner.rebind([p for pop in pops for p in pop], keep)  # free everything but the references' rows
+        # free every row but the references'; a reference without one (it finished before the last round)
+        # gets one back, so that each copy of its prefix is a fork, not a prefill
+        s.runner.rebind([p for pop in pops for p in pop], [], keep_rows=[r.row for r in refs if r.row is not None])
+        refs = [s.runner.materialize(r) for r in refs]
         free = s.runner.spawn([per - 1] * k)
         free = run_filter(s, free, cfg, taus=taus, references=refs, stats=stats)
         pops = [pop + [ref] for pop, ref in zip(free, refs)]
