@@ -8,7 +8,7 @@ Everything runs through the evaluation harness (resumable sweep directories unde
 
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--json]
 
---json prints {"rows": [{"method", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
+--json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...]}.
 """
 
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from scaling import outcome, rows_of, subsample, voted_outcome  # benchmarks/ is on sys.path when run as a script
 
 PRM = "prm=judge"
 TEMPERATURE = 0.8
@@ -37,80 +38,30 @@ def sweep(args, methods, budgets, out: Path, temperature: float) -> list[dict]:
     return list(ResultsFile(out / "results.jsonl").load().values())
 
 
-def cell(r: dict, **over) -> dict:
-    u = r["usage"]
-    c = {"correct": r["correct"], "generated": u["completion_tokens"], "prm_calls": u["prm_calls"],
-         "prm_tokens": u["prm_tokens"], "wall": u["wall_seconds"]}
-    return c | over
-
-
-def sampled_cells(r: dict, n: int) -> dict[str, dict]:
-    """best-of-n, weighted-best-of-n and majority vote on the first n samples of a weighted-best-of-n record;
-    cost is the share of the record's cost that n samples take."""
-    from reasonbudget.methods.scaling.common import finite
-    from reasonbudget.search.voting import answer_groups, vote
-    from reasonbudget.tasks import grade
-
-    answers, scores = r["trace"]["answers"][:n], r["trace"]["scores"][:n]
-    scores = [float("nan") if s is None else s for s in scores]
-    groups = answer_groups(answers)
-    answered = [i for i, a in enumerate(answers) if a.strip()] or list(range(n))
-    picks = {"best-of-n": max(answered, key=lambda i: finite(scores[i])),
-             "weighted-best-of-n": vote(groups, scores), "majority-vote": vote(groups)}
-    share = n / len(r["trace"]["answers"])
-    u = r["usage"]
-    out = {}
-    for method, pick in picks.items():
-        ok = pick is not None and grade(answers[pick], r["gold"], task="gsm8k")
-        judged = method != "majority-vote"
-        out[method] = cell(r, correct=ok, generated=share * u["completion_tokens"],
-                           prm_calls=n if judged else 0, prm_tokens=share * u["prm_tokens"] if judged else 0,
-                           wall=share * u["wall_seconds"])
-    return out
-
-
 def measure(args) -> dict:
     import torch
-
-    from reasonbudget.tasks import grade
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.out)
     steps = f"max_tokens={args.max_tokens}"
-    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in sweep(args, ["plain"], [], out / "greedy", 0.0):
-        cells[("greedy", 1)].append(cell(r))
+        cells[("greedy", "-", 1)].append(outcome(r))
     big = max(args.ns)
     for r in sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE):
         for n in args.ns:
-            for method, c in sampled_cells(r, n).items():
-                cells[(method, n)].append(c)
+            for method, c in subsample(r, n, task="gsm8k").items():
+                cells[(method, "-" if method == "majority-vote" else "judge", n)].append(c)
     _log(args, f"sampled done ({time.time() - t0:.0f}s)")
     for r in sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns), out / "particle-filter", TEMPERATURE):
-        cells[("particle-filter", r["budget"])].append(cell(r))
+        cells[("particle-filter", "judge", r["budget"])].append(outcome(r))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
-            voted = r["trace"]["answers"][r["trace"]["picks"]["vote"]]
-            cells[("particle-filter-vote", r["budget"])].append(cell(r, correct=grade(voted, r["gold"], task="gsm8k")))
+            cells[("particle-filter-vote", "judge", r["budget"])].append(voted_outcome(r, task="gsm8k"))
     return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "prm": PRM, "temperature": TEMPERATURE,
                          "max_tokens": args.max_tokens, "threads": args.threads}}
-
-
-def rows_of(cells) -> list[dict]:
-    from reasonbudget.eval.report import wilson
-
-    rows = []
-    for (method, n), cs in sorted(cells.items()):
-        k, total = sum(bool(c["correct"]) for c in cs), len(cs)
-        lo, hi = wilson(k, total)
-        rows.append({"method": method, "n": n, "accuracy": k / total, "ci_low": lo, "ci_high": hi, "count": total,
-                     "mean_generated_tokens": statistics.mean(c["generated"] for c in cs),
-                     "mean_prm_calls": statistics.mean(c["prm_calls"] for c in cs),
-                     "mean_prm_tokens": statistics.mean(c["prm_tokens"] for c in cs),
-                     "mean_wall_seconds": statistics.mean(c["wall"] for c in cs)})
-    return rows
 
 
 def _log(args, msg: str) -> None:

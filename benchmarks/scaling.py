@@ -55,8 +55,16 @@ def _ids(task: str, limit: int) -> set[str]:
     return {p.id for p in get_task(task).problems(limit)}
 
 
-def subsample(record: dict, n: int) -> dict[str, dict]:
-    """best-of-n, weighted-best-of-n and majority-vote on the first n of a 64-sample record."""
+def outcome(record: dict, **over) -> dict:
+    """One problem-run as a cell: correct, and its cost."""
+    u = record["usage"]
+    return {"correct": record["correct"], "generated_tokens": u["completion_tokens"], "prm_calls": u["prm_calls"],
+            "prm_tokens": u["prm_tokens"], "wall_seconds": u["wall_seconds"]} | over
+
+
+def subsample(record: dict, n: int, task: str = "testbed") -> dict[str, dict]:
+    """best-of-n, weighted-best-of-n and majority-vote on the first n samples of a many-sample record; the
+    cost is the share of the record's that n samples take."""
     from reasonbudget.methods.scaling.common import finite
     from reasonbudget.search.voting import answer_groups, vote
     from reasonbudget.tasks import grade
@@ -67,20 +75,28 @@ def subsample(record: dict, n: int) -> dict[str, dict]:
     answered = [i for i, a in enumerate(answers) if a.strip()] or list(range(n))
     picks = {"best-of-n": max(answered, key=lambda i: finite(scores[i])),
              "weighted-best-of-n": vote(groups, scores), "majority-vote": vote(groups)}
-    out = {}
     u = record["usage"]
     share = n / len(record["trace"]["answers"])
+    out = {}
     for method, pick in picks.items():
-        ok = pick is not None and grade(answers[pick], record["gold"], task="testbed")
-        out[method] = {"correct": ok, "generated": share * (u["completion_tokens"]),
-                       "prm_calls": 0 if method == "majority-vote" else n}
+        scored = method != "majority-vote"
+        out[method] = outcome(record, correct=pick is not None and grade(answers[pick], record["gold"], task=task),
+                              generated_tokens=share * u["completion_tokens"], prm_calls=n if scored else 0,
+                              prm_tokens=share * u["prm_tokens"] if scored else 0,
+                              wall_seconds=share * u["wall_seconds"])
     return out
+
+
+def voted_outcome(record: dict, task: str = "testbed") -> dict:
+    """A particle-filter record read with weighted-vote selection (its trace holds both rules' picks)."""
+    from reasonbudget.tasks import grade
+
+    voted = record["trace"]["answers"][record["trace"]["picks"]["vote"]]
+    return outcome(record, correct=grade(voted, record["gold"], task=task))
 
 
 def measure(args) -> dict:
     import torch
-
-    from reasonbudget.tasks import grade
 
     torch.set_num_threads(2)
     t0 = time.time()
@@ -89,8 +105,7 @@ def measure(args) -> dict:
     for d in DIFFICULTIES:
         task = f"testbed:d={d}"
         for r in sweep(task, ["plain"], [], args, out / f"greedy-d{d}", temperature=0.0):
-            cells[("greedy", "-", 1)].append({"correct": r["correct"], "generated": r["usage"]["completion_tokens"],
-                                              "prm_calls": 0})
+            cells[("greedy", "-", 1)].append(outcome(r))
         for prm, setting in PRMS.items():
             big = max(args.ns)
             where = out / f"{prm}-d{d}"
@@ -110,20 +125,20 @@ def measure(args) -> dict:
                                 continue  # no PRM: one row is enough
                             cells[(method, "-" if method == "majority-vote" else prm, n)].append(cell)
                     continue
-                c = {"correct": r["correct"], "generated": r["usage"]["completion_tokens"],
-                     "prm_calls": r["usage"]["prm_calls"]}
-                cells[(name, prm, r["budget"])].append(c)
+                cells[(name, prm, r["budget"])].append(outcome(r))
                 if name == "particle-filter" and "picks" in r["trace"]:  # the same run, weighted-vote selection
-                    voted = r["trace"]["answers"][r["trace"]["picks"]["vote"]]
-                    cells[("particle-filter-vote", prm, r["budget"])].append(
-                        c | {"correct": grade(voted, r["gold"], task="testbed")})
+                    cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r))
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
     return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
                          "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": PRMS}}
 
 
+COST_FIELDS = ("generated_tokens", "prm_calls", "prm_tokens", "wall_seconds")
+
+
 def rows_of(cells) -> list[dict]:
+    """{(method, prm, n): [cells]} -> table rows: accuracy with its 95% Wilson interval, mean costs."""
     from reasonbudget.eval.report import wilson
 
     rows = []
@@ -131,8 +146,7 @@ def rows_of(cells) -> list[dict]:
         k, total = sum(bool(c["correct"]) for c in cs), len(cs)
         lo, hi = wilson(k, total)
         rows.append({"method": method, "prm": prm, "n": n, "accuracy": k / total, "ci_low": lo, "ci_high": hi,
-                     "count": total, "mean_generated_tokens": statistics.mean(c["generated"] for c in cs),
-                     "mean_prm_calls": statistics.mean(c["prm_calls"] for c in cs)})
+                     "count": total} | {f"mean_{f}": statistics.mean(c[f] for c in cs) for f in COST_FIELDS})
     return rows
 
 
