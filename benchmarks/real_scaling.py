@@ -49,7 +49,9 @@ def measure(args) -> dict:
     for r in sweep(args, ["plain"], [], out / "greedy", 0.0):
         cells[("greedy", "-", 1)].append(outcome(r))
     big = max(args.ns)
-    for r in sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE):
+    sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE)
+    judge = judge_quality(sampled)
+    for r in sampled:
         for n in args.ns:
             for method, c in subsample(r, n, task="gsm8k").items():
                 cells[(method, "-" if method == "majority-vote" else "judge", n)].append(c)
@@ -58,10 +60,31 @@ def measure(args) -> dict:
         cells[("particle-filter", "judge", r["budget"])].append(outcome(r))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
             cells[("particle-filter-vote", "judge", r["budget"])].append(voted_outcome(r, task="gsm8k"))
-    return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
+    return {"rows": rows_of(cells), "judge": judge, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "prm": PRM, "temperature": TEMPERATURE,
                          "max_tokens": args.max_tokens, "threads": args.threads}}
+
+
+def judge_quality(records: list[dict]) -> dict:
+    """How well the judge tells right samples from wrong ones (AUROC over every sample of every problem), and
+    what a perfect verifier could reach (pass@N: some sample is right)."""
+    from reasonbudget.tasks import grade_many
+    from reasonbudget.testbed.prm import auroc
+
+    answers = [(a, r["gold"], "gsm8k") for r in records for a in r["trace"]["answers"]]
+    scores = [float("nan") if s is None else s for r in records for s in r["trace"]["scores"]]
+    right = grade_many(answers)
+    per_problem, k = [], 0
+    for r in records:
+        n = len(r["trace"]["answers"])
+        per_problem.append(any(right[k : k + n]))
+        k += n
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"samples": len(right), "sample_accuracy": mean(right), "judge_auroc": auroc(scores, right),
+            "mean_score_right": mean([s for s, y in zip(scores, right) if y] or [float("nan")]),
+            "mean_score_wrong": mean([s for s, y in zip(scores, right) if not y] or [float("nan")]),
+            "pass_at_n": mean(per_problem)}
 
 
 def _log(args, msg: str) -> None:
@@ -78,6 +101,11 @@ def print_table(report: dict) -> None:
         print(f"{r['method']:20} {r['n']:3d} {r['accuracy']:9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
               f"{r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} {r['mean_prm_tokens']:11.0f} "
               f"{r['mean_wall_seconds']:8.1f}")
+    j = report.get("judge")
+    if j:
+        print(f"\njudge on {j['samples']} samples: AUROC {j['judge_auroc']:.3f} (mean score {j['mean_score_right']:.3f} "
+              f"right vs {j['mean_score_wrong']:.3f} wrong); sample accuracy {j['sample_accuracy']:.3f}; "
+              f"pass@{max(s['ns'])} {j['pass_at_n']:.3f} (a perfect verifier's ceiling)")
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 
