@@ -70,7 +70,7 @@ def judge_quality(records: list[dict]) -> dict:
     """How well the judge tells right samples from wrong ones (AUROC over every sample of every problem), and
     what a perfect verifier could reach (pass@N: some sample is right)."""
     from reasonbudget.tasks import grade_many
-    from reasonbudget.testbed.prm import auroc
+    from reasonbudget.eval.report import auroc
 
     answers = [(a, r["gold"], "gsm8k") for r in records for a in r["trace"]["answers"]]
     scores = [float("nan") if s is None else s for r in records for s in r["trace"]["scores"]]

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from reasonbudget.eval.report import auroc
 from reasonbudget.testbed.prm import TestbedPRM as PRM
-from reasonbudget.testbed.prm import LOGPROB_FLOOR, auroc, features_from_logprobs
+from reasonbudget.testbed.prm import LOGPROB_FLOOR, features_from_logprobs
 
 
 def test_auroc_pure():

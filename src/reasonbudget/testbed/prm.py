@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from reasonbudget.eval.report import auroc
 from reasonbudget.rewards.base import StepSequence
 
 logger = logging.getLogger(__name__)
@@ -192,24 +193,6 @@ def train_prm(data: Sequence[LabelledTrace], cfg: PRMTrainConfig, lm_dir: Path) 
              "train_seconds": round(time.time() - t0, 1)}
     (lm_dir / "step_head_training.json").write_text(json.dumps(stats, indent=2))
     return stats
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Probability that a random positive outscores a random negative (ties count half); pure."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
-        return float("nan")
-    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        avg = (i + j + 1) / 2
-        rank_sum += avg * sum(1 for k in range(i, j) if ranked[k][1])
-        i = j
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
 def sample_labelled_traces(model, problems, *, samples: int, temperature: float, seed: int) -> list[LabelledTrace]:
