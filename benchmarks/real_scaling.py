@@ -7,6 +7,7 @@ protocol, as in benchmarks/scaling.py); particle filtering runs at every N. Gree
 Everything runs through the evaluation harness (resumable sweep directories under --out).
 
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--json]
+                                      [--text-judge-problems K]
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...]}.
@@ -27,12 +28,12 @@ PRM = "prm=judge"
 TEMPERATURE = 0.8
 
 
-def sweep(args, methods, budgets, out: Path, temperature: float) -> list[dict]:
+def sweep(args, methods, budgets, out: Path, temperature: float, limit: int | None = None) -> list[dict]:
     from reasonbudget.eval import SweepConfig, run_sweep
     from reasonbudget.eval.records import ResultsFile
 
-    cfg = SweepConfig(task="gsm8k", methods=tuple(methods), budgets=tuple(budgets), seeds=(0,), limit=args.limit,
-                      model=args.model, temperature=temperature, top_p=1.0, dtype=args.dtype,
+    cfg = SweepConfig(task="gsm8k", methods=tuple(methods), budgets=tuple(budgets), seeds=(0,),
+                      limit=limit or args.limit, model=args.model, temperature=temperature, top_p=1.0, dtype=args.dtype,
                       batch_size=args.batch_size)
     run_sweep(cfg, out, progress=not args.json)
     return list(ResultsFile(out / "results.jsonl").load().values())
@@ -50,7 +51,15 @@ def measure(args) -> dict:
         cells[("greedy", "-", 1)].append(outcome(r))
     big = max(args.ns)
     sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE)
-    judge = judge_quality(sampled)
+    judges = {"judge": judge_quality(sampled)}
+    if args.text_judge_problems:  # the re-prefilling judge on the same samples (per-problem generators)
+        k = args.text_judge_problems
+        text = sweep(args, [f"weighted-best-of-n:prm=judge-text,{steps}"], [big], out / "sampled-judge-text",
+                     TEMPERATURE, limit=k)
+        same = {r["problem_id"]: r for r in sampled}
+        judges[f"judge, first {k}"] = judge_quality([same[r["problem_id"]] for r in text])
+        judges[f"judge-text, first {k}"] = judge_quality(text) | {
+            "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in text)}
     for r in sampled:
         for n in args.ns:
             for method, c in subsample(r, n, task="gsm8k").items():
@@ -60,7 +69,7 @@ def measure(args) -> dict:
         cells[("particle-filter", "judge", r["budget"])].append(outcome(r))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
             cells[("particle-filter-vote", "judge", r["budget"])].append(voted_outcome(r, task="gsm8k"))
-    return {"rows": rows_of(cells), "judge": judge, "seconds": round(time.time() - t0, 1),
+    return {"rows": rows_of(cells), "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "prm": PRM, "temperature": TEMPERATURE,
                          "max_tokens": args.max_tokens, "threads": args.threads}}
@@ -101,11 +110,11 @@ def print_table(report: dict) -> None:
         print(f"{r['method']:20} {r['n']:3d} {r['accuracy']:9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
               f"{r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} {r['mean_prm_tokens']:11.0f} "
               f"{r['mean_wall_seconds']:8.1f}")
-    j = report.get("judge")
-    if j:
-        print(f"\njudge on {j['samples']} samples: AUROC {j['judge_auroc']:.3f} (mean score {j['mean_score_right']:.3f} "
+    for name, j in report.get("judges", {}).items():
+        print(f"\n{name}: {j['samples']} samples, AUROC {j['judge_auroc']:.3f} (mean score {j['mean_score_right']:.3f} "
               f"right vs {j['mean_score_wrong']:.3f} wrong); sample accuracy {j['sample_accuracy']:.3f}; "
-              f"pass@{max(s['ns'])} {j['pass_at_n']:.3f} (a perfect verifier's ceiling)")
+              f"pass@{max(s['ns'])} {j['pass_at_n']:.3f} (a perfect verifier's ceiling)", end="")
+    print()
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 
@@ -118,6 +127,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=640, help="per sample or particle")
     ap.add_argument("--batch-size", type=int, default=10, help="problems per engine batch")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text-judge-problems", type=int, default=0,
+                    help="also score the samples of the first K problems with prm=judge-text, to compare the judges")
     ap.add_argument("--out", default="runs/real_scaling")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
