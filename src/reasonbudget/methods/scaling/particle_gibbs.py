@@ -6,7 +6,8 @@ first, n - 1 free particles run alongside the reference; at round t the resampli
 particles and the reference's prefix of t steps, weighted by the reference's own score after t steps (the
 paper's code compares it one step off; its_hub#54 compared full against partial weights). Drawing the
 reference forks its t-step prefix into a free particle (KV row forked and cut back; a finished reference
-gets its row back by one prefill per iteration). The reference itself is never replaced. The answer: the highest final weight of the last iteration.
+gets its row back by one prefill per iteration). The reference itself is never replaced. The answer: the
+highest final weight of the last iteration.
 """
 
 from __future__ import annotations
