@@ -135,3 +135,12 @@ def test_smollm2_thinking_never_exceeds_budget(smollm):
         for r in results:
             assert r.usage.thinking_tokens <= budget
             assert r.answer.strip(), f"empty answer at budget {budget}"
+
+
+def test_markdown_after_the_marker_is_not_the_whole_answer():
+    """'**Final answer:**' then a newline: the answer line stop waits for a letter or digit, so the answer is
+    the value on the next line, not '**'."""
+    model = _script("ab\n**Final answer:**\n  \\boxed{18}\nmore text")
+    model.profile = INSTRUCT
+    r = _forcing(model, 40)
+    assert r.answer.endswith("\\boxed{18}") and "more" not in r.answer

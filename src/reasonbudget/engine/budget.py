@@ -90,6 +90,7 @@ class BudgetController(Controller):
         self.forced = 0
         self.forced_close = False
         self.answer_has_text = False
+        self.answer_has_value = False
         self._eos = torch.tensor(sorted(tokens.eos_ids), dtype=torch.long)
 
     def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
@@ -108,9 +109,12 @@ class BudgetController(Controller):
         self.state, decision = step(self.state, event, self.cfg)
         if self.state.phase == "answer" and decision == "keep" and event == "token":
             text = self.decode([token])
-            if self.answer_has_text and self.tokens.answer_stop and self.tokens.answer_stop in text:
+            if self.answer_has_value and self.tokens.answer_stop and self.tokens.answer_stop in text:
                 return Action(stop=True)
             self.answer_has_text = self.answer_has_text or bool(text.strip())
+            # the answer line ends once it holds a letter or digit: markdown around the marker
+            # ("**Final answer:**" then a newline) is not an answer yet
+            self.answer_has_value = self.answer_has_value or any(c.isalnum() for c in text)
         if decision in ("keep_then_close", "close_instead"):
             self.forced_close = True
         if decision == "keep_then_close":
