@@ -118,6 +118,36 @@ def print_table(report: dict) -> None:
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 
+def plot(report: dict, path: str) -> None:
+    """Accuracy against generated tokens per problem, one line per method through its N values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rows = report["rows"]
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "greedy"):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+        acc = [r["accuracy"] for r in rs]
+        err = [[a - r["ci_low"] for a, r in zip(acc, rs)], [r["ci_high"] - a for a, r in zip(acc, rs)]]
+        ax.errorbar([r["mean_generated_tokens"] for r in rs], acc, yerr=err, marker="o", capsize=2, label=method,
+                    linewidth=2.2 if method.startswith("particle-filter") else 1.2)
+        for r in rs:
+            ax.annotate(f"N={r['n']}", (r["mean_generated_tokens"], r["accuracy"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+    greedy = next((r for r in rows if r["method"] == "greedy"), None)
+    if greedy:
+        ax.axhline(greedy["accuracy"], color="k", linestyle=":", label="greedy")
+    s = report["settings"]
+    ax.set(xlabel="generated tokens per problem", ylabel="accuracy (95% CI)",
+           title=f"{s['model']} on GSM8K ({s['limit']} problems), LLM judge")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
@@ -132,6 +162,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/real_scaling")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
+    ap.add_argument("--plot", help="accuracy-vs-tokens plot (default: OUT/real_scaling.png)")
     args = ap.parse_args()
     args.ns = tuple(int(x) for x in args.ns.split(","))
     if args.load:
@@ -140,6 +171,8 @@ def main() -> None:
         report = measure(args)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
+    if args.plot or not args.load:
+        plot(report, args.plot or str(Path(args.out) / "real_scaling.png"))
     if args.json:
         print(json.dumps({"rows": report["rows"]}, indent=2))
     else:
