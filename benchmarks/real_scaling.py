@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from scaling import outcome, rows_of, subsample, voted_outcome  # benchmarks/ is on sys.path when run as a script
+from scaling import accuracy_lines, outcome, rows_of, subsample, voted_outcome  # benchmarks/ is on sys.path when run as a script
 
 PRM = "prm=judge"
 TEMPERATURE = 0.8
@@ -126,23 +126,14 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows = report["rows"]
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "greedy"):
-        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
-        acc = [r["accuracy"] for r in rs]
-        err = [[a - r["ci_low"] for a, r in zip(acc, rs)], [r["ci_high"] - a for a, r in zip(acc, rs)]]
-        ax.errorbar([r["mean_generated_tokens"] for r in rs], acc, yerr=err, marker="o", capsize=2, label=method,
-                    linewidth=2.2 if method.startswith("particle-filter") else 1.2)
-        for r in rs:
+    accuracy_lines(ax, report["rows"], x=lambda r: r["mean_generated_tokens"])
+    for r in report["rows"]:
+        if r["method"] != "greedy":
             ax.annotate(f"N={r['n']}", (r["mean_generated_tokens"], r["accuracy"]), fontsize=6,
                         textcoords="offset points", xytext=(3, 3))
-    greedy = next((r for r in rows if r["method"] == "greedy"), None)
-    if greedy:
-        ax.axhline(greedy["accuracy"], color="k", linestyle=":", label="greedy")
     s = report["settings"]
     ax.set(xlabel="generated tokens per problem", ylabel="accuracy (95% CI)",
            title=f"{s['model']} on GSM8K ({s['limit']} problems), LLM judge")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

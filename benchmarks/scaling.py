@@ -174,6 +174,21 @@ def print_table(report: dict) -> None:
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 
+def accuracy_lines(ax, rows: list[dict], x=lambda r: r["n"]) -> None:
+    """One accuracy line (95% CI bars) per method through its N values, plotted against `x(row)`; particle
+    filtering bold, greedy (if among the rows) a dotted level."""
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "greedy"):
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+        acc = [r["accuracy"] for r in rs]
+        err = [[a - r["ci_low"] for a, r in zip(acc, rs)], [r["ci_high"] - a for a, r in zip(acc, rs)]]
+        ax.errorbar([x(r) for r in rs], acc, yerr=err, marker="o", capsize=2, label=method,
+                    linewidth=2.2 if method.startswith("particle-filter") else 1.2)
+    greedy = next((r for r in rows if r["method"] == "greedy"), None)
+    if greedy:
+        ax.axhline(greedy["accuracy"], color="k", linestyle=":", label="greedy")
+    ax.grid(alpha=0.3)
+
+
 def plot(report: dict, path: str) -> None:
     import matplotlib
 
@@ -182,20 +197,10 @@ def plot(report: dict, path: str) -> None:
 
     prms = list(report["settings"]["prms"])
     fig, axes = plt.subplots(1, len(prms), figsize=(6 * len(prms), 4.4), squeeze=False, sharey=True)
-    greedy = next((r for r in report["rows"] if r["method"] == "greedy"), None)
     for ax, prm in zip(axes[0], prms):
-        rows = [r for r in report["rows"] if r["prm"] in (prm, "-") and r["method"] != "greedy"]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
-            acc = [r["accuracy"] for r in rs]
-            err = [[a - r["ci_low"] for a, r in zip(acc, rs)], [r["ci_high"] - a for a, r in zip(acc, rs)]]
-            ax.errorbar([r["n"] for r in rs], acc, yerr=err, marker="o", capsize=2, label=method,
-                        linewidth=2.2 if method == "particle-filter" else 1.2)
-        if greedy:
-            ax.axhline(greedy["accuracy"], color="k", linestyle=":", label="greedy")
+        accuracy_lines(ax, [r for r in report["rows"] if r["prm"] in (prm, "-")])
         ax.set_xscale("log", base=2)
         ax.set(xlabel="N (samples / particles)", ylabel="accuracy (95% CI)", title=f"PRM: {prm}")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
