@@ -291,7 +291,7 @@ class StepRunner:
               questions: Sequence[str]) -> list[Particle]:
         """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
         items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
-        values = scorer(items, rows=[particles[j].row for j in which]) if scorer.reads_rows else scorer(items)
+        values = scorer(items, rows=[particles[j].row for j in which])  # rows: for a PRM that reads them
         out = list(particles)
         for j, v in zip(which, values):
             out[j] = replace(out[j], scores=out[j].scores + (v,))

@@ -38,8 +38,8 @@ class RewardScorer:
         return bool(getattr(self.prm, "reads_rows", False))
 
     def __call__(self, items: Sequence[StepSequence], rows: Sequence[int | None] | None = None) -> list[float]:
-        """One score in [0, 1] per item, NaN where the PRM failed. `rows`: each item's KV row (for a PRM that
-        reads rows; an item without one scores NaN)."""
+        """One score in [0, 1] per item, NaN where the PRM failed. `rows`: each item's KV row, read by a PRM
+        that reads rows (an item without one scores NaN) and ignored by the others."""
         if not items:
             return []
         if self.reads_rows:
