@@ -255,6 +255,8 @@ def main() -> None:
     ap.add_argument("--no-learned-estimator", dest="learned_estimator", action="store_false",
                     help="skip TALE with the learned budget estimator")
     args = ap.parse_args()
+    if args.load and not Path(args.load).is_file():
+        ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
     if args.load:
         report = json.loads(Path(args.load).read_text())
     else:

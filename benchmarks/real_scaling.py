@@ -7,7 +7,10 @@ protocol, as in benchmarks/scaling.py); particle filtering runs at every N. Gree
 Everything runs through the evaluation harness (resumable sweep directories under --out).
 
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--json]
-                                      [--text-judge-problems K]
+                                      [--text-judge-problems K] [--judge-model qwen2.5-coder-1.5b]
+
+--judge-model M adds a second judge, a different model M (prm=judge-text,judge_model=M: a bigger model
+judging the policy's particles): weighted best-of-N on the same samples and particle filtering, at each N.
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...]}.
@@ -60,19 +63,43 @@ def measure(args) -> dict:
         judges[f"judge, first {k}"] = judge_quality([same[r["problem_id"]] for r in text])
         judges[f"judge-text, first {k}"] = judge_quality(text) | {
             "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in text)}
-    for r in sampled:
-        for n in args.ns:
-            for method, c in subsample(r, n, task="gsm8k").items():
-                cells[(method, "-" if method == "majority-vote" else "judge", n)].append(c)
+    add_scaled(cells, sampled, "judge", args.ns)
     _log(args, f"sampled done ({time.time() - t0:.0f}s)")
-    for r in sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns), out / "particle-filter", TEMPERATURE):
-        cells[("particle-filter", "judge", r["budget"])].append(outcome(r))
-        if "picks" in r["trace"]:  # the same run, weighted-vote selection
-            cells[("particle-filter-vote", "judge", r["budget"])].append(voted_outcome(r, task="gsm8k"))
+    add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns), out / "particle-filter",
+                               TEMPERATURE), "judge")
+    if args.judge_model:  # a second judge model on the same samples, and particle filtering with it
+        prm, tag = f"prm=judge-text,judge_model={args.judge_model}", f"judge:{args.judge_model}"
+        other = sweep(args, [f"weighted-best-of-n:{prm},{steps}"], [big], out / f"sampled-{args.judge_model}",
+                      TEMPERATURE)
+        same = {r["problem_id"]: r for r in sampled}
+        judges[tag] = judge_quality(other) | {
+            "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in other)}
+        add_scaled(cells, other, tag, args.ns, voting=False)
+        _log(args, f"{tag}: sampled done ({time.time() - t0:.0f}s)")
+        add_particles(cells, sweep(args, [f"particle-filter:{prm},{steps}"], list(args.ns),
+                                   out / f"particle-filter-{args.judge_model}", TEMPERATURE), tag)
     return {"rows": rows_of(cells), "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
-                         "ns": list(args.ns), "prm": PRM, "temperature": TEMPERATURE,
-                         "max_tokens": args.max_tokens, "threads": args.threads}}
+                         "ns": list(args.ns), "prm": PRM, "judge_model": args.judge_model,
+                         "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
+
+
+def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) -> None:
+    """Best-of-n, weighted best-of-n (and majority vote, which needs no judge) on each record's first n samples."""
+    for r in records:
+        for n in ns:
+            for method, c in subsample(r, n, task="gsm8k").items():
+                if method != "majority-vote":
+                    cells[(method, prm, n)].append(c)
+                elif voting:
+                    cells[(method, "-", n)].append(c)
+
+
+def add_particles(cells, records: list[dict], prm: str) -> None:
+    for r in records:
+        cells[("particle-filter", prm, r["budget"])].append(outcome(r))
+        if "picks" in r["trace"]:  # the same run, weighted-vote selection
+            cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r, task="gsm8k"))
 
 
 def judge_quality(records: list[dict]) -> dict:
@@ -104,10 +131,10 @@ def _log(args, msg: str) -> None:
 def print_table(report: dict) -> None:
     s = report["settings"]
     print(f"{s['model']} ({s['dtype']}) on {s['task']}, first {s['limit']} problems, {s['prm']}, T={s['temperature']}")
-    print(f"{'method':20} {'N':>3} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} {'PRM calls':>10} "
+    print(f"{'method':20} {'judge':>24} {'N':>3} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} {'PRM calls':>10} "
           f"{'PRM tokens':>11} {'wall s':>8}")
     for r in report["rows"]:
-        print(f"{r['method']:20} {r['n']:3d} {r['accuracy']:9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+        print(f"{r['method']:20} {r['prm']:>24} {r['n']:3d} {r['accuracy']:9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
               f"{r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} {r['mean_prm_tokens']:11.0f} "
               f"{r['mean_wall_seconds']:8.1f}")
     for name, j in report.get("judges", {}).items():
@@ -126,8 +153,10 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    accuracy_lines(ax, report["rows"], x=lambda r: r["mean_generated_tokens"])
-    for r in report["rows"]:
+    rows = [r | {"method": f"{r['method']} [{r['prm']}]"} if r["prm"] not in ("judge", "-") else r
+            for r in report["rows"]]
+    accuracy_lines(ax, rows, x=lambda r: r["mean_generated_tokens"])
+    for r in rows:
         if r["method"] != "greedy":
             ax.annotate(f"N={r['n']}", (r["mean_generated_tokens"], r["accuracy"]), fontsize=6,
                         textcoords="offset points", xytext=(3, 3))
@@ -150,12 +179,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text-judge-problems", type=int, default=0,
                     help="also score the samples of the first K problems with prm=judge-text, to compare the judges")
+    ap.add_argument("--judge-model", default="",
+                    help="a second judge: this model judges the policy's samples and particles (prm=judge-text)")
     ap.add_argument("--out", default="runs/real_scaling")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
     ap.add_argument("--plot", help="accuracy-vs-tokens plot (default: OUT/real_scaling.png)")
     args = ap.parse_args()
     args.ns = tuple(int(x) for x in args.ns.split(","))
+    if args.load and not Path(args.load).is_file():
+        ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
     if args.load:
         report = json.loads(Path(args.load).read_text())
     else:

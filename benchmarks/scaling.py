@@ -230,6 +230,8 @@ def main() -> None:
     args.search_max = args.search_max or max(args.ns if args.quick else (n for n in args.ns if n <= 32))
     out = Path(args.out or ("runs/scaling-quick" if args.quick else "runs/scaling"))
     args.out = str(out)
+    if args.load and not Path(args.load).is_file():
+        ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
     if args.load:
         report = json.loads(Path(args.load).read_text())
     else:

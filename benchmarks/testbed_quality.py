@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--plot")
     ap.add_argument("--load")
     args = ap.parse_args()
+    if args.load and not Path(args.load).is_file():
+        ap.error(f"--load {args.load}: no such report file (save one with --json > FILE)")
     if args.load:
         with open(args.load) as f:
             report = json.load(f)

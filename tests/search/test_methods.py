@@ -167,3 +167,21 @@ def test_particle_gibbs_copies_the_reference_prefix_by_forking(testbed, monkeypa
     results = _run(testbed, "particle-gibbs:prm=oracle,prm_noise=0.2,iterations=3", 12)
     assert len(results) == 3 and not engine.cache.in_use.any()
     assert calls[0] == 3 and len(calls) <= 1 + 2 * 3
+
+
+def test_judge_text_can_use_another_model_as_judge(testbed):
+    """judge_model names the judging model (e.g. a bigger one): it is loaded once, in the policy's dtype, and
+    scores the particles; judge_model with another PRM, or an unknown model, is refused up front."""
+    from reasonbudget.rewards.factory import load_prm
+
+    engine = testbed[0]
+    judge = load_prm("judge-text", engine.model, judge_model="smollm2-135m")  # another tokenizer, too
+    assert judge.model.name == "smollm2-135m" and judge.model.backend is not engine.model.backend
+    assert load_prm("judge-text", engine.model, judge_model="smollm2-135m") is judge
+    results = _run(testbed, "particle-filter:prm=judge-text,judge_model=smollm2-135m,max_steps=3", 2,
+                   prompts=testbed[2][:1])
+    assert all(r.usage.prm_calls >= 2 and None not in r.trace["final_scores"] for r in results)
+    with pytest.raises(ValueError, match="judge_model is only for prm=judge-text"):
+        _run(testbed, "particle-filter:prm=judge,judge_model=smollm2-135m", 2)
+    with pytest.raises(ValueError, match="unknown model"):
+        _run(testbed, "particle-filter:prm=judge-text,judge_model=no-such-judge", 2)

@@ -4,7 +4,8 @@
     testbed  the trained testbed PRM (verifier LM + step head) committed with the package
     oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier)
     judge    LLM-as-judge: the policy model judges its own partial solutions on their KV rows (cheap)
-    judge-text  LLM-as-judge with a fresh prompt per prefix (the policy model; re-reads the whole prefix)
+    judge-text  LLM-as-judge with a fresh prompt per prefix (re-reads the whole prefix); the policy model, or
+             the model named by `judge_model` (any registry name or path: a bigger model can judge a smaller one)
     PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
 
 Loaded PRMs are kept per process: a sweep builds its method once per unit, the PRM only once.
@@ -22,22 +23,35 @@ def testbed_prm_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints" / "prm"
 
 
-def load_prm(name: str, policy, *, noise: float = 0.0, seed: int = 0):
+def load_prm(name: str, policy, *, noise: float = 0.0, seed: int = 0, judge_model: str = ""):
     """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
         name = "testbed" if policy.profile.name == "testbed" else "judge"
     if noise and name != "oracle":
         raise ValueError(f"prm_noise is only for the oracle PRM (prm={name!r})")
+    if judge_model and name != "judge-text":
+        raise ValueError(f"judge_model is only for prm=judge-text (prm={name!r}; prm=judge reads the policy's "
+                         "own KV rows, so the policy judges)")
     if name in ("testbed", "oracle") and policy.profile.name != "testbed":
         raise ValueError(f"prm={name!r} scores testbed problems only; {policy.name} is not a testbed model "
                          "(use prm=judge or a PRM directory)")
-    key = (name, id(policy), noise, seed)
+    key = (name, id(policy), noise, seed, judge_model)
     if key not in _loaded:
-        _loaded[key] = _build(name, policy, noise, seed)
+        _loaded[key] = _build(name, policy, noise, seed, judge_model)
     return _loaded[key]
 
 
-def _build(name: str, policy, noise: float, seed: int):
+def _judge(policy, judge_model: str):
+    """The judging model: the policy, or `judge_model` loaded in the policy's dtype."""
+    if not judge_model:
+        return policy
+    from reasonbudget.models.registry import DTYPES, load_model
+
+    dtype = next(n for n, d in DTYPES.items() if d == next(policy.backend.parameters()).dtype)
+    return load_model(judge_model, dtype=dtype)
+
+
+def _build(name: str, policy, noise: float, seed: int, judge_model: str):
     if name == "oracle":
         from reasonbudget.rewards.oracle import OraclePRM
 
@@ -53,7 +67,7 @@ def _build(name: str, policy, noise: float, seed: int):
     if name == "judge-text":
         from reasonbudget.rewards.judge import LLMJudge
 
-        return LLMJudge(policy)
+        return LLMJudge(_judge(policy, judge_model))
     path = Path(name).expanduser()
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "
