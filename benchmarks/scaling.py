@@ -1,8 +1,10 @@
 """Inference-time scaling on the testbed: accuracy against the number of samples / particles N.
 
 The testbed target at T=0.8 on the two hardest difficulty levels (d=7, 8), N = 1, 2, 4, ..., 64, several
-seeds, with two PRMs: the trained testbed PRM and the exact checker with each step label flipped with
-probability 0.2 (a noisy oracle, to test how each method copes with verifier errors). Methods:
+seeds, with three PRMs: the trained testbed PRM; the exact checker with each step label flipped with
+probability 0.2 (a noisy oracle, to test how each method copes with verifier errors), which is certain (0 or
+1) and wrong one time in five; and the same flips scored as the calibrated probability 0.8 / 0.2 that the
+step is correct (what a verifier of that accuracy reports if it is calibrated). Methods:
 best-of-N, weighted best-of-N and majority vote (search-and-learn's protocol: one run of 64 samples per
 problem and seed, evaluated at n = 1, 2, 4, ... on its first n samples), beam search and DVTS (from N = 4,
 beam width 4), and particle filtering, each run at every N (`particle-filter` selects the highest final
@@ -10,7 +12,7 @@ weight, the paper's rule; `particle-filter-vote` is the same runs read with the 
 final particles' answers). Greedy decoding gives the N = 1 reference.
 Everything runs through the evaluation harness (one resumable sweep directory per PRM and difficulty).
 
-    python benchmarks/scaling.py [--quick] [--json] [--out DIR] [--plot PNG]
+    python benchmarks/scaling.py [--quick] [--json] [--out DIR] [--plot PNG] [--prms trained,...]
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls"}...]}.
@@ -28,7 +30,8 @@ from pathlib import Path
 
 MODEL = "testbed-target"
 DIFFICULTIES = (7, 8)
-PRMS = {"trained": "prm=testbed", "noisy-oracle": "prm=oracle,prm_noise=0.2"}
+PRMS = {"trained": "prm=testbed", "noisy-oracle": "prm=oracle,prm_noise=0.2",
+        "calibrated-noisy-oracle": "prm=oracle,prm_noise=0.2,prm_calibrated=true"}
 STEPS = "max_tokens=320"  # testbed traces stay under ~250 tokens; this bounds the KV cache rows
 SUBSAMPLED = ("best-of-n", "weighted-best-of-n", "majority-vote")
 TEMPERATURE = 0.8
@@ -106,7 +109,7 @@ def measure(args) -> dict:
         task = f"testbed:d={d}"
         for r in sweep(task, ["plain"], [], args, out / f"greedy-d{d}", temperature=0.0):
             cells[("greedy", "-", 1)].append(outcome(r))
-        for prm, setting in PRMS.items():
+        for prm, setting in args.prms.items():
             big = max(args.ns)
             where = out / f"{prm}-d{d}"
             records = sweep(task, [f"best-of-n:{setting},{STEPS}"], [big], args, where, args.temperature)
@@ -121,7 +124,7 @@ def measure(args) -> dict:
                         continue
                     for n in args.ns:
                         for method, cell in subsample(r, n).items():
-                            if method == "majority-vote" and prm != next(iter(PRMS)):
+                            if method == "majority-vote" and prm != next(iter(args.prms)):
                                 continue  # no PRM: one row is enough
                             cells[(method, "-" if method == "majority-vote" else prm, n)].append(cell)
                     continue
@@ -131,7 +134,7 @@ def measure(args) -> dict:
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
     return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
-                         "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": PRMS}}
+                         "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": args.prms}}
 
 
 COST_FIELDS = ("generated_tokens", "prm_calls", "prm_tokens", "wall_seconds")
@@ -219,6 +222,7 @@ def main() -> None:
                     help=f"sampling temperature of every search method (default {TEMPERATURE})")
     ap.add_argument("--batch-size", type=int, default=None, help="problems per engine batch")
     ap.add_argument("--ns", default=None, help="comma-separated N values (default 1,2,4,...,64)")
+    ap.add_argument("--prms", default=",".join(PRMS), help=f"comma-separated, of {', '.join(PRMS)} (default all)")
     ap.add_argument("--search-max", type=int, default=None,
                     help="largest N for particle filtering, beam search and DVTS (default 32; 16 with --quick)")
     args = ap.parse_args()
@@ -227,6 +231,10 @@ def main() -> None:
     args.ns = tuple(int(x) for x in args.ns.split(",")) if args.ns else ((1, 2, 4, 8, 16) if args.quick
                                                                         else (1, 2, 4, 8, 16, 32, 64))
     args.batch_size = args.batch_size or args.per_difficulty
+    unknown = set(args.prms.split(",")) - set(PRMS)
+    if unknown:
+        ap.error(f"--prms: unknown {', '.join(sorted(unknown))}; accepted are {', '.join(PRMS)}")
+    args.prms = {p: PRMS[p] for p in args.prms.split(",")}
     args.search_max = args.search_max or max(args.ns if args.quick else (n for n in args.ns if n <= 32))
     out = Path(args.out or ("runs/scaling-quick" if args.quick else "runs/scaling"))
     args.out = str(out)

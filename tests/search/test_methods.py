@@ -85,6 +85,8 @@ def test_prm_names_are_checked(testbed, smollm):
         _run(testbed, "particle-filter:prm=nonsense", 2)
     with pytest.raises(ValueError, match="prm_noise is only for the oracle"):
         _run(testbed, "particle-filter:prm=testbed,prm_noise=0.1", 2)
+    with pytest.raises(ValueError, match="prm_calibrated is only for a noisy oracle"):
+        _run(testbed, "particle-filter:prm=oracle,prm_calibrated=true", 2)
     from reasonbudget.rewards.factory import load_prm
 
     with pytest.raises(ValueError, match="scores testbed problems only"):

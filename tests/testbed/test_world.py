@@ -128,6 +128,8 @@ def test_oracle_prm_scores_are_the_checker_labels_and_noise_flips_them():
     assert 0.17 < flipped < 0.23  # binomial sd ~0.008 at these counts: a >3.5 sd band
     again = OraclePRM(noise=0.2, seed=1).score_steps(many[::-1])[::-1]  # a fixed function: order-free
     assert all(torch.equal(a, b) for a, b in zip(noisy, again))
+    soft = OraclePRM(noise=0.2, seed=1, calibrated=True).score_steps(many)  # same flips, posterior scores
+    assert all(torch.equal(s, torch.where(n > 0.5, 0.8, 0.2)) for s, n in zip(soft, noisy))
     closing = StepSequence(p.question, lines + (f"</think>\nThe answer is {p.answer}.",))
     wrong = StepSequence(p.question, lines + (f"</think>\nThe answer is {(p.answer + 1) % MOD}.",))
     assert [s[-1].item() for s in OraclePRM().score_steps([closing, wrong])] == [1.0, 0.0]

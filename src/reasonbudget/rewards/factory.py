@@ -2,7 +2,8 @@
 
     auto     the testbed's trained PRM for testbed models, else an LLM judge (the policy model itself)
     testbed  the trained testbed PRM (verifier LM + step head) committed with the package
-    oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier)
+    oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier; `prm_calibrated`
+             scores the posterior 1 - prm_noise or prm_noise instead of the flipped 0/1 label)
     judge    LLM-as-judge: the policy model judges its own partial solutions on their KV rows (cheap)
     judge-text  LLM-as-judge with a fresh prompt per prefix (re-reads the whole prefix); the policy model, or
              the model named by `judge_model` (any registry name or path: a bigger model can judge a smaller one)
@@ -23,21 +24,24 @@ def testbed_prm_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints" / "prm"
 
 
-def load_prm(name: str, policy, *, noise: float = 0.0, seed: int = 0, judge_model: str = ""):
+def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int = 0,
+             judge_model: str = ""):
     """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
         name = "testbed" if policy.profile.name == "testbed" else "judge"
     if noise and name != "oracle":
         raise ValueError(f"prm_noise is only for the oracle PRM (prm={name!r})")
+    if calibrated and not noise:
+        raise ValueError("prm_calibrated is only for a noisy oracle PRM (prm=oracle with prm_noise > 0)")
     if judge_model and name != "judge-text":
         raise ValueError(f"judge_model is only for prm=judge-text (prm={name!r}; prm=judge reads the policy's "
                          "own KV rows, so the policy judges)")
     if name in ("testbed", "oracle") and policy.profile.name != "testbed":
         raise ValueError(f"prm={name!r} scores testbed problems only; {policy.name} is not a testbed model "
                          "(use prm=judge or a PRM directory)")
-    key = (name, id(policy), noise, seed, judge_model)
+    key = (name, id(policy), noise, calibrated, seed, judge_model)
     if key not in _loaded:
-        _loaded[key] = _build(name, policy, noise, seed, judge_model)
+        _loaded[key] = _build(name, policy, noise, calibrated, seed, judge_model)
     return _loaded[key]
 
 
@@ -51,11 +55,11 @@ def _judge(policy, judge_model: str):
     return load_model(judge_model, dtype=dtype)
 
 
-def _build(name: str, policy, noise: float, seed: int, judge_model: str):
+def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_model: str):
     if name == "oracle":
         from reasonbudget.rewards.oracle import OraclePRM
 
-        return OraclePRM(noise=noise, seed=seed)
+        return OraclePRM(noise=noise, seed=seed, calibrated=calibrated)
     if name == "testbed":
         from reasonbudget.testbed.prm import TestbedPRM
 

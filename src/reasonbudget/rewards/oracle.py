@@ -1,6 +1,9 @@
 """The testbed's checker as a PRM: exact step labels, optionally flipped with probability `noise` to study how
 search methods degrade with an imperfect verifier. The noise is a fixed function of (seed, problem, prefix):
 the same prefix always gets the same score, as with a real imperfect PRM, whatever the batch or call order.
+A noisy oracle scores a step with its observed label (0 or 1: certain, and wrong with probability `noise`),
+or, `calibrated`, with the probability that the step is correct given that label (1 - noise or noise), which
+is what a calibrated verifier of that accuracy reports.
 
 A step that starts with "</think>" is the closing step (end of thinking and the answer line, as
 `testbed.traces.closing_step` writes it and the trained PRM reads it): correct when every line before it is
@@ -20,10 +23,10 @@ from reasonbudget.testbed.traces import final_answer, label_steps
 
 
 class OraclePRM:
-    def __init__(self, *, noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, *, noise: float = 0.0, seed: int = 0, calibrated: bool = False) -> None:
         if not 0.0 <= noise <= 0.5:
             raise ValueError(f"noise={noise}: accepted is 0 <= noise <= 0.5")
-        self.noise, self.seed = noise, seed
+        self.noise, self.seed, self.calibrated = noise, seed, calibrated
 
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         out = []
@@ -39,6 +42,8 @@ class OraclePRM:
                 flip = torch.tensor([self._uniform(item.problem, item.steps[: j + 1]) < self.noise
                                      for j in range(len(scores))], dtype=torch.bool)
                 scores = torch.where(flip, 1.0 - scores, scores)
+                if self.calibrated:
+                    scores = torch.where(scores > 0.5, 1.0 - self.noise, self.noise)
             out.append(scores)
         return out
 

@@ -32,6 +32,8 @@ class SearchConfig:
     """auto | testbed | oracle | judge | judge-text | a PRM directory or hub id (see `rewards.factory`)."""
     prm_noise: float = 0.0
     """Oracle PRM only: probability of flipping each step label."""
+    prm_calibrated: bool = False
+    """Noisy oracle only: score P(correct | flipped label) = 1 - prm_noise or prm_noise, not the 0/1 label."""
     judge_model: str = ""
     """prm=judge-text only: the model that judges (registry name or path); empty: the policy itself."""
     aggregation: str = "last"
@@ -100,7 +102,8 @@ def setup(cfg: SearchConfig, engine: Engine, prompts: Sequence[TokenIds], genera
     started = time.perf_counter()
     scorer = None
     if needs_prm:
-        prm = load_prm(cfg.prm, engine.model, noise=cfg.prm_noise, judge_model=cfg.judge_model)
+        prm = load_prm(cfg.prm, engine.model, noise=cfg.prm_noise, calibrated=cfg.prm_calibrated,
+                       judge_model=cfg.judge_model)
         scorer = RewardScorer(prm, cfg.aggregation, engine=engine)  # type: ignore[arg-type]
     runner = StepRunner(engine, cfg.search_sampling(), StepConfig(**cfg.step_fields()),
                         lookahead=getattr(scorer.prm, "lookahead_tokens", 0) if scorer else 0)
