@@ -8,9 +8,12 @@ Everything runs through the evaluation harness (resumable sweep directories unde
 
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--json]
                                       [--text-judge-problems K] [--judge-model qwen2.5-coder-1.5b]
+                                      [--judge-model-problems K] [--judge-model-ns 8]
 
 --judge-model M adds a second judge, a different model M (prm=judge-text,judge_model=M: a bigger model
-judging the policy's particles): weighted best-of-N on the same samples and particle filtering, at each N.
+judging the policy's particles): weighted best-of-N on the same samples, and particle filtering at
+--judge-model-ns on the first --judge-model-problems problems. When those are fewer than --limit, every row
+is also reported over just those problems (`rows_first_k`), so that the comparison is like for like.
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...]}.
@@ -45,16 +48,18 @@ def sweep(args, methods, budgets, out: Path, temperature: float, limit: int | No
 def measure(args) -> dict:
     import torch
 
+    from reasonbudget.tasks import get_task
+
     torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.out)
     steps = f"max_tokens={args.max_tokens}"
     cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in sweep(args, ["plain"], [], out / "greedy", 0.0):
-        cells[("greedy", "-", 1)].append(outcome(r))
+        cells[("greedy", "-", 1)].append(outcome(r, problem_id=r["problem_id"]))
     big = max(args.ns)
     sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE)
-    judges = {"judge": judge_quality(sampled)}
+    judges, extra = {"judge": judge_quality(sampled)}, {}
     if args.text_judge_problems:  # the re-prefilling judge on the same samples (per-problem generators)
         k = args.text_judge_problems
         text = sweep(args, [f"weighted-best-of-n:prm=judge-text,{steps}"], [big], out / "sampled-judge-text",
@@ -76,11 +81,17 @@ def measure(args) -> dict:
             "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in other)}
         add_scaled(cells, other, tag, args.ns, voting=False)
         _log(args, f"{tag}: sampled done ({time.time() - t0:.0f}s)")
-        add_particles(cells, sweep(args, [f"particle-filter:{prm},{steps}"], list(args.ns),
-                                   out / f"particle-filter-{args.judge_model}", TEMPERATURE), tag)
-    return {"rows": rows_of(cells), "judges": judges, "seconds": round(time.time() - t0, 1),
+        k = args.judge_model_problems or args.limit
+        add_particles(cells, sweep(args, [f"particle-filter:{prm},{steps}"], list(args.judge_model_ns),
+                                   out / f"particle-filter-{args.judge_model}", TEMPERATURE, limit=k), tag)
+        if k < args.limit:
+            first = {p.id for p in get_task("gsm8k").problems(k)}
+            report_k = {key: [c for c in cs if c["problem_id"] in first] for key, cs in cells.items()}
+            extra["rows_first_k"] = {"problems": k, "rows": rows_of(report_k)}
+    return {"rows": rows_of(cells), **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "prm": PRM, "judge_model": args.judge_model,
+                         "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
 
 
@@ -89,6 +100,7 @@ def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) ->
     for r in records:
         for n in ns:
             for method, c in subsample(r, n, task="gsm8k").items():
+                c["problem_id"] = r["problem_id"]
                 if method != "majority-vote":
                     cells[(method, prm, n)].append(c)
                 elif voting:
@@ -97,9 +109,10 @@ def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) ->
 
 def add_particles(cells, records: list[dict], prm: str) -> None:
     for r in records:
-        cells[("particle-filter", prm, r["budget"])].append(outcome(r))
+        cells[("particle-filter", prm, r["budget"])].append(outcome(r, problem_id=r["problem_id"]))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
-            cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r, task="gsm8k"))
+            cells[("particle-filter-vote", prm, r["budget"])].append(
+                voted_outcome(r, task="gsm8k") | {"problem_id": r["problem_id"]})
 
 
 def judge_quality(records: list[dict]) -> dict:
@@ -131,18 +144,26 @@ def _log(args, msg: str) -> None:
 def print_table(report: dict) -> None:
     s = report["settings"]
     print(f"{s['model']} ({s['dtype']}) on {s['task']}, first {s['limit']} problems, {s['prm']}, T={s['temperature']}")
-    print(f"{'method':20} {'judge':>24} {'N':>3} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} {'PRM calls':>10} "
-          f"{'PRM tokens':>11} {'wall s':>8}")
-    for r in report["rows"]:
-        print(f"{r['method']:20} {r['prm']:>24} {r['n']:3d} {r['accuracy']:9.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-              f"{r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} {r['mean_prm_tokens']:11.0f} "
-              f"{r['mean_wall_seconds']:8.1f}")
+    print_rows(report["rows"])
+    if "rows_first_k" in report:
+        print(f"\nthe same, on the first {report['rows_first_k']['problems']} problems only:")
+        print_rows(report["rows_first_k"]["rows"])
     for name, j in report.get("judges", {}).items():
         print(f"\n{name}: {j['samples']} samples, AUROC {j['judge_auroc']:.3f} (mean score {j['mean_score_right']:.3f} "
               f"right vs {j['mean_score_wrong']:.3f} wrong); sample accuracy {j['sample_accuracy']:.3f}; "
-              f"pass@{max(s['ns'])} {j['pass_at_n']:.3f} (a perfect verifier's ceiling)", end="")
+              f"pass@{max(s['ns'])} {j['pass_at_n']:.3f} (a perfect verifier's ceiling)"
+              + (f"; same samples as judge: {j['same_samples']}" if "same_samples" in j else ""), end="")
     print()
     print(f"\ntotal {report.get('seconds', 0)} s")
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'method':20} {'judge':>24} {'N':>3} {'problems':>8} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} "
+          f"{'PRM calls':>10} {'PRM tokens':>11} {'wall s':>8}")
+    for r in rows:
+        print(f"{r['method']:20} {r['prm']:>24} {r['n']:3d} {r['count']:8d} {r['accuracy']:9.3f} "
+              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} "
+              f"{r['mean_prm_tokens']:11.0f} {r['mean_wall_seconds']:8.1f}")
 
 
 def plot(report: dict, path: str) -> None:
@@ -181,12 +202,16 @@ def main() -> None:
                     help="also score the samples of the first K problems with prm=judge-text, to compare the judges")
     ap.add_argument("--judge-model", default="",
                     help="a second judge: this model judges the policy's samples and particles (prm=judge-text)")
+    ap.add_argument("--judge-model-problems", type=int, default=0,
+                    help="particle filtering with --judge-model on the first K problems only (default all)")
+    ap.add_argument("--judge-model-ns", default=None, help="N values for that particle filter (default --ns)")
     ap.add_argument("--out", default="runs/real_scaling")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
     ap.add_argument("--plot", help="accuracy-vs-tokens plot (default: OUT/real_scaling.png)")
     args = ap.parse_args()
     args.ns = tuple(int(x) for x in args.ns.split(","))
+    args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
     if args.load and not Path(args.load).is_file():
         ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
     if args.load:
