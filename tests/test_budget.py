@@ -9,7 +9,7 @@ from reasonbudget.engine import BudgetConfig, BudgetState, Engine, SamplingConfi
 from reasonbudget.engine.budget import step
 from reasonbudget.methods import METHODS
 from reasonbudget.methods.budget import BudgetForcingConfig
-from reasonbudget.models import INSTRUCT, build_prompt
+from reasonbudget.models import INSTRUCT, THINKING, build_prompt
 from tests.helpers import runtime_from_hf, scripted_model, tiny_hf_model
 
 events = st.lists(st.sampled_from(["token", "token", "token", "close", "eos"]), max_size=200)
@@ -144,3 +144,12 @@ def test_markdown_after_the_marker_is_not_the_whole_answer():
     model.profile = INSTRUCT
     r = _forcing(model, 40)
     assert r.answer.endswith("\\boxed{18}") and "more" not in r.answer
+    # the text-level rule (remote methods) ends the answer where the engine does
+    assert INSTRUCT.cut_answer("**\n  \\boxed{18}\nmore text") == r.answer
+
+
+def test_cut_answer_waits_for_a_value_then_stops_at_the_answer_stop():
+    assert INSTRUCT.cut_answer(" 18\nmore") == "18"
+    assert INSTRUCT.cut_answer("**\n\n$\\boxed{7}$\nnext") == "**\n\n$\\boxed{7}$"
+    assert INSTRUCT.cut_answer(" **\n") == "**"  # no value at all: the text as it is
+    assert THINKING.cut_answer("The answer is 3.\nMore.") == "The answer is 3.\nMore."  # no answer stop

@@ -31,6 +31,13 @@ class ReasoningProfile:
     """The answer ends at this text once it has content (instruct models answer on one line)."""
     system_prompt: str | None = None
 
+    def cut_answer(self, text: str) -> str:
+        """The answer in `text` as the engine ends it: at the first `answer_stop` once the answer holds a letter
+        or digit (markdown around the marker, as in "**Final answer:**" then a newline, is not an answer yet)."""
+        start = next((i for i, c in enumerate(text) if c.isalnum()), -1)
+        end = text.find(self.answer_stop, start) if self.answer_stop and start >= 0 else -1
+        return (text if end < 0 else text[:end]).strip()
+
     def __post_init__(self) -> None:
         if self.think_close not in self.forcing:
             raise ValueError(f"profile {self.name}: forcing string must contain think_close {self.think_close!r}")

@@ -23,14 +23,6 @@ from reasonbudget.types import MethodResult, Usage
 REMOTE_METHODS = ("plain", "budget-forcing", "nothinking", "tale")
 
 
-def _answer_text(model: RemoteModel, text: str) -> str:
-    answer = text.strip()
-    stop = model.profile.answer_stop
-    if stop and stop in answer:
-        answer = answer.split(stop, 1)[0].strip()
-    return answer
-
-
 def _usage(model: RemoteModel, calls: Sequence[Completion], wall: float, **tokens: int) -> Usage:
     processed = sum(c.prompt_tokens + c.completion_tokens for c in calls)
     return Usage(prompt_tokens=calls[0].prompt_tokens, tokens_by_model={model.name: processed},
@@ -56,8 +48,8 @@ def think_then_answer(model: RemoteModel, prompts: Sequence[str], *, budget: int
         forced = max(a.prompt_tokens - t.prompt_tokens - t.completion_tokens, 0)
         usage = _usage(model, [t, a], wall, thinking_tokens=t.completion_tokens, forced_tokens=forced,
                        answer_tokens=a.completion_tokens)
-        out.append(MethodResult(tokens=(), thinking=t.text.strip(), answer=_answer_text(model, a.text), usage=usage,
-                                finish_reason=a.finish_reason,
+        out.append(MethodResult(tokens=(), thinking=t.text.strip(), answer=model.profile.cut_answer(a.text),
+                                usage=usage, finish_reason=a.finish_reason,
                                 trace={"forced_close": c == prof.forcing, "two_phase": True}))
     return out
 
@@ -76,7 +68,7 @@ def _native(model: RemoteModel, prompts: Sequence[str], budget: int, max_answer_
         reported = c.body.get("reasonbudget", {}).get("usage", {})
         tokens = {k: int(reported.get(k, 0)) for k in ("thinking_tokens", "forced_tokens", "answer_tokens")}
         out.append(MethodResult(tokens=(), thinking=(choice.get("reasoning_content") or "").strip(),
-                                answer=_answer_text(model, choice.get("content") or ""),
+                                answer=model.profile.cut_answer(choice.get("content") or ""),
                                 usage=_usage(model, [c], wall, **tokens), finish_reason=c.finish_reason,
                                 trace={"native_budget": True}))
     return out
@@ -109,7 +101,7 @@ def _nothinking(model: RemoteModel, prompts: Sequence[str], max_answer_tokens: i
     calls = model.server.complete([p + model.profile.nothinking for p in prompts], max_tokens=max_answer_tokens,
                                   seeds=seeds, temperature=sampling.temperature, top_p=sampling.top_p)
     wall = (time.perf_counter() - t0) / max(len(prompts), 1)
-    return [MethodResult(tokens=(), thinking="", answer=_answer_text(model, c.text), finish_reason=c.finish_reason,
+    return [MethodResult(tokens=(), thinking="", answer=model.profile.cut_answer(c.text), finish_reason=c.finish_reason,
                          usage=_usage(model, [c], wall, answer_tokens=c.completion_tokens)) for c in calls]
 
 
