@@ -56,7 +56,7 @@ def measure(args) -> dict:
     steps = f"max_tokens={args.max_tokens}"
     cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in sweep(args, ["plain"], [], out / "greedy", 0.0):
-        cells[("greedy", "-", 1)].append(outcome(r, problem_id=r["problem_id"]))
+        cells[("greedy", "-", 1)].append(outcome(r))
     big = max(args.ns)
     sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE)
     judges, extra = {"judge": judge_quality(sampled)}, {}
@@ -100,7 +100,6 @@ def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) ->
     for r in records:
         for n in ns:
             for method, c in subsample(r, n, task="gsm8k").items():
-                c["problem_id"] = r["problem_id"]
                 if method != "majority-vote":
                     cells[(method, prm, n)].append(c)
                 elif voting:
@@ -109,10 +108,9 @@ def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) ->
 
 def add_particles(cells, records: list[dict], prm: str) -> None:
     for r in records:
-        cells[("particle-filter", prm, r["budget"])].append(outcome(r, problem_id=r["problem_id"]))
+        cells[("particle-filter", prm, r["budget"])].append(outcome(r))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
-            cells[("particle-filter-vote", prm, r["budget"])].append(
-                voted_outcome(r, task="gsm8k") | {"problem_id": r["problem_id"]})
+            cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r, task="gsm8k"))
 
 
 def judge_quality(records: list[dict]) -> dict:

@@ -61,8 +61,9 @@ def _ids(task: str, limit: int) -> set[str]:
 def outcome(record: dict, **over) -> dict:
     """One problem-run as a cell: correct, and its cost."""
     u = record["usage"]
-    return {"correct": record["correct"], "generated_tokens": u["completion_tokens"], "prm_calls": u["prm_calls"],
-            "prm_tokens": u["prm_tokens"], "wall_seconds": u["wall_seconds"]} | over
+    return {"problem_id": record["problem_id"], "seed": record["seed"], "correct": record["correct"],
+            "generated_tokens": u["completion_tokens"], "prm_calls": u["prm_calls"], "prm_tokens": u["prm_tokens"],
+            "wall_seconds": u["wall_seconds"]} | over
 
 
 def subsample(record: dict, n: int, task: str = "testbed") -> dict[str, dict]:
@@ -132,9 +133,26 @@ def measure(args) -> dict:
                 if name == "particle-filter" and "picks" in r["trace"]:  # the same run, weighted-vote selection
                     cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r))
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
-    return {"rows": rows_of(cells), "seconds": round(time.time() - t0, 1),
+    pairs = [paired(cells, (pf, prm, n), ("weighted-best-of-n", prm, 4 * n)) for prm in args.prms
+             for pf in ("particle-filter", "particle-filter-vote") for n in args.ns
+             if 4 * n in args.ns and (pf, prm, n) in cells]
+    return {"rows": rows_of(cells), "paired": pairs, "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
                          "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": args.prms}}
+
+
+def paired(cells, a: tuple, b: tuple) -> dict:
+    """Two cells on the same problem-runs: how many both get right, a only, b only, and the exact McNemar
+    p-value of the difference (the paper's claim, PF at N as good as weighted best-of-N at 4N, is a ≥)."""
+    from reasonbudget.eval.report import mcnemar
+
+    right_a = {(c["problem_id"], c["seed"]): bool(c["correct"]) for c in cells[a]}
+    right_b = {(c["problem_id"], c["seed"]): bool(c["correct"]) for c in cells[b]}
+    common = right_a.keys() & right_b.keys()
+    only_a = sum(right_a[k] and not right_b[k] for k in common)
+    only_b = sum(right_b[k] and not right_a[k] for k in common)
+    return {"a": list(a), "b": list(b), "runs": len(common), "both": sum(right_a[k] and right_b[k] for k in common),
+            "only_a": only_a, "only_b": only_b, "mcnemar_p": mcnemar(only_a, only_b)}
 
 
 COST_FIELDS = ("generated_tokens", "prm_calls", "prm_tokens", "wall_seconds")
@@ -174,6 +192,11 @@ def print_table(report: dict) -> None:
             top = by_n[max(by_n)]
             print(f"{method:20} " + " ".join(f"{by_n[n]['accuracy']:7.3f}" if n in by_n else f"{'-':>7}" for n in ns)
                   + f"   {top['mean_generated_tokens']:10.0f}  {top['mean_prm_calls']:13.0f}")
+    if report.get("paired"):
+        print("\npaired on the same problem-runs (A right where B is wrong, and the reverse; exact McNemar p):")
+    for p in report.get("paired", []):
+        print(f"  {p['a'][0]}@{p['a'][2]} vs weighted-best-of-n@{p['b'][2]} ({p['a'][1]}): {p['runs']} runs, "
+              f"both {p['both']}, A only {p['only_a']}, B only {p['only_b']}, p={p['mcnemar_p']:.3f}")
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from reasonbudget.eval.records import ResultsFile
-from reasonbudget.eval.report import summarize, to_markdown, wilson, write_report
+from reasonbudget.eval.report import mcnemar, summarize, to_markdown, wilson, write_report
 
 
 def test_wilson_interval_known_values():
@@ -20,6 +20,13 @@ def _rec(pid, method, budget, seed, correct, thinking):
              "forward_passes_by_model": {"m": thinking + 6}, "energy_flops": 1e9}
     return {"task": "gsm8k", "problem_id": pid, "method": method, "budget": budget, "seed": seed,
             "correct": correct, "usage": usage}
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar(0, 0) == 1.0 and mcnemar(3, 3) == 1.0
+    assert mcnemar(5, 0) == pytest.approx(2 / 32)  # all 5 discordant items on one side
+    assert mcnemar(1, 9) == mcnemar(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar(2, 4) == pytest.approx(2 * (1 + 6 + 15) / 64)
 
 
 def test_summary_groups_by_method_and_budget_over_problems_and_seeds(tmp_path):

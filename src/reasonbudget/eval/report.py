@@ -25,6 +25,17 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))  # rounding never excludes p
 
 
+def mcnemar(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value for two methods on the same items, from the discordant counts (items
+    only A gets right, items only B gets right): under "equally accurate" each discordant item is a fair coin
+    (pure)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Probability that a random positive outscores a random negative (ties count half); pure."""
     pos = [s for s, y in zip(scores, labels) if y]
