@@ -66,8 +66,7 @@ def measure(args) -> dict:
                      TEMPERATURE, limit=k)
         same = {r["problem_id"]: r for r in sampled}
         judges[f"judge, first {k}"] = judge_quality([same[r["problem_id"]] for r in text])
-        judges[f"judge-text, first {k}"] = judge_quality(text) | {
-            "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in text)}
+        judges[f"judge-text, first {k}"] = judge_quality(text) | {"same_samples": same_samples(text, same)}
     add_scaled(cells, sampled, "judge", args.ns)
     _log(args, f"sampled done ({time.time() - t0:.0f}s)")
     add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns), out / "particle-filter",
@@ -77,8 +76,7 @@ def measure(args) -> dict:
         other = sweep(args, [f"weighted-best-of-n:{prm},{steps}"], [big], out / f"sampled-{args.judge_model}",
                       TEMPERATURE)
         same = {r["problem_id"]: r for r in sampled}
-        judges[tag] = judge_quality(other) | {
-            "same_samples": all(r["trace"]["answers"] == same[r["problem_id"]]["trace"]["answers"] for r in other)}
+        judges[tag] = judge_quality(other) | {"same_samples": same_samples(other, same)}
         add_scaled(cells, other, tag, args.ns, voting=False)
         _log(args, f"{tag}: sampled done ({time.time() - t0:.0f}s)")
         k = args.judge_model_problems or args.limit
@@ -93,6 +91,11 @@ def measure(args) -> dict:
                          "ns": list(args.ns), "prm": PRM, "judge_model": args.judge_model,
                          "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
+
+
+def same_samples(records: list[dict], reference: dict[str, dict]) -> bool:
+    """Whether each record drew the same answers as the reference record of its problem (per-problem seeds)."""
+    return all(r["trace"]["answers"] == reference[r["problem_id"]]["trace"]["answers"] for r in records)
 
 
 def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) -> None:
