@@ -1,0 +1,30 @@
+"""The method-layer refactor keeps behaviour: a fixed-seed testbed sweep (sampled, T=1; four methods including
+particle filtering and budget guidance; two budgets; 20 problems) writes the same records as before it, byte for
+byte once the wall-clock fields are dropped. The fixture was written by the code before the refactor."""
+
+import gzip
+import json
+from pathlib import Path
+
+from reasonbudget.eval import SweepConfig, run_sweep
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "sweep_before_refactor.jsonl.gz"
+WALL_CLOCK = {"wall_seconds", "predictor_seconds"}
+
+
+def normalized(record: dict) -> str:
+    r = dict(record, usage={k: v for k, v in record["usage"].items() if k not in WALL_CLOCK},
+             trace={k: v for k, v in record["trace"].items() if k not in WALL_CLOCK})
+    return json.dumps(r, sort_keys=True)
+
+
+def test_the_sweep_writes_the_records_it_wrote_before_the_refactor(tmp_path):
+    cfg = SweepConfig(task="testbed:d=6", methods=("plain", "budget-forcing", "budget-guidance", "particle-filter"),
+                      budgets=(4, 8), seeds=(0,), limit=20, model="testbed-target", temperature=1.0, batch_size=10)
+    run_sweep(cfg, tmp_path, progress=False)
+    now = [normalized(json.loads(line)) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    with gzip.open(FIXTURE, "rt") as f:
+        before = [line.rstrip("\n") for line in f]
+    assert len(now) == len(before) == 140
+    for a, b in zip(now, before):
+        assert a == b
