@@ -62,7 +62,7 @@ def task_of(d: int, task_seed: int | None) -> str:
 def weights_fingerprint() -> str:
     import hashlib
 
-    from reasonbudget.testbed.pipeline import CHECKPOINTS
+    from reasonbudget.training.testbed import CHECKPOINTS
 
     return hashlib.sha256((CHECKPOINTS / "target" / "model.safetensors").read_bytes()).hexdigest()[:16]
 
@@ -79,7 +79,8 @@ def check_weights(out: Path) -> None:
 def fit_estimator(where: Path) -> Path:
     """TALE's learned estimator for the target, fitted on budget searches of fresh training problems (never the
     test sets); kept in the output directory, so a resumed run reuses it."""
-    from reasonbudget.methods.budget.budget_estimator import ESTIMATOR_FILE, fit_on_task
+    from reasonbudget.methods.budget.budget_estimator import ESTIMATOR_FILE
+    from reasonbudget.training.budget_estimator import fit_on_task
 
     if not (where / ESTIMATOR_FILE).exists():
         stats = fit_on_task(MODEL, f"testbed:seed={ESTIMATOR_SEED},n=40", 320, where)

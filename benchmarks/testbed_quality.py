@@ -25,9 +25,10 @@ from reasonbudget.models import load_model
 from reasonbudget.rewards import StepSequence, aggregate
 from reasonbudget.tasks import get_task
 from reasonbudget.tasks.testbed import problem_from_meta
-from reasonbudget.testbed.pipeline import CHECKPOINTS
-from reasonbudget.testbed.prm import TestbedPRM, sample_labelled_traces
-from reasonbudget.testbed.rollouts import rollouts
+from reasonbudget.training.testbed import CHECKPOINTS
+from reasonbudget.rewards.testbed_prm import TestbedPRM
+from reasonbudget.training.testbed_prm import sample_labelled_traces
+from reasonbudget.training.rollouts import rollouts
 from reasonbudget.testbed.problems import generate
 from reasonbudget.testbed.traces import final_answer, label_trace
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from reasonbudget.engine.cache import KVCache, RowSelection
+from reasonbudget.models.cache import KVCache, RowSelection
 from reasonbudget.models.config import ModelConfig
 from reasonbudget.models.hf_fallback import TokenCache
 from reasonbudget.models.llama import ForwardOutput

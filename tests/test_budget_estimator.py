@@ -8,8 +8,8 @@ import torch
 
 from reasonbudget.engine import Engine, SamplingConfig
 from reasonbudget.methods.base import make_method
-from reasonbudget.methods.budget.budget_estimator import (BudgetEstimator, fit_budget_estimator, fit_ridge,
-                                                           load_estimator, search_budgets)
+from reasonbudget.methods.budget.budget_estimator import BudgetEstimator, load_estimator
+from reasonbudget.training.budget_estimator import fit_budget_estimator, fit_ridge, search_budgets
 from reasonbudget.models import build_prompt, load_model
 from reasonbudget.predictors.length import PredictorError, lm_fingerprint
 from reasonbudget.testbed.problems import generate

@@ -10,7 +10,7 @@ from torch import nn
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.engine import Engine
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, make_method
+from reasonbudget.methods.base import make_method
 from reasonbudget.methods.budget.guidance import GuidanceController, PredictorBatch, newline_table
 from reasonbudget.predictors.length import LengthPredictorConfig, PredictorError, hidden_layer_ids
 from reasonbudget.predictors.train_length import PredictorTrainConfig, TraceTokens, train_length_predictor
@@ -48,7 +48,7 @@ def guided_run(model, budget, *, hard_cap=False, max_thinking=60):
         return ctrls[-1]
 
     cfg = BudgetConfig(max_thinking_tokens=budget if hard_cap else max_thinking, max_answer_tokens=8)
-    results = BudgetedRun(cfg, SamplingConfig(), steering=steer)(Engine(model), PROMPTS, torch.Generator())
+    results = Engine(model).generate(PROMPTS, [cfg] * len(PROMPTS), SamplingConfig(), torch.Generator(), steering=steer)
     return results, batch
 
 
@@ -63,8 +63,8 @@ def test_a_tight_budget_ends_thinking_at_the_first_guided_step():
 
 def test_a_loose_budget_changes_nothing():
     model = runtime_from_hf(tiny_hf_model("llama"))
-    plain = BudgetedRun(BudgetConfig(max_thinking_tokens=60, max_answer_tokens=8), SamplingConfig())(
-        Engine(model), PROMPTS, torch.Generator())
+    cfg = BudgetConfig(max_thinking_tokens=60, max_answer_tokens=8)
+    plain = Engine(model).generate(PROMPTS, [cfg] * len(PROMPTS), SamplingConfig(), torch.Generator())
     guided, _ = guided_run(model, budget=10**6)
     assert [g.tokens for g in guided] == [p.tokens for p in plain]
 

@@ -16,23 +16,20 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Thinking budgets for reasoning LLMs.")
 
-DEFAULT_BUDGET = 256
-
-
 class UserError(Exception):
     """A mistake in the user's input: reported in one line, exit code 2."""
 
 
 def parse_budget(text: str | None, method: str) -> int | None:
-    """The --budget of a method: thinking tokens for budget methods, N (samples or particles) for search
-    methods (their `budget_unit`)."""
+    """The --budget of a method, in the unit its capabilities declare: thinking tokens (budget methods) or N
+    samples or particles (search methods)."""
     from reasonbudget.methods.spec import method_class
 
-    cls = method_class(method)
-    unit = getattr(cls, "budget_unit", "thinking tokens")
+    caps = method_class(method).capabilities
+    unit = "samples or particles" if caps.takes_samples else caps.budget
     if text is None:
-        return getattr(cls, "default_budget", DEFAULT_BUDGET) if cls.uses_budget else None
-    if not cls.uses_budget:
+        return caps.default_budget if caps.budget_required else None
+    if caps.budget == "none":
         raise UserError(f"--budget applies to budgeted methods, not to {method}")
     try:
         value = int(text)
@@ -53,22 +50,27 @@ def run(
     question: str = typer.Argument(..., help="The question to solve."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path, hub id, or "
                               "remote:URL#MODEL (an OpenAI-compatible server)."),
-    method: str = typer.Option("budget-forcing", help="plain | budget-forcing | nothinking | budget-guidance | tale | best-of-n | "
-                               "weighted-best-of-n | majority-vote | beam-search | dvts | particle-filter | "
-                               "particle-gibbs | parallel-tempering, "
-                               "with settings as NAME:key=value,... (e.g. budget-guidance:hard_cap=true)"),
-    budget: Optional[str] = typer.Option(None, help=f"Thinking budget in tokens (budget methods; default "
-                                         f"{DEFAULT_BUDGET}), or N samples / particles (search methods; default 8)."),
-    min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (budget-forcing)."),
+    method: Optional[str] = typer.Option(None, help="A method (`reasonbudget methods` lists them; default: budget "
+                                         "forcing), with settings as NAME:key=value,... "
+                                         "(e.g. budget-guidance:hard_cap=true)"),
+    budget: Optional[str] = typer.Option(None, help="The method's budget: thinking tokens (budget methods; "
+                                         "default 256), or N samples / particles (search methods; default 8)."),
+    min_budget: int = typer.Option(0, help="Extend thinking with 'Wait' below this many tokens (methods with a "
+                                   "min_thinking_tokens setting)."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     seed: int = typer.Option(0, help="Seed of this request's torch.Generator."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Solve one question under a thinking budget and print thinking, answer and usage."""
+    from reasonbudget.methods import DEFAULT_METHOD
+
+    method = method or DEFAULT_METHOD
     try:
-        result, elapsed, b = _run(question, model, method, budget, min_budget, temperature, top_p, seed, dtype)
+        result, elapsed, b = _run(question, model, method, budget, min_budget, temperature, top_p, seed, dtype,
+                                  device)
     except UserError as e:
         _fail(str(e))
         return
@@ -80,51 +82,59 @@ def run(
     _print_human(result, method, b, elapsed)
 
 
-def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype):
+def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype, device):
     import torch
 
-    from reasonbudget.engine import Engine, PromptTooLongError, SamplingConfig
-    from reasonbudget.methods.base import make_method
-    from reasonbudget.models import ModelNotFoundError, build_prompt, load_model
+    from reasonbudget.engine import PromptTooLongError, SamplingConfig
+    from reasonbudget.methods import make_method, solve
+    from reasonbudget.models import ModelNotFoundError
 
     try:
         b = parse_budget(budget, method)
+        options = {"min_thinking_tokens": min_budget} if min_budget else {}
+        chosen = make_method(method, SamplingConfig(temperature=temperature, top_p=top_p), **options)
+    except TypeError:  # a setting the method's config does not have
+        raise UserError(f"--min-budget does not apply to {method} (it has no min_thinking_tokens setting)") from None
     except ValueError as e:  # unknown method or setting
         raise UserError(str(e)) from None
     if not question.strip():
         raise UserError("the question is empty")
-    if min_budget and not method.startswith("budget-forcing"):
-        raise UserError("--min-budget applies to budget-forcing only")
-    if model_name.startswith("remote:"):
-        return _run_remote(question, model_name, method, b, min_budget, temperature, top_p, seed)
     try:
-        options = {"min_thinking_tokens": min_budget} if min_budget else {}
-        chosen = make_method(method, SamplingConfig(temperature=temperature, top_p=top_p), **options)
-        lm = load_model(model_name, dtype=dtype)
-        engine = Engine(lm)
+        backend = load_backend(model_name, dtype=dtype, device=device)
         t0 = time.perf_counter()
-        result = chosen.run(engine, [build_prompt(lm, question)], budget=b,
-                            generator=torch.Generator().manual_seed(seed))[0]
-    except (ModelNotFoundError, PromptTooLongError, ValueError) as e:
+        result = solve(backend, chosen, [question], budget=b, generator=torch.Generator().manual_seed(seed))[0]
+    except (ModelNotFoundError, PromptTooLongError, ValueError) as e:  # RemoteError included
         raise UserError(str(e)) from None
     return result, time.perf_counter() - t0, b
 
 
-def _run_remote(question, model_name, method, budget, min_budget, temperature, top_p, seed):
-    from reasonbudget.engine import SamplingConfig
-    from reasonbudget.remote.methods import run_remote
-    from reasonbudget.remote.model import load_remote
+def load_backend(name: str, *, dtype: str = "float32", device: str = "cpu"):
+    """The in-process engine on a local model, or a remote server for `remote:URL#MODEL`."""
+    from reasonbudget.remote.model import is_remote, load_remote
 
-    if min_budget:
-        raise UserError("--min-budget needs the in-process engine; it does not apply to remote models")
+    if is_remote(name):
+        return load_remote(name)
+    from reasonbudget.engine import Engine
+    from reasonbudget.models import load_model
+
+    return Engine(load_model(name, dtype=dtype, device=check_device(device)))
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it here, else a one-line error naming what is available."""
+    import torch
+
     try:
-        rm = load_remote(model_name)
-        t0 = time.perf_counter()
-        result = run_remote(rm, method, [question], budget=budget, sampling=SamplingConfig(temperature=temperature,
-                            top_p=top_p), seeds=[seed])[0]
-    except ValueError as e:  # RemoteError included
-        raise UserError(str(e)) from None
-    return result, time.perf_counter() - t0, budget
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: accepted are cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: accepted are cpu, cuda, cuda:N")
+    return device
 
 
 def _print_human(result, method: str, budget: int | None, elapsed: float) -> None:
@@ -163,6 +173,7 @@ def eval_(
     temperature: float = typer.Option(0.0),
     top_p: float = typer.Option(1.0),
     dtype: str = typer.Option("float32"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
     batch_size: int = typer.Option(16, help="Problems decoded together in one engine batch."),
     out: str = typer.Option(..., help="Output directory (results.jsonl, summary.json/md, plots)."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray: --ray (local) or --ray ADDRESS."),
@@ -179,7 +190,8 @@ def eval_(
         b = parse_int_list(budgets, "--budgets", 1) if budgets else ()
         cfg = SweepConfig(task=task, methods=tuple(split_method_list(method)), budgets=b,
                           seeds=parse_int_list(seeds, "--seeds", 0), limit=limit, model=model,
-                          temperature=temperature, top_p=top_p, dtype=dtype, batch_size=batch_size)
+                          temperature=temperature, top_p=top_p, dtype=dtype, device=check_device(device),
+                          batch_size=batch_size)
         t0 = time.perf_counter()
         summary = run_sweep(cfg, Path(out), ray_address=ray, progress=not quiet)
     except UserError as e:
@@ -218,7 +230,7 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
     import logging
     from pathlib import Path
 
-    from reasonbudget.testbed.pipeline import CHECKPOINTS, retrain_all
+    from reasonbudget.training.testbed import CHECKPOINTS, retrain_all
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     report = retrain_all(Path(out) if out else CHECKPOINTS)
@@ -252,7 +264,7 @@ def train_predictor(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if traces < 1 or epochs < 1 or lr <= 0:
         _fail("--traces and --epochs must be >= 1 and --lr > 0")
-    from reasonbudget.predictors.recipe import DATA_KINDS, train_predictor_for
+    from reasonbudget.training.length_predictor import DATA_KINDS, train_predictor_for
 
     if data not in DATA_KINDS:
         _fail(f"--data {data!r}: accepted are {', '.join(DATA_KINDS)}")
@@ -290,7 +302,7 @@ def fit_budget_estimator_cmd(
     if limit < 2:
         _fail("--limit must be >= 2")
     try:
-        from reasonbudget.methods.budget.budget_estimator import fit_on_task
+        from reasonbudget.training.budget_estimator import fit_on_task
 
         stats = fit_on_task(model, task, limit, Path(out), binary=binary)
     except (ModelNotFoundError, ValueError) as e:
@@ -305,6 +317,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
     max_batch: int = typer.Option(64, help="Most requests decoded together in one engine batch."),
     max_queue: int = typer.Option(256, help="Requests waiting beyond this get 503 with Retry-After."),
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
@@ -317,7 +330,10 @@ def serve(
     if max_batch < 1 or max_queue < 1 or default_max_tokens < 1:
         _fail("--max-batch, --max-queue and --default-max-tokens must be >= 1")
     try:
-        lm = load_model(model, dtype=dtype)
+        lm = load_model(model, dtype=dtype, device=check_device(device))
+    except UserError as e:
+        _fail(str(e))
+        return
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -344,6 +360,18 @@ def models() -> None:
     for entry, path in available_models():
         where = str(path) if path else f"not installed ({entry.how_to_get})"
         typer.echo(f"{entry.name:22s} {entry.description}\n{'':22s} {where}")
+
+
+@app.command("methods")
+def methods_() -> None:
+    """List the methods with what their budget counts, the backend level they need and the models they use."""
+    from reasonbudget.methods import METHODS
+
+    typer.echo(f"{'method':20s} {'budget':26s} {'level':7s} {'streams':8s} models")
+    for name, cls in METHODS.items():
+        c = cls.capabilities
+        budget = c.budget + ("" if c.budget_required or c.budget == "none" else " (optional)")
+        typer.echo(f"{name:20s} {budget:26s} {c.level:7s} {c.streams:8s} {', '.join(c.models)}")
 
 
 def _ray_flag_default(argv: list[str]) -> list[str]:

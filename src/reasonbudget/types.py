@@ -27,11 +27,33 @@ class PromptIds(tuple):
         return tuple(self), self.question
 
 
+class PromptText(str):
+    """A remote backend's prompt (chat-templated text) that also remembers its question, like `PromptIds`."""
+
+    question: str
+
+    def __new__(cls, text: str, question: str) -> "PromptText":
+        self = super().__new__(cls, text)
+        self.question = question
+        return self
+
+    def __getnewargs__(self) -> tuple:
+        return str(self), self.question
+
+
 def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     out = dict(a)
     for k, v in b.items():
         out[k] = out.get(k, 0) + v
     return out
+
+
+@dataclass(frozen=True)
+class StepSequence:
+    """A partial solution as a PRM reads it: the problem statement and the steps written so far."""
+
+    problem: str
+    steps: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)

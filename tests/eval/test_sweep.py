@@ -115,3 +115,22 @@ def test_report_command_needs_a_sweep_directory(tmp_path):
     p = subprocess.run([sys.executable, "-m", "reasonbudget.cli", "report", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and "no results.jsonl" in p.stderr
+
+
+def test_a_resumed_sweep_refuses_retrained_weights(tiny_checkpoint, tmp_path):
+    """The identity holds the weights' fingerprint, not only the model's name: records of old and new weights
+    are never mixed in one results file."""
+    import shutil
+
+    from tests.helpers import tiny_hf_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    cfg = SweepConfig(task="gsm8k", methods=("nothinking",), limit=1, model=str(model), temperature=0.0)
+    run_sweep(cfg, tmp_path / "out", progress=False)
+    run_sweep(cfg, tmp_path / "out", progress=False)  # same weights: resumes (nothing to do)
+    retrained = tiny_hf_model("qwen3", seed=22)
+    retrained.config.max_position_embeddings = 4096
+    retrained.save_pretrained(model)
+    with pytest.raises(ValueError, match="with other weights or companion artefacts"):
+        run_sweep(cfg, tmp_path / "out", progress=False)

@@ -2,12 +2,14 @@
 are reproducible from the per-problem generators, and survive bad PRMs and bad budgets."""
 
 import math
+from collections import defaultdict
 
 import pytest
 import torch
 
 from reasonbudget.engine import SamplingConfig
 from reasonbudget.methods.base import make_method
+from reasonbudget.rewards.base import StepSequence
 from reasonbudget.rewards.oracle import OraclePRM
 from reasonbudget.tasks import grade_many
 
@@ -54,19 +56,42 @@ def test_budgets_are_checked(testbed):
             _run(testbed, spec, budget)
 
 
+def _has_check_line(item: StepSequence) -> bool:
+    return any("check:" in step for step in item.steps)
+
+
 class FlakyPRM:
-    """The oracle, except that one particle's prefixes score NaN and a marked batch raises."""
+    """The oracle, except that it fails on every prefix with a "check:" line (NaN in a batch, an exception when
+    scored alone) and every third batch raises (the scorer then retries item by item). So a particle scores
+    NaN exactly when its text has a "check:" line, and the tests can tell failed particles by their text."""
 
     def __init__(self):
-        self.oracle, self.calls = OraclePRM(), 0
+        self.oracle, self.calls, self.items = OraclePRM(), 0, []
 
     def score_steps(self, items):
         self.calls += 1
-        out = self.oracle.score_steps(items)
-        if self.calls % 3 == 0:
+        self.items.extend(items)
+        if len(items) > 1 and self.calls % 3 == 0:
             raise RuntimeError("PRM server hiccup")
-        out[0] = torch.full_like(out[0], float("nan"))
-        return out
+        if len(items) == 1 and _has_check_line(items[0]):
+            raise RuntimeError("PRM choked on a check line")
+        scores = self.oracle.score_steps(items)
+        return [torch.full_like(s, float("nan")) if _has_check_line(it) else s for it, s in zip(items, scores)]
+
+
+def _failed_prefixes_kept(items) -> list[StepSequence]:
+    """Failed prefixes that were extended although a live prefix of the same problem and round had a score.
+    Particles advance one step per round, so a round's live prefixes of a problem have the same step count."""
+    rounds = defaultdict(list)
+    for it in items:
+        rounds[it.problem, len(it.steps)].append(it)
+    kept = []
+    for it in items:
+        parent = StepSequence(it.problem, it.steps[:-1])
+        live = [q for q in rounds[parent.problem, len(parent.steps)] if not q.steps[-1].lstrip().startswith("</think>")]
+        if _has_check_line(parent) and not all(_has_check_line(q) for q in live):
+            kept.append(parent)
+    return kept
 
 
 def test_a_failing_prm_drops_particles_and_the_run_goes_on(testbed, monkeypatch):
@@ -74,10 +99,19 @@ def test_a_failing_prm_drops_particles_and_the_run_goes_on(testbed, monkeypatch)
 
     flaky = FlakyPRM()
     monkeypatch.setattr(factory, "load_prm", lambda *a, **k: flaky)
+    num_failed = 0
     for spec in ("particle-filter", "beam-search", "best-of-n"):
+        flaky.items.clear()
         results = _run(testbed, spec, 4)
-        assert all(r.answer.startswith("The answer is") for r in results)
-    assert flaky.calls > 3
+        for r in results:
+            assert r.answer.startswith("The answer is")
+            scores = r.trace.get("scores", r.trace.get("final_scores"))
+            if scores is not None and any(s is not None for s in scores):  # a scored candidate beats a failed one
+                assert "check:" not in r.thinking, (spec, scores)
+        # resampling (particle filter) and pruning (beam search) drop a failed particle
+        assert _failed_prefixes_kept(flaky.items) == [], spec
+        num_failed += sum(_has_check_line(it) for it in flaky.items)
+    assert num_failed > 0 and flaky.calls > 3  # the PRM did fail, and the runs went on
 
 
 def test_prm_names_are_checked(testbed, smollm):
@@ -104,7 +138,7 @@ def test_parallel_tempering_swap_rule():
 
 def test_gibbs_reference_is_weighted_by_its_own_score_at_the_same_step():
     from reasonbudget.methods.scaling.particle_filter import REFERENCE, ParticleFilterConfig, resample_population
-    from reasonbudget.search.particles import Particle
+    from reasonbudget.steps.particles import Particle
 
     cfg = ParticleFilterConfig()
     free = [Particle(0, None, steps=("a",), scores=(0.5,)), Particle(0, None, steps=("b",), scores=(0.5,))]

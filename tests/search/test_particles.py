@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reasonbudget.engine import SamplingConfig
-from reasonbudget.search.particles import StepConfig, StepRunner
+from reasonbudget.steps.particles import StepConfig, StepRunner
 
 
 def _gens(n, seed=0):

@@ -9,12 +9,13 @@ import time
 
 import httpx
 import pytest
+import torch
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 
 from reasonbudget.engine import SamplingConfig  # noqa: E402
 from reasonbudget.models.registry import resolve  # noqa: E402
-from reasonbudget.remote.methods import run_remote  # noqa: E402
+from reasonbudget.methods import solve  # noqa: E402
 from reasonbudget.remote.model import load_remote  # noqa: E402
 from reasonbudget.serve.background import free_port  # noqa: E402
 
@@ -53,7 +54,8 @@ def llama_server():
 def test_budget_forcing_caps_thinking_on_llama_cpp(llama_server, budget):
     rm = load_remote(f"remote:{llama_server}#smollm2-135m")
     assert not rm.native_budget  # llama-cpp-python has no per-request thinking budget: two-phase forcing
-    results = run_remote(rm, "budget-forcing", QUESTIONS, budget=budget, sampling=SamplingConfig(), seeds=[0] * 3)
+    results = solve(rm, "budget-forcing", QUESTIONS, budget=budget, sampling=SamplingConfig(),
+                    generator=torch.Generator().manual_seed(0))
     for r in results:
         assert 0 < r.usage.thinking_tokens <= budget  # llama.cpp's own token count
         assert r.answer  # an answer always follows the forced end

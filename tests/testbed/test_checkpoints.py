@@ -8,8 +8,8 @@ from reasonbudget.methods.base import make_method
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.models import build_prompt, load_model
 from reasonbudget.rewards import StepSequence
-from reasonbudget.testbed.pipeline import CHECKPOINTS
-from reasonbudget.testbed.prm import TestbedPRM as PRM
+from reasonbudget.training.testbed import CHECKPOINTS
+from reasonbudget.rewards.testbed_prm import TestbedPRM as PRM
 from reasonbudget.testbed.problems import generate
 from reasonbudget.testbed.traces import final_answer, label_steps
 

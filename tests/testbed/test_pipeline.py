@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from reasonbudget.eval.report import auroc
-from reasonbudget.testbed.prm import TestbedPRM as PRM
-from reasonbudget.testbed.prm import LOGPROB_FLOOR, features_from_logprobs
+from reasonbudget.rewards.testbed_prm import TestbedPRM as PRM
+from reasonbudget.rewards.testbed_prm import LOGPROB_FLOOR, features_from_logprobs
 
 
 def test_auroc_pure():
@@ -25,7 +25,7 @@ def test_step_features_pure():
 def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     from reasonbudget.models import load_model
     from reasonbudget.rewards import StepSequence
-    from reasonbudget.testbed.pipeline import retrain_all
+    from reasonbudget.training.testbed import retrain_all
 
     report = retrain_all(tmp_path, smoke=True)
     assert report["target"]["steps_done"] == 3 and report["draft"]["steps_done"] == 3
@@ -34,7 +34,7 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     for name in ("target", "draft"):
         model = load_model(str(tmp_path / name))
         assert model.profile.name == "testbed" and model.kind == "runtime"
-    from reasonbudget.testbed.pipeline import PREDICTOR_DIR
+    from reasonbudget.training.testbed import PREDICTOR_DIR
 
     assert (tmp_path / PREDICTOR_DIR / "length_predictor.safetensors").is_file()
     scores = PRM(tmp_path / "prm").score_steps([StepSequence("1 + 2 mod 100", ("1 + 2 = 3",))])

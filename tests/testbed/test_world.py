@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reasonbudget.rewards import OraclePRM, StepSequence, aggregate
+from reasonbudget.rewards import StepSequence, aggregate
+from reasonbudget.rewards.oracle import OraclePRM
 from reasonbudget.tasks import get_task
 from reasonbudget.testbed.problems import MOD, generate, parse_question
 from reasonbudget.testbed.tokenizer import build_tokenizer
@@ -182,7 +183,7 @@ def test_terse_lines_are_checked_against_the_chain():
 
 def test_prompt_following_examples_use_tales_prompts():
     from reasonbudget.methods.budget.tale_text import COT_TRIGGER, ESTIMATE_INSTRUCTION, parse_estimate
-    from reasonbudget.testbed.train import budget_example
+    from reasonbudget.training.testbed_lm import budget_example
     from reasonbudget.testbed.traces import concise_length
 
     (p,) = generate(1, difficulty=5, seed=9)
@@ -202,7 +203,7 @@ def test_without_the_mix_the_training_stream_is_unchanged():
     checkpoints stop being what `reasonbudget testbed train` makes (digest of the committed version's stream)."""
     import hashlib
 
-    from reasonbudget.testbed.train import make_batch
+    from reasonbudget.training.testbed_lm import make_batch
 
     tok, rng, h = build_tokenizer(), random.Random("train:target:0"), hashlib.sha256()
     for step in range(3):

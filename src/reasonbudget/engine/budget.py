@@ -95,6 +95,8 @@ class BudgetController(Controller):
 
     def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
         if self.state.phase == "answer" and not self.answer_has_text:
+            if self._eos.device != logits.device:  # once: the logits live on the model's device
+                self._eos = self._eos.to(logits.device)
             logits = logits.index_fill(0, self._eos, float("-inf"))  # never an empty answer
         return logits
 

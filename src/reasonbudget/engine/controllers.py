@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from reasonbudget.types import TokenIds
+from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,25 @@ class Controller:
         """Work this row wants done for the coming step together with other rows, with the controller that
         receives its share (see `BatchedWork`)."""
         return ()
+
+
+class Observer(Controller):
+    """Watches one prompt of a method's run for its caller (the server streams, caps and cancels through it).
+
+    Methods that decode one row per prompt chain it onto that row (it sees every token, in order, and may stop
+    the row); every method calls `on_result` once the prompt's result is final (possibly before the other
+    prompts'), reports `on_progress` between search rounds, and stops work on a prompt whose observer is
+    `cancelled`. The base class observes nothing."""
+
+    @property
+    def cancelled(self) -> bool:
+        return False
+
+    def on_result(self, result: MethodResult) -> None:
+        """The prompt's final result (the method may still be working on other prompts)."""
+
+    def on_progress(self, event: Mapping[str, object]) -> None:
+        """Search progress of this prompt (round, live candidates, best text so far)."""
 
 
 class BatchedWork:
@@ -121,3 +140,36 @@ class Chain(Controller):
 
     def batched_work(self) -> Sequence[tuple[BatchedWork, Controller]]:
         return [w for c in self.controllers for w in c.batched_work()]
+
+
+class LogprobRecorder(Controller):
+    """Records each emitted token's log-probability under the model (before sampling settings) and the `top`
+    most likely alternatives: OpenAI's `logprobs` of a completion."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.pending: Tensor | None = None
+        self.tokens: list[int] = []
+        self.token_logprobs: list[float] = []
+        self.top_logprobs: list[list[tuple[int, float]]] = []
+
+    def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
+        self.pending = logits.float().log_softmax(-1)  # [V]
+        return logits
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        lp, self.pending = self.pending, None
+        self.tokens.append(token)
+        self.token_logprobs.append(float(lp[token]) if lp is not None else 0.0)
+        if lp is not None and self.top:
+            best = lp.topk(self.top)
+            self.top_logprobs.append(list(zip(best.indices.tolist(), best.values.tolist())))
+        else:
+            self.top_logprobs.append([])
+        return KEEP
+
+    def openai_format(self, decode: Callable[[list[int]], str]) -> dict:
+        texts = [decode([t]) for t in self.tokens]
+        offsets = [sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+        top = [{decode([t]): v for t, v in alts} for alts in self.top_logprobs]
+        return {"tokens": texts, "token_logprobs": self.token_logprobs, "top_logprobs": top, "text_offset": offsets}

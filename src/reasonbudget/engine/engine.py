@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import torch
 from torch import Generator, Tensor
 
-from reasonbudget.engine.controllers import BatchedWork, Controller
+from reasonbudget.engine import generation
+from reasonbudget.engine.budget import BudgetConfig, BudgetController
+from reasonbudget.engine.controllers import BatchedWork, Controller, Observer
+from reasonbudget.engine.errors import PromptTooLongError
 from reasonbudget.engine.sampling import SamplingConfig, child_generators, sample
-from reasonbudget.models.registry import LoadedModel
-from reasonbudget.types import TokenIds
+from reasonbudget.models.profiles import ReasoningProfile
+from reasonbudget.models.registry import LoadedModel, build_prompt
+from reasonbudget.types import MethodResult, PromptIds, TokenIds
 
-
-class PromptTooLongError(ValueError):
-    pass
+__all__ = ["Decoded", "Engine", "PromptTooLongError"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,37 @@ class Decoded:
 
 
 class Engine:
+    """The in-process backend: every level of the backend protocol (text, steps, tokens)."""
+
+    levels: frozenset[str] = frozenset({"text", "steps", "tokens"})
+
     def __init__(self, model: LoadedModel, *, prefill_chunk_tokens: int = 4096) -> None:
         self.model = model
         self.backend = model.backend
         self.cache = None
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
+
+    # ---- text level (shared with remote backends) -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def profile(self) -> ReasoningProfile:
+        return self.model.profile
+
+    def prompt(self, question: str) -> PromptIds:
+        """The chat-templated prompt of one question (token ids that remember the question)."""
+        return build_prompt(self.model, question)
+
+    def generate(self, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
+                 generator: Generator | Sequence[Generator], *, prefill_text: str = "",
+                 steering: Callable[[BudgetController], Controller] | None = None,
+                 observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+        """Think under budgets[i], then answer, for every prompt in one batch (see `engine.generation`)."""
+        return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
+                                   steering=steering, observers=observers)
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:

@@ -62,11 +62,14 @@ def probabilities(logits: Tensor, cfg: SamplingConfig) -> Tensor:
 
 
 def draw(probs: Tensor, generators: Sequence[Generator]) -> Tensor:
-    """One token per row of probs [R, V] with that row's generator -> [R]."""
-    race = torch.empty_like(probs)
+    """One token per row of probs [R, V] with that row's generator -> [R], on probs' device. The noise is drawn
+    on the generators' device (CPU for the usual per-row generators: one cannot fill a CUDA tensor)
+    and moved once, so the same probs and seeds give the same tokens on every device."""
+    device = generators[0].device if generators else probs.device
+    race = torch.empty(probs.shape, dtype=probs.dtype, device=device)  # [R, V]
     for r, g in enumerate(generators):
         race[r].exponential_(generator=g)
-    return (probs / race).argmax(-1)
+    return (probs / race.to(probs.device)).argmax(-1)
 
 
 def sample(logits: Tensor, cfg: SamplingConfig, generators: Sequence[Generator] | None) -> Tensor:
@@ -80,5 +83,5 @@ def sample(logits: Tensor, cfg: SamplingConfig, generators: Sequence[Generator] 
 
 def child_generators(parent: Generator, n: int) -> list[Generator]:
     """n independent generators derived deterministically from `parent`."""
-    seeds = torch.randint(0, 2**62, (n,), generator=parent).tolist()
+    seeds = torch.randint(0, 2**62, (n,), generator=parent, device=parent.device).tolist()  # a CUDA parent too
     return [torch.Generator().manual_seed(s) for s in seeds]

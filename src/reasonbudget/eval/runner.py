@@ -36,6 +36,7 @@ class SweepConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     dtype: str = "float32"
+    device: str = "cpu"
     batch_size: int = 16
     """Problems decoded together in one engine batch."""
 
@@ -45,7 +46,7 @@ class SweepConfig:
 
         if not self.methods:
             raise ValueError(f"no method given; available: {', '.join(METHODS)}")
-        budgeted = [m for m in self.methods if method_class(m).uses_budget]  # unknown names raise here
+        budgeted = [m for m in self.methods if method_class(m).capabilities.sweeps_budgets]  # unknown names raise
         if budgeted and not self.budgets:
             raise ValueError("budgets are required for " + ", ".join(budgeted))
         if any(b < 1 for b in self.budgets):
@@ -56,9 +57,18 @@ class SweepConfig:
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
 
     def identity(self) -> dict[str, Any]:
-        """What must match for two runs to share a results file."""
+        """What must match for two runs to share a results file: the model by the content of its weights and
+        companion artefacts, not only by name (a retrained `testbed-target` is another model)."""
         return {"task": self.task, "model": self.model, "temperature": self.temperature, "top_p": self.top_p,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "fingerprints": _fingerprints(self.model)}
+
+
+def _fingerprints(model: str) -> dict[str, str]:
+    """Content fingerprints (first and last MiB of each file: milliseconds, even for GB of weights)."""
+    from reasonbudget.models.registry import model_fingerprints
+    from reasonbudget.remote.model import is_remote
+
+    return {} if is_remote(model) else model_fingerprints(model)  # a server's weights cannot be read from here
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ def plan(cfg: SweepConfig, problem_ids: Sequence[str]) -> list[Unit]:
 
     units = []
     for method in cfg.methods:
-        for budget in cfg.budgets if method_class(method).uses_budget else (None,):
+        for budget in cfg.budgets if method_class(method).capabilities.sweeps_budgets else (None,):
             for seed in cfg.seeds:
                 for i in range(0, len(problem_ids), cfg.batch_size):
                     units.append(Unit(method, budget, seed, tuple(problem_ids[i : i + cfg.batch_size])))
@@ -106,30 +116,20 @@ class UnitRunner:
         self.cfg = cfg
         self.task = get_task(cfg.task)
         self.problems = {p.id: p for p in self.task.problems(cfg.limit)}
-        self.remote = load_remote(cfg.model) if is_remote(cfg.model) else None
-        self.model = load_model(cfg.model, dtype=cfg.dtype) if self.remote is None else None
-        self.engine = Engine(self.model) if self.model is not None else None
+        self.backend = (load_remote(cfg.model) if is_remote(cfg.model)
+                        else Engine(load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)))
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
         import torch
 
         from reasonbudget.engine import SamplingConfig
-        from reasonbudget.methods.base import make_method
+        from reasonbudget.methods import solve
 
         cfg = self.cfg
-        sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
         problems = [self.problems[pid] for pid in unit.problem_ids]
-        seeds = [problem_seed(unit.seed, p.id) for p in problems]
-        if self.remote is not None:
-            from reasonbudget.remote.methods import run_remote
-
-            results = run_remote(self.remote, unit.method, [self.task.question_text(p) for p in problems],
-                                 budget=unit.budget, sampling=sampling, seeds=seeds)
-        else:
-            method = make_method(unit.method, sampling)
-            prompts = [self.task.prompt(self.model, p) for p in problems]
-            gens = [torch.Generator().manual_seed(s) for s in seeds]
-            results = method.run(self.engine, prompts, budget=unit.budget, generator=gens)
+        gens = [torch.Generator().manual_seed(problem_seed(unit.seed, p.id)) for p in problems]
+        results = solve(self.backend, unit.method, [self.task.question_text(p) for p in problems], budget=unit.budget,
+                        sampling=SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p), generator=gens)
         return [{"task": self.task.spec, "problem_id": p.id, "method": unit.method, "budget": unit.budget,
                  "seed": unit.seed, "gold": p.gold, "thinking": r.thinking, "answer": r.answer,
                  "finish_reason": r.finish_reason, "usage": r.usage.to_dict(), "trace": dict(r.trace),
@@ -149,9 +149,14 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
     manifest = out / "run.json"
     if manifest.exists():
         previous = json.loads(manifest.read_text()).get("identity", {})
-        if previous != cfg.identity():
-            diff = ", ".join(f"{k}={previous.get(k)!r} there vs {v!r} now" for k, v in cfg.identity().items()
-                             if previous.get(k) != v)
+        now = cfg.identity()
+        if previous != now:
+            changed = [k for k, v in now.items() if previous.get(k) != v]
+            if changed == ["fingerprints"]:
+                raise ValueError(f"{out} holds results of {cfg.model} with other weights or companion artefacts "
+                                 f"({previous.get('fingerprints')} there vs {now['fingerprints']} now: retrained "
+                                 "since?); choose another --out or delete it")
+            diff = ", ".join(f"{k}={previous.get(k)!r} there vs {now[k]!r} now" for k in changed)
             raise ValueError(f"{out} holds a different sweep ({diff}); choose another --out")
 
 

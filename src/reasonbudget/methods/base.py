@@ -1,59 +1,83 @@
-"""The `Method` interface, the method registry, and the shared budgeted run behind the budget methods."""
+"""The `Method` interface, the capabilities every method declares, and the method registry.
+
+Callers (CLI, eval, server) never name a method: they read its `Capabilities` (what its budget counts, whether
+budgets may differ per row, the backend level it needs, the models it uses, how it streams). Adding a method
+is one module that defines a class with `name`, `capabilities`, `config_type`, `run`, decorated `@register`.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from torch import Generator
-
-from reasonbudget.engine.budget import BudgetConfig, BudgetController, ProfileTokens
-from reasonbudget.engine.controllers import Chain, Controller
-from reasonbudget.engine.engine import Decoded, Engine, PromptTooLongError
+from reasonbudget.engine.backend import LEVELS, Backend, Level, check_level
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.engine.generation import Generators
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.models.registry import LoadedModel
-from reasonbudget.types import MethodResult, TokenIds, Usage
+from reasonbudget.types import MethodResult, TokenIds
+
+BudgetUnit = Literal["thinking tokens", "samples", "none"]
+Role = Literal["policy", "draft", "prm", "router", "predictor"]
+Streaming = Literal["tokens", "end"]
+
+__all__ = ["Backend", "BudgetUnit", "Capabilities", "Generators", "LEVELS", "Level", "METHODS", "Method", "Role",
+           "Streaming", "check_runnable", "make_method", "register", "solve"]
 
 
-Generators = Generator | Sequence[Generator]
-"""One generator per call, or one per prompt (a prompt's draws then do not depend on its batch)."""
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    """What a method needs and offers, as data (read by the CLI, the eval runner and the server)."""
 
-_observers: ContextVar[Sequence[Controller] | None] = ContextVar("reasonbudget_observers", default=None)
+    budget: BudgetUnit
+    """What `budget` counts: thinking tokens, N samples / particles, or nothing."""
+    budget_required: bool = True
+    """False: a budget is optional (TALE: a cap on its own estimate); sweeps then run the method once."""
+    default_budget: int | None = None
+    """Used when the caller gives none (search methods: N)."""
+    per_row_budgets: bool = False
+    """`run` takes one budget per prompt (the server batches requests with different budgets)."""
+    level: Level = "text"
+    """The lowest backend level it needs (text < steps < tokens; see `engine.backend`)."""
+    models: tuple[Role, ...] = ("policy",)
+    """The models it uses besides the policy's weights (a PRM, a length predictor, ...)."""
+    streams: Streaming = "end"
+    """tokens: one row per prompt whose tokens an observer sees as they come; end: the text comes at the end."""
+    thinks: bool = True
+    """False: the answer starts at once (thinking prefilled as done); a request that turns thinking off maps
+    to such a method."""
 
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"level={self.level!r}: accepted are {', '.join(LEVELS)}")
+        if self.budget == "none" and (self.default_budget is not None or self.per_row_budgets):
+            raise ValueError("a method without a budget has no default budget and no per-row budgets")
 
-@contextmanager
-def observing(observers: Sequence[Controller]) -> Iterator[None]:
-    """Within this block, a method's final decode chains `observers[i]` onto prompt i's row (the server
-    streams and cancels through them). Methods that decode in steps (search) do not consult it."""
-    token = _observers.set(observers)
-    try:
-        yield
-    finally:
-        _observers.reset(token)
+    @property
+    def sweeps_budgets(self) -> bool:
+        """An eval sweep runs it once per budget (else once, without one)."""
+        return self.budget != "none" and self.budget_required
+
+    @property
+    def takes_samples(self) -> bool:
+        return self.budget == "samples"
 
 
 class Method(Protocol):
     name: ClassVar[str]
-    uses_budget: ClassVar[bool]
+    capabilities: ClassVar[Capabilities]
     config_type: ClassVar[type]
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]: ...
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]: ...
 
 
 METHODS: dict[str, Callable[..., Method]] = {}
 
 
-def takes_samples(name: str) -> bool:
-    """The method's budget is N samples or particles (search methods), not thinking tokens."""
-    return getattr(METHODS[name], "budget_unit", "thinking tokens") != "thinking tokens"
-
-
 def register(cls: type) -> type:
+    if not isinstance(getattr(cls, "capabilities", None), Capabilities):
+        raise TypeError(f"{cls.__name__} must declare `capabilities: ClassVar[Capabilities]`")
     METHODS[cls.name] = cls
     return cls
 
@@ -68,101 +92,18 @@ def make_method(spec: str, sampling: SamplingConfig, **options: Any) -> Method:
     return cls(cls.config_type(sampling=sampling, **{**settings, **options}))
 
 
-def profile_tokens(model: LoadedModel) -> ProfileTokens:
-    p = model.profile
-    return ProfileTokens(close=p.think_close, close_ids=model.encode(p.think_close),
-                         forcing_ids=model.encode(p.forcing), wait_ids=model.encode(p.wait), eos_ids=model.eos_ids,
-                         answer_stop=p.answer_stop)
+def check_runnable(method: Method, backend: Backend) -> None:
+    """ValueError in one line when the backend lacks the level the method needs."""
+    check_level(backend, method.capabilities.level, method.name)
 
 
-def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool) -> tuple[str, str]:
-    """(thinking, answer) text of generated tokens; EOS tokens are dropped."""
-    text = model.decode([t for t in tokens if t not in model.eos_ids])
-    if thinking_done:
-        return "", text.strip()
-    close = model.profile.think_close
-    if close not in text:
-        return text.strip(), ""
-    thinking, answer = text.split(close, 1)
-    return thinking.strip(), answer.strip()
-
-
-@dataclass(frozen=True)
-class BudgetedRun:
-    """One batched decode under a `BudgetConfig` (one for all prompts, or one per prompt): the shared core of
-    plain CoT, budget forcing, NoThinking."""
-
-    budget: BudgetConfig | Sequence[BudgetConfig]
-    sampling: SamplingConfig
-    prefill_text: str = ""
-    """Appended to every prompt (NoThinking prefills a finished thinking block)."""
-    steering: Callable[[BudgetController], Controller] | None = None
-    """A per-row controller chained after the budget controller (it may read that row's budget state)."""
-    observed: bool = True
-    """Chain the `observing` controllers onto the rows (False for helper decodes such as TALE's estimate)."""
-
-    def row_budgets(self, n: int) -> list[BudgetConfig]:
-        if isinstance(self.budget, BudgetConfig):
-            return [self.budget] * n
-        if len(self.budget) != n:
-            raise ValueError(f"got {len(self.budget)} budgets for {n} prompts")
-        return list(self.budget)
-
-    @staticmethod
-    def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
-        thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else 4096
-        waits = b.max_waits * len(ptok.wait_ids)
-        return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
-
-    def __call__(self, engine: Engine, prompts: Sequence[TokenIds], generator: Generators) -> list[MethodResult]:
-        model = engine.model
-        ptok = profile_tokens(model)
-        in_answer = bool(self.prefill_text)
-        prompts = [tuple(p) + model.encode(self.prefill_text) for p in prompts] if in_answer else list(prompts)
-        t0 = time.perf_counter()
-        longest = max(len(p) for p in prompts)
-        room, needed = model.context_length - longest, len(ptok.forcing_ids) + 16
-        if room < needed:
-            raise PromptTooLongError(f"the prompt has {longest} tokens and {model.name}'s context is "
-                                     f"{model.context_length}; at least {needed} tokens must remain for the answer")
-        budgets = self.row_budgets(len(prompts))
-        limit = min(max(self.max_new_tokens(b, ptok) for b in budgets), room)
-        rows = engine.prefill(prompts, max_new_tokens=limit)
-        ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
-        steer = [self.steering(c) for c in ctrls] if self.steering is not None else [None] * len(ctrls)
-        observers = _observers.get() if self.observed else None
-        if observers is not None and len(observers) != len(prompts):
-            raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
-        watch = observers or [None] * len(ctrls)
-        row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
-                     for c, s, o in zip(ctrls, steer, watch)]
-
-        def result(i: int, d: Decoded) -> MethodResult:
-            r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
-            r.trace.update(getattr(steer[i], "trace", {}))
-            return r
-
-        def early(i: int, d: Decoded) -> None:  # an observer may hand a finished row's result on at once
-            if hasattr(watch[i], "on_result"):
-                watch[i].on_result(result(i, d))
-
-        try:
-            decoded = engine.decode(rows, max_new_tokens=limit, sampling=self.sampling, generator=generator,
-                                    controllers=row_ctrls, on_finish=early if observers else None)
-        finally:
-            engine.release(rows)
-        return [result(i, d) for i, d in enumerate(decoded)]
-
-
-def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,
-            in_answer: bool) -> MethodResult:
-    thinking, answer = split_thinking(model, d.tokens, thinking_done=in_answer)
-    processed = len(prompt) + len(d.tokens)
-    usage = Usage(prompt_tokens=len(prompt), thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
-                  answer_tokens=c.state.answer_tokens, tokens_by_model={model.name: processed},
-                  forward_passes_by_model={model.name: d.forward_passes + 1}, wall_seconds=wall,
-                  energy_flops=2.0 * model.num_params * processed)
-    trace = {"waits": c.state.waits, "forced_close": c.forced_close,
-             "answer_has_text": c.answer_has_text}
-    return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,
-                        finish_reason=d.finish_reason, trace=trace)
+def solve(backend: Backend, method: str | Method, questions: Sequence[str], *, generator: Generators,
+          budget: int | Sequence[int] | None = None, sampling: SamplingConfig | None = None,
+          observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+    """Questions in, results out, on any backend (the engine or `remote:` server): the method (a spec such as
+    "budget-forcing:max_waits=2", or a built method) is checked against the backend's levels first."""
+    if isinstance(method, str):
+        method = make_method(method, sampling or SamplingConfig())
+    check_runnable(method, backend)
+    return method.run(backend, [backend.prompt(q) for q in questions], budget=budget, generator=generator,
+                      observers=observers)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reasonbudget.engine.cache import KVCache, RowSelection
+from reasonbudget.models.cache import KVCache, RowSelection
 from reasonbudget.models.llama import ForwardOutput
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reasonbudget.engine.cache import KVCache, RowSelection
+from reasonbudget.models.cache import KVCache, RowSelection
 from reasonbudget.models.config import ModelConfig, rope_inv_freq
 
 

@@ -6,8 +6,8 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +40,10 @@ def real_models_dir() -> Path:
     return cache_root() / "real-models"
 
 
+Companion = str
+"""A model's companion artefact: "length_predictor" (budget guidance), "prm" (search), later "router"."""
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     name: str
@@ -47,6 +51,8 @@ class RegistryEntry:
     locate: Callable[[], Path | None]
     how_to_get: str
     profile: str | None = None
+    companions: Mapping[Companion, Callable[[], Path]] = field(default_factory=dict)
+    """Artefacts trained for this model that methods use (committed with the testbed's checkpoints)."""
 
 
 REGISTRY: dict[str, RegistryEntry] = {
@@ -62,9 +68,12 @@ REGISTRY: dict[str, RegistryEntry] = {
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
                       "make real-models", "instruct"),
         RegistryEntry("testbed-target", "testbed target thinking model (trained here, committed)",
-                      lambda: _existing(_testbed_dir() / "target"), "reasonbudget testbed train", "testbed"),
+                      lambda: _existing(_testbed_dir() / "target"), "reasonbudget testbed train", "testbed",
+                      {"length_predictor": lambda: _testbed_dir() / "testbed-target-length-predictor",
+                       "prm": lambda: _testbed_dir() / "prm"}),
         RegistryEntry("testbed-draft", "testbed draft thinking model (trained here, committed)",
-                      lambda: _existing(_testbed_dir() / "draft"), "reasonbudget testbed train", "testbed"),
+                      lambda: _existing(_testbed_dir() / "draft"), "reasonbudget testbed train", "testbed",
+                      {"prm": lambda: _testbed_dir() / "prm"}),
     )
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -72,6 +81,51 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def _testbed_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints"
+
+
+def testbed_checkpoints() -> Path:
+    """The committed testbed checkpoints (what `reasonbudget testbed train` writes by default)."""
+    return _testbed_dir()
+
+
+_CACHE_FOLDERS = {"length_predictor": "predictors", "prm": "prms", "router": "routers"}
+
+
+def companion_dir(model_name: str, companion: Companion) -> Path:
+    """Where a model's companion artefact lives: its registry entry's, else a per-model folder of the user
+    cache (where `reasonbudget train-predictor` writes by default)."""
+    entry = REGISTRY.get(model_name)
+    if entry is not None and companion in entry.companions:
+        return entry.companions[companion]()
+    return cache_root() / _CACHE_FOLDERS.get(companion, companion) / model_name.replace("/", "--")
+
+
+def fingerprint(path: Path) -> str:
+    """A file's or a folder's content in 16 hex digits (each file's name, size and first and last MiB): what a
+    sweep records so that results of retrained weights are never mixed with the old ones."""
+    import hashlib
+
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(path) if f != path else f.name}:{gguf_cache_key(f)}".encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprints(name_or_path: str) -> dict[str, str]:
+    """Fingerprints of a model's weights and of its registered companion artefacts (PRM, length predictor)."""
+    out = {"weights": fingerprint(resolve(name_or_path))}
+    entry = REGISTRY.get(name_or_path)
+    for companion, locate in (entry.companions.items() if entry is not None else ()):
+        if (path := locate()).exists():
+            out[companion] = fingerprint(path)
+    return out
+
+
+def registered_companion(model_name: str, companion: Companion) -> Path | None:
+    """The registry's artefact for this model, or None when the entry has none."""
+    entry = REGISTRY.get(model_name)
+    return entry.companions[companion]() if entry is not None and companion in entry.companions else None
 
 
 def _existing(p: Path) -> Path | None:

@@ -83,14 +83,25 @@ class RemoteServer:
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
                           completion_tokens=int(usage.get("completion_tokens", 0)), body=data)
 
-    def complete(self, prompts: Sequence[str], *, seeds: Sequence[int | None] | None = None,
+    def complete(self, prompts: Sequence[str], *, max_tokens: int | Sequence[int],
+                 seeds: Sequence[int | None] | None = None, extras: Sequence[Mapping[str, Any]] | None = None,
                  **kw: Any) -> list[Completion]:
-        """One completion per prompt, sent concurrently; results in prompt order."""
-        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
-        if len(prompts) <= 1:
-            return [self.complete_one(p, seed=s, **kw) for p, s in zip(prompts, seeds)]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda ps: self.complete_one(ps[0], seed=ps[1], **kw), zip(prompts, seeds)))
+        """One completion per prompt, sent concurrently; results in prompt order. `max_tokens`, `seeds` and
+        `extras` (extra body fields) may be given per prompt."""
+        n = len(prompts)
+        caps = [max_tokens] * n if isinstance(max_tokens, int) else list(max_tokens)
+        seeds = list(seeds) if seeds is not None else [None] * n
+        extras = list(extras) if extras is not None else [None] * n
+        jobs = list(zip(prompts, caps, seeds, extras))
+
+        def one(job: tuple) -> Completion:
+            p, cap, seed, extra = job
+            return self.complete_one(p, max_tokens=cap, seed=seed, extra=extra, **kw)
+
+        if n <= 1:
+            return [one(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, n)) as pool:
+            return list(pool.map(one, jobs))
 
     def close(self) -> None:
         self.http.close()

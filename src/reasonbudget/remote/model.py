@@ -8,11 +8,20 @@ name or path), the HF hub (online users), else a generic ChatML template and the
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.models.profiles import PROFILES, THINKING, ReasoningProfile
+from reasonbudget.remote import generation
 from reasonbudget.remote.client import RemoteError, RemoteServer
+from reasonbudget.types import MethodResult, PromptText
 
 PREFIX = "remote:"
 
@@ -26,9 +35,41 @@ class RemoteModel:
     """A tokenizer with the model's chat template, or None for ChatML."""
     native_budget: bool
     """The server enforces a per-request thinking budget itself (`thinking_token_budget`)."""
+    context_length: int | None = None
+    """The server's context (its model card's `max_model_len`), None when it does not say."""
+    levels = frozenset({"text", "steps"})
+    """Backend levels (see `engine.backend`): no logits, hidden states or KV cache over HTTP."""
 
-    def prompt(self, question: str) -> str:
+    def generate(self, prompts: Sequence[str], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
+                 generator: Generator | Sequence[Generator] | None, *, prefill_text: str = "",
+                 observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+        """Think under budgets[i], then answer (see `remote.generation`)."""
+        return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
+                                   observers=observers)
+
+    def step_runner(self, sampling: SamplingConfig, cfg, *, lookahead: int = 0):
+        """Partial solutions extended with completions that stop at the step delimiter."""
+        from reasonbudget.remote.steps import RemoteStepRunner
+
+        return RemoteStepRunner(self, sampling, cfg)
+
+    def judge(self):
+        """The served model as an LLM judge of partial solutions (prm=judge on this backend)."""
+        from reasonbudget.remote.judge import RemoteJudge
+
+        return RemoteJudge(self)
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of `text` by the local tokenizer (None without one: the server then counts)."""
+        if self.tokenizer is None:
+            return None
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prompt(self, question: str) -> PromptText:
         """The chat-templated prompt for one question, ending where the model starts thinking."""
+        return PromptText(self._template(question), question)
+
+    def _template(self, question: str) -> str:
         prof = self.profile
         messages = ([{"role": "system", "content": prof.system_prompt}] if prof.system_prompt else [])
         messages.append({"role": "user", "content": question})
@@ -70,6 +111,9 @@ def _profile_from_card(card: dict) -> ReasoningProfile | None:
     p = card.get("reasonbudget", {}).get("profile")
     if not p:
         return None
+    fields = {f.name for f in dataclasses.fields(ReasoningProfile)}
+    if fields <= set(p):  # this project's server publishes the whole profile
+        return ReasoningProfile(**{k: p[k] for k in fields})
     known = next((prof for prof in PROFILES.values() if prof.think_close == p.get("think_close")
                   and prof.forcing == p.get("forcing")), None)
     return known
@@ -107,4 +151,5 @@ def load_remote(name: str, *, api_key: str | None = None, native_budget: bool | 
         else:
             profile = THINKING
     native = bool(card.get("reasonbudget", {}).get("thinking_budget")) if native_budget is None else native_budget
-    return RemoteModel(name, server, profile, tokenizer, native)
+    context = card.get("max_model_len")
+    return RemoteModel(name, server, profile, tokenizer, native, int(context) if context else None)

@@ -1,4 +1,6 @@
-from reasonbudget.rewards.base import ProcessRewardModel, StepSequence, aggregate
-from reasonbudget.rewards.oracle import OraclePRM
+"""Process reward models: the protocol and aggregation here; the scorers (oracle, testbed PRM, HF PRMs, judges,
+a served PRM) in their modules, loaded by name through `rewards.factory`."""
 
-__all__ = ["OraclePRM", "ProcessRewardModel", "StepSequence", "aggregate"]
+from reasonbudget.rewards.base import PRMUnavailable, ProcessRewardModel, StepSequence, aggregate
+
+__all__ = ["PRMUnavailable", "ProcessRewardModel", "StepSequence", "aggregate"]

@@ -11,20 +11,22 @@ how to join steps into one text in `step_separator`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
 
+from reasonbudget.types import StepSequence
+
+__all__ = ["AGGREGATIONS", "Aggregation", "PRMUnavailable", "ProcessRewardModel", "StepSequence", "aggregate"]
+
 Aggregation = Literal["last", "min", "prod", "mean", "model"]
 AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 
-@dataclass(frozen=True)
-class StepSequence:
-    problem: str
-    steps: tuple[str, ...]
+class PRMUnavailable(ValueError):
+    """The scorer itself is down (a PRM server that cannot be reached): the run fails with this one line
+    instead of dropping every candidate."""
 
 
 class ProcessRewardModel(Protocol):

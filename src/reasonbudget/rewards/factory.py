@@ -7,7 +7,12 @@
     judge    LLM-as-judge: the policy model judges its own partial solutions on their KV rows (cheap)
     judge-text  LLM-as-judge with a fresh prompt per prefix (re-reads the whole prefix); the policy model, or
              the model named by `judge_model` (any registry name or path: a bigger model can judge a smaller one)
+    pool:URL#MODEL  a Qwen2.5-Math-PRM-protocol PRM served by vLLM's pooling runner (`rewards.pooling`)
     PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
+
+The policy may be a local model or a remote one (`remote:URL#MODEL`); a remote policy has no KV rows here, so
+`judge` and `judge-text` ask the served model with a one-token completion and its top log-probabilities
+(`remote.judge`), unless `judge_model` names a local judge.
 
 Loaded PRMs are kept per process: a sweep builds its method once per unit, the PRM only once.
 """
@@ -20,8 +25,11 @@ NAMES = ("auto", "testbed", "oracle", "judge", "judge-text")
 _loaded: dict[tuple, object] = {}
 
 
-def testbed_prm_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints" / "prm"
+def testbed_prm_dir(policy) -> Path:
+    """The policy's companion PRM (registry), else the committed testbed PRM (a testbed checkpoint by path)."""
+    from reasonbudget.models.registry import registered_companion, testbed_checkpoints
+
+    return registered_companion(policy.name, "prm") or testbed_checkpoints() / "prm"
 
 
 def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int = 0,
@@ -51,6 +59,8 @@ def _judge(policy, judge_model: str):
         return policy
     from reasonbudget.models.registry import DTYPES, load_model
 
+    if not hasattr(policy, "backend"):  # a remote policy: the judge runs here in float32
+        return load_model(judge_model)
     dtype = next(n for n, d in DTYPES.items() if d == next(policy.backend.parameters()).dtype)
     return load_model(judge_model, dtype=dtype)
 
@@ -61,9 +71,11 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
 
         return OraclePRM(noise=noise, seed=seed, calibrated=calibrated)
     if name == "testbed":
-        from reasonbudget.testbed.prm import TestbedPRM
+        from reasonbudget.rewards.testbed_prm import TestbedPRM
 
-        return TestbedPRM(testbed_prm_dir())
+        return TestbedPRM(testbed_prm_dir(policy))
+    if name in ("judge", "judge-text") and not judge_model and hasattr(policy, "judge"):
+        return policy.judge()  # a remote policy: the served model judges (no KV rows to peek here)
     if name == "judge":
         from reasonbudget.rewards.judge import SelfJudge
 
@@ -72,6 +84,10 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
         from reasonbudget.rewards.judge import LLMJudge
 
         return LLMJudge(_judge(policy, judge_model))
+    if name.startswith("pool:"):
+        from reasonbudget.rewards.pooling import PooledPRM
+
+        return PooledPRM(name)
     path = Path(name).expanduser()
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "

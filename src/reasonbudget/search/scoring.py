@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonbudget.rewards.base import AGGREGATIONS, Aggregation, ProcessRewardModel, StepSequence, aggregate
+from reasonbudget.rewards.base import (AGGREGATIONS, Aggregation, PRMUnavailable, ProcessRewardModel, StepSequence,
+                                       aggregate)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class RewardScorer:
             per_step = self.prm.score_steps(items)
             if len(per_step) != len(items):
                 raise ValueError(f"PRM returned {len(per_step)} results for {len(items)} items")
+        except PRMUnavailable:  # the scorer is down, not one item: fail the run with its message
+            raise
         except Exception as e:  # isolate the failing item(s)
             logger.warning("PRM batch failed (%s: %s); scoring items one by one", type(e).__name__, e)
             per_step = [self._one(it) for it in items]

@@ -9,6 +9,7 @@ Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; user 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reasonbudget.engine.engine import Engine, PromptTooLongError
 from reasonbudget.methods.base import METHODS
+from reasonbudget.rewards.base import PRMUnavailable
 from reasonbudget.models.registry import LoadedModel, build_chat_prompt
 from reasonbudget.serve.jobs import Cancelled, Job
 from reasonbudget.serve.limits import BodySizeLimit
@@ -107,8 +109,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
         card = {"id": model.name, "object": "model", "created": 0, "owned_by": "reasonbudget",
                 "max_model_len": model.context_length,
                 "reasonbudget": {"thinking_budget": True, "methods": sorted(METHODS),
-                                 "profile": {"think_close": prof.think_close, "forcing": prof.forcing,
-                                             "nothinking": prof.nothinking, "answer_stop": prof.answer_stop}}}
+                                 "profile": dataclasses.asdict(prof)}}  # the whole reasoning format
         return {"object": "list", "data": [card]}
 
     def check_model(req: GenerationFields) -> None:
@@ -121,6 +122,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
         loop = asyncio.get_running_loop()
         job = Job(prompt=prompt, max_tokens=plan.max_tokens, sampling=plan.sampling, seed=plan.seed,
                   method=plan.method, budget=plan.budget, stop=plan.stop, starts_in_answer=plan.starts_in_answer,
+                  logprobs=plan.logprobs,
                   stream=req.stream, loop=loop, events=asyncio.Queue() if req.stream else None,
                   future=loop.create_future())
         try:
@@ -149,6 +151,8 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
             return job.future.result()
         except Cancelled:
             return error_response(499, "the client closed the request")
+        except PRMUnavailable as e:  # a scorer this request named is down: its failure, not the server's
+            return error_response(502, str(e), "method_config", kind="upstream_error")
         except (PromptTooLongError, ValueError) as e:
             return error_response(400, str(e))
         except Exception as e:  # noqa: BLE001 - a failed batch answers 500 and the server keeps serving
@@ -165,7 +169,10 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
                     "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}]}
         text = result.answer if raw else model.decode([t for t in result.tokens if t not in model.eos_ids])
         choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        if not raw:
+        if raw:  # vLLM's field: the stop string that ended the text (None: end of turn or length)
+            choice["stop_reason"] = result.trace.get("stop_reason")
+            choice["logprobs"] = result.trace.get("logprobs")
+        else:
             choice.update(reasoning_content=result.thinking, content=result.answer)
         return {**common, "object": "text_completion", "choices": [choice]}
 
@@ -192,7 +199,9 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
                 item, text = await job.events.get()
                 if item == "done":
                     break
-                if item == "reasoning":
+                if item == "progress":  # a search method between steps: no text yet, but the client hears it
+                    yield chunk(None, reasonbudget={"progress": json.loads(text)})
+                elif item == "reasoning":
                     if kind == "chat":
                         yield chunk({"reasoning_content": text, "reasoning": text})
                 else:

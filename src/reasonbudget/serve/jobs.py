@@ -7,14 +7,15 @@ The engine runs on one thread; requests wait on the event loop. A job's events c
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reasonbudget.engine.controllers import KEEP, Action, Controller
+from reasonbudget.engine.controllers import KEEP, Action, Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import takes_samples
+from reasonbudget.methods import METHODS, Capabilities
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -30,6 +31,8 @@ class Job:
     budget: int | None = None
     stop: tuple[str, ...] = ()
     starts_in_answer: bool = False
+    logprobs: int | None = None
+    """Plain continuations: record each token's log-probability and the top-N alternatives."""
     stream: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -41,11 +44,22 @@ class Job:
     def method_name(self) -> str | None:
         return self.method.split(":")[0] if self.method is not None else None
 
-    def group_key(self, per_row_budget_methods: frozenset[str]) -> tuple[Any, ...]:
+    @property
+    def capabilities(self) -> Capabilities | None:
+        return METHODS[self.method_name].capabilities if self.method_name is not None else None
+
+    @property
+    def rows(self) -> int:
+        """KV-cache rows the job needs at once (N for search methods)."""
+        caps = self.capabilities
+        return (self.budget or 1) if caps is not None and caps.takes_samples else 1
+
+    def group_key(self) -> tuple[Any, ...]:
         """Jobs with equal keys run in one engine batch (methods that take a budget per row mix budgets)."""
-        budget = None if self.method_name in per_row_budget_methods else self.budget
+        caps = self.capabilities
+        budget = None if caps is not None and caps.per_row_budgets else self.budget
         # Search methods take max_tokens into their config (one per batch); other rows are capped one by one.
-        limit = self.max_tokens if self.method_name is not None and takes_samples(self.method_name) else None
+        limit = self.max_tokens if caps is not None and caps.takes_samples else None
         return (self.method, budget, limit, self.sampling, self.stop if self.method is None else ())
 
     def emit(self, kind: str, text: str) -> None:
@@ -92,18 +106,28 @@ def split_stream_text(text: str, close: str, in_answer: bool, final: bool) -> tu
     return text[:keep], ""
 
 
-class RowWatcher(Controller):
-    """Chained onto a job's row: stops it at the job's max_tokens or when the client leaves, and streams its
-    text. Streaming holds back `holdback` tokens, which a budget controller may still roll back."""
+class RowWatcher(Observer):
+    """A job's observer. Chained onto its row (methods that stream tokens): stops it at the job's max_tokens
+    or when the client leaves, and streams its text, holding back `holdback` tokens, which a budget controller
+    may still roll back. For methods that decode many rows per request (search), it streams progress events and
+    the chosen text at the end, and tells the method that the client left (`cancelled`)."""
 
     def __init__(self, job: Job, decode: Callable[[list[int]], str], eos_ids: frozenset[int], close: str,
-                 holdback: int, early: bool = False) -> None:
-        """early: answer the request as soon as its row is done (the method's result is the row's result)."""
+                 holdback: int) -> None:
         self.job, self.decode, self.eos_ids, self.close = job, decode, eos_ids, close
-        self.holdback, self.early = holdback, early
+        self.holdback = holdback
         self.tokens: list[int] = []
         self.capped = False
+        self.settled = False
         self.sent = [0, 0]  # characters of thinking and answer already streamed
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.cancelled.is_set()
+
+    def on_progress(self, event) -> None:
+        if self.job.stream:
+            self.job.emit("progress", json.dumps(dict(event)))
 
     def on_token(self, token: int, forced: bool) -> Action:
         self.tokens.append(token)
@@ -117,13 +141,19 @@ class RowWatcher(Controller):
         return KEEP
 
     def on_result(self, result: MethodResult) -> None:
-        """The row is done while others still decode: rows leave the batch as they finish."""
-        if self.early:
-            self.settle(result)
+        """The request's result is final (possibly while other rows still decode): answer it now."""
+        self.settle(result)
 
     def settle(self, result: MethodResult) -> None:
+        if self.settled:
+            return
+        self.settled = True
         if self.job.stream:
-            self.flush(final=True)
+            if self.tokens:
+                self.flush(final=True)
+            else:  # a method that streams at the end (search): the chosen text now
+                self.job.emit("reasoning", result.thinking)
+                self.job.emit("content", result.answer)
         self.job.finish(self.finish_reason(result))
 
     def finish_reason(self, result: MethodResult) -> MethodResult:

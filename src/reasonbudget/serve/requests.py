@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reasonbudget.engine.generation import profile_tokens
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import METHODS, make_method, profile_tokens, takes_samples
+from reasonbudget.methods import DEFAULT_METHOD, METHODS, make_method, no_thinking_method
 from reasonbudget.methods.spec import parse_method_spec
 from reasonbudget.models.registry import LoadedModel
 from reasonbudget.serve.schema import GenerationFields
@@ -20,8 +21,8 @@ from reasonbudget.types import TokenIds
 @dataclass(frozen=True)
 class ServeConfig:
     default_max_tokens: int = 1024
-    default_method: str = "budget-forcing"
-    """Used when a request names no method (NoThinking when it turns thinking off)."""
+    default_method: str = DEFAULT_METHOD
+    """Used when a request names no method (the method that does not think, when it turns thinking off)."""
     effort: EffortTable = field(default_factory=EffortTable)
     max_tokens_limit: int | None = None
     """Largest max_tokens accepted (None: whatever fits in the context)."""
@@ -40,6 +41,7 @@ class Plan:
     seed: int
     stop: tuple[str, ...] = ()
     starts_in_answer: bool = False
+    logprobs: int | None = None
 
 
 def _max_tokens(req: GenerationFields, prompt_len: int, model: LoadedModel, cfg: ServeConfig) -> int:
@@ -70,8 +72,9 @@ def _spec(name: str, settings: Mapping[str, Any] | None) -> str:
     parts = []
     for key, value in settings.items():
         text = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        if any(c in text for c in ",:=") or any(c in key for c in ",:="):
-            raise RequestError(f"method_config.{key}: values may not contain ',', ':' or '='", "method_config")
+        if "," in text or any(c in key for c in ",:="):  # a value may hold ':' and '=' (prm=pool:URL#MODEL)
+            raise RequestError(f"method_config.{key}: values may not contain ','; keys not ',', ':' or '='",
+                               "method_config")
         parts.append(f"{key}={text}")
     return f"{name}:{','.join(parts)}"
 
@@ -89,47 +92,55 @@ def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenId
     policy = thinking_policy(body, max_tokens=max_tokens, effort=cfg.effort)
     asks_thinking = policy.source is not None or req.method is not None or req.budget is not None
     if raw_text and not asks_thinking:
-        return Plan(None, None, max_tokens, sampling, seed, stop=stops, starts_in_answer=True)
+        return Plan(None, None, max_tokens, sampling, seed, stop=stops, starts_in_answer=True,
+                    logprobs=getattr(req, "logprobs", None))
+    if getattr(req, "logprobs", None) is not None:
+        raise RequestError("logprobs applies to plain text continuations (/v1/completions without thinking "
+                           "settings)", "logprobs")
     if stops:
         raise RequestError("stop applies to plain text continuations (/v1/completions without thinking "
                            "settings); methods end thinking and answer by themselves", "stop")
-    name = req.method or (cfg.default_method if policy.enabled else "nothinking")
+    name = req.method or (cfg.default_method if policy.enabled else no_thinking_method())
     try:
         name, _ = parse_method_spec(name)
     except ValueError as e:
         raise RequestError(str(e), "method") from None
-    if not policy.enabled and name != "nothinking":
+    thinks = METHODS[name].capabilities.thinks
+    if not policy.enabled and thinks:
         raise RequestError(f"{policy.source} turns thinking off, which conflicts with method={name!r} "
-                           "(use method nothinking, or drop the setting)", "method")
+                           f"(use method {no_thinking_method()}, or drop the setting)", "method")
     budget = _budget(name, req, policy, max_tokens, model, cfg)
     spec = _spec(name, req.method_config)
     try:
         make_method(spec, sampling)  # validates the settings (types, ranges) before queueing
     except (ValueError, TypeError) as e:
         raise RequestError(f"method_config: {e}", "method_config") from None
-    return Plan(spec, budget, max_tokens, sampling, seed, starts_in_answer=name == "nothinking")
+    return Plan(spec, budget, max_tokens, sampling, seed, starts_in_answer=not thinks)
 
 
 def _budget(name: str, req: GenerationFields, policy: ThinkingPolicy, max_tokens: int, model: LoadedModel,
             cfg: ServeConfig) -> int | None:
-    cls = METHODS[name]
-    if takes_samples(name):
+    caps = METHODS[name].capabilities
+    if caps.takes_samples:
         if policy.budget is not None:
-            raise RequestError(f"{policy.source} is a thinking budget; {name} takes N {cls.budget_unit} as "
+            raise RequestError(f"{policy.source} is a thinking budget; {name} takes N samples or particles as "
                                "budget", policy.source)
-        n = req.budget or getattr(cls, "default_budget", 8)
+        n = req.budget or caps.default_budget or 1
         if n > cfg.max_samples:
-            raise RequestError(f"budget={n} {cls.budget_unit} is above this server's limit of {cfg.max_samples}",
-                               "budget")
+            raise RequestError(f"budget={n} samples or particles is above this server's limit of "
+                               f"{cfg.max_samples}", "budget")
         return n
     if req.budget is not None:
         raise RequestError(f"budget is N samples or particles for search methods; {name} takes a thinking "
                            "budget (thinking_token_budget or an alias)", "budget")
-    if not cls.uses_budget:
-        if policy.budget is not None and name != "tale":
-            raise RequestError(f"{name} takes no thinking budget ({policy.source}); use budget-forcing or "
-                               "budget-guidance", policy.source)
-        return policy.budget  # TALE: a cap on its own estimate
+    if caps.budget == "none":
+        if policy.budget is not None:
+            takers = ", ".join(n for n, c in METHODS.items() if c.capabilities.sweeps_budgets
+                               and c.capabilities.budget == "thinking tokens")
+            raise RequestError(f"{name} takes no thinking budget ({policy.source}); use {takers}", policy.source)
+        return None
+    if not caps.budget_required:
+        return policy.budget  # an optional cap (TALE's on its own estimate)
     room = max_tokens - len(profile_tokens(model).forcing_ids) - 1  # the forced end and one answer token
     if policy.budget is None or policy.source in EFFORT_FIELDS:  # an effort level is fitted into max_tokens
         budget = policy.budget if policy.budget is not None else cfg.effort.budget(cfg.effort.default, max_tokens)

@@ -2,8 +2,8 @@
 
 Batching: every job waiting when the engine becomes free is taken at once (up to `max_batch`), grouped by
 method, settings and sampling, and each group is decoded as one engine batch. Budget forcing takes one
-budget per row, so mixed budgets share a batch. Rows leave the batch as they finish: for the one-decode
-methods (EARLY_RESULT_METHODS) a request is answered as soon as its row is done, while the others decode on.
+budget per row (its capabilities say so), so mixed budgets share a batch. A request is answered as soon as its
+method hands over its result (a one-decode method's row is done), while the other rows decode on.
 Jobs that arrive while a batch runs wait for the next one (rows do not join a running batch). A full queue refuses new jobs (the server answers 503).
 """
 
@@ -18,23 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonbudget.engine.controllers import Chain, StopOnText
+from reasonbudget.engine.controllers import Chain, LogprobRecorder, StopOnText
 from reasonbudget.engine.engine import Decoded, Engine
-from reasonbudget.methods.base import METHODS, make_method, observing, profile_tokens, takes_samples
+from reasonbudget.engine.generation import model_usage, profile_tokens
+from reasonbudget.methods import METHODS, make_method
 from reasonbudget.methods.spec import parse_method_spec
 from reasonbudget.serve.jobs import Cancelled, Job, RowWatcher
-from reasonbudget.types import MethodResult, Usage
+from reasonbudget.types import MethodResult
 
 log = logging.getLogger("reasonbudget.serve")
-
-PER_ROW_BUDGET_METHODS = frozenset({"budget-forcing"})
-EARLY_RESULT_METHODS = frozenset({"plain", "budget-forcing", "nothinking", "budget-guidance"})
-"""Methods whose result is their one decode's row: a request is answered as soon as its row is done."""
-
-
-def _rows_of(job: Job) -> int:
-    """KV rows a job holds at once: N for search methods (samples, particles), else one."""
-    return (job.budget or 1) if job.method_name is not None and takes_samples(job.method_name) else 1
 
 
 class QueueFull(Exception):
@@ -103,7 +95,7 @@ class Scheduler:
                 (job.finish(Cancelled()) if job.cancelled.is_set() else live.append(job))
             groups: dict[tuple, list[Job]] = {}
             for job in live:
-                groups.setdefault(job.group_key(PER_ROW_BUDGET_METHODS), []).append(job)
+                groups.setdefault(job.group_key(), []).append(job)
             self.running = len(live)
             for group in groups.values():
                 for batch in self._fit_memory(group):
@@ -118,7 +110,7 @@ class Scheduler:
         current: list[Job] = []
         for job in jobs:
             trial = current + [job]
-            rows = sum(_rows_of(j) for j in trial)
+            rows = sum(j.rows for j in trial)
             length = max(len(j.prompt) + j.max_tokens for j in trial)
             if current and rows * length * self.kv_bytes_per_token > budget:
                 batches.append(current)
@@ -145,8 +137,7 @@ class Scheduler:
         model = self.engine.model
         close = model.profile.think_close
         holdback = len(profile_tokens(model).close_ids) + 1
-        early = jobs[0].method_name in EARLY_RESULT_METHODS
-        watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback, early) for j in jobs]
+        watchers = [RowWatcher(j, model.decode, model.eos_ids, close, holdback) for j in jobs]
         generators = [torch.Generator().manual_seed(j.seed) for j in jobs]
         head = jobs[0]
         if head.method is None:
@@ -156,9 +147,9 @@ class Scheduler:
             if "max_tokens" in getattr(METHODS[name].config_type, "__dataclass_fields__", {}):
                 settings.setdefault("max_tokens", head.max_tokens)
             method = make_method(name, head.sampling, **settings)
-            budget = [j.budget for j in jobs] if name in PER_ROW_BUDGET_METHODS else head.budget
-            with observing(watchers):
-                results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators)
+            budget = [j.budget for j in jobs] if method.capabilities.per_row_budgets else head.budget
+            results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators,
+                                 observers=watchers)
         return list(zip(watchers, results))
 
     def _continue_text(self, jobs: Sequence[Job], watchers: list[RowWatcher],
@@ -168,22 +159,23 @@ class Scheduler:
         t0 = time.perf_counter()
         limit = max(j.max_tokens for j in jobs)
         rows = engine.prefill([j.prompt for j in jobs], max_new_tokens=limit)
-        ctrls = [Chain(StopOnText(j.stop, model.decode, model.encode), w) if j.stop else w
-                 for j, w in zip(jobs, watchers)]
+        recorders = [LogprobRecorder(j.logprobs) if j.logprobs is not None else None for j in jobs]
+        ctrls = [Chain(*(c for c in (r, StopOnText(j.stop, model.decode, model.encode) if j.stop else None, w) if c))
+                 for j, r, w in zip(jobs, recorders, watchers)]
 
         def result(i: int, d: Decoded) -> MethodResult:
             j = jobs[i]
             text = model.decode([t for t in d.tokens if t not in model.eos_ids])
-            cut = [text.index(s) for s in j.stop if s in text]
-            finish = "stop" if cut or d.finish_reason == "eos" else d.finish_reason
-            processed = len(j.prompt) + len(d.tokens)
-            usage = Usage(prompt_tokens=len(j.prompt), answer_tokens=len(d.tokens),
-                          tokens_by_model={model.name: processed},
-                          forward_passes_by_model={model.name: d.forward_passes + 1},
-                          wall_seconds=(time.perf_counter() - t0) / len(jobs),
-                          energy_flops=2.0 * model.num_params * processed)
-            return MethodResult(tokens=d.tokens, thinking="", answer=text[: min(cut)] if cut else text, usage=usage,
-                                finish_reason=finish)
+            first = min(((text.index(s), s) for s in j.stop if s in text), default=None)  # (where, which stop)
+            finish = "stop" if first or d.finish_reason == "eos" else d.finish_reason
+            usage = model_usage(model, prompt_tokens=len(j.prompt), processed=len(j.prompt) + len(d.tokens),
+                                forward_passes=d.forward_passes + 1, wall_seconds=(time.perf_counter() - t0) / len(jobs),
+                                answer_tokens=len(d.tokens))
+            trace = {"stop_reason": first[1] if first else None}
+            if recorders[i] is not None:
+                trace["logprobs"] = recorders[i].openai_format(model.decode)
+            return MethodResult(tokens=d.tokens, thinking="", answer=text[: first[0]] if first else text, usage=usage,
+                                finish_reason=finish, trace=trace)
 
         try:
             decoded = engine.decode(rows, max_new_tokens=limit, sampling=jobs[0].sampling, generator=generators,

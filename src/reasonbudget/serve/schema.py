@@ -92,3 +92,5 @@ class ChatRequest(GenerationFields):
 class CompletionRequest(GenerationFields):
     prompt: str | list[str] = Field(description="Text to continue (one prompt per request).")
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20, description="Plain continuations: the log-probability of "
+                                 "each generated token and of the N most likely ones (OpenAI's legacy format).")

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reasonbudget.engine.budget import BudgetConfig
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -38,12 +38,13 @@ class BudgetForcingConfig:
 @dataclass(frozen=True)
 class BudgetForcing:
     name: ClassVar[str] = "budget-forcing"
-    uses_budget: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256,
+                                                        per_row_budgets=True, streams="tokens")
     config_type: ClassVar[type] = BudgetForcingConfig
     config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         """`budget`: one thinking budget for all prompts, or one per prompt (the server batches mixed budgets)."""
         budgets = [budget] * len(prompts) if budget is None or isinstance(budget, int) else list(budget)
         if len(budgets) != len(prompts):
@@ -54,4 +55,4 @@ class BudgetForcing:
         c = self.config
         cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
                              max_waits=c.max_waits, max_answer_tokens=c.max_answer_tokens) for b in budgets]
-        return BudgetedRun(cfgs, c.sampling)(engine, prompts, generator)
+        return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers)

@@ -25,9 +25,10 @@ from torch import Tensor
 
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.models.registry import companion_dir
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor
 from reasonbudget.types import MethodResult, TokenIds
@@ -52,13 +53,8 @@ class BudgetGuidanceConfig:
 
 
 def default_predictor_dir(model) -> Path:
-    from reasonbudget.testbed.pipeline import CHECKPOINTS, PREDICTOR_DIR
-
-    if model.name == "testbed-target":
-        return CHECKPOINTS / PREDICTOR_DIR
-    if model.profile.name == "testbed":
-        return CHECKPOINTS / f"{model.name}-length-predictor"
-    return Path.home() / ".cache" / "reasonbudget" / "predictors" / model.name.replace("/", "--")
+    """The model's companion length predictor (see `models.registry.companion_dir`)."""
+    return companion_dir(model.name, "length_predictor")
 
 
 _NEWLINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> table
@@ -157,12 +153,13 @@ class GuidanceController(Controller):
 @dataclass(frozen=True)
 class BudgetGuidance:
     name: ClassVar[str] = "budget-guidance"
-    uses_budget: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256, level="tokens",
+                                                        models=("policy", "predictor"), streams="tokens")
     config_type: ClassVar[type] = BudgetGuidanceConfig
     config: BudgetGuidanceConfig = field(default_factory=BudgetGuidanceConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, engine: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         if budget is None or budget < 1:
             raise ValueError(f"budget-guidance needs a thinking budget >= 1 tokens, got {budget}")
         c, model = self.config, engine.model
@@ -174,4 +171,5 @@ class BudgetGuidance:
         def steer(row_budget: BudgetController) -> GuidanceController:
             return GuidanceController(batch, newline, budget, row_budget, c.strength, min_rate)
 
-        return BudgetedRun(cfg, c.sampling, steering=steer)(engine, prompts, generator)
+        return engine.generate(prompts, [cfg] * len(prompts), c.sampling, generator, steering=steer,
+                               observers=observers)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reasonbudget.engine.budget import BudgetConfig
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -27,12 +27,12 @@ class NoThinkingConfig:
 @dataclass(frozen=True)
 class NoThinking:
     name: ClassVar[str] = "nothinking"
-    uses_budget: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens", thinks=False)
     config_type: ClassVar[type] = NoThinkingConfig
     config: NoThinkingConfig = field(default_factory=NoThinkingConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=self.config.max_answer_tokens)
-        return BudgetedRun(cfg, self.config.sampling, prefill_text=engine.model.profile.nothinking)(
-            engine, prompts, generator)
+        return backend.generate(prompts, [cfg] * len(prompts), self.config.sampling, generator,
+                                prefill_text=backend.profile.nothinking, observers=observers)

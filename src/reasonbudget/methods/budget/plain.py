@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from reasonbudget.engine.budget import BudgetConfig
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -29,12 +29,12 @@ class PlainConfig:
 @dataclass(frozen=True)
 class PlainCoT:
     name: ClassVar[str] = "plain"
-    uses_budget: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens")
     config_type: ClassVar[type] = PlainConfig
     config: PlainConfig = field(default_factory=PlainConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None = None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         c = self.config
         cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
-        return BudgetedRun(cfg, c.sampling)(engine, prompts, generator)
+        return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers)

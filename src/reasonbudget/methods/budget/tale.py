@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from reasonbudget.engine.backend import check_level
 from reasonbudget.engine.budget import BudgetConfig
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.engine.generation import model_usage
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import BudgetedRun, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
 from reasonbudget.methods.budget.tale_text import budget_prompt, estimate_prompt, parse_estimate
-from reasonbudget.types import MethodResult, TokenIds, Usage
+from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,41 +49,66 @@ def questions_of(prompts: Sequence[TokenIds], method: str) -> list[str]:
     return qs
 
 
+def with_estimate(r: MethodResult, e: MethodResult, beta: int | None) -> MethodResult:
+    """The answer's result charged with its estimate's cost, the estimate in the trace."""
+    trace = {**r.trace, "estimate": beta, "estimate_text": e.answer}
+    return MethodResult(tokens=r.tokens, thinking=r.thinking, answer=r.answer, usage=r.usage + e.usage,
+                        finish_reason=r.finish_reason, trace=trace)
+
+
+class _EstimateCharged(Observer):
+    """Passes the answer row to the caller's observer; its early result is charged with the estimate."""
+
+    def __init__(self, inner: Observer, estimate: MethodResult, beta: int | None) -> None:
+        self.inner, self.estimate, self.beta = inner, estimate, beta
+        self.hidden_layers = inner.hidden_layers
+
+    def process_logits(self, logits, hidden):
+        return self.inner.process_logits(logits, hidden)
+
+    def on_token(self, token, forced):
+        return self.inner.on_token(token, forced)
+
+    def on_edit(self, dropped, inserted):
+        self.inner.on_edit(dropped, inserted)
+
+    def on_result(self, result: MethodResult) -> None:
+        self.inner.on_result(with_estimate(result, self.estimate, self.beta))
+
+
 @register
 @dataclass(frozen=True)
 class Tale:
     name: ClassVar[str] = "tale"
-    uses_budget: ClassVar[bool] = False  # it estimates its own; a given budget only caps the estimate
+    # it estimates its own budget; a given thinking budget only caps the estimate
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", budget_required=False,
+                                                        streams="tokens")
     config_type: ClassVar[type] = TaleConfig
     config: TaleConfig = field(default_factory=TaleConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
-        from reasonbudget.models.registry import build_prompt
-
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         if budget is not None and budget < 1:
             raise ValueError(f"tale: a budget cap must be >= 1 tokens, got {budget}")
-        c, model = self.config, engine.model
+        c = self.config
         questions = questions_of(prompts, self.name)
         if c.estimator is not None:
-            estimates, betas = self._learned_estimates(engine, prompts, budget)
+            check_level(backend, "tokens", "tale:estimator (a regression on the prompt's hidden states)")
+            estimates, betas = self._learned_estimates(backend, prompts, budget)
         else:
-            estimator = BudgetedRun(BudgetConfig(max_thinking_tokens=1, max_answer_tokens=c.max_estimate_tokens),
-                                    c.sampling, prefill_text=model.profile.nothinking, observed=False)
-            estimates = estimator(engine, [build_prompt(model, estimate_prompt(q)) for q in questions], generator)
+            asks = [backend.prompt(estimate_prompt(q)) for q in questions]
+            cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=c.max_estimate_tokens)
+            estimates = backend.generate(asks, [cfg] * len(asks), c.sampling, generator,
+                                         prefill_text=backend.profile.nothinking)
             betas = [parse_estimate(e.answer, maximum=budget) for e in estimates]
-        answer = BudgetedRun(BudgetConfig(max_thinking_tokens=c.max_thinking_tokens,
-                                          max_answer_tokens=c.max_answer_tokens), c.sampling)
-        results = answer(engine, [build_prompt(model, budget_prompt(q, b)) for q, b in zip(questions, betas)],
-                         generator)
-        out = []
-        for r, e, b in zip(results, estimates, betas):
-            trace = {**r.trace, "estimate": b, "estimate_text": e.answer}
-            out.append(MethodResult(tokens=r.tokens, thinking=r.thinking, answer=r.answer, usage=r.usage + e.usage,
-                                    finish_reason=r.finish_reason, trace=trace))
-        return out
+        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
+        watch = ([_EstimateCharged(o, e, b) for o, e, b in zip(observers, estimates, betas)]
+                 if observers is not None else None)
+        results = backend.generate([backend.prompt(budget_prompt(q, b)) for q, b in zip(questions, betas)],
+                                   [cfg] * len(prompts), c.sampling, generator, observers=watch)
+        return [with_estimate(r, e, b) for r, e, b in zip(results, estimates, betas)]
 
-    def _learned_estimates(self, engine: Engine, prompts: Sequence[TokenIds],
+    def _learned_estimates(self, engine, prompts: Sequence[TokenIds],
                            cap: int | None) -> tuple[list[MethodResult], list[int]]:
         from reasonbudget.methods.budget.budget_estimator import load_estimator
 
@@ -91,8 +118,7 @@ class Tale:
         wall = (time.perf_counter() - t0) / len(prompts)
         betas = [min(b, cap) if cap is not None else b for b in betas]
         estimates = [MethodResult(tokens=(), thinking="", answer=f"[[{b}]]", finish_reason="stop", trace={},
-                                  usage=Usage(prompt_tokens=len(p), tokens_by_model={model.name: len(p)},
-                                              forward_passes_by_model={model.name: 1}, wall_seconds=wall,
-                                              energy_flops=2.0 * model.num_params * len(p)))
+                                  usage=model_usage(model, prompt_tokens=len(p), processed=len(p), forward_passes=1,
+                                                    wall_seconds=wall))
                      for p, b in zip(prompts, betas)]
         return estimates, betas

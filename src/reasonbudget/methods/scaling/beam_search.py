@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from reasonbudget.engine.engine import Engine
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.methods.base import Backend, Generators, register
 from reasonbudget.methods.scaling.common import (SearchMethod, SearchConfig, best, check_budget, finite,
                                                  setup, step_search)
-from reasonbudget.search.particles import Particle
+from reasonbudget.steps import Particle
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -44,10 +44,10 @@ class BeamSearch(SearchMethod):
     config_type: ClassVar[type] = BeamSearchConfig
     config: BeamSearchConfig = field(default_factory=BeamSearchConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         n = check_budget(self.name, budget)
-        s = setup(self.config, engine, prompts, generator, method=self.name)
+        s = setup(self.config, backend, prompts, generator, method=self.name, observers=observers)
 
         def select(i: int, pop: list[Particle], completed: list[Particle]) -> list[Particle]:
             completed.extend(p for p in pop if p.done)
@@ -56,6 +56,7 @@ class BeamSearch(SearchMethod):
 
         completed, rounds = step_search(s, prompts, n, select)
         calls, tokens = s.prm_share(len(prompts))
-        return [s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
+        return s.finish([
+            s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
                                 trace={"n": n, "rounds": rounds, "completed": len(done)})
-                for done in completed]
+                for done in completed])

@@ -9,11 +9,11 @@ Samples share the prompt's KV rows (one prefill, forked) and decode in one batch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from reasonbudget.engine.engine import Engine
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.methods.base import Backend, Capabilities, Generators, register
 from reasonbudget.methods.scaling.common import (SearchConfig, SearchMethod, best, check_budget, score_list, setup,
                                                  split)
 from reasonbudget.search.voting import answer_groups, vote
@@ -30,16 +30,16 @@ class _Sampled(SearchMethod):
 
     name: ClassVar[str]
     config_type: ClassVar[type] = BestOfNConfig
-    needs_prm: ClassVar[bool] = True
     config: BestOfNConfig
 
     def choose(self, answers: Sequence[str], scores: Sequence[float]) -> int | None:
         raise NotImplementedError
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         n = check_budget(self.name, budget)
-        s = setup(self.config, engine, prompts, generator, method=self.name, needs_prm=self.needs_prm)
+        s = setup(self.config, backend, prompts, generator, method=self.name, needs_prm="prm" in self.capabilities.models,
+                  observers=observers)
         pops = s.runner.start(prompts, [n] * len(prompts))
         try:
             flat = s.runner.extend([p for pop in pops for p in pop], s.generators, to_end=True)
@@ -56,7 +56,7 @@ class _Sampled(SearchMethod):
             trace = {"n": n, "answers": answers, "scores": score_list(pop)}
             results.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
                                            prm_tokens=tokens, trace=trace))
-        return results
+        return s.finish(results)
 
 
 @register
@@ -83,7 +83,7 @@ class WeightedBestOfN(_Sampled):
 @dataclass(frozen=True)
 class MajorityVote(_Sampled):
     name: ClassVar[str] = "majority-vote"
-    needs_prm: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = replace(SearchMethod.capabilities, models=("policy",))  # no PRM
     config: BestOfNConfig = field(default_factory=BestOfNConfig)
 
     def choose(self, answers, scores):

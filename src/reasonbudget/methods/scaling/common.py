@@ -13,12 +13,13 @@ from typing import ClassVar
 import torch
 from torch import Generator
 
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Generators
-from reasonbudget.search.particles import Particle, StepConfig, StepRunner, prompt_generators
+from reasonbudget.methods.base import Backend, Capabilities, Generators
+from reasonbudget.rewards.base import Aggregation
 from reasonbudget.search.scoring import RewardScorer
-from reasonbudget.types import TokenIds
+from reasonbudget.steps import Particle, StepConfig, StepRunner, make_runner, prompt_generators
+from reasonbudget.types import MethodResult, TokenIds
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class SearchConfig:
     """Noisy oracle only: score P(correct | flipped label) = 1 - prm_noise or prm_noise, not the 0/1 label."""
     judge_model: str = ""
     """prm=judge-text only: the model that judges (registry name or path); empty: the policy itself."""
-    aggregation: str = "last"
+    aggregation: Aggregation = "last"
     """How per-step scores become one: last | min | prod | mean | model."""
     max_steps: int = 40
     max_step_tokens: int = 256
@@ -61,11 +62,11 @@ class SearchConfig:
 
 
 class SearchMethod:
-    """Class attributes shared by the search methods: their budget is N, counted in samples or particles."""
+    """What the search methods share: their budget is N samples or particles, they extend partial solutions
+    step by step (any backend with the steps level) and score them with a PRM."""
 
-    uses_budget: ClassVar[bool] = True
-    budget_unit: ClassVar[str] = "samples or particles (N)"
-    default_budget: ClassVar[int] = 8
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="samples", default_budget=8, level="steps",
+                                                        models=("policy", "prm"))
 
 
 def check_budget(name: str, budget: int | None, *, minimum: int = 1) -> int:
@@ -83,6 +84,13 @@ class Search:
     questions: list[str]
     generators: list[Generator]
     started: float
+    observers: Sequence[Observer] | None = None
+
+    def finish(self, results: list[MethodResult]) -> list[MethodResult]:
+        """Hand each prompt's result to its observer; returns the results."""
+        for o, r in zip(self.observers or (), results):
+            o.on_result(r)
+        return results
 
     def wall(self, num_prompts: int) -> float:
         return (time.perf_counter() - self.started) / max(num_prompts, 1)
@@ -94,20 +102,22 @@ class Search:
         return round(self.scorer.calls / num_prompts), round(self.scorer.tokens / num_prompts)
 
 
-def setup(cfg: SearchConfig, engine: Engine, prompts: Sequence[TokenIds], generator: Generators, *,
-          method: str, needs_prm: bool = True) -> Search:
+def setup(cfg: SearchConfig, backend: Backend, prompts: Sequence[TokenIds], generator: Generators, *,
+          method: str, needs_prm: bool = True, observers: Sequence[Observer] | None = None) -> Search:
     from reasonbudget.methods.budget.tale import questions_of
     from reasonbudget.rewards.factory import load_prm
 
     started = time.perf_counter()
     scorer = None
     if needs_prm:
-        prm = load_prm(cfg.prm, engine.model, noise=cfg.prm_noise, calibrated=cfg.prm_calibrated,
-                       judge_model=cfg.judge_model)
-        scorer = RewardScorer(prm, cfg.aggregation, engine=engine)  # type: ignore[arg-type]
-    runner = StepRunner(engine, cfg.search_sampling(), StepConfig(**cfg.step_fields()),
-                        lookahead=getattr(scorer.prm, "lookahead_tokens", 0) if scorer else 0)
-    return Search(runner, scorer, questions_of(prompts, method), prompt_generators(generator, len(prompts)), started)
+        prm = load_prm(cfg.prm, getattr(backend, "model", backend), noise=cfg.prm_noise,
+                       calibrated=cfg.prm_calibrated, judge_model=cfg.judge_model)
+        scorer = RewardScorer(prm, cfg.aggregation, engine=backend)  # type: ignore[arg-type]
+    runner = make_runner(backend, cfg.search_sampling(), StepConfig(**cfg.step_fields()),
+                         lookahead=getattr(scorer.prm, "lookahead_tokens", 0) if scorer else 0)
+    runner.watch(observers)
+    return Search(runner, scorer, questions_of(prompts, method), prompt_generators(generator, len(prompts)), started,
+                  observers)
 
 
 def finite(x: float) -> float:

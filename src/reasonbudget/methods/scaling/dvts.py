@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from reasonbudget.engine.engine import Engine
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.methods.base import Backend, Generators, register
 from reasonbudget.methods.scaling.beam_search import BeamSearchConfig
 from reasonbudget.methods.scaling.common import SearchMethod, best, check_budget, finite, setup, step_search
-from reasonbudget.search.particles import Particle
+from reasonbudget.steps import Particle
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -28,12 +28,12 @@ class DVTS(SearchMethod):
     config_type: ClassVar[type] = BeamSearchConfig
     config: BeamSearchConfig = field(default_factory=BeamSearchConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         n = check_budget(self.name, budget)
         m = min(self.config.beam_width, n)
         trees = max(1, n // m)
-        s = setup(self.config, engine, prompts, generator, method=self.name)
+        s = setup(self.config, backend, prompts, generator, method=self.name, observers=observers)
 
         def select(i: int, pop: list[Particle], finals: list[Particle]) -> list[Particle]:
             # a candidate's subtree is its position: slots [t*m, (t+1)*m) belong to subtree t
@@ -48,8 +48,9 @@ class DVTS(SearchMethod):
 
         finals, rounds = step_search(s, prompts, trees * m, select)
         calls, tokens = s.prm_share(len(prompts))
-        return [s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
+        return s.finish([
+            s.runner.result(best(done), wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
                                 trace={"n": trees * m, "subtrees": trees, "rounds": rounds})
-                for done in finals]
+                for done in finals])
 
 

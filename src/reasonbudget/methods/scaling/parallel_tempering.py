@@ -15,29 +15,25 @@ from typing import ClassVar
 
 import torch
 
-from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import child_generators
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.methods.base import Backend, Generators, register
 from reasonbudget.methods.scaling.common import SearchMethod, best, setup
 from reasonbudget.methods.scaling.particle_gibbs import ParticleGibbsConfig, gibbs_iterations, particles_per_iteration
-from reasonbudget.search.particles import Particle
+from reasonbudget.steps import Particle
 from reasonbudget.search.resampling import log_weights
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
 class ParallelTemperingConfig(ParticleGibbsConfig):
-    temperatures: str = "1.0 2.0"
-    """Softmax temperatures of the chains, space-separated, first = the target (tau = 1)."""
+    temperatures: tuple[float, ...] = (1.0, 2.0)
+    """Softmax temperatures of the chains, first = the target (tau = 1); in a spec: `temperatures=1.0 2.0`."""
 
     def taus(self) -> list[float]:
-        try:
-            taus = [float(t) for t in self.temperatures.replace(";", " ").split()]
-        except ValueError:
-            raise ValueError(f"temperatures={self.temperatures!r}: expected numbers separated by spaces") from None
-        if not taus or any(t <= 0 for t in taus):
-            raise ValueError(f"temperatures={self.temperatures!r}: need at least one, all > 0")
-        return taus
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise ValueError(f"temperatures={self.temperatures}: need at least one, all > 0")
+        return list(self.temperatures)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,15 +63,16 @@ class ParallelTempering(SearchMethod):
     config_type: ClassVar[type] = ParallelTemperingConfig
     config: ParallelTemperingConfig = field(default_factory=ParallelTemperingConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         cfg = self.config
         taus = cfg.taus()
         m = len(taus)
         per = particles_per_iteration(self.name, budget, cfg.iterations, m)
         # chain c of problem i runs as runner prompt i * m + c, with its own generator
-        s = setup(cfg, engine, prompts, generator, method=self.name)
+        s = setup(cfg, backend, prompts, generator, method=self.name, observers=observers)
         chained = [p for p in prompts for _ in range(m)]
+        s.runner.watch([o for o in observers for _ in range(m)] if observers is not None else None)
         s.questions = [q for q in s.questions for _ in range(m)]
         s.generators = [g for gen in s.generators for g in child_generators(gen, m)]
         s.runner.start(chained, [0] * len(chained), spare_rows=len(chained) * (2 * per + 2))
@@ -105,7 +102,7 @@ class ParallelTempering(SearchMethod):
             out.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls, prm_tokens=tokens,
                                        charge=range(i * m, (i + 1) * m),
                                        trace={"particles": per, "chains": m, "swaps": swaps[i]}))
-        return out
+        return s.finish(out)
 
 
 def _moved(p: Particle, prompt: int) -> Particle:

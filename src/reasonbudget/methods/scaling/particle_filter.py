@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Generator
 
-from reasonbudget.engine.engine import Engine
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.methods.base import Backend, Generators, register
 from reasonbudget.methods.scaling.common import (Search, SearchConfig, SearchMethod, best, check_budget, score_list,
                                                  setup, split)
-from reasonbudget.search.particles import Particle
+from reasonbudget.steps import Particle
 from reasonbudget.search.resampling import effective_sample_size, log_weights, normalized, resample
 from reasonbudget.search.voting import answer_groups, vote
 from reasonbudget.types import MethodResult, TokenIds
@@ -37,13 +37,12 @@ class ParticleFilterConfig(SearchConfig):
     """Softmax temperature over the log-weights."""
     eps: float = 1e-7
     """Scores are clipped to [eps, 1 - eps] before the logit."""
-    weighting: str = "odds"
-    resampler: str = "multinomial"
+    weighting: Literal["odds", "probability"] = "odds"
+    resampler: Literal["multinomial", "systematic"] = "multinomial"
     ess_threshold: float | None = None
     """None: resample every round (paper); else only when ESS < ess_threshold * N."""
     resample_finished: bool = True
-    selection: str = "argmax"
-    """argmax | sample | vote"""
+    selection: Literal["argmax", "sample", "vote"] = "argmax"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -154,10 +153,10 @@ class ParticleFilter(SearchMethod):
     config_type: ClassVar[type] = ParticleFilterConfig
     config: ParticleFilterConfig = field(default_factory=ParticleFilterConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         n = check_budget(self.name, budget)
-        s = setup(self.config, engine, prompts, generator, method=self.name)
+        s = setup(self.config, backend, prompts, generator, method=self.name, observers=observers)
         pops = s.runner.start(prompts, [n] * len(prompts))
         stats: list[dict] = [{} for _ in prompts]
         try:
@@ -176,4 +175,4 @@ class ParticleFilter(SearchMethod):
                      "answers": [s.runner.result(p, wall_seconds=0).answer for p in pop]}
             out.append(s.runner.result(chosen, wall_seconds=s.wall(len(prompts)), prm_calls=calls,
                                        prm_tokens=tokens, trace=trace))
-        return out
+        return s.finish(out)

@@ -18,12 +18,12 @@ from typing import ClassVar
 
 import torch
 
-from reasonbudget.engine.engine import Engine
-from reasonbudget.methods.base import Generators, register
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.methods.base import Backend, Generators, register
 from reasonbudget.methods.scaling.common import SearchMethod, Search, check_budget, setup
 from reasonbudget.methods.scaling.particle_filter import (ParticleFilterConfig, particle_log_weights, run_filter,
                                                           select)
-from reasonbudget.search.particles import Particle
+from reasonbudget.steps import Particle
 from reasonbudget.search.resampling import normalized
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -84,18 +84,19 @@ class ParticleGibbs(SearchMethod):
     config_type: ClassVar[type] = ParticleGibbsConfig
     config: ParticleGibbsConfig = field(default_factory=ParticleGibbsConfig)
 
-    def run(self, engine: Engine, prompts: Sequence[TokenIds], *, budget: int | None,
-            generator: Generators) -> list[MethodResult]:
+    def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
+            generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         cfg = self.config
         per = particles_per_iteration(self.name, budget, cfg.iterations)
-        s = setup(cfg, engine, prompts, generator, method=self.name)
+        s = setup(cfg, backend, prompts, generator, method=self.name, observers=observers)
         s.runner.start(prompts, [0] * len(prompts), spare_rows=len(prompts) * (2 * per + 2))
         try:
             pops, stats = gibbs_iterations(s, cfg, per, [cfg.tau] * len(prompts))
         finally:
             s.runner.close()
         calls, tokens = s.prm_share(len(prompts))
-        return [s.runner.result(select(pop, cfg, s.generators[i], s.runner), wall_seconds=s.wall(len(prompts)),
+        return s.finish([
+            s.runner.result(select(pop, cfg, s.generators[i], s.runner), wall_seconds=s.wall(len(prompts)),
                                 prm_calls=calls, prm_tokens=tokens,
                                 trace={"particles": per, "iterations": cfg.iterations, "ess": stats[i].get("ess", [])})
-                for i, pop in enumerate(pops)]
+                for i, pop in enumerate(pops)])

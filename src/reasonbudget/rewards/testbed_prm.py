@@ -16,42 +16,17 @@ the written digits carries that check directly (AUROC 0.99 from the running-mini
 from __future__ import annotations
 
 import json
-import logging
-import math
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from reasonbudget.eval.report import auroc
 from reasonbudget.rewards.base import StepSequence
 
-logger = logging.getLogger(__name__)
 HEAD_FILE, HEAD_CONFIG = "step_head.safetensors", "step_head.json"
 SCALAR_FEATURES = 3  # line min log-prob, line mean log-prob, running min log-prob
 LOGPROB_FLOOR = -20.0
-
-
-@dataclass(frozen=True)
-class LabelledTrace:
-    question: str
-    steps: tuple[str, ...]
-    labels: tuple[bool, ...]
-
-
-@dataclass(frozen=True, kw_only=True)
-class PRMTrainConfig:
-    hidden: int = 64
-    epochs: int = 40
-    batch_size: int = 512
-    lr: float = 3e-3
-    val_fraction: float = 0.05
-    """Traces held out of training to report step AUROC during training."""
-    seed: int = 0
 
 
 def encode_item(tok, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -142,69 +117,3 @@ class TestbedPRM:
         feats = step_features(self.lm, self.tok, [(it.problem, it.steps) for it in items], batch_size)
         self.tokens_read += self.count_tokens(items)
         return [torch.sigmoid(self.head(f)) for f in feats]
-
-
-def train_prm(data: Sequence[LabelledTrace], cfg: PRMTrainConfig, lm_dir: Path) -> dict:
-    """Train the step head over the frozen verifier LM in `lm_dir`; the head is saved next to the LM."""
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)  # entry point of a training run
-    t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(str(lm_dir))
-    lm = LlamaForCausalLM.from_pretrained(str(lm_dir)).eval()
-    rng = random.Random(cfg.seed)
-    order = list(range(len(data)))
-    rng.shuffle(order)
-    n_val = int(len(order) * cfg.val_fraction)
-    feats = step_features(lm, tok, [(d.question, d.steps) for d in data])
-    labels = [torch.tensor([float(v) for v in d.labels]) for d in data]
-
-    def gather(idx):
-        if not idx:
-            return torch.zeros(0, SCALAR_FEATURES + lm.config.hidden_size), torch.zeros(0)
-        return torch.cat([feats[j] for j in idx]), torch.cat([labels[j] for j in idx])
-
-    (xv, yv), (xt, yt) = gather(order[:n_val]), gather(order[n_val:])
-    head = StepHead(lm.config.hidden_size, cfg.hidden)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(yt) / cfg.batch_size)
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(yt))
-        for i in range(0, len(yt), cfg.batch_size):
-            sel = perm[i : i + cfg.batch_size]
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = nn.functional.binary_cross_entropy_with_logits(head(xt[sel]), yt[sel])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-        if epoch % 10 == 9 or epoch == cfg.epochs - 1:
-            with torch.no_grad():
-                val = auroc(head(xv).tolist(), yv.bool().tolist()) if n_val else float("nan")
-            history.append({"epoch": epoch, "loss": round(loss.item(), 4), "val_auroc": round(val, 4)})
-            logger.info("prm head epoch %d loss %.4f held-out step AUROC %.4f", epoch, loss.item(), val)
-    save_file(head.state_dict(), str(lm_dir / HEAD_FILE))
-    (lm_dir / HEAD_CONFIG).write_text(json.dumps({"d_model": lm.config.hidden_size, "hidden": cfg.hidden}))
-    stats = {"config": asdict(cfg), "examples": len(data), "steps": len(yt) + len(yv),
-             "positive_step_share": round(float(torch.cat(labels).mean()), 4), "history": history,
-             "train_seconds": round(time.time() - t0, 1)}
-    (lm_dir / "step_head_training.json").write_text(json.dumps(stats, indent=2))
-    return stats
-
-
-def sample_labelled_traces(model, problems, *, samples: int, temperature: float, seed: int) -> list[LabelledTrace]:
-    """`samples` traces per problem from `model` (a LoadedModel) at `temperature`, labelled by the checker."""
-    from reasonbudget.testbed.rollouts import rollouts
-    from reasonbudget.testbed.traces import label_trace
-
-    results = rollouts(model, problems, samples=samples, temperature=temperature, seed=seed)
-    out: list[LabelledTrace] = []
-    for i, r in enumerate(results):
-        p = problems[i // samples]
-        labels = label_trace(p, r.thinking, r.answer)
-        if labels:
-            out.append(LabelledTrace(p.question, tuple(lab.line for lab in labels), tuple(lab.correct for lab in labels)))
-    return out

@@ -11,18 +11,18 @@ finished at `max_steps` steps or `max_tokens` tokens (no answer then: it cannot 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Generator, Tensor
 
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
-from reasonbudget.engine.controllers import KEEP, Action, Controller, MarkerDetector
-from reasonbudget.engine.engine import Engine, PromptTooLongError
+from reasonbudget.engine.controllers import KEEP, Action, Controller, MarkerDetector, Observer
+from reasonbudget.engine.engine import Engine
+from reasonbudget.engine.generation import check_room, model_usage, profile_tokens, split_thinking
 from reasonbudget.engine.sampling import SamplingConfig, child_generators
-from reasonbudget.rewards.base import StepSequence
-from reasonbudget.types import MethodResult, TokenIds, Usage
+from reasonbudget.types import MethodResult, StepSequence, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +53,16 @@ class Particle:
     tokens: TokenIds = ()
     steps: tuple[str, ...] = ()
     step_ends: tuple[int, ...] = ()
-    """len(tokens) at the end of each step."""
+    """Where each step ends: len(tokens) on the engine, len(text) on a remote server."""
     scores: tuple[float, ...] = ()
     """The PRM's (aggregated) score of the prefix after each step; NaN where the PRM failed."""
     done: bool = False
     finish: str = ""
-    """answer | max_steps | length"""
+    """answer | max_steps | length | cancelled"""
+    text: str = ""
+    """The generated text (a remote runner's particles, which have no token ids)."""
+    num_tokens: int = 0
+    """Tokens generated so far, as the remote server counts them (remote runners)."""
 
     @property
     def score(self) -> float:
@@ -73,6 +77,10 @@ class PromptCost:
     forced: int = 0
     answer: int = 0
     passes: int = 0
+    requests: int = 0
+    """Completion requests sent (remote runners)."""
+    sent_tokens: int = 0
+    """Prompt tokens the server read for them (remote runners: every request re-sends its prefix)."""
 
 
 class _StepController(Controller):
@@ -80,15 +88,17 @@ class _StepController(Controller):
     is never empty) plus the stop at the step delimiter."""
 
     def __init__(self, budget: BudgetController, delimiter: MarkerDetector, decode, max_step_tokens: int,
-                 to_end: bool) -> None:
+                 to_end: bool, cancelled: Callable[[], bool]) -> None:
         self.budget, self.delimiter, self.decode = budget, delimiter, decode
-        self.max_step_tokens, self.to_end = max_step_tokens, to_end
+        self.max_step_tokens, self.to_end, self.cancelled = max_step_tokens, to_end, cancelled
         self.sampled, self.has_text = 0, False
 
     def process_logits(self, logits: Tensor, hidden) -> Tensor:
         return self.budget.process_logits(logits, hidden)
 
     def on_token(self, token: int, forced: bool) -> Action:
+        if self.cancelled():  # the caller went away: stop the row, the runner drops the particle
+            return Action(stop=True)
         act = self.budget.on_token(token, forced)
         if act != KEEP or forced or self.to_end or self.budget.state.phase == "answer":
             return act
@@ -103,14 +113,48 @@ class _StepController(Controller):
         return KEEP
 
 
-class StepRunner:
+class RunnerBase:
+    """What every step runner shares (the engine's and a remote server's): observers, progress, scoring."""
+
+    observers: Sequence[Observer] | None = None
+    rounds: int = 0
+    """Steps taken so far (calls of `extend`)."""
+
+    def watch(self, observers: Sequence[Observer] | None) -> None:
+        """Observers of the prompts (one each): progress after every step, and a cancelled prompt's particles
+        stop at their next token and finish as `cancelled` (their rows are then freed)."""
+        self.observers = observers
+
+    def is_cancelled(self, prompt: int) -> bool:
+        return self.observers is not None and self.observers[prompt].cancelled
+
+    def score(self, particles: Sequence[Particle], which: Sequence[int], scorer,
+              questions: Sequence[str]) -> list[Particle]:
+        """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
+        items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
+        values = scorer(items, rows=[particles[j].row for j in which])  # rows: for a PRM that reads them
+        out = list(particles)
+        for j, v in zip(which, values):
+            out[j] = replace(out[j], scores=out[j].scores + (v,))
+        return out
+
+    def _report(self, particles: Sequence[Particle]) -> None:
+        """Progress per prompt after a step (a streamed search request shows it while it searches)."""
+        if self.observers is None:
+            return
+        for i, o in enumerate(self.observers):
+            mine = [p for p in particles if p.prompt == i]
+            if mine and not self.is_cancelled(i):
+                o.on_progress({"step": self.rounds, "live": sum(not p.done for p in mine), "candidates": len(mine),
+                               "generated_tokens": sum(max(len(p.tokens), p.num_tokens) for p in mine)})
+
+
+class StepRunner(RunnerBase):
     """Particles of a batch of prompts on one engine. Typical use: `start`, then repeatedly `extend`,
     `score`, and `rebind` (after a search method chose the next population), then `results`."""
 
     def __init__(self, engine: Engine, sampling: SamplingConfig, cfg: StepConfig, *, lookahead: int = 0) -> None:
         """`lookahead`: room kept in every row past its last token (a scorer that peeks, `Engine.peek`)."""
-        from reasonbudget.methods.base import profile_tokens  # the methods package imports this module
-
         self.engine, self.model, self.sampling, self.cfg = engine, engine.model, sampling, cfg
         self.lookahead = lookahead
         self.ptok = profile_tokens(self.model)
@@ -126,12 +170,11 @@ class StepRunner:
         `spawn`), then KV-row forks of it."""
         if any(c < 0 for c in counts):
             raise ValueError("particle counts must be >= 0")
+        if self.observers is not None and len(self.observers) != len(prompts):
+            raise ValueError(f"got {len(self.observers)} observers for {len(prompts)} prompts")
         self.prompts, self.costs = [tuple(p) for p in prompts], [PromptCost() for _ in prompts]
         longest = max(len(p) for p in prompts)
-        room = self.model.context_length - longest
-        if room < len(self.ptok.forcing_ids) + 16:
-            raise PromptTooLongError(f"the prompt has {longest} tokens and {self.model.name}'s context is "
-                                     f"{self.model.context_length}; too little room to generate")
+        room = check_room(self.model, longest, len(self.ptok.forcing_ids) + 16)
         self.capacity = longest + min(room, self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1)
         self.engine.reserve(sum(counts) + len(prompts) + spare_rows,
                             min(self.capacity + self.lookahead, self.model.context_length))
@@ -239,7 +282,9 @@ class StepRunner:
         last = [to_end or len(particles[j].steps) >= self.cfg.max_steps - 1 for j in active]
         ctrls = [_StepController(b, MarkerDetector(self.delimiter, self.model.decode, self.delimiter_ids,
                                                 inside_tokens=True),
-                                 self.model.decode, self.cfg.max_step_tokens, end) for b, end in zip(budgets, last)]
+                                 self.model.decode, self.cfg.max_step_tokens, end,
+                                 lambda i=particles[j].prompt: self.is_cancelled(i))
+                 for j, b, end in zip(active, budgets, last)]
         rows = torch.tensor([particles[j].row for j in active], dtype=torch.long)
         longest = max(len(self.engine.tokens(r)) for r in rows.tolist())
         per_call = self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1 if any(last) else self._step_limit()
@@ -255,6 +300,10 @@ class StepRunner:
             cost.answer += b.state.answer_tokens
             cost.passes += d.forward_passes
             out[j] = self._advance(p, d.tokens, closed=b.state.phase == "answer")
+            if self.is_cancelled(p.prompt):
+                out[j] = replace(out[j], done=True, finish="cancelled")
+        self.rounds += 1
+        self._report(out)
         return out
 
     def _advance(self, p: Particle, new: TokenIds, *, closed: bool) -> Particle:
@@ -287,37 +336,32 @@ class StepRunner:
             parts.append((close + tail).strip())
         return [s for s in parts if s]
 
-    def score(self, particles: Sequence[Particle], which: Sequence[int], scorer,
-              questions: Sequence[str]) -> list[Particle]:
-        """Append the PRM's score of the current prefix to particles[j] for j in `which` (one batched call)."""
-        items = [StepSequence(questions[particles[j].prompt], particles[j].steps) for j in which]
-        values = scorer(items, rows=[particles[j].row for j in which])  # rows: for a PRM that reads them
-        out = list(particles)
-        for j, v in zip(which, values):
-            out[j] = replace(out[j], scores=out[j].scores + (v,))
-        return out
-
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, p: Particle, *, wall_seconds: float, prm_calls: int = 0, prm_tokens: int = 0,
                trace: dict | None = None, charge: Sequence[int] | None = None) -> MethodResult:
         """The chosen particle as the prompt's result; usage counts every particle of the prompt (of every
         runner prompt in `charge`, when one problem ran as several: parallel tempering's chains)."""
-        from reasonbudget.methods.base import split_thinking
-
         thinking, answer = split_thinking(self.model, p.tokens, thinking_done=False)
         charged = [self.costs[i] for i in (charge if charge is not None else [p.prompt])]
         cost = PromptCost(*(sum(getattr(c, f) for c in charged) for f in ("thinking", "forced", "answer", "passes")))
         generated = cost.thinking + cost.forced + cost.answer
         processed = len(self.prompts[p.prompt]) * len(charged) + generated
-        m = self.model
-        usage = Usage(prompt_tokens=len(self.prompts[p.prompt]), thinking_tokens=cost.thinking,
-                      forced_tokens=cost.forced, answer_tokens=cost.answer, tokens_by_model={m.name: processed},
-                      forward_passes_by_model={m.name: cost.passes + 1}, prm_calls=prm_calls,
-                      prm_tokens=prm_tokens, wall_seconds=wall_seconds,
-                      energy_flops=2.0 * m.num_params * processed)
-        finish = {"answer": "stop", "max_steps": "length", "length": "length"}.get(p.finish, "length")
+        usage = model_usage(self.model, prompt_tokens=len(self.prompts[p.prompt]), processed=processed,
+                            forward_passes=cost.passes + 1, wall_seconds=wall_seconds, thinking_tokens=cost.thinking,
+                            forced_tokens=cost.forced, answer_tokens=cost.answer, prm_calls=prm_calls,
+                            prm_tokens=prm_tokens)
+        finish = {"answer": "stop", "max_steps": "length", "length": "length",
+                  "cancelled": "cancelled"}.get(p.finish, "length")
         return MethodResult(tokens=p.tokens, thinking=thinking, answer=answer, usage=usage,
                             finish_reason=finish, trace=trace or {})
+
+
+def make_runner(backend, sampling: SamplingConfig, cfg: StepConfig, *, lookahead: int = 0):
+    """The step runner of a backend: the engine's KV-row runner, or the backend's own (a remote server's)."""
+    own = getattr(backend, "step_runner", None)
+    if own is not None:
+        return own(sampling, cfg, lookahead=lookahead)
+    return StepRunner(backend, sampling, cfg, lookahead=lookahead)
 
 
 def prompt_generators(generator: Generator | Sequence[Generator], n: int) -> list[Generator]:

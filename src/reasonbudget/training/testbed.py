@@ -9,10 +9,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from reasonbudget.models.registry import testbed_checkpoints
 from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
 
 logger = logging.getLogger(__name__)
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINTS = testbed_checkpoints()
 PRM_SEED_OFFSET = 2_000_000
 PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target  # PRM training problems: disjoint from LM training and from test seeds
 
@@ -25,8 +26,8 @@ def prm_training_problems(per_difficulty: int):
 def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, smoke: bool = False) -> dict:
     """The verifier LM (into out/prm), then traces of the target and draft at T=1 and the step head."""
     from reasonbudget.models import load_model
-    from reasonbudget.testbed.prm import PRMTrainConfig, sample_labelled_traces, train_prm
-    from reasonbudget.testbed.train import VERIFIER, train
+    from reasonbudget.training.testbed_prm import PRMTrainConfig, sample_labelled_traces, train_prm
+    from reasonbudget.training.testbed_lm import VERIFIER, train
 
     verifier = replace(VERIFIER, steps=3, warmup_steps=1) if smoke else VERIFIER
     stats: dict = {"verifier_lm": train(verifier, out / "prm", name="verifier", data_stream="target")}
@@ -45,8 +46,8 @@ def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, sm
 def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
     """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only)."""
     from reasonbudget.models import load_model
-    from reasonbudget.predictors.recipe import train_predictor_for
-    from reasonbudget.testbed.train import DRAFT, PROMPT_TUNING, TARGET, train
+    from reasonbudget.training.length_predictor import train_predictor_for
+    from reasonbudget.training.testbed_lm import DRAFT, PROMPT_TUNING, TARGET, train
 
     t0 = time.time()
     target, tuning, draft = ((replace(c, steps=3, warmup_steps=1) for c in (TARGET, PROMPT_TUNING, DRAFT)) if smoke

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reasonbudget.predictors.length import LengthPredictorConfig, hidden_layer_ids, lm_dims
 from reasonbudget.predictors.train_length import PredictorTrainConfig, train_length_predictor
-from reasonbudget.predictors.traces import solution_traces, testbed_traces
+from reasonbudget.training.length_traces import solution_traces, testbed_traces
 
 DATA_KINDS = ("auto", "testbed", "gsm8k")
 

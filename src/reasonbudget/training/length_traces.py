@@ -19,7 +19,7 @@ PREDICTOR_SEED_OFFSET = 4_000_000  # testbed problems for the predictor: apart f
 def testbed_traces(model, *, per_difficulty: int, samples: int = 2, seed: int = 0) -> list[TraceTokens]:
     from reasonbudget.models.registry import build_prompt
     from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
-    from reasonbudget.testbed.rollouts import rollouts
+    from reasonbudget.training.rollouts import rollouts
 
     problems = [p for d in range(1, MAX_DIFFICULTY + 1)
                 for p in generate(per_difficulty, difficulty=d, seed=PREDICTOR_SEED_OFFSET + d)]

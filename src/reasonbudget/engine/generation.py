@@ -1,0 +1,125 @@
+"""Budgeted generation on the engine: think under a `BudgetConfig` (one per prompt), then answer, in one
+batched decode. This is the text level of the backend protocol (`reasonbudget.engine.backend`): plain CoT,
+budget forcing, NoThinking and TALE are written against it and run unchanged on a remote server, whose
+`generate` does the same with completions. Budget guidance adds a token-level `steering` controller.
+
+Observers (`Observer`, one per prompt) are chained onto the prompt's row: the server streams, caps and
+cancels through them, and hears a row's result as soon as it is done while the other rows decode on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig, BudgetController, ProfileTokens
+from reasonbudget.engine.controllers import Chain, Controller, Observer
+from reasonbudget.engine.errors import PromptTooLongError
+from reasonbudget.engine.sampling import SamplingConfig
+from reasonbudget.types import MethodResult, TokenIds, Usage
+
+if TYPE_CHECKING:
+    from reasonbudget.engine.engine import Decoded, Engine
+    from reasonbudget.models.registry import LoadedModel
+
+Generators = Generator | Sequence[Generator]
+"""One generator per call, or one per prompt (a prompt's draws then do not depend on its batch)."""
+
+
+def profile_tokens(model: LoadedModel) -> ProfileTokens:
+    p = model.profile
+    return ProfileTokens(close=p.think_close, close_ids=model.encode(p.think_close),
+                         forcing_ids=model.encode(p.forcing), wait_ids=model.encode(p.wait), eos_ids=model.eos_ids,
+                         answer_stop=p.answer_stop)
+
+
+def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool) -> tuple[str, str]:
+    """(thinking, answer) text of generated tokens; EOS tokens are dropped."""
+    text = model.decode([t for t in tokens if t not in model.eos_ids])
+    if thinking_done:
+        return "", text.strip()
+    close = model.profile.think_close
+    if close not in text:
+        return text.strip(), ""
+    thinking, answer = text.split(close, 1)
+    return thinking.strip(), answer.strip()
+
+
+def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forward_passes: int, wall_seconds: float,
+                **counts: int) -> Usage:
+    """The one place a model's `Usage` is built: tokens processed and forward passes under the model's name,
+    and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts."""
+    return Usage(prompt_tokens=prompt_tokens, tokens_by_model={model.name: processed},
+                 forward_passes_by_model={model.name: forward_passes}, wall_seconds=wall_seconds,
+                 energy_flops=2.0 * getattr(model, "num_params", 0) * processed, **counts)
+
+
+def check_room(model: LoadedModel, longest_prompt: int, needed: int) -> int:
+    """Tokens left in the context after the longest prompt; PromptTooLongError if fewer than `needed`."""
+    room = model.context_length - longest_prompt
+    if room < needed:
+        raise PromptTooLongError(f"the prompt has {longest_prompt} tokens and {model.name}'s context is "
+                                 f"{model.context_length}; at least {needed} tokens must remain to generate")
+    return room
+
+
+def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
+    thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else 4096
+    waits = b.max_waits * len(ptok.wait_ids)
+    return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
+
+
+def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
+             generator: Generators, *, prefill_text: str = "",
+             steering: Callable[[BudgetController], Controller] | None = None,
+             observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+    """One batched decode, prompt i under budgets[i]. `prefill_text` is appended to every prompt (NoThinking
+    prefills a finished thinking block, so only the answer is generated). `steering(row_budget)` builds a
+    per-row controller chained after the row's budget controller (it may read that row's budget state)."""
+    model = engine.model
+    if len(budgets) != len(prompts):
+        raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
+    if observers is not None and len(observers) != len(prompts):
+        raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
+    ptok = profile_tokens(model)
+    in_answer = bool(prefill_text)
+    prompts = [tuple(p) + model.encode(prefill_text) for p in prompts] if in_answer else list(prompts)
+    t0 = time.perf_counter()
+    room = check_room(model, max(len(p) for p in prompts), len(ptok.forcing_ids) + 16)
+    limit = min(max(max_new_tokens(b, ptok) for b in budgets), room)
+    rows = engine.prefill(prompts, max_new_tokens=limit)
+    ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
+    steer = [steering(c) for c in ctrls] if steering is not None else [None] * len(ctrls)
+    watch: Sequence[Observer | None] = observers or [None] * len(ctrls)
+    row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
+                 for c, s, o in zip(ctrls, steer, watch)]
+
+    def result(i: int, d: Decoded) -> MethodResult:
+        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
+        r.trace.update(getattr(steer[i], "trace", {}))
+        return r
+
+    def early(i: int, d: Decoded) -> None:  # a finished row's result goes to its observer at once
+        watch[i].on_result(result(i, d))  # type: ignore[union-attr]
+
+    try:
+        decoded = engine.decode(rows, max_new_tokens=limit, sampling=sampling, generator=generator,
+                                controllers=row_ctrls, on_finish=early if observers else None)
+    finally:
+        engine.release(rows)
+    return [result(i, d) for i, d in enumerate(decoded)]
+
+
+def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,
+            in_answer: bool) -> MethodResult:
+    thinking, answer = split_thinking(model, d.tokens, thinking_done=in_answer)
+    usage = model_usage(model, prompt_tokens=len(prompt), processed=len(prompt) + len(d.tokens),
+                        forward_passes=d.forward_passes + 1, wall_seconds=wall,
+                        thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
+                        answer_tokens=c.state.answer_tokens)
+    trace = {"waits": c.state.waits, "forced_close": c.forced_close, "answer_has_text": c.answer_has_text}
+    return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,
+                        finish_reason=d.finish_reason, trace=trace)

@@ -1,0 +1,122 @@
+"""The text level of the backend protocol on a remote server: think under a budget, then answer.
+
+Budget forcing is two-phase on the client (specs/interfaces.md §1.1): think with max_tokens = B and the
+think-close marker as stop string; close thinking (the profile's forcing string if the budget ran out, the
+marker itself if the model stopped); then a second completion for the answer. A server that enforces the
+budget itself (this project's) gets one request with `thinking_token_budget` instead. The thinking cap is the
+server's own token count either way. With `prefill_text` (NoThinking) only the answer is requested.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Generator
+
+from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.controllers import Observer
+from reasonbudget.engine.generation import model_usage
+from reasonbudget.engine.sampling import SamplingConfig, child_generators
+from reasonbudget.remote.client import Completion
+from reasonbudget.types import MethodResult
+
+if TYPE_CHECKING:
+    from reasonbudget.remote.model import RemoteModel
+
+
+def request_seeds(generator: Generator | Sequence[Generator] | None, n: int) -> list[int | None]:
+    """One server-side seed per prompt, drawn from the prompt's generator (or children of the call's)."""
+    if generator is None:
+        return [None] * n
+    gens = child_generators(generator, n) if isinstance(generator, Generator) else list(generator)
+    if len(gens) != n:
+        raise ValueError(f"got {len(gens)} generators for {n} prompts")
+    return [int(torch.randint(0, 2**31 - 1, (), generator=g)) for g in gens]
+
+
+def _usage(model: RemoteModel, calls: Sequence[Completion], wall: float, **counts: int):
+    return model_usage(model, prompt_tokens=calls[0].prompt_tokens,
+                       processed=sum(c.prompt_tokens + c.completion_tokens for c in calls),
+                       forward_passes=sum(c.completion_tokens for c in calls), wall_seconds=wall, **counts)
+
+
+def generate(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
+             generator: Generator | Sequence[Generator] | None, *, prefill_text: str = "",
+             observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+    if len(budgets) != len(prompts):
+        raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
+    if any(b.min_thinking_tokens for b in budgets):
+        raise ValueError("a minimum thinking length (extension with 'Wait') needs the in-process engine; "
+                         "it does not run on a remote model")
+    seeds = request_seeds(None if sampling.greedy else generator, len(prompts))
+    kw = dict(temperature=sampling.temperature, top_p=sampling.top_p, seeds=seeds)
+    if prefill_text:
+        results = _answer_only(model, [p + prefill_text for p in prompts], budgets, kw)
+    elif model.native_budget:
+        results = _native(model, prompts, budgets, kw)
+    else:
+        results = _two_phase(model, prompts, budgets, kw)
+    for o, r in zip(observers or (), results):
+        o.on_result(r)
+    return results
+
+
+def _thinking_cap(b: BudgetConfig) -> int:
+    if b.max_thinking_tokens is None:
+        raise ValueError("an unlimited thinking budget cannot be sent to a remote server; give a cap")
+    return b.max_thinking_tokens
+
+
+def _two_phase(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],
+               kw: dict) -> list[MethodResult]:
+    """At most the budget's thinking tokens, then an answer (never an empty turn after thinking)."""
+    prof, t0 = model.profile, time.perf_counter()
+    thoughts = model.server.complete(prompts, max_tokens=[_thinking_cap(b) for b in budgets],
+                                     stop=[prof.think_close], **kw)
+    # The model closed thinking itself (stop string, or EOS: it gets the marker too), or ran out of budget.
+    closes = [prof.think_close if t.finish_reason != "length" else prof.forcing for t in thoughts]
+    follow = [p + t.text + c for p, t, c in zip(prompts, thoughts, closes)]
+    answers = model.server.complete(follow, max_tokens=[b.max_answer_tokens for b in budgets], **kw)
+    wall = (time.perf_counter() - t0) / max(len(prompts), 1)
+    out = []
+    for t, a, c in zip(thoughts, answers, closes):
+        forced = max(a.prompt_tokens - t.prompt_tokens - t.completion_tokens, 0)
+        usage = _usage(model, [t, a], wall, thinking_tokens=t.completion_tokens, forced_tokens=forced,
+                       answer_tokens=a.completion_tokens)
+        out.append(MethodResult(tokens=(), thinking=t.text.strip(), answer=prof.cut_answer(a.text), usage=usage,
+                                finish_reason=a.finish_reason,
+                                trace={"forced_close": c == prof.forcing, "two_phase": True}))
+    return out
+
+
+def _native(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],
+            kw: dict) -> list[MethodResult]:
+    """One request each; the server enforces `thinking_token_budget` (its default method does)."""
+    t0 = time.perf_counter()
+    calls = model.server.complete(
+        prompts, max_tokens=[_thinking_cap(b) + b.max_answer_tokens + 64 for b in budgets],
+        extras=[{"thinking_token_budget": _thinking_cap(b), "method_config": {"max_answer_tokens": b.max_answer_tokens}}
+                for b in budgets], **kw)
+    wall = (time.perf_counter() - t0) / max(len(prompts), 1)
+    out = []
+    for c in calls:
+        choice = c.body["choices"][0]
+        reported = c.body.get("reasonbudget", {}).get("usage", {})
+        tokens = {k: int(reported.get(k, 0)) for k in ("thinking_tokens", "forced_tokens", "answer_tokens")}
+        out.append(MethodResult(tokens=(), thinking=(choice.get("reasoning_content") or "").strip(),
+                                answer=model.profile.cut_answer(choice.get("content") or ""),
+                                usage=_usage(model, [c], wall, **tokens), finish_reason=c.finish_reason,
+                                trace={"native_budget": True}))
+    return out
+
+
+def _answer_only(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],
+                 kw: dict) -> list[MethodResult]:
+    t0 = time.perf_counter()
+    calls = model.server.complete(prompts, max_tokens=[b.max_answer_tokens for b in budgets], **kw)
+    wall = (time.perf_counter() - t0) / max(len(prompts), 1)
+    return [MethodResult(tokens=(), thinking="", answer=model.profile.cut_answer(c.text), finish_reason=c.finish_reason,
+                         usage=_usage(model, [c], wall, answer_tokens=c.completion_tokens)) for c in calls]
