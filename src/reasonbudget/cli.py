@@ -321,6 +321,8 @@ def serve(
     max_batch: int = typer.Option(64, help="Most requests decoded together in one engine batch."),
     max_queue: int = typer.Option(256, help="Requests waiting beyond this get 503 with Retry-After."),
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
+    allow_prm_url: list[str] = typer.Option([], help="A PRM server requests may name as their scorer "
+                                            "(prm=pool:URL#MODEL); repeat for several. None by default."),
 ) -> None:
     """Serve a model over OpenAI-compatible HTTP (/v1/chat/completions, /v1/completions, /v1/models)."""
     from reasonbudget.models import ModelNotFoundError, load_model
@@ -343,7 +345,7 @@ def serve(
     from reasonbudget.serve.requests import ServeConfig
     from reasonbudget.serve.scheduler import SchedulerConfig
 
-    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens),
+    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url)),
                       SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
     typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (OpenAI-compatible)", err=True)
     try:

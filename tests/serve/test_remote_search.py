@@ -7,7 +7,7 @@ import torch
 from fastapi import FastAPI
 
 from reasonbudget.engine import Engine, SamplingConfig
-from reasonbudget.methods import METHODS, check_runnable, make_method, solve
+from reasonbudget.methods import METHODS, solve
 from reasonbudget.models import load_model
 from reasonbudget.remote.model import load_remote
 from reasonbudget.rewards.pooling import SEPARATOR
@@ -59,14 +59,21 @@ def test_sampled_particle_filter_over_the_server_answers_and_counts_requests(rem
         assert r.trace["requests"] >= 4 and r.trace["sent_tokens"] > r.usage.prompt_tokens
 
 
-def test_every_registered_method_runs_remotely_or_is_refused_in_one_line(remote):
+def test_every_registered_method_runs_remotely_or_is_refused_in_one_line(remote, questions):
+    ran = []
     for name, cls in METHODS.items():
-        method = make_method(name, SamplingConfig())
-        if cls.capabilities.level in remote.levels:
-            check_runnable(method, remote)
+        caps = cls.capabilities
+        budget = {"samples": 4 if name.startswith("particle-gibbs") else 8 if name == "parallel-tempering" else 2,
+                  "thinking tokens": 16}.get(caps.budget)
+        if caps.level not in remote.levels:
+            with pytest.raises(ValueError, match=r"^[^\n]*which remote:[^\n]*does not offer[^\n]*$"):
+                solve(remote, name, questions[:1], budget=budget, generator=_gen())
             continue
-        with pytest.raises(ValueError, match=r"^[^\n]*which remote:[^\n]*does not offer[^\n]*$"):
-            check_runnable(method, remote)
+        (r,) = solve(remote, name, questions[:1], budget=budget, sampling=SamplingConfig(temperature=1.0),
+                     generator=_gen())
+        assert r.answer and r.usage.completion_tokens > 0, name
+        ran.append(name)
+    assert len(ran) == len(METHODS) - 1  # all but budget guidance (token level)
 
 
 def pooling_stand_in(prm) -> FastAPI:

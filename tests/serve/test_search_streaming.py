@@ -21,7 +21,8 @@ QUESTION = get_task("testbed:d=8").problems(1)[0].question  # a long chain: many
 
 @pytest.fixture(scope="module")
 def testbed_server():
-    app = create_app(load_model("testbed-target"), ServeConfig(default_max_tokens=512))
+    app = create_app(load_model("testbed-target"), ServeConfig(default_max_tokens=512,
+                                                               allowed_prm_urls=("http://127.0.0.1:9/v1",)))
     with serving(app) as url:
         yield url, app
 
@@ -87,3 +88,6 @@ def test_a_prm_server_that_is_down_fails_its_request_alone(testbed_server):
         "model": "testbed-target", "messages": [{"role": "user", "content": QUESTION}], "method": "particle-filter",
         "budget": 2})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+    elsewhere = dict(body, method_config={"prm": "pool:http://169.254.169.254/v1#prm"})
+    refused = httpx.post(f"{url}/chat/completions", json=elsewhere, timeout=60)
+    assert refused.status_code == 400 and "calls no URL a request names" in refused.json()["error"]["message"]

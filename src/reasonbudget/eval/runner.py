@@ -60,7 +60,7 @@ class SweepConfig:
         """What must match for two runs to share a results file: the model by the content of its weights and
         companion artefacts, not only by name (a retrained `testbed-target` is another model)."""
         return {"task": self.task, "model": self.model, "temperature": self.temperature, "top_p": self.top_p,
-                "dtype": self.dtype, "fingerprints": _fingerprints(self.model)}
+                "dtype": self.dtype, "device": self.device, "fingerprints": _fingerprints(self.model)}
 
 
 def _fingerprints(model: str) -> dict[str, str]:
@@ -152,6 +152,10 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
         now = cfg.identity()
         if previous != now:
             changed = [k for k, v in now.items() if previous.get(k) != v]
+            if "fingerprints" not in previous:
+                raise ValueError(f"{out} was written before sweeps recorded the weights' fingerprints, so its "
+                                 "records cannot be told apart from another version's; choose another --out or "
+                                 "delete it")
             if changed == ["fingerprints"]:
                 raise ValueError(f"{out} holds results of {cfg.model} with other weights or companion artefacts "
                                  f"({previous.get('fingerprints')} there vs {now['fingerprints']} now: retrained "

@@ -64,6 +64,13 @@ def generate(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[Budge
     return results
 
 
+def _fit(model: RemoteModel, prompt: str, want: int) -> int:
+    """`want` new tokens, fewer when the server's context (if it says) leaves less room after the prompt (counted
+    with the local tokenizer, if there is one): the engine caps a row the same way."""
+    used = model.count_tokens(prompt) if model.context_length is not None else None
+    return want if used is None else max(1, min(want, model.context_length - used - 1))
+
+
 def _thinking_cap(b: BudgetConfig) -> int:
     if b.max_thinking_tokens is None:
         raise ValueError("an unlimited thinking budget cannot be sent to a remote server; give a cap")
@@ -74,12 +81,13 @@ def _two_phase(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[Bud
                kw: dict) -> list[MethodResult]:
     """At most the budget's thinking tokens, then an answer (never an empty turn after thinking)."""
     prof, t0 = model.profile, time.perf_counter()
-    thoughts = model.server.complete(prompts, max_tokens=[_thinking_cap(b) for b in budgets],
-                                     stop=[prof.think_close], **kw)
+    caps = [_fit(model, p, _thinking_cap(b)) for p, b in zip(prompts, budgets)]
+    thoughts = model.server.complete(prompts, max_tokens=caps, stop=[prof.think_close], **kw)
     # The model closed thinking itself (stop string, or EOS: it gets the marker too), or ran out of budget.
     closes = [prof.think_close if t.finish_reason != "length" else prof.forcing for t in thoughts]
     follow = [p + t.text + c for p, t, c in zip(prompts, thoughts, closes)]
-    answers = model.server.complete(follow, max_tokens=[b.max_answer_tokens for b in budgets], **kw)
+    answers = model.server.complete(follow, max_tokens=[_fit(model, f, b.max_answer_tokens)
+                                                        for f, b in zip(follow, budgets)], **kw)
     wall = (time.perf_counter() - t0) / max(len(prompts), 1)
     out = []
     for t, a, c in zip(thoughts, answers, closes):
@@ -96,10 +104,11 @@ def _native(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[Budget
             kw: dict) -> list[MethodResult]:
     """One request each; the server enforces `thinking_token_budget` (its default method does)."""
     t0 = time.perf_counter()
-    calls = model.server.complete(
-        prompts, max_tokens=[_thinking_cap(b) + b.max_answer_tokens + 64 for b in budgets],
-        extras=[{"thinking_token_budget": _thinking_cap(b), "method_config": {"max_answer_tokens": b.max_answer_tokens}}
-                for b in budgets], **kw)
+    slack = [b.max_answer_tokens + 64 for b in budgets]  # the forced end and the answer
+    caps = [_fit(model, p, _thinking_cap(b) + s) for p, b, s in zip(prompts, budgets, slack)]
+    extras = [{"thinking_token_budget": max(1, min(_thinking_cap(b), cap - s)),
+               "method_config": {"max_answer_tokens": b.max_answer_tokens}} for b, cap, s in zip(budgets, caps, slack)]
+    calls = model.server.complete(prompts, max_tokens=caps, extras=extras, **kw)
     wall = (time.perf_counter() - t0) / max(len(prompts), 1)
     out = []
     for c in calls:
@@ -116,7 +125,8 @@ def _native(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[Budget
 def _answer_only(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],
                  kw: dict) -> list[MethodResult]:
     t0 = time.perf_counter()
-    calls = model.server.complete(prompts, max_tokens=[b.max_answer_tokens for b in budgets], **kw)
+    calls = model.server.complete(prompts, max_tokens=[_fit(model, p, b.max_answer_tokens)
+                                                       for p, b in zip(prompts, budgets)], **kw)
     wall = (time.perf_counter() - t0) / max(len(prompts), 1)
     return [MethodResult(tokens=(), thinking="", answer=model.profile.cut_answer(c.text), finish_reason=c.finish_reason,
                          usage=_usage(model, [c], wall, answer_tokens=c.completion_tokens)) for c in calls]

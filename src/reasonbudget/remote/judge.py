@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from reasonbudget.remote.client import RemoteError
+from reasonbudget.rewards.base import PRMUnavailable
 from reasonbudget.rewards.judge import JUDGE_PROMPT, _answer_now
 from reasonbudget.types import StepSequence
 
@@ -52,12 +54,17 @@ class RemoteJudge:
         return _answer_now(m, text)
 
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
-        calls = self.model.server.complete([self.prompt(it) for it in items], max_tokens=1, temperature=0.0,
-                                           extras=[{"logprobs": TOP_LOGPROBS}] * len(items))
-        out = []
+        try:
+            calls = self.model.server.complete([self.prompt(it) for it in items], max_tokens=1, temperature=0.0,
+                                               extras=[{"logprobs": TOP_LOGPROBS}] * len(items))
+        except RemoteError as e:  # the judge is the server: it is down, not one item
+            raise PRMUnavailable(f"the judge {self.model.name} failed: {e}") from None
+        tops = []
         for c in calls:
             self.tokens_read += c.prompt_tokens
             logprobs = c.body["choices"][0].get("logprobs") or {}
-            top = (logprobs.get("top_logprobs") or [{}])[0] or {}
-            out.append(torch.tensor([p_yes_from_top(top)]))
-        return out
+            tops.append((logprobs.get("top_logprobs") or [None])[0])
+        if items and all(t is None for t in tops):
+            raise PRMUnavailable(f"{self.model.name} returns no logprobs for completions, so it cannot judge; use "
+                                 "prm=judge-text,judge_model=LOCAL_MODEL or a PRM")
+        return [torch.tensor([p_yes_from_top(t or {})]) for t in tops]

@@ -14,7 +14,7 @@ returned no text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from torch import Generator
@@ -23,11 +23,33 @@ from reasonbudget.engine.generation import model_usage
 from reasonbudget.engine.sampling import SamplingConfig, child_generators
 from reasonbudget.remote.client import Completion
 from reasonbudget.remote.generation import request_seeds
-from reasonbudget.steps.particles import Particle, PromptCost, RunnerBase, StepConfig
+from reasonbudget.steps.particles import Particle, PromptCost, RunnerBase, StepConfig, split_steps
 from reasonbudget.types import MethodResult
 
 if TYPE_CHECKING:
     from reasonbudget.remote.model import RemoteModel
+
+
+BLANK_RETRIES = 3
+
+
+@dataclass
+class _Step:
+    """What the server wrote for one particle this round: `lead` (blank steps asked again, with their
+    delimiters), then `text`; how the last request ended; tokens generated in all."""
+
+    lead: str = ""
+    text: str = ""
+    finish: str = ""
+    at_delimiter: bool = False
+    tokens: int = 0
+    last_prompt_tokens: int = 0
+    last_tokens: int = 0
+
+    def add(self, c: Completion, *, at_delimiter: bool) -> None:
+        self.text, self.finish, self.at_delimiter = c.text, c.finish_reason, at_delimiter
+        self.tokens += c.completion_tokens
+        self.last_prompt_tokens, self.last_tokens = c.prompt_tokens, c.completion_tokens
 
 
 class RemoteStepRunner(RunnerBase):
@@ -47,13 +69,6 @@ class RemoteStepRunner(RunnerBase):
         self.prompts, self.costs = [str(p) for p in prompts], [PromptCost() for _ in prompts]
         self.prompt_tokens = [self.model.count_tokens(p) or 0 for p in self.prompts]
         return self.spawn(counts)
-
-    def _room(self, p: Particle) -> int:
-        """Tokens the particle may still generate: its own cap, and the server's context when known."""
-        room = self.cfg.max_tokens - p.num_tokens
-        if self.model.context_length is not None:
-            room = min(room, self.model.context_length - self.prompt_tokens[p.prompt] - p.num_tokens - 1)
-        return max(1, room)
 
     def spawn(self, counts: Sequence[int]) -> list[list[Particle]]:
         return [[Particle(i, None) for _ in range(c)] for i, c in enumerate(counts)]
@@ -81,24 +96,29 @@ class RemoteStepRunner(RunnerBase):
                to_end: bool = False) -> list[Particle]:
         """Every unfinished particle gets one more step (`to_end`: runs to the end of its answer), all
         requests of the call sent concurrently. generators[i] is prompt i's."""
-        active = [j for j, p in enumerate(particles) if not p.done and not self.is_cancelled(p.prompt)]
         out = [replace(p, done=True, finish="cancelled") if not p.done and self.is_cancelled(p.prompt) else p
                for p in particles]
+        active = [j for j, p in enumerate(out) if not p.done]
+        for j in [j for j in active if self._room(out[j]) < 1]:  # no context or token budget left
+            out[j] = replace(out[j], done=True, finish="length")
+        active = [j for j in active if not out[j].done]
         if active:
-            seeds = self._seeds(particles, active, generators)
-            last = [to_end or len(particles[j].steps) >= self.cfg.max_steps - 1 for j in active]
-            room = [self._room(particles[j]) for j in active]
-            caps = [r if end else min(r, self.cfg.max_step_tokens) for r, end in zip(room, last)]
-            steps = self._send([self.prompts[particles[j].prompt] + particles[j].text for j in active], caps, seeds,
-                               [None if end else [self.delimiter] for end in last])
-            for j, c, cap, end in zip(active, steps, caps, last):
-                self._charge(particles[j].prompt, c, thinking=True)
-            closing = self._answers(particles, active, steps, caps, last, seeds)
-            for j, c, cap, end in zip(active, steps, caps, last):
-                out[j] = self._advance(particles[j], c, cap, end, closing.get(j))
+            seeds = self._seeds(out, active, generators)
+            last = [to_end or len(out[j].steps) >= self.cfg.max_steps - 1 for j in active]
+            steps = self._steps(out, active, last, seeds)
+            answers = self._answers(out, active, steps, last, seeds)
+            for j, step, end in zip(active, steps, last):
+                out[j] = self._advance(out[j], step, end, answers.get(j))
         self.rounds += 1
         self._report(out)
         return out
+
+    def _room(self, p: Particle) -> int:
+        """Tokens the particle may still generate: its own cap, and the server's context when known."""
+        room = self.cfg.max_tokens - p.num_tokens
+        if self.model.context_length is not None:
+            room = min(room, self.model.context_length - self.prompt_tokens[p.prompt] - p.num_tokens - 1)
+        return room
 
     def _seeds(self, particles, active, generators) -> list[int | None]:
         if self.sampling.greedy:
@@ -118,72 +138,100 @@ class RemoteStepRunner(RunnerBase):
         return self.model.server.complete(prompts, max_tokens=caps, seeds=seeds, extras=extras,
                                           temperature=self.sampling.temperature, top_p=self.sampling.top_p)
 
-    def _charge(self, prompt: int, c: Completion, *, thinking: bool) -> None:
+    def _steps(self, particles, active, last, seeds) -> list[_Step]:
+        """One step per particle. As on the engine, a step ends at the delimiter only once it holds text: a
+        blank one is asked again after the delimiter (at most `BLANK_RETRIES` times)."""
+        steps = [_Step() for _ in active]
+        pending = list(range(len(active)))
+        for _ in range(BLANK_RETRIES + 1):
+            if not pending:
+                break
+            ps = [particles[active[k]] for k in pending]
+            caps = [self._room(p) - steps[k].tokens if last[k] else
+                    min(self._room(p) - steps[k].tokens, self.cfg.max_step_tokens - steps[k].tokens)
+                    for k, p in zip(pending, ps)]
+            sent = [k for k, cap in zip(pending, caps) if cap >= 1]
+            caps = [cap for cap in caps if cap >= 1]
+            calls = self._send([self.prompts[particles[active[k]].prompt] + particles[active[k]].text + steps[k].lead
+                                for k in sent], caps, [seeds[k] for k in sent],
+                               [None if last[k] else [self.delimiter] for k in sent])
+            pending = []
+            for k, c in zip(sent, calls):
+                self._charge(particles[active[k]].prompt, c)
+                steps[k].add(c, at_delimiter=not last[k] and self._at_delimiter(c))
+                if steps[k].at_delimiter and not c.text.strip():  # bounded: BLANK_RETRIES
+                    steps[k].lead += c.text + self.delimiter
+                    pending.append(k)
+        return steps
+
+    def _charge(self, prompt: int, c: Completion) -> None:
         cost = self.costs[prompt]
         cost.requests += 1
         cost.sent_tokens += c.prompt_tokens
         cost.passes += c.completion_tokens
-        if thinking:
-            cost.thinking += c.completion_tokens
-        else:
-            cost.answer += c.completion_tokens
         if not self.prompt_tokens[prompt]:
             self.prompt_tokens[prompt] = c.prompt_tokens
 
     def _at_delimiter(self, c: Completion) -> bool:
+        """The completion stopped at the step delimiter (not at the end of the turn, nor at its length cap)."""
         choice = c.body.get("choices", [{}])[0]
-        if "stop_reason" in choice:
-            return choice["stop_reason"] == self.delimiter
-        return c.finish_reason == "stop" and bool(c.text)
+        for field in ("stop_reason", "matched_stop"):  # vLLM and this project's server; SGLang
+            if field in choice:
+                return choice[field] == self.delimiter
+        return c.finish_reason == "stop" and bool(c.text)  # a server that does not say: text, then a stop
 
-    def _answers(self, particles, active, steps, caps, last, seeds) -> dict[int, tuple[str, Completion]]:
-        """The answer requests of particles whose thinking closed (or must be closed) in this step:
+    def _answers(self, particles, active, steps, last, seeds) -> dict[int, tuple[str, Completion]]:
+        """The answer requests of particles whose thinking closed in this step with the answer cut short (at a
+        delimiter or the step cap), or whose turn ended while thinking (the forcing string closes it):
         j -> (the text the answer continues from, the answer's completion)."""
-        close, todo = self.model.profile.think_close, []
-        for k, (j, c, end) in enumerate(zip(active, steps, last)):
-            if close in c.text:  # closed: the answer may have been cut at a delimiter or at the step cap
-                if end and c.finish_reason != "length":
-                    continue
-                sep = self.delimiter if not end and self._at_delimiter(c) else ""
-                todo.append((k, j, particles[j].text + c.text + sep))
-            elif c.finish_reason != "length" and not (not end and self._at_delimiter(c)):
-                todo.append((k, j, particles[j].text + c.text + self.model.profile.forcing))  # end of turn while thinking
+        close, forcing = self.model.profile.think_close, self.model.profile.forcing
+        todo = []
+        for k, (j, step, end) in enumerate(zip(active, steps, last)):
+            base = particles[j].text + step.lead + step.text
+            if close in step.text:
+                if step.at_delimiter or (step.finish == "length" and not end):
+                    todo.append((k, j, base + (self.delimiter if step.at_delimiter else "")))
+            elif step.finish == "stop" and not step.at_delimiter:
+                todo.append((k, j, base + forcing))
+        forcing_tokens = self.model.count_tokens(forcing) or 16  # sent, not generated: room for it too
+        caps = [min(self.cfg.max_answer_tokens, self._room(particles[j]) - steps[k].tokens
+                    - (0 if close in t[len(particles[j].text):] else forcing_tokens)) for k, j, t in todo]
+        todo = [t for t, cap in zip(todo, caps) if cap >= 1]
+        caps = [cap for cap in caps if cap >= 1]
         if not todo:
             return {}
-        answers = self._send([self.prompts[particles[j].prompt] + t for _, j, t in todo],
-                             [self.cfg.max_answer_tokens] * len(todo), [seeds[k] for k, _, _ in todo], [None] * len(todo))
+        answers = self._send([self.prompts[particles[j].prompt] + t for _, j, t in todo], caps,
+                             [seeds[k] for k, _, _ in todo], [None] * len(todo))
         for (_, j, _), a in zip(todo, answers):
-            self._charge(particles[j].prompt, a, thinking=False)
+            self._charge(particles[j].prompt, a)
         return {j: (t, a) for (_, j, t), a in zip(todo, answers)}
 
-    def _advance(self, p: Particle, c: Completion, cap: int, end: bool,
-                 closing: tuple[str, Completion] | None) -> Particle:
-        used = p.num_tokens + c.completion_tokens
-        if closing is not None or (end and self.model.profile.think_close in c.text):
-            text = closing[0] + closing[1].text if closing is not None else p.text + c.text
-            used += closing[1].completion_tokens if closing is not None else 0
-            steps = p.steps + tuple(self._split_steps(text[len(p.text):]))
+    def _advance(self, p: Particle, step: _Step, end: bool, answer: tuple[str, Completion] | None) -> Particle:
+        close = self.model.profile.think_close
+        used = p.num_tokens + step.tokens
+        cost = self.costs[p.prompt]
+        if answer is not None or close in step.text:
+            text = answer[0] + answer[1].text if answer is not None else p.text + step.lead + step.text
+            head, sep, tail = (p.text + step.lead + step.text).partition(close)
+            tail_tokens = (self.model.count_tokens(tail) or 0) if sep else 0
+            cost.thinking += step.tokens - tail_tokens
+            cost.answer += tail_tokens + (answer[1].completion_tokens if answer is not None else 0)
+            if answer is not None and not sep:  # the forcing string: what the server read beyond the step
+                cost.forced += max(answer[1].prompt_tokens - step.last_prompt_tokens - step.last_tokens, 0)
+            used += answer[1].completion_tokens if answer is not None else 0
+            steps = p.steps + tuple(split_steps(text[len(p.text):], self.delimiter, close))
             ends = p.step_ends + (len(text),) * (len(steps) - len(p.steps))
             return replace(p, text=text, steps=steps, step_ends=ends, num_tokens=used, done=True, finish="answer")
-        at_delimiter = not end and self._at_delimiter(c)
-        text = p.text + c.text + (self.delimiter if at_delimiter else "")
-        step = c.text.strip()
-        steps = p.steps + ((step,) if step else ())
-        ends = p.step_ends + ((len(text),) if step else ())
-        full = used >= self.cfg.max_tokens or (end and c.finish_reason == "length")
+        cost.thinking += step.tokens
+        text = p.text + step.lead + step.text + (self.delimiter if step.at_delimiter else "")
+        new = step.text.strip()
+        steps = p.steps + ((new,) if new else ())
+        ends = p.step_ends + ((len(text),) if new else ())
+        full = self._room(replace(p, num_tokens=used)) < 1 or (end and step.finish == "length")
         if full or len(steps) >= self.cfg.max_steps:
             return replace(p, text=text, steps=steps, step_ends=ends, num_tokens=used, done=True,
                            finish="length" if full else "max_steps")
         return replace(p, text=text, steps=steps, step_ends=ends, num_tokens=used)
-
-    def _split_steps(self, text: str) -> list[str]:
-        """Thinking steps split at the delimiter, then the closing step (marker and answer) as one step."""
-        close = self.model.profile.think_close
-        head, sep, tail = text.partition(close)
-        parts = [s.strip() for s in head.split(self.delimiter)]
-        if sep:
-            parts.append((close + tail).strip())
-        return [s for s in parts if s]
 
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, p: Particle, *, wall_seconds: float, prm_calls: int = 0, prm_tokens: int = 0,

@@ -4,8 +4,9 @@
 Request (one per item, sent concurrently): POST {URL}/pooling with the Qwen2.5-Math-PRM protocol as chat
 messages: the system prompt, the question, and the assistant turn of the steps each followed by `<extra_0>`.
 Response: `data[0].data` holds one [P(wrong), P(right)] pair per step tag (STEP pooling); the step's score is
-P(right). A server that is down or answers garbage fails the call with a one-line `PRMUnavailable`; the search
-scorer then drops the affected candidates (`search.scoring`) and the request fails alone, not the server.
+P(right). A server that cannot be reached, is missing the route, or fails (5xx) raises `PRMUnavailable`: the
+search fails with that one line (on this project's server: that request alone, 502). A reply that rejects or
+garbles one item raises ValueError for that item only; the search scorer drops that candidate and goes on.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ class PooledPRM:
             r = self.http.post(f"{self.url}/pooling", json={"model": self.model, "messages": pooling_messages(item)})
         except httpx.TransportError as e:
             raise PRMUnavailable(f"the PRM at {self.url} cannot be reached: {type(e).__name__}: {e}") from None
+        if r.status_code == 404 or r.status_code >= 500:  # the scorer, not this item (its body is not echoed)
+            raise PRMUnavailable(f"the PRM at {self.url}/pooling answered {r.status_code}")
         if r.status_code >= 400:
-            raise PRMUnavailable(f"the PRM at {self.url}/pooling answered {r.status_code}: {r.text[:200]}")
+            raise ValueError(f"the PRM at {self.url}/pooling refused an item ({r.status_code})")
         body = r.json()
         self.tokens_read += int((body.get("usage") or {}).get("prompt_tokens", 0))
         return step_scores(body, len(item.steps))

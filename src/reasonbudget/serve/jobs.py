@@ -39,6 +39,8 @@ class Job:
     """Streaming: ("reasoning" | "content", text) items, then ("done", None)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: asyncio.Future | None = None
+    answered: bool = False
+    """Set on the engine thread once `finish` ran (a group that fails later does not run it again)."""
 
     @property
     def method_name(self) -> str | None:
@@ -68,6 +70,7 @@ class Job:
 
     def finish(self, outcome: MethodResult | BaseException) -> None:
         """Resolve the waiting request (called on the engine thread)."""
+        self.answered = True
         if self.loop is None or self.future is None:
             return
 

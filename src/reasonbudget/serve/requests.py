@@ -30,6 +30,9 @@ class ServeConfig:
     """Largest N (samples, particles) a search method may be asked for."""
     max_body_bytes: int = 1 << 20
     retry_after_seconds: int = 1
+    allowed_prm_urls: tuple[str, ...] = ()
+    """Servers a request may name as its scorer (`prm=pool:URL#MODEL`); none by default, so that no client
+    can make this server call an address of its choosing."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,16 @@ def _max_tokens(req: GenerationFields, prompt_len: int, model: LoadedModel, cfg:
     return given
 
 
-def _spec(name: str, settings: Mapping[str, Any] | None) -> str:
+def _spec(name: str, settings: Mapping[str, Any] | None, cfg: ServeConfig) -> str:
     if not settings:
         return name
     parts = []
     for key, value in settings.items():
         text = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        if "://" in text and not any(text.split(":", 1)[-1].startswith(u) for u in cfg.allowed_prm_urls):
+            raise RequestError(f"method_config.{key}: this server calls no URL a request names (allowed: "
+                               f"{', '.join(cfg.allowed_prm_urls) or 'none'}; see `serve --allow-prm-url`)",
+                               "method_config")
         if "," in text or any(c in key for c in ",:="):  # a value may hold ':' and '=' (prm=pool:URL#MODEL)
             raise RequestError(f"method_config.{key}: values may not contain ','; keys not ',', ':' or '='",
                                "method_config")
@@ -110,7 +117,7 @@ def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenId
         raise RequestError(f"{policy.source} turns thinking off, which conflicts with method={name!r} "
                            f"(use method {no_thinking_method()}, or drop the setting)", "method")
     budget = _budget(name, req, policy, max_tokens, model, cfg)
-    spec = _spec(name, req.method_config)
+    spec = _spec(name, req.method_config, cfg)
     try:
         make_method(spec, sampling)  # validates the settings (types, ranges) before queueing
     except (ValueError, TypeError) as e:

@@ -128,7 +128,8 @@ class Scheduler:
                 jobs[0].finish(e)
                 return
             for job in jobs:
-                self._run_isolated([job])
+                if not job.answered:  # early results (rows that finished first) stay answered
+                    self._run_isolated([job])
             return
         for watcher, result in results:
             watcher.settle(result)

@@ -113,6 +113,16 @@ class _StepController(Controller):
         return KEEP
 
 
+def split_steps(text: str, delimiter: str, close: str) -> list[str]:
+    """Text generated to the end of the answer: thinking steps split at the delimiter, then the closing step
+    (end-of-thinking marker and answer) as one step. Pure."""
+    head, sep, tail = text.partition(close)
+    parts = [s.strip() for s in head.split(delimiter)]
+    if sep:
+        parts.append((close + tail).strip())
+    return [s for s in parts if s]
+
+
 class RunnerBase:
     """What every step runner shares (the engine's and a remote server's): observers, progress, scoring."""
 
@@ -121,8 +131,9 @@ class RunnerBase:
     """Steps taken so far (calls of `extend`)."""
 
     def watch(self, observers: Sequence[Observer] | None) -> None:
-        """Observers of the prompts (one each): progress after every step, and a cancelled prompt's particles
-        stop at their next token and finish as `cancelled` (their rows are then freed)."""
+        """Observers of the prompts (one each; several prompts may share one, as parallel tempering's chains
+        do): progress after every step, and a cancelled prompt's particles stop (on the engine at their next
+        token, on a remote server at the next step) and finish as `cancelled`."""
         self.observers = observers
 
     def is_cancelled(self, prompt: int) -> bool:
@@ -142,9 +153,12 @@ class RunnerBase:
         """Progress per prompt after a step (a streamed search request shows it while it searches)."""
         if self.observers is None:
             return
-        for i, o in enumerate(self.observers):
-            mine = [p for p in particles if p.prompt == i]
-            if mine and not self.is_cancelled(i):
+        groups: dict[int, tuple[Observer, list[Particle]]] = {}  # by observer: one event per problem
+        for p in particles:
+            o = self.observers[p.prompt]
+            groups.setdefault(id(o), (o, []))[1].append(p)
+        for o, mine in groups.values():
+            if not o.cancelled:
                 o.on_progress({"step": self.rounds, "live": sum(not p.done for p in mine), "candidates": len(mine),
                                "generated_tokens": sum(max(len(p.tokens), p.num_tokens) for p in mine)})
 
@@ -326,15 +340,8 @@ class StepRunner(RunnerBase):
         return self.model.decode([t for t in tokens if t not in self.model.eos_ids]).strip()
 
     def _split_steps(self, tokens: TokenIds) -> list[str]:
-        """Text generated to the end of the answer: thinking steps split at the delimiter, then the closing
-        step (end-of-thinking marker and answer) as one step."""
         text = self.model.decode([t for t in tokens if t not in self.model.eos_ids])
-        close = self.model.profile.think_close
-        head, sep, tail = text.partition(close)
-        parts = [s.strip() for s in (head if sep else text).split(self.delimiter)]
-        if sep:
-            parts.append((close + tail).strip())
-        return [s for s in parts if s]
+        return split_steps(text, self.delimiter, self.model.profile.think_close)
 
     # ---- results ----------------------------------------------------------------------------------------
     def result(self, p: Particle, *, wall_seconds: float, prm_calls: int = 0, prm_tokens: int = 0,

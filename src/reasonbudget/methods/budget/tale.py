@@ -72,6 +72,16 @@ class _EstimateCharged(Observer):
     def on_edit(self, dropped, inserted):
         self.inner.on_edit(dropped, inserted)
 
+    def batched_work(self):
+        return self.inner.batched_work()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.inner.cancelled
+
+    def on_progress(self, event) -> None:
+        self.inner.on_progress(event)
+
     def on_result(self, result: MethodResult) -> None:
         self.inner.on_result(with_estimate(result, self.estimate, self.beta))
 
