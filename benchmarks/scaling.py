@@ -9,13 +9,20 @@ best-of-N, weighted best-of-N and majority vote (search-and-learn's protocol: on
 problem and seed, evaluated at n = 1, 2, 4, ... on its first n samples), beam search and DVTS (from N = 4,
 beam width 4), and particle filtering, each run at every N (`particle-filter` selects the highest final
 weight, the paper's rule; `particle-filter-vote` is the same runs read with the weighted vote over the
-final particles' answers). Greedy decoding gives the N = 1 reference.
+final particles' answers). Greedy decoding gives the N = 1 reference; it is deterministic, so it runs once per
+problem (seed 0) and counts once.
+Statistics are over problems: a problem's seeds share the problem, so accuracy intervals are a bootstrap that
+resamples problems with all their runs, and every comparison (particle filtering at N against weighted
+best-of-N at 4N, against DVTS at N, against greedy) is the mean per-problem accuracy difference with its
+bootstrap interval and a sign-flip permutation p-value; "no difference detected" where the interval holds 0.
 Everything runs through the evaluation harness (one resumable sweep directory per PRM and difficulty).
 
     python benchmarks/scaling.py [--quick] [--json] [--out DIR] [--plot PNG] [--prms trained,...]
 
---json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
-"mean_prm_calls"}...]}.
+--json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "count", "problems",
+"mean_generated_tokens", "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...],
+"paired": [{"a", "b", "diff", "diff_ci_low", "diff_ci_high", "p", "problems", ...}...]} (a and b are
+[method, prm, N]; ci_low/ci_high are the problem-level bootstrap's).
 """
 
 from __future__ import annotations
@@ -38,17 +45,19 @@ TEMPERATURE = 0.8
 BEAM_WIDTH = 4  # beam search and DVTS start at N = beam width
 
 
-def sweep(task: str, methods, budgets, args, out: Path, temperature: float = TEMPERATURE) -> list[dict]:
+def sweep(task: str, methods, budgets, args, out: Path, temperature: float = TEMPERATURE,
+          seeds: int | None = None) -> list[dict]:
     from reasonbudget.eval import SweepConfig, run_sweep
     from reasonbudget.eval.records import ResultsFile
 
-    cfg = SweepConfig(task=task, methods=tuple(methods), budgets=tuple(budgets), seeds=tuple(range(args.seeds)),
+    seeds = args.seeds if seeds is None else seeds
+    cfg = SweepConfig(task=task, methods=tuple(methods), budgets=tuple(budgets), seeds=tuple(range(seeds)),
                       limit=args.per_difficulty, model=MODEL, temperature=temperature, top_p=1.0,
                       batch_size=args.batch_size)
     run_sweep(cfg, out, progress=not args.json)
     keep, ids = set(cfg.methods), _ids(task, args.per_difficulty)
     return [r for r in ResultsFile(out / "results.jsonl").load().values()
-            if r["method"] in keep and (r["budget"] in budgets or r["budget"] is None) and r["seed"] < args.seeds
+            if r["method"] in keep and (r["budget"] in budgets or r["budget"] is None) and r["seed"] < seeds
             and r["problem_id"] in ids]
 
 
@@ -108,8 +117,8 @@ def measure(args) -> dict:
     cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for d in DIFFICULTIES:
         task = f"testbed:d={d}"
-        for r in sweep(task, ["plain"], [], args, out / f"greedy-d{d}", temperature=0.0):
-            cells[("greedy", "-", 1)].append(outcome(r))
+        for r in sweep(task, ["plain"], [], args, out / f"greedy-d{d}", temperature=0.0, seeds=1):
+            cells[("greedy", "-", 1)].append(outcome(r))  # deterministic: one run per problem, counted once
         for prm, setting in args.prms.items():
             big = max(args.ns)
             where = out / f"{prm}-d{d}"
@@ -133,25 +142,37 @@ def measure(args) -> dict:
                 if name == "particle-filter" and "picks" in r["trace"]:  # the same run, weighted-vote selection
                     cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r))
             _log(args, f"d={d} prm={prm} done ({time.time() - t0:.0f}s)")
-    pairs = [paired(cells, (pf, prm, n), ("weighted-best-of-n", prm, 4 * n)) for prm in args.prms
-             for pf in ("particle-filter", "particle-filter-vote") for n in args.ns
-             if 4 * n in args.ns and (pf, prm, n) in cells]
+    pairs = [paired(cells, (pf, prm, n), other) for prm in args.prms
+             for pf in ("particle-filter", "particle-filter-vote") for n in args.ns if (pf, prm, n) in cells
+             for other in (("weighted-best-of-n", prm, 4 * n), ("dvts", prm, n), ("greedy", "-", 1))
+             if other in cells]
     return {"rows": rows_of(cells), "paired": pairs, "seconds": round(time.time() - t0, 1),
             "settings": {"model": MODEL, "difficulties": DIFFICULTIES, "per_difficulty": args.per_difficulty,
                          "seeds": args.seeds, "temperature": args.temperature, "ns": list(args.ns), "prms": args.prms}}
 
 
+def by_problem(cells_of: list[dict]) -> dict[str, list[bool]]:
+    """problem id -> the correctness of each of its runs."""
+    out: dict[str, list[bool]] = defaultdict(list)
+    for c in cells_of:
+        out[c["problem_id"]].append(bool(c["correct"]))
+    return dict(out)
+
+
 def paired(cells, a: tuple, b: tuple) -> dict:
-    """Two cells on the same problem-runs: how many both get right, a only, b only, and the exact McNemar
-    p-value of the difference (the paper's claim, PF at N as good as weighted best-of-N at 4N, is a ≥)."""
+    """A against B over the problems both ran (`eval.stats.paired_difference`: per-problem accuracy difference,
+    bootstrap interval over problems, sign-flip p). Also the counts on the problem-runs both have (a run-level
+    McNemar p, kept for comparison with earlier reports; it treats seeds as independent)."""
     from reasonbudget.eval.report import mcnemar
+    from reasonbudget.eval.stats import paired_difference
 
     right_a = {(c["problem_id"], c["seed"]): bool(c["correct"]) for c in cells[a]}
     right_b = {(c["problem_id"], c["seed"]): bool(c["correct"]) for c in cells[b]}
     common = right_a.keys() & right_b.keys()
     only_a = sum(right_a[k] and not right_b[k] for k in common)
     only_b = sum(right_b[k] and not right_a[k] for k in common)
-    return {"a": list(a), "b": list(b), "runs": len(common), "both": sum(right_a[k] and right_b[k] for k in common),
+    return {"a": list(a), "b": list(b), **paired_difference(by_problem(cells[a]), by_problem(cells[b])),
+            "runs": len(common), "both": sum(right_a[k] and right_b[k] for k in common),
             "only_a": only_a, "only_b": only_b, "mcnemar_p": mcnemar(only_a, only_b)}
 
 
@@ -159,15 +180,18 @@ COST_FIELDS = ("generated_tokens", "prm_calls", "prm_tokens", "wall_seconds")
 
 
 def rows_of(cells) -> list[dict]:
-    """{(method, prm, n): [cells]} -> table rows: accuracy with its 95% Wilson interval, mean costs."""
-    from reasonbudget.eval.report import wilson
+    """{(method, prm, n): [cells]} -> table rows: accuracy with its 95% interval from the bootstrap over problems
+    (a problem's seeds resampled together), mean costs per problem-run (PRM calls and tokens included)."""
+    from reasonbudget.eval.stats import bootstrap_interval
 
     rows = []
     for (method, prm, n), cs in sorted(cells.items()):
         k, total = sum(bool(c["correct"]) for c in cs), len(cs)
-        lo, hi = wilson(k, total)
+        problems = by_problem(cs)
+        lo, hi = bootstrap_interval(problems)
         rows.append({"method": method, "prm": prm, "n": n, "accuracy": k / total, "ci_low": lo, "ci_high": hi,
-                     "count": total} | {f"mean_{f}": statistics.mean(c[f] for c in cs) for f in COST_FIELDS})
+                     "count": total, "problems": len(problems)}
+                    | {f"mean_{f}": statistics.mean(c[f] for c in cs) for f in COST_FIELDS})
     return rows
 
 
@@ -186,17 +210,25 @@ def print_table(report: dict) -> None:
         if not rows:
             continue
         print(f"\nPRM: {prm if prm != '-' else 'none'}")
-        print(f"{'method':20} " + " ".join(f"{'N=' + str(n):>7}" for n in ns) + "   tokens@max  prm calls@max")
+        print(f"{'method':20} " + " ".join(f"{'N=' + str(n):>7}" for n in ns)
+              + "   gen tok@max  PRM calls@max  PRM tok@max")
         for method in dict.fromkeys(r["method"] for r in rows):
             by_n = {r["n"]: r for r in rows if r["method"] == method}
             top = by_n[max(by_n)]
             print(f"{method:20} " + " ".join(f"{by_n[n]['accuracy']:7.3f}" if n in by_n else f"{'-':>7}" for n in ns)
-                  + f"   {top['mean_generated_tokens']:10.0f}  {top['mean_prm_calls']:13.0f}")
+                  + f"   {top['mean_generated_tokens']:11.0f}  {top['mean_prm_calls']:13.0f}"
+                  f"  {top['mean_prm_tokens']:11.0f}")
     if report.get("paired"):
-        print("\npaired on the same problem-runs (A right where B is wrong, and the reverse; exact McNemar p):")
+        print("\npaired over problems (A - B: mean per-problem accuracy difference, 95% bootstrap interval over "
+              "problems, sign-flip p):")
     for p in report.get("paired", []):
-        print(f"  {p['a'][0]}@{p['a'][2]} vs weighted-best-of-n@{p['b'][2]} ({p['a'][1]}): {p['runs']} runs, "
-              f"both {p['both']}, A only {p['only_a']}, B only {p['only_b']}, p={p['mcnemar_p']:.3f}")
+        if "diff" not in p:  # a report written before problem-level statistics
+            continue
+        from reasonbudget.eval.stats import verdict
+
+        a, b = f"{p['a'][0]}@{p['a'][2]}", f"{p['b'][0]}@{p['b'][2]}"
+        print(f"  {a} vs {b} ({p['a'][1]}): {p['diff']:+.3f} [{p['diff_ci_low']:+.3f}, {p['diff_ci_high']:+.3f}], "
+              f"p={p['p']:.3f}, {p['problems']} problems: {verdict(p, (a, b))}")
     print(f"\ntotal {report.get('seconds', 0)} s")
 
 
@@ -271,7 +303,7 @@ def main() -> None:
         (out / "report.json").write_text(json.dumps(report, indent=2))
         plot(report, args.plot or str(out / "scaling.png"))
     if args.json:
-        print(json.dumps({"rows": report["rows"]}, indent=2))
+        print(json.dumps({"rows": report["rows"], "paired": report.get("paired", [])}, indent=2))
     else:
         print_table(report)
         if args.plot and args.load:

@@ -2,7 +2,7 @@
 the answer is requested only when it was cut short, blank steps are asked again, and no request asks for more
 tokens than the particle's cap or the server's context leave."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -103,3 +103,17 @@ def test_no_request_asks_past_the_context_or_the_token_cap():
     r, server = runner(long, max_tokens=50)
     p = run_to_end(r)
     assert p.finish == "length" and p.num_tokens <= 50
+
+
+def test_particle_gibbs_cuts_a_reference_by_rounds_not_steps():
+    """Issue: scores are per round, step ends per step. Here the second (last allowed) round writes two steps
+    and the answer; a copy of the reference at round 2 must be the finished reference, not an unfinished particle
+    holding the whole answer, and its copy at round 1 holds round 1 only."""
+    from reasonbudget.methods.scaling.particle_filter import _reference_copy
+
+    r, _ = runner("1+2=3\n3*2=6\n</think>\nThe answer is 6.", max_steps=2)
+    ref = run_to_end(r)
+    assert len(ref.steps) == 3 and len(ref.round_ends) == 2 and ref.done
+    assert _reference_copy(r, ref, 2) == replace(ref, row=None)
+    first = _reference_copy(r, ref, 1)
+    assert not first.done and first.text == "1+2=3\n" and first.steps == ("1+2=3",)

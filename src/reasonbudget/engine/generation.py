@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from torch import Generator
@@ -24,6 +25,9 @@ from reasonbudget.types import MethodResult, TokenIds, Usage
 if TYPE_CHECKING:
     from reasonbudget.engine.engine import Decoded, Engine
     from reasonbudget.models.registry import LoadedModel
+
+THINKING_SAFETY_CAP = 32768
+"""The most thinking an unlimited budget allows (the context usually ends it first)."""
 
 Generators = Generator | Sequence[Generator]
 """One generator per call, or one per prompt (a prompt's draws then do not depend on its batch)."""
@@ -66,8 +70,15 @@ def check_room(model: LoadedModel, longest_prompt: int, needed: int) -> int:
     return room
 
 
+def thinking_room(b: BudgetConfig, ptok: ProfileTokens, room: int) -> int:
+    """An unlimited thinking budget made finite by the context: the most thinking that still leaves `room`
+    for the forced close and the whole answer, so a soft budget (guidance) that never ends still answers."""
+    return max(1, min(room - len(ptok.forcing_ids) - b.max_answer_tokens - 1 - b.max_waits * len(ptok.wait_ids),
+                      THINKING_SAFETY_CAP))
+
+
 def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
-    thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else 4096
+    thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else THINKING_SAFETY_CAP
     waits = b.max_waits * len(ptok.wait_ids)
     return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
 
@@ -89,6 +100,8 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
     prompts = [tuple(p) + model.encode(prefill_text) for p in prompts] if in_answer else list(prompts)
     t0 = time.perf_counter()
     room = check_room(model, max(len(p) for p in prompts), len(ptok.forcing_ids) + 16)
+    budgets = [b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
+               for b in budgets]
     limit = min(max(max_new_tokens(b, ptok) for b in budgets), room)
     rows = engine.prefill(prompts, max_new_tokens=limit)
     ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]

@@ -22,7 +22,7 @@ Role = Literal["policy", "draft", "prm", "router", "predictor"]
 Streaming = Literal["tokens", "end"]
 
 __all__ = ["Backend", "BudgetUnit", "Capabilities", "Generators", "LEVELS", "Level", "METHODS", "Method", "Role",
-           "Streaming", "check_runnable", "make_method", "register", "solve"]
+           "Streaming", "answer_cap", "check_runnable", "make_method", "register", "solve"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +90,11 @@ def make_method(spec: str, sampling: SamplingConfig, **options: Any) -> Method:
     name, settings = parse_method_spec(spec)
     cls = METHODS[name]
     return cls(cls.config_type(sampling=sampling, **{**settings, **options}))
+
+
+def answer_cap(config: Any, backend: Backend) -> int:
+    """A method config's `max_answer_tokens`, or the backend's profile default when it is None."""
+    return config.max_answer_tokens if config.max_answer_tokens is not None else backend.profile.answer_tokens
 
 
 def check_runnable(method: Method, backend: Backend) -> None:

@@ -30,6 +30,10 @@ class ReasoningProfile:
     answer_stop: str | None = None
     """The answer ends at this text once it has content (instruct models answer on one line)."""
     system_prompt: str | None = None
+    answer_tokens: int = 2048
+    """Default cap on answer tokens (methods' `max_answer_tokens=none`): a thinking model's summary may put its
+    \\boxed{} late and NoThinking's answer is the whole solution, so long enough that the end of turn (or the
+    context) ends the answer, not this cap."""
 
     def cut_answer(self, text: str) -> str:
         """The answer in `text` as the engine ends it: at the first `answer_stop` once the answer holds a letter
@@ -60,6 +64,7 @@ INSTRUCT = ReasoningProfile(
     forcing="\n\nFinal answer:",
     nothinking="Final answer:",
     answer_stop="\n",
+    answer_tokens=1024,
     system_prompt=("You are a careful math tutor. Reason step by step, then write the result on a last line "
                    "that starts with 'Final answer:'."),
 )
@@ -72,6 +77,7 @@ TESTBED = ReasoningProfile(
     nothinking="</think>\n",
     wait="\ncheck: ",
     step_delimiter="\n",
+    answer_tokens=256,  # one answer line
 )
 """The testbed's tiny thinking models: one reasoning step per line, no forcing sentence they never saw."""
 

@@ -76,11 +76,10 @@ class RemoteStepRunner(RunnerBase):
     def rebind(self, old: Sequence[Particle], new: Sequence[Particle], *, keep_rows: Sequence[int] = ()) -> list[Particle]:
         return list(new)
 
-    def fork_prefix(self, p: Particle, num_steps: int) -> Particle:
-        cut = p.step_ends[num_steps - 1] if num_steps else 0
-        share = cut / len(p.text) if p.text else 0.0
-        return Particle(p.prompt, None, (), p.steps[:num_steps], p.step_ends[:num_steps], p.scores[:num_steps],
-                        text=p.text[:cut], num_tokens=round(p.num_tokens * share))
+    def fork_prefix(self, p: Particle, num_rounds: int) -> Particle:
+        cut = p.prefix(num_rounds)
+        share = len(cut.text) / len(p.text) if p.text else 0.0
+        return replace(cut, num_tokens=round(p.num_tokens * share))
 
     def materialize(self, p: Particle) -> Particle:
         return p
@@ -108,7 +107,7 @@ class RemoteStepRunner(RunnerBase):
             steps = self._steps(out, active, last, seeds)
             answers = self._answers(out, active, steps, last, seeds)
             for j, step, end in zip(active, steps, last):
-                out[j] = self._advance(out[j], step, end, answers.get(j))
+                out[j] = self._advance(out[j], step, end, answers.get(j)).end_round()
         self.rounds += 1
         self._report(out)
         return out

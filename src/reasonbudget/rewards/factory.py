@@ -19,6 +19,7 @@ Loaded PRMs are kept per process: a sweep builds its method once per unit, the P
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 NAMES = ("auto", "testbed", "oracle", "judge", "judge-text")
@@ -32,7 +33,7 @@ def testbed_prm_dir(policy) -> Path:
     return registered_companion(policy.name, "prm") or testbed_checkpoints() / "prm"
 
 
-def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int = 0,
+def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int | Mapping[str, int] = 0,
              judge_model: str = ""):
     """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
@@ -47,6 +48,8 @@ def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False,
     if name in ("testbed", "oracle") and policy.profile.name != "testbed":
         raise ValueError(f"prm={name!r} scores testbed problems only; {policy.name} is not a testbed model "
                          "(use prm=judge or a PRM directory)")
+    if isinstance(seed, Mapping):  # per-problem noise seeds: a fresh (cheap) oracle for this run, not cached
+        return _build(name, policy, noise, calibrated, seed, judge_model)
     key = (name, id(policy), noise, calibrated, seed, judge_model)
     if key not in _loaded:
         _loaded[key] = _build(name, policy, noise, calibrated, seed, judge_model)

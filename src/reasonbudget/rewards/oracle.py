@@ -1,6 +1,8 @@
 """The testbed's checker as a PRM: exact step labels, optionally flipped with probability `noise` to study how
 search methods degrade with an imperfect verifier. The noise is a fixed function of (seed, problem, prefix):
 the same prefix always gets the same score, as with a real imperfect PRM, whatever the batch or call order.
+The seed may be one per problem (the search methods pass each problem's run seed, so that the runs of a
+benchmark see independent noise draws, not one draw repeated).
 A noisy oracle scores a step with its observed label (0 or 1: certain, and wrong with probability `noise`),
 or, `calibrated`, with the probability that the step is correct given that label (1 - noise or noise), which
 is what a calibrated verifier of that accuracy reports.
@@ -12,7 +14,7 @@ and its answer is right."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -23,7 +25,7 @@ from reasonbudget.testbed.traces import final_answer, label_steps
 
 
 class OraclePRM:
-    def __init__(self, *, noise: float = 0.0, seed: int = 0, calibrated: bool = False) -> None:
+    def __init__(self, *, noise: float = 0.0, seed: int | Mapping[str, int] = 0, calibrated: bool = False) -> None:
         if not 0.0 <= noise <= 0.5:
             raise ValueError(f"noise={noise}: accepted is 0 <= noise <= 0.5")
         self.noise, self.seed, self.calibrated = noise, seed, calibrated
@@ -48,6 +50,7 @@ class OraclePRM:
         return out
 
     def _uniform(self, problem: str, prefix: Sequence[str]) -> float:
-        text = f"{self.seed}\x00{problem}\x00" + "\x00".join(prefix)
+        seed = self.seed.get(problem, 0) if isinstance(self.seed, Mapping) else self.seed
+        text = f"{seed}\x00{problem}\x00" + "\x00".join(prefix)
         digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64

@@ -63,10 +63,30 @@ class Particle:
     """The generated text (a remote runner's particles, which have no token ids)."""
     num_tokens: int = 0
     """Tokens generated so far, as the remote server counts them (remote runners)."""
+    round_ends: tuple[int, ...] = ()
+    """Where each round (one `extend`, one score) ended, in the units of `step_ends`. A round may add several
+    steps (the closing step with the rest of the answer, a last step run to the end), so prefixes of a particle
+    that are paired with its per-round scores are cut at rounds, not at steps."""
+    round_steps: tuple[int, ...] = ()
+    """len(steps) at the end of each round."""
 
     @property
     def score(self) -> float:
         return self.scores[-1] if self.scores else float("nan")
+
+    def end_round(self) -> Particle:
+        """This particle with its current end recorded as the end of a round."""
+        return replace(self, round_ends=self.round_ends + (max(len(self.tokens), len(self.text)),),
+                       round_steps=self.round_steps + (len(self.steps),))
+
+    def prefix(self, num_rounds: int) -> Particle:
+        """The unfinished particle made of its first `num_rounds` rounds (< the rounds it took): steps, scores
+        and position; the caller gives it a row (or keeps the text)."""
+        cut = self.round_ends[num_rounds - 1] if num_rounds else 0
+        k = self.round_steps[num_rounds - 1] if num_rounds else 0
+        return Particle(self.prompt, None, self.tokens[:cut], self.steps[:k], self.step_ends[:k],
+                        self.scores[:num_rounds], text=self.text[:cut], round_ends=self.round_ends[:num_rounds],
+                        round_steps=self.round_steps[:num_rounds])
 
 
 @dataclass
@@ -233,19 +253,18 @@ class StepRunner(RunnerBase):
         forked = iter(forked_rows)
         return [p if how == "keep" else replace(p, row=None if how == "none" else next(forked)) for p, how in plan]
 
-    def fork_prefix(self, p: Particle, num_steps: int) -> Particle:
-        """A new unfinished particle with the first `num_steps` (< len(p.steps)) steps of `p`: a fork of its row
-        cut back, or (if `p` no longer has a row) a prefill of that prefix."""
-        cut = p.step_ends[num_steps - 1] if num_steps else 0
-        prefix = self.prompts[p.prompt] + p.tokens[:cut]
+    def fork_prefix(self, p: Particle, num_rounds: int) -> Particle:
+        """A new unfinished particle with the first `num_rounds` rounds of `p` (see `Particle.prefix`): a fork
+        of its row cut back, or (if `p` no longer has a row) a prefill of that prefix."""
+        cut = p.prefix(num_rounds)
+        prefix = self.prompts[p.prompt] + cut.tokens
         if p.row is not None:
             (row,) = self.engine.fork(torch.tensor([p.row])).tolist()
             self.engine.truncate(torch.tensor([row]), torch.tensor([len(prefix)]))
         else:
             (row,) = self.engine.prefill([prefix], max_new_tokens=self.capacity - len(prefix)).tolist()
         self.owned.add(row)
-        return Particle(p.prompt, row, p.tokens[:cut], p.steps[:num_steps], p.step_ends[:num_steps],
-                        p.scores[:num_steps])
+        return replace(cut, row=row)
 
     def materialize(self, p: Particle) -> Particle:
         """`p` with an engine row holding its whole text (one prefill if it had none), so that prefixes of it
@@ -313,7 +332,7 @@ class StepRunner(RunnerBase):
             cost.forced += b.forced
             cost.answer += b.state.answer_tokens
             cost.passes += d.forward_passes
-            out[j] = self._advance(p, d.tokens, closed=b.state.phase == "answer")
+            out[j] = self._advance(p, d.tokens, closed=b.state.phase == "answer").end_round()
             if self.is_cancelled(p.prompt):
                 out[j] = replace(out[j], done=True, finish="cancelled")
         self.rounds += 1

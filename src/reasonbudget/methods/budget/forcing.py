@@ -17,7 +17,7 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -27,7 +27,8 @@ class BudgetForcingConfig:
     min_thinking_tokens: int = 0
     """Extend thinking with "Wait" while below this many tokens (0 = off)."""
     max_waits: int = 4
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
         if self.min_thinking_tokens < 0:
@@ -54,5 +55,5 @@ class BudgetForcing:
                 raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {b}")
         c = self.config
         cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
-                             max_waits=c.max_waits, max_answer_tokens=c.max_answer_tokens) for b in budgets]
+                             max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend)) for b in budgets]
         return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers)

@@ -27,7 +27,7 @@ from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
 from reasonbudget.models.registry import companion_dir
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor
@@ -45,7 +45,8 @@ class BudgetGuidanceConfig:
     min_rate: float | None = None
     """Trusted-row filter: Gamma rate at least this; None: the predictor's calibrated value (the reference's
     fixed 10 suits traces thousands of tokens long and trusts almost nothing on short ones)."""
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
         if self.strength <= 0:
@@ -165,7 +166,7 @@ class BudgetGuidance:
         c, model = self.config, engine.model
         predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
         batch, newline = PredictorBatch(predictor, hidden_layer_ids(model)), newline_table(model)
-        cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=c.max_answer_tokens)
+        cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=answer_cap(c, engine))
         min_rate = c.min_rate if c.min_rate is not None else predictor.cfg.min_rate
 
         def steer(row_budget: BudgetController) -> GuidanceController:

@@ -13,14 +13,15 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
 class NoThinkingConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
 
 @register
@@ -33,6 +34,6 @@ class NoThinking:
 
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
-        cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=self.config.max_answer_tokens)
+        cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=answer_cap(self.config, backend))
         return backend.generate(prompts, [cfg] * len(prompts), self.config.sampling, generator,
                                 prefill_text=backend.profile.nothinking, observers=observers)

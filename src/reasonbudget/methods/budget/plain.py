@@ -13,7 +13,7 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -22,7 +22,8 @@ class PlainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_thinking_tokens: int = 2048
     """Safety cap on thinking (not a budget: use budget-forcing for that)."""
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
 
 @register
@@ -36,5 +37,5 @@ class PlainCoT:
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         c = self.config
-        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
+        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
         return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers)

@@ -22,7 +22,7 @@ from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.generation import model_usage
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, register
+from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
 from reasonbudget.methods.budget.tale_text import budget_prompt, estimate_prompt, parse_estimate
 from reasonbudget.types import MethodResult, TokenIds
 
@@ -33,7 +33,8 @@ class TaleConfig:
     max_estimate_tokens: int = 32
     max_thinking_tokens: int = 2048
     """Safety cap of the answering call (as for plain CoT); the budget in the prompt is not enforced."""
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
     estimator: str | None = None
     """Directory of a fitted budget estimator; None: TALE-EP's zero-shot estimate."""
 
@@ -111,7 +112,7 @@ class Tale:
             estimates = backend.generate(asks, [cfg] * len(asks), c.sampling, generator,
                                          prefill_text=backend.profile.nothinking)
             betas = [parse_estimate(e.answer, maximum=budget) for e in estimates]
-        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=c.max_answer_tokens)
+        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
         watch = ([_EstimateCharged(o, e, b) for o, e, b in zip(observers, estimates, betas)]
                  if observers is not None else None)
         results = backend.generate([backend.prompt(budget_prompt(q, b)) for q, b in zip(questions, betas)],

@@ -44,16 +44,19 @@ class SearchConfig:
     max_tokens: int = 1024
     """Per particle, thinking and answer; with the prompt it sets the KV cache's row length (rows x length
     floats per layer: keep it near the longest trace you expect)."""
-    max_answer_tokens: int = 256
+    max_answer_tokens: int | None = None
+    """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
-        StepConfig(**self.step_fields())  # validates
+        StepConfig(**self.step_fields(answer_tokens=1))  # validates
         if not 0.0 <= self.prm_noise <= 0.5:
             raise ValueError(f"prm_noise={self.prm_noise}: accepted is 0 <= prm_noise <= 0.5")
 
-    def step_fields(self) -> dict:
+    def step_fields(self, *, answer_tokens: int) -> dict:
+        """StepConfig fields; `answer_tokens`: the profile's default when `max_answer_tokens` is None."""
+        answer = self.max_answer_tokens if self.max_answer_tokens is not None else answer_tokens
         return dict(max_steps=self.max_steps, max_step_tokens=self.max_step_tokens, max_tokens=self.max_tokens,
-                    max_answer_tokens=self.max_answer_tokens)
+                    max_answer_tokens=answer)
 
     def search_sampling(self) -> SamplingConfig:
         if self.sampling.greedy:
@@ -108,16 +111,19 @@ def setup(cfg: SearchConfig, backend: Backend, prompts: Sequence[TokenIds], gene
     from reasonbudget.rewards.factory import load_prm
 
     started = time.perf_counter()
+    questions, generators = questions_of(prompts, method), prompt_generators(generator, len(prompts))
     scorer = None
     if needs_prm:
-        prm = load_prm(cfg.prm, getattr(backend, "model", backend), noise=cfg.prm_noise,
+        # a noisy oracle draws its label flips from each problem's run seed: runs get independent noise
+        noise_seeds = {q: g.initial_seed() for q, g in zip(questions, generators)} if cfg.prm_noise else 0
+        prm = load_prm(cfg.prm, getattr(backend, "model", backend), noise=cfg.prm_noise, seed=noise_seeds,
                        calibrated=cfg.prm_calibrated, judge_model=cfg.judge_model)
         scorer = RewardScorer(prm, cfg.aggregation, engine=backend)  # type: ignore[arg-type]
-    runner = make_runner(backend, cfg.search_sampling(), StepConfig(**cfg.step_fields()),
+    runner = make_runner(backend, cfg.search_sampling(), StepConfig(**cfg.step_fields(
+                         answer_tokens=backend.profile.answer_tokens)),
                          lookahead=getattr(scorer.prm, "lookahead_tokens", 0) if scorer else 0)
     runner.watch(observers)
-    return Search(runner, scorer, questions_of(prompts, method), prompt_generators(generator, len(prompts)), started,
-                  observers)
+    return Search(runner, scorer, questions, generators, started, observers)
 
 
 def finite(x: float) -> float:

@@ -128,8 +128,9 @@ def run_filter(s: Search, pops: list[list[Particle]], cfg: ParticleFilterConfig,
 
 
 def _reference_copy(runner, ref: Particle, step: int) -> Particle:
-    """The reference cut to `step` steps as a free particle; past its end, the finished reference itself."""
-    if step >= len(ref.steps):
+    """The reference cut to its first `step` rounds as a free particle (its scores are per round); from the
+    round it finished in on, the finished reference itself."""
+    if step >= len(ref.round_ends):
         return replace(ref, row=None)
     return runner.fork_prefix(ref, step)
 

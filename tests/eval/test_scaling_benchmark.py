@@ -1,0 +1,56 @@
+"""The scaling benchmark's statistics (on synthetic records, no model): greedy counts once per problem, rows
+carry problem-level intervals and cost, and `paired` holds the per-problem comparisons."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_scaling():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("scaling_bench", BENCH / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(method, budget, seed, pid, correct, n_samples=4):
+    usage = {"completion_tokens": 100, "prm_calls": 8, "prm_tokens": 50, "wall_seconds": 0.1}
+    answer = "The answer is 7." if correct else "The answer is 3."
+    trace = {"answers": [answer] * n_samples, "scores": [0.9] * n_samples, "picks": {"argmax": 0, "vote": 0}}
+    return {"method": method, "budget": budget, "seed": seed, "problem_id": pid, "correct": correct,
+            "usage": usage, "trace": trace, "gold": "7"}
+
+
+def test_greedy_counts_once_and_paired_rows_are_per_problem(monkeypatch):
+    scaling = load_scaling()
+    calls = []
+
+    def fake_sweep(task, methods, budgets, args, out, temperature=0.8, **kw):
+        seeds = kw.get("seeds", args.seeds)
+        calls.append((methods[0].split(":")[0], seeds))
+        out_records = []
+        for pid in ("p0", "p1", "p2"):
+            for seed in range(seeds):
+                for m in methods:
+                    for b in budgets or [None]:
+                        out_records.append(record(m, b, seed, f"{task}-{pid}", correct=pid != "p2"))
+        return out_records
+
+    monkeypatch.setattr(scaling, "sweep", fake_sweep)
+    args = SimpleNamespace(seeds=3, per_difficulty=3, ns=(1, 4), search_max=4, temperature=0.8, out="/tmp/x",
+                           prms={"trained": "prm=testbed"}, json=True, batch_size=3)
+    report = scaling.measure(args)
+    greedy = next(r for r in report["rows"] if r["method"] == "greedy")
+    assert greedy["count"] == greedy["problems"] == 6  # 3 problems x 2 difficulties, not x 3 seeds
+    assert ("plain", 1) in calls
+    pf = next(r for r in report["rows"] if r["method"] == "particle-filter" and r["n"] == 1)
+    assert pf["count"] == 18 and pf["problems"] == 6 and pf["ci_low"] <= pf["accuracy"] <= pf["ci_high"]
+    assert {"mean_prm_calls", "mean_prm_tokens", "mean_generated_tokens"} <= pf.keys()
+    against = {tuple(p["b"][:1]) for p in report["paired"] if p["a"][0] == "particle-filter"}
+    assert against == {("weighted-best-of-n",), ("dvts",), ("greedy",)}
+    for p in report["paired"]:
+        assert {"a", "b", "diff", "diff_ci_low", "diff_ci_high", "p"} <= p.keys()
