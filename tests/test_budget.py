@@ -153,3 +153,53 @@ def test_cut_answer_waits_for_a_value_then_stops_at_the_answer_stop():
     assert INSTRUCT.cut_answer("**\n\n$\\boxed{7}$\nnext") == "**\n\n$\\boxed{7}$"
     assert INSTRUCT.cut_answer(" **\n") == "**"  # no value at all: the text as it is
     assert THINKING.cut_answer("The answer is 3.\nMore.") == "The answer is 3.\nMore."  # no answer stop
+
+
+def _wrapup_model(after_final: str):
+    """Writes 'x' while thinking; after '**Final Answer**' writes `after_final` then 'y' forever; after the close
+    marker writes '7' then EOS."""
+    model = scripted_model(lambda prefix: 0)
+
+    def policy(prefix):
+        text = model.decode(list(prefix[1:]))
+        if "</think>" in text:
+            return model.encode("7")[0] if not text.split("</think>")[-1] else 0
+        if "**Final Answer**" in text:
+            tail = text.split("**Final Answer**")[-1]
+            return model.encode(after_final[len(tail)] if len(tail) < len(after_final) else "y")[0]
+        return model.encode("x")[0]
+
+    model.backend.policy = policy
+    return model
+
+
+def test_final_answer_style_wraps_up_until_a_blank_line_then_closes():
+    model = _wrapup_model(" 42\n\nmore")
+    r = _forcing(model, 10, style="final-answer")
+    assert r.usage.thinking_tokens == 10 and r.trace["forced_close"]
+    assert r.thinking == "x" * 10 + "\n**Final Answer** 42" and r.answer == "7"  # the blank line left out
+    assert r.trace["wrapup_tokens"] == 3
+    forced = len(model.encode("\n**Final Answer**")) + len(model.encode("</think>"))
+    assert r.usage.forced_tokens == forced
+    assert r.trace["paper_thinking_tokens"] == 10 + len(model.encode("\n**Final Answer**")) + 3
+
+
+def test_final_answer_style_caps_the_wrap_up_at_another_budget():
+    model = _wrapup_model("")
+    r = _forcing(model, 6, style="final-answer")
+    assert r.usage.thinking_tokens == 6 and r.trace["wrapup_tokens"] == 6
+    assert r.thinking == "x" * 6 + "\n**Final Answer**" + "y" * 6 and r.answer == "7"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["token", "token", "close", "eos", "wrapup_end"]), max_size=120), st.integers(1, 30))
+def test_wrap_up_keeps_thinking_within_the_budget_and_ends(evs, budget):
+    cfg = BudgetConfig(max_thinking_tokens=budget, wrapup=True)
+    state = BudgetState()
+    for ev in evs:
+        if ev == "wrapup_end" and state.phase != "wrapup":
+            ev = "token"
+        state, decision = step(state, ev, cfg)
+        assert state.thinking_tokens <= budget and state.wrapup_tokens <= budget
+        if decision == "keep_then_wrapup":
+            assert state.phase == "wrapup" and state.thinking_tokens == budget

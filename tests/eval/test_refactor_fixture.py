@@ -1,6 +1,10 @@
 """The method-layer refactor keeps behaviour: a fixed-seed testbed sweep (sampled, T=1; four methods including
 particle filtering and budget guidance; two budgets; 20 problems) writes the same records as before it, byte for
-byte once the wall-clock fields are dropped. The fixture was written by the code before the refactor."""
+byte once the wall-clock fields are dropped. The fixture was written by the code before the refactor, and
+rewritten once since, by a deliberate fix (issue 17, commit "Forced tokens: count the first token of a forced
+replacement"): the budget controller did not count the first forced token that replaces a sampled EOS, so 1 of
+the 140 records (a particle-filter@8 particle that ended its turn while thinking) now has forced_tokens 3 (was
+2) and one more completion and processed token; every other field of every record is unchanged."""
 
 import gzip
 import json

@@ -116,3 +116,16 @@ def test_the_served_model_judges_a_remote_search(remote_name):
               sampling=SamplingConfig(temperature=1.0), generator=G0())[0]
     assert r.usage.prm_calls == 2 and r.usage.prm_tokens > 0
     assert all(s is not None and 0 <= s <= 1 for s in r.trace["scores"])
+
+
+def test_final_answer_style_forcing_runs_two_phase_like_the_paper(remote_name, smollm):
+    """The Budget Guidance paper's budget forcing (its code runs it on vLLM with stop strings) over a server
+    matches the engine's controller at greedy: same thinking (wrap-up included), same counts."""
+    rm = load_remote(remote_name)
+    spec = "budget-forcing:style=final-answer"
+    remote = solve(rm, spec, QUESTIONS, budget=12, sampling=GREEDY, generator=G0())
+    local = solve(Engine(smollm), spec, QUESTIONS, budget=12, sampling=GREEDY, generator=G0())
+    for r, loc in zip(remote, local):
+        assert r.usage.thinking_tokens == loc.usage.thinking_tokens == 12
+        assert "**Final Answer**" in r.thinking and r.thinking == loc.thinking
+        assert r.trace["wrapup_tokens"] == loc.trace["wrapup_tokens"] and r.answer

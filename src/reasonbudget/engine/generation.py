@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from torch import Generator
 
-from reasonbudget.engine.budget import BudgetConfig, BudgetController, ProfileTokens
+from reasonbudget.engine.budget import WRAPUP, WRAPUP_STOPS, BudgetConfig, BudgetController, ProfileTokens
 from reasonbudget.engine.controllers import Chain, Controller, Observer
 from reasonbudget.engine.errors import PromptTooLongError
 from reasonbudget.engine.sampling import SamplingConfig
@@ -37,7 +37,8 @@ def profile_tokens(model: LoadedModel) -> ProfileTokens:
     p = model.profile
     return ProfileTokens(close=p.think_close, close_ids=model.encode(p.think_close),
                          forcing_ids=model.encode(p.forcing), wait_ids=model.encode(p.wait), eos_ids=model.eos_ids,
-                         answer_stop=p.answer_stop)
+                         answer_stop=p.answer_stop, wrapup_ids=model.encode("\n" + WRAPUP),
+                         wrapup_bare_ids=model.encode(WRAPUP), wrapup_stop_ids=tuple(model.encode(m) for m in WRAPUP_STOPS))
 
 
 def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool) -> tuple[str, str]:
@@ -80,6 +81,8 @@ def thinking_room(b: BudgetConfig, ptok: ProfileTokens, room: int) -> int:
 def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
     thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else THINKING_SAFETY_CAP
     waits = b.max_waits * len(ptok.wait_ids)
+    if b.wrapup:  # "**Final Answer**", up to another budget of wrap-up, the close marker
+        return 2 * thinking + waits + len(ptok.wrapup_ids) + len(ptok.close_ids) + b.max_answer_tokens + 1
     return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
 
 
@@ -132,7 +135,9 @@ def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetControlle
     usage = model_usage(model, prompt_tokens=len(prompt), processed=len(prompt) + len(d.tokens),
                         forward_passes=d.forward_passes + 1, wall_seconds=wall,
                         thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
-                        answer_tokens=c.state.answer_tokens)
+                        answer_tokens=c.state.answer_tokens + c.state.wrapup_tokens)
     trace = {"waits": c.state.waits, "forced_close": c.forced_close, "answer_has_text": c.answer_has_text}
+    if c.cfg.wrapup:  # the paper counts thinking up to the last close marker, forced tokens included
+        trace.update(wrapup_tokens=c.state.wrapup_tokens, paper_thinking_tokens=c.tokens_before_close)
     return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,
                         finish_reason=d.finish_reason, trace=trace)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Generator
 
-from reasonbudget.engine.budget import BudgetConfig
+from reasonbudget.engine.budget import WRAPUP, WRAPUP_STOPS, BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.generation import model_usage
 from reasonbudget.engine.sampling import SamplingConfig, child_generators
@@ -55,7 +55,7 @@ def generate(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[Budge
     kw = dict(temperature=sampling.temperature, top_p=sampling.top_p, seeds=seeds)
     if prefill_text:
         results = _answer_only(model, [p + prefill_text for p in prompts], budgets, kw)
-    elif model.native_budget:
+    elif model.native_budget and not any(b.wrapup for b in budgets):  # the wrap-up style is client-side
         results = _native(model, prompts, budgets, kw)
     else:
         results = _two_phase(model, prompts, budgets, kw)
@@ -79,25 +79,50 @@ def _thinking_cap(b: BudgetConfig) -> int:
 
 def _two_phase(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],
                kw: dict) -> list[MethodResult]:
-    """At most the budget's thinking tokens, then an answer (never an empty turn after thinking)."""
+    """At most the budget's thinking tokens, then an answer (never an empty turn after thinking). With
+    `wrapup` (the Budget Guidance paper's budget forcing, which its code runs on vLLM exactly so): a thought
+    that ran out of budget gets "\\n**Final Answer**" and goes on, at most another budget, until the close
+    marker, a blank line or "Wait" (stop strings), then the bare marker."""
     prof, t0 = model.profile, time.perf_counter()
     caps = [_fit(model, p, _thinking_cap(b)) for p, b in zip(prompts, budgets)]
     thoughts = model.server.complete(prompts, max_tokens=caps, stop=[prof.think_close], **kw)
+    texts = [t.text for t in thoughts]
+    wrapups: dict[int, Completion] = {}
+    todo = [i for i, (t, b) in enumerate(zip(thoughts, budgets)) if b.wrapup and t.finish_reason == "length"]
+    if todo:
+        heads = [prompts[i] + texts[i] + ("" if texts[i].endswith("\n") else "\n") + WRAPUP for i in todo]
+        wrapped = model.server.complete(heads, max_tokens=[_fit(model, h, caps[i]) for h, i in zip(heads, todo)],
+                                        stop=[prof.think_close, *WRAPUP_STOPS], **kw)
+        for i, h, w in zip(todo, heads, wrapped):
+            texts[i], wrapups[i] = h[len(prompts[i]):] + w.text, w
     # The model closed thinking itself (stop string, or EOS: it gets the marker too), or ran out of budget.
-    closes = [prof.think_close if t.finish_reason != "length" else prof.forcing for t in thoughts]
-    follow = [p + t.text + c for p, t, c in zip(prompts, thoughts, closes)]
+    closes = [prof.think_close if t.finish_reason != "length" or i in wrapups else prof.forcing
+              for i, t in enumerate(thoughts)]
+    follow = [p + x + c for p, x, c in zip(prompts, texts, closes)]
     answers = model.server.complete(follow, max_tokens=[_fit(model, f, b.max_answer_tokens)
                                                         for f, b in zip(follow, budgets)], **kw)
     wall = (time.perf_counter() - t0) / max(len(prompts), 1)
     out = []
-    for t, a, c in zip(thoughts, answers, closes):
-        forced = max(a.prompt_tokens - t.prompt_tokens - t.completion_tokens, 0)
-        usage = _usage(model, [t, a], wall, thinking_tokens=t.completion_tokens, forced_tokens=forced,
-                       answer_tokens=a.completion_tokens)
-        out.append(MethodResult(tokens=(), thinking=t.text.strip(), answer=prof.cut_answer(a.text), usage=usage,
-                                finish_reason=a.finish_reason,
-                                trace={"forced_close": c == prof.forcing, "two_phase": True}))
+    for i, (t, a, c) in enumerate(zip(thoughts, answers, closes)):
+        calls = [t, wrapups[i], a] if i in wrapups else [t, a]
+        wrap = _kept_tokens(model, wrapups[i]) if i in wrapups else 0
+        forced = max(a.prompt_tokens - t.prompt_tokens - t.completion_tokens - wrap, 0)
+        usage = _usage(model, calls, wall, thinking_tokens=t.completion_tokens, forced_tokens=forced,
+                       answer_tokens=a.completion_tokens + wrap)
+        trace = {"forced_close": c == prof.forcing or i in wrapups, "two_phase": True}
+        if budgets[i].wrapup:
+            trace.update(wrapup_tokens=wrap, paper_thinking_tokens=a.prompt_tokens - t.prompt_tokens - 1)
+        out.append(MethodResult(tokens=(), thinking=texts[i].strip(), answer=prof.cut_answer(a.text), usage=usage,
+                                finish_reason=a.finish_reason, trace=trace))
     return out
+
+
+def _kept_tokens(model: RemoteModel, c: Completion) -> int:
+    """Generated tokens that stay in the text: a matched stop string is generated and counted by the server but
+    left out (the engine's controller rolls it back the same way), so count the kept text when we can."""
+    stop = c.body.get("choices", [{}])[0].get("stop_reason")
+    kept = model.count_tokens(c.text) if isinstance(stop, str) else None
+    return min(kept, c.completion_tokens) if kept is not None else c.completion_tokens
 
 
 def _native(model: RemoteModel, prompts: Sequence[str], budgets: Sequence[BudgetConfig],

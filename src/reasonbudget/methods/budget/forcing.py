@@ -6,13 +6,20 @@
 3. Optionally, below `min_thinking_tokens`, replace an attempt to end thinking by "Wait" (at most
    `max_waits` times): s1's way of making the model think longer.
 The answer is generated after the forced end (never an empty answer; at most `max_answer_tokens`).
+
+`style=final-answer` is the baseline of the Budget Guidance paper instead of step 2 (its code's
+`force_final_answer`): at B write "\n**Final Answer**" and let the model go on, at most B more tokens, until it
+closes thinking, writes a blank line or "Wait" (those stop strings are left out, as vLLM does); then the bare
+close marker and a full answer. The wrap-up tokens count as answer tokens, so thinking still never exceeds B;
+the trace also has the paper's count, `paper_thinking_tokens` (everything before the last close marker, forced
+tokens included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
@@ -27,6 +34,9 @@ class BudgetForcingConfig:
     min_thinking_tokens: int = 0
     """Extend thinking with "Wait" while below this many tokens (0 = off)."""
     max_waits: int = 4
+    style: Literal["sentence", "final-answer"] = "sentence"
+    """sentence: the profile's forcing sentence closes thinking (s1, Qwen3); final-answer: the Budget Guidance
+    paper's baseline (see the module docstring)."""
     max_answer_tokens: int | None = None
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
@@ -55,5 +65,6 @@ class BudgetForcing:
                 raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {b}")
         c = self.config
         cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
-                             max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend)) for b in budgets]
+                             max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
+                             wrapup=c.style == "final-answer") for b in budgets]
         return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers)
