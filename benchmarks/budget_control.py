@@ -1,7 +1,9 @@
 """Budget control on the testbed: does a method keep thinking within a budget and keep its accuracy?
 
 Methods: plain CoT (unbounded), NoThinking, TALE-EP (its own estimate), and at budgets of 25/50/75/100% of
-the natural thinking length: budget forcing, budget guidance (soft) and budget guidance with a hard cap.
+the natural thinking length: budget forcing in both styles (`sentence`: the profile's forcing string, s1's;
+`final-answer`: the Budget Guidance paper's baseline, the one its "+26 points" claim is measured against),
+budget guidance (soft) and budget guidance with a hard cap.
 Mixed difficulties (the default test sets of d = 1..8), several seeds, sampled decoding. Everything runs
 through the evaluation harness: one sweep directory per difficulty (results.jsonl, summary.md, plots),
 resumable; this script pools them into one table, a JSON document and a plot.
@@ -30,7 +32,8 @@ SCOPES = ("difficulty", "global")
 UNBUDGETED = ("plain", "nothinking", "tale")
 # Guidance as the reference runs it (strength 1, soft), and with strength 2 (chosen on a dev set, fresh problems
 # of seed 11: same accuracy, overshoot 41% -> 8% at half the natural length), soft and with the hard cap.
-BUDGETED = ("budget-forcing", "budget-guidance", "budget-guidance:strength=2", "budget-guidance:strength=2,hard_cap=true")
+BUDGETED = ("budget-forcing", "budget-forcing:style=final-answer", "budget-guidance", "budget-guidance:strength=2",
+            "budget-guidance:strength=2,hard_cap=true")
 MODEL = "testbed-target"
 ESTIMATOR_SEED = 4_000_000  # training problems for the learned estimator: disjoint from test and dev sets
 
