@@ -123,8 +123,9 @@ def load_remote(name: str, *, api_key: str | None = None, native_budget: bool | 
     """Connect to the server and check it serves MODEL (a clear error if not)."""
     url, model = parse_remote_name(name)
     server = RemoteServer(url, model, api_key=api_key)
+    reply = server._request("GET", "/models")  # RemoteError: cannot reach it, or it refused
     try:
-        listed = server._request("GET", "/models").json().get("data", [])
+        listed = reply.json().get("data", [])
     except ValueError as e:
         raise RemoteError(f"{url}/models did not answer JSON: {e}") from None
     ids = [c.get("id") for c in listed]
