@@ -152,7 +152,8 @@ class RowWatcher(Observer):
             return
         self.settled = True
         if self.job.stream:
-            if self.tokens:
+            caps = self.job.capabilities
+            if caps is None or caps.streams == "tokens":  # its row's tokens went out as they came
                 self.flush(final=True)
             else:  # a method that streams at the end (search): the chosen text now
                 self.job.emit("reasoning", result.thinking)
