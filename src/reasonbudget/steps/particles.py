@@ -55,7 +55,7 @@ class Particle:
     step_ends: tuple[int, ...] = ()
     """Where each step ends: len(tokens) on the engine, len(text) on a remote server."""
     scores: tuple[float, ...] = ()
-    """The PRM's (aggregated) score of the prefix after each step; NaN where the PRM failed."""
+    """The PRM's (aggregated) score of the prefix after each round (see `round_ends`); NaN where it failed."""
     done: bool = False
     finish: str = ""
     """answer | max_steps | length | cancelled"""
