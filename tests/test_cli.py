@@ -26,7 +26,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (["run", QUESTION, "--method", "budget-guidance:hardcap=true"], "no setting 'hardcap'; accepted: predictor"),
     (["run", QUESTION, "--method", "budget-guidance:hard_cap=maybe"], "accepted are true or false"),
     (["run", QUESTION, "--method", "budget-guidance:predictor=/nonexistent/pred"], "missing length_predictor.json"),
-    (["train-predictor", "--model", "testbed-target", "--traces", "0"], "--traces and --epochs must be >= 1"),
+    (["train-predictor", "--model", "testbed-target", "--traces", "0"], "--traces, --epochs, --samples and --max-thinking must be >= 1"),
     (["train-predictor", "--model", "smollm2-135m", "--data", "testbed"], "needs a testbed model"),
     (["run", QUESTION, "--temperature", "-1"], "temperature"),
     (["run", QUESTION, "--method", "particle-filter", "--budget", "0"], "--budget must be >= 1 samples or particles"),

@@ -7,10 +7,29 @@ from reasonbudget.methods.budget.tale_text import budget_prompt, estimate_prompt
 
 
 def test_budget_prompt_rewrites_the_trigger():
-    assert budget_prompt("How many apples?  ", 50) == "How many apples?\nLet's think step by step and use less than 50 tokens:"
-    assert budget_prompt("How many apples?", None) == "How many apples?\nLet's think step by step:"
-    assert 'Question: "How many apples?"' in estimate_prompt(" How many apples? ")
-    assert "[[budget]]" in estimate_prompt("q")
+    ours = "ours"
+    assert budget_prompt("How many apples?  ", 50, ours) == "How many apples?\nLet's think step by step and use less than 50 tokens:"
+    assert budget_prompt("How many apples?", None, ours) == "How many apples?\nLet's think step by step:"
+    assert 'Question: "How many apples?"' in estimate_prompt(" How many apples? ", ours)
+    assert "[[budget]]" in estimate_prompt("q", ours)
+
+
+def test_reference_layout_is_the_default():
+    """The reference code's GSM8K layout: "Q: {question}", the [[answer]] format instruction, the trigger on its
+    own line (ending in a newline); the estimation instruction word for word."""
+    assert budget_prompt(" How many apples? ", 50) == (
+        "Q: How many apples?\n"
+        "Please Give the response by strictly following this format: [[answer]],for example: Answer: [[50]].\n"
+        "Let's think step by step and use less than 50 tokens:\n")
+    assert budget_prompt("How many apples?", None).endswith("\nLet's think step by step:\n")
+    ask = estimate_prompt("How many apples?")
+    assert ask.startswith("Task: Analyze the given question and estimate the minimum number of tokens required to "
+                          "generate a complete and accurate response. Please Give the response by strictly "
+                          "following this format: [[budget]],for example: Budget: [[12]].\n\nBelow is the question:")
+    assert ask.endswith('Question: "How many apples?"')
+    assert estimate_prompt("q") != estimate_prompt("q", "ours")
+    with pytest.raises(ValueError, match="accepted are reference, ours"):
+        budget_prompt("q", 5, "mine")
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -18,7 +18,7 @@ def setup():
 
 
 @pytest.mark.parametrize("spec,hard", [("budget-forcing", True), ("budget-guidance:hard_cap=true", True),
-                                       ("budget-guidance", False), ("tale", True)])
+                                       ("budget-guidance", False), ("tale:prompts=ours", True)])
 @pytest.mark.parametrize("budget", [1, 3])
 def test_every_method_answers_under_a_budget_too_small_for_any_step(setup, spec, hard, budget):
     engine, prompts = setup
@@ -26,7 +26,7 @@ def test_every_method_answers_under_a_budget_too_small_for_any_step(setup, spec,
         engine, prompts, budget=budget, generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))])
     for r in results:
         assert r.answer.strip()  # an answer always follows
-        if spec == "tale":
+        if spec.startswith("tale"):  # (the committed testbed learned our prompt layout)
             assert r.trace["estimate"] <= budget  # the budget caps TALE's estimate; the prompt asks, never forces
         elif hard:
             assert r.usage.thinking_tokens <= budget

@@ -248,12 +248,24 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
 @app.command("train-predictor")
 def train_predictor(
     model: str = typer.Option(..., "--model", "-m", help="The LM the predictor reads (registry name or path)."),
-    data: str = typer.Option("auto", help="testbed (the model's own T=1 traces) | gsm8k (train solutions as "
-                                           "thinking) | auto (testbed for testbed models, else gsm8k)."),
+    data: str = typer.Option("auto", help="sampled (the model's own traces on GSM8K train) | testbed (a testbed "
+                                           "model's own T=1 traces) | gsm8k (reference solutions as thinking, "
+                                           "off-policy) | auto (testbed for testbed models, else sampled)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: where budget-guidance looks)."),
-    traces: int = typer.Option(2000, help="Number of training traces (about)."),
+    traces: int = typer.Option(2000, help="Number of training problems (about)."),
     epochs: int = typer.Option(8),
     lr: float = typer.Option(1e-3),
+    size: str = typer.Option("small", help="small (2-layer encoder, low-rank heads for large vocabularies) | paper "
+                                           "(the reference's BERT-base encoder and full-rank heads)."),
+    width: Optional[int] = typer.Option(None, help="Encoder width (overrides --size)."),
+    layers: Optional[int] = typer.Option(None, help="Encoder layers (overrides --size)."),
+    heads: Optional[int] = typer.Option(None, help="Attention heads (overrides --size)."),
+    head_rank: Optional[int] = typer.Option(None, help="Rank of the vocabulary heads; 0 = full rank."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature of the model's traces (--data sampled)."),
+    samples: int = typer.Option(2, help="Traces per problem (--data sampled)."),
+    max_thinking: int = typer.Option(1024, help="Thinking cap of a sampled trace; traces cut there are dropped."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 (the frozen LM's compute dtype; a predictor "
+                                               "trained on either serves both)."),
 ) -> None:
     """Train Budget Guidance's remaining-length predictor for one model (the model stays frozen)."""
     import logging
@@ -262,20 +274,26 @@ def train_predictor(
     from reasonbudget.models import ModelNotFoundError, load_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if traces < 1 or epochs < 1 or lr <= 0:
-        _fail("--traces and --epochs must be >= 1 and --lr > 0")
-    from reasonbudget.training.length_predictor import DATA_KINDS, train_predictor_for
+    if traces < 1 or epochs < 1 or lr <= 0 or samples < 1 or max_thinking < 1 or temperature < 0:
+        _fail("--traces, --epochs, --samples and --max-thinking must be >= 1, --lr > 0 and --temperature >= 0")
+    if any(v is not None and v < 1 for v in (width, layers, heads)) or (head_rank is not None and head_rank < 0):
+        _fail("--width, --layers and --heads must be >= 1 and --head-rank >= 0 (0 = full rank)")
+    from reasonbudget.training.length_predictor import DATA_KINDS, SIZES, train_predictor_for
 
     if data not in DATA_KINDS:
         _fail(f"--data {data!r}: accepted are {', '.join(DATA_KINDS)}")
+    if size not in SIZES:
+        _fail(f"--size {size!r}: accepted are {', '.join(SIZES)}")
     try:
-        lm = load_model(model)
+        lm = load_model(model, dtype=dtype)
         if data == "testbed" and lm.profile.name != "testbed":
-            raise ValueError(f"--data testbed needs a testbed model; {lm.name} is not one (use --data gsm8k)")
+            raise ValueError(f"--data testbed needs a testbed model; {lm.name} is not one (use --data sampled)")
         from reasonbudget.methods.budget.guidance import default_predictor_dir
 
         target = Path(out) if out else default_predictor_dir(lm)
-        stats = train_predictor_for(lm, target, data=data, traces=traces, epochs=epochs, lr=lr)
+        stats = train_predictor_for(lm, target, data=data, traces=traces, epochs=epochs, lr=lr, size=size,
+                                    temperature=temperature, samples=samples, max_thinking_tokens=max_thinking,
+                                    width=width, layers=layers, heads=heads, head_rank=head_rank)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -290,6 +308,8 @@ def fit_budget_estimator_cmd(
     limit: int = typer.Option(400, help="First N problems of the task."),
     out: str = typer.Option(..., help="Output directory (budget_estimator.json, searches.json)."),
     binary: bool = typer.Option(False, help="Bisect after the first failed halving (tighter budgets)."),
+    prompts: str = typer.Option("reference", help="TALE's prompt layout for the searches: reference | ours (use "
+                                                  "the same with tale:prompts=...)."),
 ) -> None:
     """Fit TALE's learned budget estimator: greedy budget searches, then ridge regression on prompt states.
     Use it with --method tale:estimator=DIR."""
@@ -304,7 +324,7 @@ def fit_budget_estimator_cmd(
     try:
         from reasonbudget.training.budget_estimator import fit_on_task
 
-        stats = fit_on_task(model, task, limit, Path(out), binary=binary)
+        stats = fit_on_task(model, task, limit, Path(out), binary=binary, layout=prompts)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return

@@ -182,18 +182,23 @@ def test_terse_lines_are_checked_against_the_chain():
 
 
 def test_prompt_following_examples_use_tales_prompts():
-    from reasonbudget.methods.budget.tale_text import COT_TRIGGER, ESTIMATE_INSTRUCTION, parse_estimate
+    from reasonbudget.methods.budget.tale_text import COT_TRIGGER, ESTIMATE_INSTRUCTIONS, parse_estimate
     from reasonbudget.training.testbed_lm import budget_example
     from reasonbudget.testbed.traces import concise_length
 
     (p,) = generate(1, difficulty=5, seed=9)
     rng = random.Random(0)
-    message, completion = budget_example(p, rng, "budget")
-    assert message.startswith(p.question + "\n" + COT_TRIGGER + " and use less than ")
-    assert final_answer(completion) == p.answer
-    message, completion = budget_example(p, rng, "estimate")
-    assert message.startswith(ESTIMATE_INSTRUCTION) and completion.startswith("</think>\n")
-    assert parse_estimate(completion) == concise_length(p)
+    layouts = set()
+    for _ in range(12):  # both layouts are taught: the reference's and ours
+        message, completion = budget_example(p, rng, "budget")
+        ours = message.startswith(p.question + "\n" + COT_TRIGGER + " and use less than ")
+        assert ours or message.startswith(f"Q: {p.question}\n") and f"{COT_TRIGGER} and use less than " in message
+        layouts.add(ours)
+        assert final_answer(completion) == p.answer
+        message, completion = budget_example(p, rng, "estimate")
+        assert message.startswith(tuple(ESTIMATE_INSTRUCTIONS.values())) and completion.startswith("</think>\n")
+        assert parse_estimate(completion) == concise_length(p)
+    assert layouts == {True, False}
     with pytest.raises(ValueError, match="unknown example kind"):
         budget_example(p, rng, "other")
 

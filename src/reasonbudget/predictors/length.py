@@ -57,13 +57,24 @@ def lm_dims(model) -> LMDims:
 
 
 def lm_fingerprint(model) -> str:
-    """Identity of a LoadedModel's weights, cheap enough for 7B models: shapes plus a hash of a few
-    embedding rows."""
+    """Identity of a LoadedModel's weights, cheap enough for 7B models: shapes plus a hash of a few embedding
+    rows rounded to bfloat16, so the same weights loaded as float32 or bfloat16 give the same identity."""
+    return _fingerprint(model, torch.bfloat16)
+
+
+def lm_fingerprints(model) -> set[str]:
+    """Every identity a companion trained for these weights may carry: today's and the float32 hash that
+    companions trained before it carry."""
+    return {lm_fingerprint(model), _fingerprint(model, torch.float32)}
+
+
+def _fingerprint(model, dtype: torch.dtype) -> str:
     backend = model.backend
     emb = backend.embed if hasattr(backend, "cfg") else backend.model.get_input_embeddings().weight
     dims = (emb.shape[0], emb.shape[1], len(hidden_layer_ids(model)))
-    rows = emb[: min(64, emb.shape[0])].detach().float().contiguous()
-    return f"{dims[0]}x{dims[1]}x{dims[2]}:" + hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+    rows = emb[: min(64, emb.shape[0])].detach().to(dtype).float().contiguous()
+    tag = "" if dtype == torch.float32 else "bf16:"
+    return f"{tag}{dims[0]}x{dims[1]}x{dims[2]}:" + hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
 def hidden_layer_ids(model) -> tuple[int, ...]:
@@ -136,7 +147,7 @@ def load_predictor(path: str | Path, model=None) -> LengthPredictor:
     cfg = LengthPredictorConfig(**json.loads((path / CONFIG_FILE).read_text()))
     if model is not None and cfg.lm_fingerprint:
         have = lm_fingerprint(model)
-        if have != cfg.lm_fingerprint:
+        if cfg.lm_fingerprint not in lm_fingerprints(model):
             raise PredictorError(f"length predictor at {path} was trained for another model "
                                  f"(fingerprint {cfg.lm_fingerprint}, {model.name} is {have}); "
                                  f"train one for {model.name} with `reasonbudget train-predictor`")

@@ -98,6 +98,7 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
                 parts = [cached[j] for j in ids]
                 picked, length, next_tokens = (torch.cat([p[k] for p in parts]) for k in range(3))
                 picked = picked.float()
+                rows = torch.cat([torch.full((len(p[1]),), b, dtype=torch.long) for b, p in enumerate(parts)])
             else:
                 batch = [traces[j] for j in ids]
                 states = lm_states(model, [t.ids for t in batch]).clone()  # leave inference mode for autograd
@@ -108,7 +109,7 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
             for g in opt.param_groups:
                 g["lr"] = train_cfg.lr * min(1.0, (step + 1) / warmup)
             shape, rate = predictor.gather(picked, next_tokens)
-            loss = gamma_nll(shape, rate, length.float()).mean()
+            loss = per_sequence_mean(gamma_nll(shape, rate, length.float()), rows)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(predictor.parameters(), 1.0)
             opt.step()
@@ -123,6 +124,15 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
     stats = {"steps": step, "traces": len(traces), "min_rate": min_rate, "train_seconds": round(time.time() - t0, 1),
              "params": sum(p.numel() for p in predictor.parameters()), "history": history}
     return predictor, stats
+
+
+def per_sequence_mean(values: Tensor, rows: Tensor) -> Tensor:
+    """Mean over sequences of each sequence's mean: every trace weighs the same, whatever its length (the
+    reference averages within a sequence at batch size 1); a token mean would let long traces dominate."""
+    count = torch.bincount(rows).clamp(min=1).to(values.dtype)
+    sums = torch.zeros(len(count), dtype=values.dtype).index_add(0, rows, values)
+    present = torch.bincount(rows) > 0
+    return (sums[present] / count[present]).mean()
 
 
 def cache_supervised_states(model, traces: Sequence[TraceTokens], cfg: PredictorTrainConfig,

@@ -16,6 +16,10 @@ MOD = 100
 OPS = ("+", "-", "*")
 WORDS = {"+": "add", "-": "subtract", "*": "multiply by"}
 MAX_DIFFICULTY = 8
+ADD_OPERANDS = (1, 9)
+"""Range of k in + k and - k (inclusive)."""
+MUL_OPERANDS = (2, 3)
+"""Range of k in * k (inclusive)."""
 
 
 def apply(value: int, op: str, operand: int) -> int:
@@ -73,7 +77,7 @@ def generate(n: int, *, difficulty: int, seed: int, prefix: str = "") -> list[Ar
         steps = []
         for _ in range(difficulty):
             op = rng.choice(OPS)
-            steps.append((op, rng.randint(2, 3) if op == "*" else rng.randint(1, 9)))
+            steps.append((op, rng.randint(*MUL_OPERANDS) if op == "*" else rng.randint(*ADD_OPERANDS)))
         problems.append(ArithProblem(id=f"{prefix}d{difficulty}-s{seed}-{i}", start=rng.randint(0, 99),
                                      steps=tuple(steps), wording=rng.choice(("symbols", "words"))))
     return problems

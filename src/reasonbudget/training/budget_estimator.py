@@ -30,7 +30,7 @@ def fit_ridge(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, float, Tensor, T
 
 def search_budgets(engine, questions: Sequence[str], is_correct: Callable[[int, str], bool], *,
                    max_thinking_tokens: int = 2048, max_answer_tokens: int = 256,
-                   binary: bool = False) -> list[SearchResult | None]:
+                   binary: bool = False, layout: str = "reference") -> list[SearchResult | None]:
     """TALE's optimal-budget search for every question, greedy, batched per round; None where the vanilla
     answer is wrong. `is_correct(i, answer)` grades question i. Output tokens = thinking + answer tokens."""
     from reasonbudget.models.registry import build_prompt
@@ -39,7 +39,7 @@ def search_budgets(engine, questions: Sequence[str], is_correct: Callable[[int, 
     cfg = BudgetConfig(max_thinking_tokens=max_thinking_tokens, max_answer_tokens=max_answer_tokens)
 
     def solve(items: list[tuple[int, int | None]]) -> list[tuple[bool, int]]:
-        prompts = [build_prompt(model, budget_prompt(questions[i], b)) for i, b in items]
+        prompts = [build_prompt(model, budget_prompt(questions[i], b, layout)) for i, b in items]
         results = (engine.generate(prompts, [cfg] * len(prompts), SamplingConfig(temperature=0.0),
                                    torch.Generator().manual_seed(0)) if prompts else [])
         return [(is_correct(i, r.answer), r.usage.thinking_tokens + r.usage.answer_tokens)
@@ -64,7 +64,8 @@ def fit_budget_estimator(model, questions: Sequence[str], budgets: Sequence[int]
     return BudgetEstimator(w, b, mean, std, lm_fingerprint(model))
 
 
-def fit_on_task(model_name: str, task_spec: str, limit: int, out: Path, *, binary: bool = False) -> dict:
+def fit_on_task(model_name: str, task_spec: str, limit: int, out: Path, *, binary: bool = False,
+                layout: str = "reference") -> dict:
     """Search budgets on a task's first `limit` problems, fit, save; statistics (also in searches.json)."""
     import time
 
@@ -81,7 +82,7 @@ def fit_on_task(model_name: str, task_spec: str, limit: int, out: Path, *, binar
     def is_correct(i: int, answer: str) -> bool:
         return grade_many([(answer, problems[i].gold, task.grader)])[0]
 
-    results = search_budgets(Engine(model), questions, is_correct, binary=binary)
+    results = search_budgets(Engine(model), questions, is_correct, binary=binary, layout=layout)
     found = [(q, r) for q, r in zip(questions, results) if r is not None]
     if len(found) < 2:
         raise ValueError(f"only {len(found)} of {len(problems)} vanilla answers were correct: nothing to fit on")

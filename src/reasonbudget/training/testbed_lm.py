@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from reasonbudget.methods.budget.tale_text import budget_prompt, estimate_prompt
+from reasonbudget.methods.budget.tale_text import LAYOUTS, budget_prompt, estimate_prompt
 from reasonbudget.models.profiles import TESTBED
 from reasonbudget.testbed.problems import MAX_DIFFICULTY, ArithProblem, generate
 from reasonbudget.testbed.tokenizer import build_tokenizer
@@ -86,14 +86,16 @@ BATCH_KINDS = {"vanilla": 0.25, "budget": 0.55, "estimate": 0.2}
 def budget_example(problem: ArithProblem, rng: random.Random, kind: str) -> tuple[str, str]:
     """(user message, completion) teaching TALE's prompts: the vanilla trigger (a natural trace), a budget
     prompt (a trace that fits when one can, `budgeted_completion`), or the estimation prompt, answered without
-    thinking with the concise trace's length. Real instruction-tuned models bring these skills; ours learn them."""
+    thinking with the concise trace's length. Real instruction-tuned models bring these skills; ours learn them,
+    in both prompt layouts (the reference's and ours), as an instruction-tuned model would follow either."""
+    layout = rng.choice(LAYOUTS)
     if kind == "vanilla":
-        return budget_prompt(problem.question, None), reference_completion(problem, rng)
+        return budget_prompt(problem.question, None, layout), reference_completion(problem, rng)
     if kind == "budget":
         budget = max(4, round(concise_length(problem) * rng.uniform(0.8, 3.0)))
-        return budget_prompt(problem.question, budget), budgeted_completion(problem, rng, budget)
+        return budget_prompt(problem.question, budget, layout), budgeted_completion(problem, rng, budget)
     if kind == "estimate":
-        return estimate_prompt(problem.question), f"{NOTHINKING}Budget: [[{concise_length(problem)}]]"
+        return estimate_prompt(problem.question, layout), f"{NOTHINKING}Budget: [[{concise_length(problem)}]]"
     raise ValueError(f"unknown example kind {kind!r}")
 
 
@@ -134,9 +136,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = None, log_every: int = 50,
-          init: Path | None = None) -> dict:
+          init: Path | None = None, device: str = "cpu") -> dict:
     """Train one LM (from `init`'s weights when given, which may be `out`); `data_stream` (default `name`)
-    seeds the order of training problems and traces."""
+    seeds the order of training problems and traces. The committed checkpoints are trained on CPU; another
+    `device` trains the same recipe (the same data stream), with other kernels' rounding."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.seed)  # entry point of a training run: initial weights
@@ -146,6 +149,7 @@ def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = N
         before = json.loads((init / "training.json").read_text()) if (init / "training.json").exists() else None
     else:
         model, before = LlamaForCausalLM(hf_config(cfg.shape, len(tok), tok.eos_token_id)), None
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(f"train:{data_stream or name}:{cfg.seed}")
     t0, tokens, history = time.time(), 0, []
@@ -154,8 +158,8 @@ def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = N
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         x, labels = make_batch(tok, rng, step * cfg.batch_size, cfg.batch_size, cfg.budget_mix)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(x, labels=labels).loss
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            loss = model(x.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -168,6 +172,7 @@ def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = N
             logger.warning("%s: stopping at step %d, time budget spent", name, step)
             break
     out.mkdir(parents=True, exist_ok=True)
+    model.to("cpu")
     model.config.reasonbudget_profile = "testbed"
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reasonbudget.predictors.length import PredictorError, hidden_layer_ids, lm_fingerprint
+from reasonbudget.predictors.length import PredictorError, hidden_layer_ids, lm_fingerprint, lm_fingerprints
 from reasonbudget.predictors.train_length import lm_states
 
 ESTIMATOR_FILE = "budget_estimator.json"
@@ -68,7 +68,7 @@ def load_estimator(path: str | Path, model) -> BudgetEstimator:
                              f"(fit one with `reasonbudget fit-budget-estimator --model NAME --out {path}`)")
     d = json.loads(f.read_text())
     have = lm_fingerprint(model)
-    if d["fingerprint"] != have:
+    if d["fingerprint"] not in lm_fingerprints(model):
         raise PredictorError(f"budget estimator at {path} was fitted for another model "
                              f"(fingerprint {d['fingerprint']}, {model.name} is {have})")
     return BudgetEstimator(torch.tensor(d["weights"]), d["bias"], torch.tensor(d["mean"]), torch.tensor(d["std"]),

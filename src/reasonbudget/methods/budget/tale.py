@@ -3,6 +3,7 @@ that budget written into the prompt ("Let's think step by step and use less than
 
 1. Estimate: the same model, zero-shot, answers the estimation prompt directly (its thinking is prefilled
    as finished, as in NoThinking); the first [[n]] of its reply is the estimate.
+   Prompts use the reference code's wording by default (`prompts=ours`: this library's earlier wording).
 2. Answer: plain chain of thought on the budget prompt. The budget is only asked for, never enforced.
 An unparseable estimate falls back to the vanilla prompt (the reference would ask for "less than -1 tokens").
 `budget`, when given, caps the estimate. Both calls are counted in the result's usage.
@@ -23,7 +24,7 @@ from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.generation import model_usage
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
-from reasonbudget.methods.budget.tale_text import budget_prompt, estimate_prompt, parse_estimate
+from reasonbudget.methods.budget.tale_text import LAYOUTS, budget_prompt, estimate_prompt, parse_estimate
 from reasonbudget.types import MethodResult, TokenIds
 
 
@@ -37,10 +38,14 @@ class TaleConfig:
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
     estimator: str | None = None
     """Directory of a fitted budget estimator; None: TALE-EP's zero-shot estimate."""
+    prompts: str = "reference"
+    """Prompt wording (`tale_text.LAYOUTS`): the reference code's (default) or ours."""
 
     def __post_init__(self) -> None:
         if self.max_estimate_tokens < 1:
             raise ValueError(f"max_estimate_tokens={self.max_estimate_tokens}: must be >= 1")
+        if self.prompts not in LAYOUTS:
+            raise ValueError(f"prompts={self.prompts!r}: accepted are {', '.join(LAYOUTS)}")
 
 
 def questions_of(prompts: Sequence[TokenIds], method: str) -> list[str]:
@@ -107,7 +112,7 @@ class Tale:
             check_level(backend, "tokens", "tale:estimator (a regression on the prompt's hidden states)")
             estimates, betas = self._learned_estimates(backend, prompts, budget)
         else:
-            asks = [backend.prompt(estimate_prompt(q)) for q in questions]
+            asks = [backend.prompt(estimate_prompt(q, c.prompts)) for q in questions]
             cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=c.max_estimate_tokens)
             estimates = backend.generate(asks, [cfg] * len(asks), c.sampling, generator,
                                          prefill_text=backend.profile.nothinking)
@@ -115,7 +120,7 @@ class Tale:
         cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
         watch = ([_EstimateCharged(o, e, b) for o, e, b in zip(observers, estimates, betas)]
                  if observers is not None else None)
-        results = backend.generate([backend.prompt(budget_prompt(q, b)) for q, b in zip(questions, betas)],
+        results = backend.generate([backend.prompt(budget_prompt(q, b, c.prompts)) for q, b in zip(questions, betas)],
                                    [cfg] * len(prompts), c.sampling, generator, observers=watch)
         return [with_estimate(r, e, b) for r, e, b in zip(results, estimates, betas)]
 

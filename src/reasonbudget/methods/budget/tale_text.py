@@ -14,21 +14,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 COT_TRIGGER = "Let's think step by step"
-ESTIMATE_INSTRUCTION = (
-    "Task: Analyze the given question and estimate the minimum number of tokens needed to produce a complete "
-    "and accurate answer. Reply only with the number in the form [[budget]], for example: Budget: [[12]]."
-)
+LAYOUTS = ("reference", "ours")
+"""reference: the reference code's wording (GSM8K family: "Q: {question}", the [[answer]] format instruction,
+the trigger on its own line; its estimation instruction word for word); ours: the question as asked, the
+trigger after it, a shorter estimation instruction (what this library used before)."""
+ANSWER_FORMAT = "Please Give the response by strictly following this format: [[answer]],for example: Answer: [[50]]."
+ESTIMATE_INSTRUCTIONS = {
+    "reference": ("Task: Analyze the given question and estimate the minimum number of tokens required to generate "
+                  "a complete and accurate response. Please Give the response by strictly following this format: "
+                  "[[budget]],for example: Budget: [[12]]."),
+    "ours": ("Task: Analyze the given question and estimate the minimum number of tokens needed to produce a "
+             "complete and accurate answer. Reply only with the number in the form [[budget]], for example: "
+             "Budget: [[12]]."),
+}
+ESTIMATE_INSTRUCTION = ESTIMATE_INSTRUCTIONS["ours"]
 _ESTIMATE = re.compile(r"\[\[\s*(\d+)\s*\]\]")
 
 
-def budget_prompt(question: str, budget: int | None) -> str:
+def _check(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"TALE prompt layout {layout!r}: accepted are {', '.join(LAYOUTS)}")
+
+
+def budget_prompt(question: str, budget: int | None, layout: str = "reference") -> str:
     """The question with TALE's trigger; with a budget, "...and use less than {budget} tokens:"."""
+    _check(layout)
     trigger = f"{COT_TRIGGER} and use less than {budget} tokens:" if budget is not None else f"{COT_TRIGGER}:"
-    return f"{question.rstrip()}\n{trigger}"
+    if layout == "ours":
+        return f"{question.rstrip()}\n{trigger}"
+    return f"Q: {question.strip()}\n{ANSWER_FORMAT}\n{trigger}\n"
 
 
-def estimate_prompt(question: str) -> str:
-    return f"{ESTIMATE_INSTRUCTION}\n\nBelow is the question:\n\nQuestion: \"{question.strip()}\""
+def estimate_prompt(question: str, layout: str = "reference") -> str:
+    _check(layout)
+    return f"{ESTIMATE_INSTRUCTIONS[layout]}\n\nBelow is the question:\n\nQuestion: \"{question.strip()}\""
 
 
 def parse_estimate(text: str, *, minimum: int = 1, maximum: int | None = None) -> int | None:
