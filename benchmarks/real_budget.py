@@ -1,8 +1,9 @@
 """Budget control on a real model: Qwen2.5-Coder-0.5B-Instruct on the first GSM8K test problems, greedy.
 
-Methods: plain CoT; TALE-EP in the reference's prompt layout (the default) and in ours; and at two absolute
-thinking budgets (by default 75 and 150 tokens, 25% and 50% of plain CoT's natural length on this model, as in
-the earlier table): budget forcing in both styles, budget guidance with the hard cap, and soft budget guidance.
+Methods: plain CoT; TALE-EP in the reference's prompt layout (the default); and at two absolute thinking budgets
+(by default 75 and 150 tokens, 25% and 50% of plain CoT's natural length on this model, as in the earlier
+table): budget forcing, budget guidance with the hard cap, and soft budget guidance. `--extra` adds TALE in our
+earlier prompt layout and budget forcing in the Budget Guidance paper's style.
 Guidance uses the model's companion length predictor (`reasonbudget train-predictor --model
 qwen2.5-coder-0.5b`, which now trains on the model's own sampled traces). Everything runs through the eval
 harness (resumable sweep directory); this script adds the table, paired per-problem comparisons of guidance
@@ -23,9 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 
 MODEL = "qwen2.5-coder-0.5b"
-UNBUDGETED = ("plain", "tale", "tale:prompts=ours")
-BUDGETED = ("budget-forcing", "budget-forcing:style=final-answer", "budget-guidance:hard_cap=true",
-            "budget-guidance")
+UNBUDGETED = ("plain", "tale")
+BUDGETED = ("budget-forcing", "budget-guidance:hard_cap=true", "budget-guidance")
+EXTRA = ("tale:prompts=ours", "budget-forcing:style=final-answer")
+"""With --extra: TALE in our earlier layout and the Budget Guidance paper's forcing baseline (each costs about
+as much as plain CoT on this model)."""
 PAIRS = (("budget-guidance:hard_cap=true", "budget-forcing"),
          ("budget-guidance:hard_cap=true", "budget-forcing:style=final-answer"),
          ("budget-guidance", "budget-forcing"))
@@ -52,14 +55,17 @@ PREVIOUS = {
 def run(args) -> dict:
     from reasonbudget.eval import SweepConfig, run_sweep
     from reasonbudget.eval.records import ResultsFile
+    from reasonbudget.tasks import get_task
 
     t0 = time.time()
     out = Path(args.out)
-    cfg = SweepConfig(task="gsm8k", methods=UNBUDGETED + BUDGETED, budgets=tuple(args.budgets), limit=args.limit,
+    methods = UNBUDGETED + BUDGETED + (EXTRA if args.extra else ())
+    cfg = SweepConfig(task="gsm8k", methods=methods, budgets=tuple(args.budgets), limit=args.limit,
                       model=MODEL, temperature=0.0, dtype=args.dtype, batch_size=args.batch_size)
     run_sweep(cfg, out, progress=not args.quiet)
-    records = [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in cfg.methods
-               and (r["budget"] is None or r["budget"] in args.budgets)]
+    ids = {p.id for p in get_task("gsm8k").problems(args.limit)}
+    records = [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in methods
+               and (r["budget"] is None or r["budget"] in args.budgets) and r["problem_id"] in ids]
     report = summarize(records, args)
     report["seconds"] = round(time.time() - t0, 1)
     return report
@@ -123,7 +129,8 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--budgets", default="75,150")
     ap.add_argument("--dtype", default="bfloat16", help="bfloat16 (about 2x faster on CPUs with bf16 units) | float32")
-    ap.add_argument("--batch-size", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--extra", action="store_true", help="Also " + " and ".join(EXTRA) + ".")
     ap.add_argument("--save", default="docs/real_budget.json", help="Where the JSON document is written.")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
