@@ -2,8 +2,8 @@
 
 Methods: plain CoT; TALE-EP in the reference's prompt layout (the default); and at two absolute thinking budgets
 (by default 75 and 150 tokens, 25% and 50% of plain CoT's natural length on this model, as in the earlier
-table): budget forcing, budget guidance with the hard cap, and soft budget guidance. `--extra` adds TALE in our
-earlier prompt layout and budget forcing in the Budget Guidance paper's style.
+table): budget forcing and budget guidance with the hard cap. `--extra` adds TALE in our earlier prompt layout,
+budget forcing in the Budget Guidance paper's style and soft budget guidance.
 Guidance uses the model's companion length predictor (`reasonbudget train-predictor --model
 qwen2.5-coder-0.5b`, which now trains on the model's own sampled traces). Everything runs through the eval
 harness (resumable sweep directory); this script adds the table, paired per-problem comparisons of guidance
@@ -25,10 +25,10 @@ from pathlib import Path
 
 MODEL = "qwen2.5-coder-0.5b"
 UNBUDGETED = ("plain", "tale")
-BUDGETED = ("budget-forcing", "budget-guidance:hard_cap=true", "budget-guidance")
-EXTRA = ("tale:prompts=ours", "budget-forcing:style=final-answer")
-"""With --extra: TALE in our earlier layout and the Budget Guidance paper's forcing baseline (each costs about
-as much as plain CoT on this model)."""
+BUDGETED = ("budget-forcing", "budget-guidance:hard_cap=true")
+EXTRA = ("tale:prompts=ours", "budget-forcing:style=final-answer", "budget-guidance")
+"""With --extra: TALE in our earlier layout, the Budget Guidance paper's forcing baseline and soft guidance
+(each costs about as much as plain CoT or more on this model)."""
 PAIRS = (("budget-guidance:hard_cap=true", "budget-forcing"),
          ("budget-guidance:hard_cap=true", "budget-forcing:style=final-answer"),
          ("budget-guidance", "budget-forcing"))
@@ -60,6 +60,8 @@ def run(args) -> dict:
     t0 = time.time()
     out = Path(args.out)
     methods = UNBUDGETED + BUDGETED + (EXTRA if args.extra else ())
+    if args.only:
+        methods = tuple(m for m in methods if m in args.only)
     cfg = SweepConfig(task="gsm8k", methods=methods, budgets=tuple(args.budgets), limit=args.limit,
                       model=MODEL, temperature=0.0, dtype=args.dtype, batch_size=args.batch_size)
     run_sweep(cfg, out, progress=not args.quiet)
@@ -67,6 +69,7 @@ def run(args) -> dict:
     records = [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in methods
                and (r["budget"] is None or r["budget"] in args.budgets) and r["problem_id"] in ids]
     report = summarize(records, args)
+    report["settings"]["methods"] = list(methods)
     report["seconds"] = round(time.time() - t0, 1)
     return report
 
@@ -130,10 +133,13 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default="75,150")
     ap.add_argument("--dtype", default="bfloat16", help="bfloat16 (about 2x faster on CPUs with bf16 units) | float32")
     ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--extra", action="store_true", help="Also " + " and ".join(EXTRA) + ".")
+    ap.add_argument("--extra", action="store_true", help="Also " + ", ".join(EXTRA) + ".")
+    ap.add_argument("--only", default="", help="Comma-separated subset of the methods (e.g. to run the ones that "
+                                              "need no length predictor while it trains).")
     ap.add_argument("--save", default="docs/real_budget.json", help="Where the JSON document is written.")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    args.only = tuple(m for m in args.only.split(",") if m)
     if args.quick:
         args.limit = min(args.limit, 20)
     try:
@@ -148,7 +154,7 @@ def main(argv=None) -> None:
         report = run(args)
     except (ModelNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    if not args.quick and args.save:
+    if not args.quick and args.save:  # (settings.methods says which methods a partial run holds)
         Path(args.save).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else "", end="")
     if not args.json:
