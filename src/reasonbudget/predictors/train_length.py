@@ -119,7 +119,9 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
                 logger.info("length predictor step %d/%d nll %.4f", step, total, loss.item())
             step += 1
     predictor.eval()
-    min_rate = calibrated_min_rate(predictor, model, traces[:: max(1, len(traces) // 64)])  # spread over the set
+    every = max(1, len(traces) // 64)  # a sample spread over the set
+    min_rate = calibrated_min_rate(predictor, model, traces[::every],
+                                   cached=cached[::every] if cached is not None else None)
     predictor.cfg = replace(predictor.cfg, min_rate=min_rate)
     stats = {"steps": step, "traces": len(traces), "min_rate": min_rate, "train_seconds": round(time.time() - t0, 1),
              "params": sum(p.numel() for p in predictor.parameters()), "history": history}
@@ -162,11 +164,15 @@ def cache_supervised_states(model, traces: Sequence[TraceTokens], cfg: Predictor
 
 @torch.inference_mode()
 def calibrated_min_rate(predictor: LengthPredictor, model, traces: Sequence[TraceTokens], quantile: float = 0.05,
-                        reference: float = 10.0) -> float:
+                        reference: float = 10.0, cached: Sequence[tuple[Tensor, Tensor, Tensor]] | None = None,
+                        ) -> float:
     """The reference trusts rows with rate >= 10, a proxy for "trained" that fits traces thousands of tokens
     long. Here: the `quantile` of the rates given to the actual next tokens of training traces, capped at the
     reference value, so rows as sharp as trained ones count as trained at any trace length."""
     rates = []
+    if cached is not None:  # the training run's states: no second pass of the LM over the traces
+        rates = [predictor.gather(states.float(), nxt)[1] for states, _, nxt in cached if len(nxt)]
+        traces = ()
     for i in range(0, len(traces), 16):
         batch = traces[i : i + 16]
         rows, cols, _, next_tokens = batch_targets(batch)
