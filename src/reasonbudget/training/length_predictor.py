@@ -61,8 +61,9 @@ def train_predictor_for(lm, out: Path, *, data: str = "auto", traces: int = 2000
 
         problems = get_task("gsm8k:split=train").problems(limit=traces)
         if kind == "sampled":
+            store = out / f"traces-t{temperature}-s{samples}-m{max_thinking_tokens}.jsonl"
             examples = sampled_traces(lm, problems, samples=samples, temperature=temperature,
-                                      max_thinking_tokens=max_thinking_tokens, store=out / f"traces-t{temperature}-s{samples}-m{max_thinking_tokens}.jsonl")
+                                      max_thinking_tokens=max_thinking_tokens, store=store)
         else:
             examples = solution_traces(lm, problems)
     if not examples:

@@ -25,21 +25,11 @@ PREDICTOR_SEED_OFFSET = 4_000_000  # testbed problems for the predictor: apart f
 
 
 def testbed_traces(model, *, per_difficulty: int, samples: int = 2, seed: int = 0) -> list[TraceTokens]:
-    from reasonbudget.models.registry import build_prompt
     from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
-    from reasonbudget.training.rollouts import rollouts
 
     problems = [p for d in range(1, MAX_DIFFICULTY + 1)
                 for p in generate(per_difficulty, difficulty=d, seed=PREDICTOR_SEED_OFFSET + d)]
-    results = rollouts(model, problems, samples=samples, temperature=1.0, seed=seed)
-    close = model.encode(model.profile.think_close)
-    out = []
-    for i, r in enumerate(results):
-        prompt = build_prompt(model, problems[i // samples].question)
-        n = r.usage.thinking_tokens
-        if tuple(r.tokens[n : n + len(close)]) == close:  # thinking ended by the model itself
-            out.append(TraceTokens(tuple(prompt) + tuple(r.tokens), len(prompt), n))
-    return out
+    return sampled_traces(model, problems, samples=samples, temperature=1.0, seed=seed, max_thinking_tokens=400)
 
 
 def sampled_traces(model, problems: Sequence, *, samples: int = 2, temperature: float = 0.7, seed: int = 0,
