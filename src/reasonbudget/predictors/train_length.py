@@ -131,10 +131,10 @@ def train_length_predictor(model, traces: Sequence[TraceTokens], cfg: LengthPred
 def per_sequence_mean(values: Tensor, rows: Tensor) -> Tensor:
     """Mean over sequences of each sequence's mean: every trace weighs the same, whatever its length (the
     reference averages within a sequence at batch size 1); a token mean would let long traces dominate."""
-    count = torch.bincount(rows).clamp(min=1).to(values.dtype)
+    count = torch.bincount(rows)
     sums = torch.zeros(len(count), dtype=values.dtype).index_add(0, rows, values)
-    present = torch.bincount(rows) > 0
-    return (sums[present] / count[present]).mean()
+    present = count > 0
+    return (sums[present] / count[present].to(values.dtype)).mean()
 
 
 def cache_supervised_states(model, traces: Sequence[TraceTokens], cfg: PredictorTrainConfig,

@@ -27,7 +27,6 @@ ESTIMATE_INSTRUCTIONS = {
              "complete and accurate answer. Reply only with the number in the form [[budget]], for example: "
              "Budget: [[12]]."),
 }
-ESTIMATE_INSTRUCTION = ESTIMATE_INSTRUCTIONS["ours"]
 _ESTIMATE = re.compile(r"\[\[\s*(\d+)\s*\]\]")
 
 
