@@ -149,7 +149,32 @@ class Engine:
         copy or a re-prefill (a judge's question appended to a partial solution). -> [R, V]"""
         if rows.numel() != len(suffixes):
             raise ValueError(f"{rows.numel()} rows, {len(suffixes)} suffixes")
-        feeds = [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)]
+        return self._feed(rows, [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)])
+
+    @torch.inference_mode()
+    def append(self, rows: Tensor, suffixes: Sequence[TokenIds]) -> int:
+        """Extend each row by suffixes[i] without sampling (tokens another model wrote: a draft/target loop
+        hands the accepted step to the model that did not write it). One batched forward over the rows with a
+        non-empty suffix; returns how many rows it fed (forward passes, for usage)."""
+        if rows.numel() != len(suffixes):
+            raise ValueError(f"{rows.numel()} rows, {len(suffixes)} suffixes")
+        todo = [(r, list(s)) for r, s in zip(rows.tolist(), suffixes) if s]
+        if not todo:
+            return 0
+        for r, s in todo:
+            if len(self.history[r]) + len(s) > self.cache.capacity:
+                raise PromptTooLongError(f"row of {len(self.history[r])} tokens + {len(s)} appended exceeds the "
+                                         f"cache's {self.cache.capacity} positions")
+        todo_rows = torch.tensor([r for r, _ in todo], dtype=torch.long)
+        # the row's last token and all but the suffix's last: the cache keeps every token but the last one
+        self._feed(todo_rows, [[self.history[r][-1], *s[:-1]] for r, s in todo])
+        for r, s in todo:
+            self.history[r].extend(s)
+        self.cache.lengths[todo_rows] += torch.tensor([len(s) for _, s in todo])
+        return len(todo)
+
+    def _feed(self, rows: Tensor, feeds: Sequence[Sequence[int]]) -> Tensor:
+        """Forward feeds[i] at row i's next positions (lengths unchanged); logits at each feed's last token."""
         longest = max(len(self.history[r]) for r in rows.tolist()) + max(map(len, feeds))
         per_chunk = max(1, self.prefill_chunk_tokens // longest)  # bounds the K/V gathered per call
         out = []

@@ -195,6 +195,17 @@ class LoadedModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
+def check_shared_tokenizer(draft: LoadedModel, target: LoadedModel) -> None:
+    """Draft/target methods hand token ids from one model to the other: refuse a pair whose vocabularies
+    differ, saying where."""
+    a, b = draft.tokenizer.get_vocab(), target.tokenizer.get_vocab()
+    if a != b:
+        only = sorted(set(a) ^ set(b))[:3]
+        moved = sorted(k for k in set(a) & set(b) if a[k] != b[k])[:3]
+        raise ValueError(f"{draft.name} and {target.name} do not share a tokenizer ({len(a)} vs {len(b)} entries; "
+                         f"e.g. only in one: {only}, different ids: {moved}): a draft must tokenize like its target")
+
+
 def _eos_ids(tok: PreTrainedTokenizerBase, config: dict) -> frozenset[int]:
     ids = set()
     eos = config.get("eos_token_id")

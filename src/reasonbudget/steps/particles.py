@@ -101,6 +101,8 @@ class PromptCost:
     """Completion requests sent (remote runners)."""
     sent_tokens: int = 0
     """Prompt tokens the server read for them (remote runners: every request re-sends its prefix)."""
+    fed: int = 0
+    """Tokens written by another model that this one read without sampling (`StepRunner.adopt`)."""
 
 
 class _StepController(Controller):
@@ -131,6 +133,15 @@ class _StepController(Controller):
         if self.sampled >= self.max_step_tokens:
             return Action(stop=True)
         return KEEP
+
+
+def _shared_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def split_steps(text: str, delimiter: str, close: str) -> list[str]:
@@ -265,6 +276,29 @@ class StepRunner(RunnerBase):
             (row,) = self.engine.prefill([prefix], max_new_tokens=self.capacity - len(prefix)).tolist()
         self.owned.add(row)
         return replace(cut, row=row)
+
+    def adopt(self, particles: Sequence[Particle], others: Sequence[Particle]) -> list[Particle]:
+        """particles[i] (this runner's particle of a prompt) moved to others[i]'s text (the same prompt's
+        particle on another model with the same tokenizer): each row is cut back to what both texts share and
+        fed the rest without sampling (one batched forward), so that its next step continues others[i]. A
+        draft/target loop keeps both models on the accepted prefix this way, each only when it is next called."""
+        rows, rests = [], []
+        for p, o in zip(particles, others, strict=True):
+            if p.row is None:
+                raise RuntimeError("a particle without an engine row cannot adopt a prefix")
+            base, common = len(self.prompts[p.prompt]), _shared_length(p.tokens, o.tokens)
+            if base + len(o.tokens) >= self.capacity:
+                raise RuntimeError("the adopted prefix does not fit this runner's rows")
+            if common < len(p.tokens):
+                self.engine.truncate(torch.tensor([p.row]), torch.tensor([base + common]))
+            rows.append(p.row)
+            rests.append(o.tokens[common:])
+            self.costs[p.prompt].fed += len(o.tokens) - common
+        if rows:
+            self.engine.append(torch.tensor(rows, dtype=torch.long), rests)
+            for p, rest in zip(particles, rests):
+                self.costs[p.prompt].passes += bool(rest)  # a row fed in the batched forward
+        return [replace(o, row=p.row) for p, o in zip(particles, others)]
 
     def materialize(self, p: Particle) -> Particle:
         """`p` with an engine row holding its whole text (one prefill if it had none), so that prefixes of it

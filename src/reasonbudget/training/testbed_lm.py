@@ -51,6 +51,11 @@ class TrainConfig:
     """Stop early (cosine schedule still completes its shape) when this wall-time is spent."""
     budget_mix: float = 0.0
     """Share of batches that teach TALE's prompts (see `budget_example`); 0 leaves the data stream as it was."""
+    length_buckets: int = 1
+    """Draw this many batches' examples at once, sort them by length and cut them into batches (in shuffled
+    order), so that a batch pads to its own longest example rather than to the longest of a random draw:
+    measured on the 1..49 world, 65% of a random batch's positions were padding and a step took 1.55x as
+    long. 1 keeps the unbucketed stream (the one the committed checkpoints were trained on)."""
 
 
 DRAFT = TrainConfig(shape=ModelShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=192), steps=1200)
@@ -118,7 +123,11 @@ def make_batch(tok, rng: random.Random, start: int, n: int, budget_mix: float = 
     kind = "plain"
     if budget_mix > 0 and rng.random() < budget_mix:  # no draw at all without the mix: old data streams unchanged
         kind = rng.choices(list(BATCH_KINDS), weights=list(BATCH_KINDS.values()))[0]
-    examples = [training_example(tok, rng, start + i, kind) for i in range(n)]
+    return batch_tensors(tok, [training_example(tok, rng, start + i, kind) for i in range(n)])
+
+
+def batch_tensors(tok, examples: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = len(examples)
     width = -(-max(len(ids) for ids, _ in examples) // 32) * 32  # few distinct shapes: oneDNN caches per shape
     x = torch.full((n, width), tok.eos_token_id, dtype=torch.long)
     labels = torch.full((n, width), -100, dtype=torch.long)
@@ -126,6 +135,21 @@ def make_batch(tok, rng: random.Random, start: int, n: int, budget_mix: float = 
         x[i, : len(ids)] = torch.tensor(ids)
         labels[i, c0 : len(ids)] = torch.tensor(ids[c0:])  # loss on the completion only
     return x, labels
+
+
+def bucketed_batches(tok, rng: random.Random, start: int, n: int, count: int,
+                     budget_mix: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` batches of n examples (training problems start..start + n * count - 1) grouped by length."""
+    examples = []
+    for b in range(count):
+        kind = "plain"
+        if budget_mix > 0 and rng.random() < budget_mix:
+            kind = rng.choices(list(BATCH_KINDS), weights=list(BATCH_KINDS.values()))[0]
+        examples += [training_example(tok, rng, start + b * n + i, kind) for i in range(n)]
+    examples.sort(key=lambda e: len(e[0]))
+    batches = [batch_tensors(tok, examples[i : i + n]) for i in range(0, len(examples), n)]
+    rng.shuffle(batches)
+    return batches
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -153,11 +177,17 @@ def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = N
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(f"train:{data_stream or name}:{cfg.seed}")
     t0, tokens, history = time.time(), 0, []
-    step = 0
+    step, queue = 0, []
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x, labels = make_batch(tok, rng, step * cfg.batch_size, cfg.batch_size, cfg.budget_mix)
+        if cfg.length_buckets > 1:
+            if not queue:
+                queue = bucketed_batches(tok, rng, step * cfg.batch_size, cfg.batch_size, cfg.length_buckets,
+                                         cfg.budget_mix)
+            x, labels = queue.pop()
+        else:
+            x, labels = make_batch(tok, rng, step * cfg.batch_size, cfg.batch_size, cfg.budget_mix)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             loss = model(x.to(device), labels=labels.to(device)).loss
         loss.backward()
