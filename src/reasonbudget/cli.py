@@ -242,6 +242,8 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
                            "prm_sampling_seconds": prm["sampling_seconds"],
                            "prm_step_head_seconds": prm["step_head"]["train_seconds"],
                            "length_predictor_seconds": report["length_predictor"]["train_seconds"],
+                           "router_labelling_seconds": report["router"]["labelling_seconds"],
+                           "router_seconds": report["router"]["train_seconds"],
                            "total_seconds": report["total_seconds"]}))
 
 
@@ -299,6 +301,53 @@ def train_predictor(
         return
     typer.echo(f"saved to {target} ({stats['params']} parameters, {stats['traces']} traces, "
                f"{stats['train_seconds']} s, final NLL {stats['history'][-1]['nll'] if stats['history'] else 'n/a'})")
+
+
+@app.command("train-router")
+def train_router_cmd(
+    draft: str = typer.Option("testbed-draft", help="The draft model (registry name or path)."),
+    target: str = typer.Option("testbed-target", help="The target model; the router is its companion."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the target's router companion)."),
+    problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed)."),
+    epochs: int = typer.Option(3),
+    lr: float = typer.Option(3e-4),
+    balance: str = typer.Option("downsample", help="downsample (majority class to 1:1, the paper's default) | none"),
+) -> None:
+    """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
+    scores both, the better continues), then a 2-class classifier initialised from the PRM's LM."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from reasonbudget.models import ModelNotFoundError, load_model
+    from reasonbudget.models.registry import check_shared_tokenizer, companion_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if problems < 1 or epochs < 1 or lr <= 0:
+        _fail("--problems and --epochs must be >= 1 and --lr > 0")
+    if balance not in ("downsample", "none"):
+        _fail(f"--balance {balance!r}: accepted are downsample, none")
+    try:
+        d, t = load_model(draft), load_model(target)
+        check_shared_tokenizer(d, t)
+        if t.profile.name != "testbed":
+            raise ValueError(f"{t.name}: router training runs on testbed pairs for now (its labels need a PRM "
+                             "with an LM to start the router from; real models get one with their trained PRM)")
+        from reasonbudget.rewards.factory import testbed_prm_dir
+        from reasonbudget.training.router import RouterTrainConfig
+        from reasonbudget.training.testbed import train_testbed_router
+
+        where = Path(out) if out else companion_dir(t.name, "router")
+        report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
+                                      cfg=RouterTrainConfig(epochs=epochs, lr=lr, balance=balance))
+    except (ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    if report["single_class"]:
+        typer.echo("warning: every labelled round has the same label: the router predicts a constant", err=True)
+    typer.echo(json.dumps({"saved_to": str(where), "examples": report["examples"],
+                           "labelling_seconds": report["labelling_seconds"], "train_seconds": report["train_seconds"],
+                           "held_out": report["held_out"]}, indent=2))
 
 
 @app.command("fit-budget-estimator")

@@ -1,6 +1,7 @@
 """Report math and files: Wilson intervals, grouping, markdown, plots."""
 
 import json
+import math
 
 import pytest
 
@@ -55,3 +56,17 @@ def test_torn_trailing_line_is_dropped_and_cut(tmp_path, caplog):
     f.append([_rec("2", "plain", None, 0, True, 3)])
     assert len(f.load()) == 3
     assert all(json.loads(line) for line in f.path.read_text().splitlines())
+
+
+def test_spearman_known_values_and_ties():
+    from reasonbudget.eval.report import average_ranks, spearman
+
+    assert average_ranks([10, 20, 20, 5]) == [2.0, 3.5, 3.5, 1.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [9, 7, 3, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    # ties: Pearson over average ranks (scipy.stats.spearmanr([1, 2, 2, 3], [1, 2, 3, 4]) = 0.9486832980505138)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])

@@ -36,22 +36,43 @@ def mcnemar(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank; pure."""
+    order = sorted(range(len(values)), key=lambda k: values[k])
+    ranks, i = [0.0] * len(values), 0
+    while i < len(order):
+        j = i
+        while j < len(order) and values[order[j]] == values[order[i]]:
+            j += 1
+        for k in range(i, j):
+            ranks[order[k]] = (i + j + 1) / 2
+        i = j
+    return ranks
+
+
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Probability that a random positive outscores a random negative (ties count half); pure."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if not n_pos or not n_neg:
         return float("nan")
-    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):  # average ranks over ties
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        avg = (i + j + 1) / 2
-        rank_sum += avg * sum(1 for k in range(i, j) if ranked[k][1])
-        i = j
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    rank_sum = sum(r for r, y in zip(average_ranks(scores), labels) if y)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson's over average ranks, so ties are handled); NaN when either side
+    is constant; pure."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} vs {len(y)} values")
+    rx, ry = average_ranks(x), average_ranks(y)
+    n = len(rx)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(rx) / n, sum(ry) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def _mean(xs: list[float]) -> float:

@@ -41,7 +41,8 @@ def real_models_dir() -> Path:
 
 
 Companion = str
-"""A model's companion artefact: "length_predictor" (budget guidance), "prm" (search), later "router"."""
+"""A model's companion artefact: "length_predictor" (budget guidance), "prm" (search), "router" (Arbitrage: a
+target's router for its draft, named in the router's `router.json`)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("testbed-target", "testbed target thinking model (trained here, committed)",
                       lambda: _existing(_testbed_dir() / "target"), "reasonbudget testbed train", "testbed",
                       {"length_predictor": lambda: _testbed_dir() / "testbed-target-length-predictor",
-                       "prm": lambda: _testbed_dir() / "prm"}),
+                       "prm": lambda: _testbed_dir() / "prm",
+                       "router": lambda: _testbed_dir() / "router"}),
         RegistryEntry("testbed-draft", "testbed draft thinking model (trained here, committed)",
                       lambda: _existing(_testbed_dir() / "draft"), "reasonbudget testbed train", "testbed",
                       {"prm": lambda: _testbed_dir() / "prm"}),

@@ -1,5 +1,5 @@
 """`reasonbudget testbed train`: regenerate data and retrain the target (then tune it on TALE's prompts), the
-draft, the PRM and the target's length predictor."""
+draft, the PRM, the target's length predictor and the pair's router."""
 
 from __future__ import annotations
 
@@ -14,13 +14,46 @@ from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = testbed_checkpoints()
-PRM_SEED_OFFSET = 2_000_000
-PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target  # PRM training problems: disjoint from LM training and from test seeds
+PRM_SEED_OFFSET = 2_000_000  # PRM training problems: disjoint from LM training and from test seeds
+ROUTER_SEED_OFFSET = 3_000_000  # router labels: disjoint from both
+PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target
+ROUTER_DIR = "router"  # Arbitrage's router for the (draft, target) pair
 
 
 def prm_training_problems(per_difficulty: int):
     return [p for d in range(1, MAX_DIFFICULTY + 1)
             for p in generate(per_difficulty, difficulty=d, seed=PRM_SEED_OFFSET + d)]
+
+
+def router_training_problems(per_difficulty: int):
+    return [p for d in range(1, MAX_DIFFICULTY + 1)
+            for p in generate(per_difficulty, difficulty=d, seed=ROUTER_SEED_OFFSET + d)]
+
+
+def train_testbed_router(draft, target, prm_dir: Path, router_out: Path, *, per_difficulty: int = 100,
+                         cfg=None, **generation) -> dict:
+    """Oracle labels of a testbed (draft, target) pair of LoadedModels scored by the PRM in `prm_dir`, then the
+    router (initialised from that PRM's verifier LM) into `router_out`."""
+    from reasonbudget.rewards.testbed_prm import TestbedPRM
+    from reasonbudget.training.router import RouterTrainConfig, generate_labels, train_router
+
+    t0 = time.time()
+    questions = [p.question for p in router_training_problems(per_difficulty)]
+    examples = generate_labels(draft, target, TestbedPRM(prm_dir), questions, **generation,
+                               progress=lambda k, n: logger.info("router labels: %d/%d problems", k, n))
+    labelling = round(time.time() - t0, 1)
+    report = train_router(examples, prm_dir, router_out, cfg or RouterTrainConfig(),
+                          separator=target.profile.step_delimiter, pair={"draft": draft.name, "target": target.name})
+    return {"labelling_seconds": labelling, "problems": len(questions), **report}
+
+
+def train_router_stage(out: Path, *, smoke: bool = False) -> dict:
+    from reasonbudget.models import load_model
+    from reasonbudget.training.router import RouterTrainConfig
+
+    draft, target = load_model(str(out / "draft")), load_model(str(out / "target"))
+    smoke_args = dict(per_difficulty=1, cfg=RouterTrainConfig(epochs=1), max_steps=3, max_tokens=48) if smoke else {}
+    return train_testbed_router(draft, target, out / "prm", out / ROUTER_DIR, **smoke_args)
 
 
 def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, smoke: bool = False) -> dict:
@@ -57,7 +90,8 @@ def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
               "draft": train(draft, out / "draft", name="draft"),
               "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {})),
               "length_predictor": train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR,
-                                                      data="testbed", **(dict(traces=16, epochs=1) if smoke else {}))}
+                                                      data="testbed", **(dict(traces=16, epochs=1) if smoke else {})),
+              "router": train_router_stage(out, smoke=smoke)}
     report["total_seconds"] = round(time.time() - t0, 1)
     (out / "retrain.json").write_text(json.dumps(report, indent=2))
     return report

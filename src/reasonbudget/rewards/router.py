@@ -1,0 +1,87 @@
+"""Arbitrage's router: the probability that the target would write a better next step than the draft did.
+
+It reads draft-side information only (Maheswaran et al., `../shared/specs/speculative.md` 3.1): the problem, the
+steps accepted so far annotated with who wrote them ("Model 0: " draft, "Model 1: " target) and the draft's
+current step, each followed by the step separator. The model is a 2-class sequence classifier (class 1:
+"the target's step scores higher", i.e. escalate) over the final token, initialised from a PRM's LM as the paper
+initialises it from a PRM. `router_text` is the one place that builds its input, for training and inference
+alike (the reference stresses keeping them identical).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CONFIG_FILE = "router.json"
+DRAFT_TAG, TARGET_TAG = "Model 0: ", "Model 1: "
+
+
+@dataclass(frozen=True)
+class RouterItem:
+    problem: str
+    history: tuple[tuple[str, int], ...]
+    """Accepted steps with their writer (0 draft, 1 target)."""
+    draft: tuple[str, ...]
+    """The draft's current step (two in the round where thinking closes: its last line and the answer)."""
+
+
+def router_text(item: RouterItem, separator: str, *, annotate: bool = True) -> str:
+    """The router's input text (no chat template: the reference feeds the PRM tokenizer's plain ids)."""
+    tag = (lambda w: TARGET_TAG if w else DRAFT_TAG) if annotate else (lambda w: "")
+    parts = [item.problem.strip() + "\n"]
+    parts += [f"{tag(w)}{s}{separator}" for s, w in item.history]
+    parts += [f"{tag(0)}{s}{separator}" for s in item.draft]
+    return "".join(parts)
+
+
+def encode_batch(tok, texts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (widths rounded up to 32: few distinct shapes) and the index of each last token."""
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    width = -(-max(map(len, ids)) // 32) * 32
+    x = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(ids):
+        x[i, : len(row)] = torch.tensor(row)
+    return x, torch.tensor([len(r) - 1 for r in ids])
+
+
+def escalate_logits(model, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """[B, 2] class logits at each sequence's last token (causal attention: right padding is never read)."""
+    hidden = model.model(input_ids=x).last_hidden_state  # the LM body
+    return model.score(hidden[torch.arange(len(last)), last])
+
+
+class StepRouter:
+    """A trained router directory: the classifier's weights, its tokenizer and `router.json` (separator,
+    annotation, the pair it was trained for)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"no router at {path} (missing {CONFIG_FILE}; train one with "
+                                    "`reasonbudget train-router`)")
+        self.config = json.loads((path / CONFIG_FILE).read_text())
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.model = LlamaForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+        self.calls = 0
+
+    @property
+    def separator(self) -> str:
+        return self.config["separator"]
+
+    @torch.inference_mode()
+    def predict(self, items: Sequence[RouterItem], batch_size: int = 64) -> list[float]:
+        """y_hat in [0, 1] per item: P(the target's step would score higher)."""
+        out: list[float] = []
+        texts = [router_text(it, self.separator, annotate=self.config.get("annotate", True)) for it in items]
+        for i in range(0, len(texts), batch_size):
+            x, last = encode_batch(self.tok, texts[i : i + batch_size], self.tok.pad_token_id)
+            out += torch.softmax(escalate_logits(self.model, x, last).float(), -1)[:, 1].tolist()
+        self.calls += len(items)
+        return out

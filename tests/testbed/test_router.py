@@ -1,0 +1,88 @@
+"""Arbitrage's router: its input text, label generation, balancing, metrics, and the trained classifier."""
+
+import json
+import math
+import random
+
+import pytest
+
+from reasonbudget.rewards.router import RouterItem, StepRouter, router_text
+from reasonbudget.training.router import (
+    RouterExample,
+    balanced,
+    load_examples,
+    router_metrics,
+    save_examples,
+    split_by_problem,
+)
+
+
+def _ex(problem: str, d: float, t: float) -> RouterExample:
+    return RouterExample(RouterItem(problem, (("1 + 2 = 3", 1),), ("3 * 2 = 6",)), ("3 * 2 = 6",), d, t)
+
+
+def test_router_text_annotates_writers_and_the_current_draft_step():
+    item = RouterItem("1 + 2 * 2 mod 100", (("1 + 2 = 3", 0), ("3 * 2 = 6", 1)), ("</think>", "The answer is 6."))
+    assert router_text(item, "\n") == ("1 + 2 * 2 mod 100\nModel 0: 1 + 2 = 3\nModel 1: 3 * 2 = 6\n"
+                                       "Model 0: </think>\nModel 0: The answer is 6.\n")
+    assert router_text(item, "\n\n", annotate=False).startswith("1 + 2 * 2 mod 100\n1 + 2 = 3\n\n3 * 2 = 6\n\n")
+
+
+def test_labels_balancing_and_split_are_what_the_paper_says():
+    ex = [_ex(f"p{i}", 0.9, 0.1) for i in range(30)] + [_ex(f"p{i}", 0.2, 0.8) for i in range(30, 40)]
+    assert [e.label for e in ex[:2]] == [0, 0] and ex[-1].label == 1 and ex[-1].advantage == pytest.approx(0.6)
+    assert _ex("q", 0.5, 0.5).label == 0  # ties keep the draft
+    b = balanced(ex, random.Random(0))
+    assert sum(e.label for e in b) == 10 and len(b) == 20 and len(set(map(id, b))) == 20
+    train, held = split_by_problem(ex, 0.25, random.Random(0))
+    assert len(held) == 10 and not {e.item.problem for e in train} & {e.item.problem for e in held}
+
+
+def test_router_metrics_known_values():
+    ex = [_ex("a", 0.9, 0.1), _ex("b", 0.8, 0.6), _ex("c", 0.2, 0.9), _ex("d", 0.4, 0.5)]  # advantages -.8 -.2 .7 .1
+    m = router_metrics([0.1, 0.6, 0.9, 0.4], ex)
+    assert m["acc0"] == 0.5 and m["acc1"] == 0.5 and m["positive_share"] == 0.5
+    assert m["spearman_rho"] == pytest.approx(0.8) and m["auroc"] == pytest.approx(0.75)
+    assert math.isnan(router_metrics([0.2], [ex[0]])["acc1"])
+
+
+def test_label_dump_round_trips(tmp_path):
+    ex = [_ex("p", 0.25, 0.75), RouterExample(RouterItem("q", (), ("a",)), ("b", "c"), 0.5, 0.125)]
+    save_examples(ex, tmp_path / "labels.jsonl")
+    assert load_examples(tmp_path / "labels.jsonl") == ex
+    assert set(json.loads((tmp_path / "labels.jsonl").read_text().splitlines()[0])) >= {
+        "problem", "prev_responses", "draft_response", "target_response"}
+
+
+def test_train_router_command_labels_trains_and_loads(tmp_path):
+    """Two problems per difficulty through the real pipeline (committed draft, target and PRM): the router
+    loads and predicts one probability per item; its report has the paper's metrics."""
+    from typer.testing import CliRunner
+
+    from reasonbudget.cli import app
+
+    res = CliRunner().invoke(app, ["train-router", "--problems", "3", "--epochs", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["examples"] >= 24 and {"spearman_rho", "acc0", "acc1"} <= set(out["held_out"])
+    router = StepRouter(tmp_path)
+    assert json.loads((tmp_path / "router.json").read_text())["pair"] == {"draft": "testbed-draft",
+                                                                           "target": "testbed-target"}
+    y = router.predict([RouterItem("1 + 2 mod 100", (), ("1 + 2 = 3",)), RouterItem("1 + 2 mod 100", (), ("1 + 2 = 9",))])
+    assert len(y) == 2 and all(0.0 <= v <= 1.0 for v in y) and router.calls == 2
+
+
+def test_train_router_refuses_a_pair_it_cannot_label(smollm):
+    from typer.testing import CliRunner
+
+    from reasonbudget.cli import app
+
+    res = CliRunner().invoke(app, ["train-router", "--draft", "smollm2-135m", "--target", "smollm2-135m"])
+    assert res.exit_code != 0 and "testbed pairs" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["train-router", "--problems", "0"])
+    assert res.exit_code != 0 and "--problems" in res.output
+
+
+def test_missing_router_says_how_to_train_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reasonbudget train-router"):
+        StepRouter(tmp_path)
