@@ -225,7 +225,7 @@ app.add_typer(testbed_app, name="testbed")
 
 @testbed_app.command("train")
 def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint directory (default: the package's).")) -> None:
-    """Regenerate data and retrain the testbed target, draft, PRM and length predictor (about 35 minutes here)."""
+    """Regenerate data and retrain the testbed target, draft, PRM, length predictor, router and TALE-PT variant."""
     import json
     import logging
     from pathlib import Path
@@ -244,6 +244,8 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
                            "length_predictor_seconds": report["length_predictor"]["train_seconds"],
                            "router_labelling_seconds": report["router"]["labelling_seconds"],
                            "router_seconds": report["router"]["train_seconds"],
+                           "tale_pt_search_seconds": report["tale_pt"]["search_seconds"],
+                           "tale_pt_sft_seconds": report["tale_pt"]["sft"]["train_seconds"],
                            "total_seconds": report["total_seconds"]}))
 
 

@@ -73,6 +73,10 @@ REGISTRY: dict[str, RegistryEntry] = {
                       {"length_predictor": lambda: _testbed_dir() / "testbed-target-length-predictor",
                        "prm": lambda: _testbed_dir() / "prm",
                        "router": lambda: _testbed_dir() / "router"}),
+        RegistryEntry("testbed-target-tale-pt", "testbed target post-trained on TALE's budget-optimal answers "
+                      "(TALE-PT; trained here, committed)",
+                      lambda: _existing(_testbed_dir() / "target-tale-pt"), "reasonbudget testbed train", "testbed",
+                      {"prm": lambda: _testbed_dir() / "prm"}),
         RegistryEntry("testbed-draft", "testbed draft thinking model (trained here, committed)",
                       lambda: _existing(_testbed_dir() / "draft"), "reasonbudget testbed train", "testbed",
                       {"prm": lambda: _testbed_dir() / "prm"}),

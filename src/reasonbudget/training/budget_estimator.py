@@ -30,9 +30,11 @@ def fit_ridge(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, float, Tensor, T
 
 def search_budgets(engine, questions: Sequence[str], is_correct: Callable[[int, str], bool], *,
                    max_thinking_tokens: int = 2048, max_answer_tokens: int = 256,
-                   binary: bool = False, layout: str = "reference") -> list[SearchResult | None]:
+                   binary: bool = False, layout: str = "reference",
+                   outputs: dict | None = None) -> list[SearchResult | None]:
     """TALE's optimal-budget search for every question, greedy, batched per round; None where the vanilla
-    answer is wrong. `is_correct(i, answer)` grades question i. Output tokens = thinking + answer tokens."""
+    answer is wrong. `is_correct(i, answer)` grades question i. Output tokens = thinking + answer tokens.
+    `outputs`, when given, receives every generation: (i, budget) -> MethodResult, budget None for vanilla."""
     from reasonbudget.models.registry import build_prompt
 
     model = engine.model
@@ -42,6 +44,8 @@ def search_budgets(engine, questions: Sequence[str], is_correct: Callable[[int, 
         prompts = [build_prompt(model, budget_prompt(questions[i], b, layout)) for i, b in items]
         results = (engine.generate(prompts, [cfg] * len(prompts), SamplingConfig(temperature=0.0),
                                    torch.Generator().manual_seed(0)) if prompts else [])
+        if outputs is not None:
+            outputs.update(zip(items, results))
         return [(is_correct(i, r.answer), r.usage.thinking_tokens + r.usage.answer_tokens)
                 for (i, _), r in zip(items, results)]
 

@@ -202,10 +202,9 @@ def train_router(examples: Sequence[RouterExample], init: Path, out: Path, cfg: 
         logger.info("router epoch %d loss %.4f held-out rho %.3f acc0 %.3f acc1 %.3f", epoch, loss.item(),
                     metrics.get("spearman_rho", float("nan")), metrics.get("acc0", float("nan")),
                     metrics.get("acc1", float("nan")))
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.reasonbudget_profile = "router"
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    from reasonbudget.training.testbed_lm import save_rounded
+
+    save_rounded(model, tok, out, profile="router")  # the held-out report below reads the rounded weights
     (out / CONFIG_FILE).write_text(json.dumps({"separator": separator, "annotate": cfg.annotate,
                                                "init": init.name, **({"pair": pair} if pair else {})}, indent=2))
     report = {"config": asdict(cfg), "examples": len(examples), "train_examples": len(used),

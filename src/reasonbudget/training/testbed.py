@@ -18,6 +18,8 @@ PRM_SEED_OFFSET = 2_000_000  # PRM training problems: disjoint from LM training 
 ROUTER_SEED_OFFSET = 3_000_000  # router labels: disjoint from both
 PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target
 ROUTER_DIR = "router"  # Arbitrage's router for the (draft, target) pair
+TALE_PT_SEED_OFFSET = 4_000_000  # TALE-PT's training questions
+TALE_PT_DIR = "target-tale-pt"
 
 
 def prm_training_problems(per_difficulty: int):
@@ -45,6 +47,23 @@ def train_testbed_router(draft, target, prm_dir: Path, router_out: Path, *, per_
     report = train_router(examples, prm_dir, router_out, cfg or RouterTrainConfig(),
                           separator=target.profile.step_delimiter, pair={"draft": draft.name, "target": target.name})
     return {"labelling_seconds": labelling, "problems": len(questions), **report}
+
+
+def train_tale_pt_stage(out: Path, *, per_difficulty: int = 100, smoke: bool = False) -> dict:
+    """TALE-PT: the target's budget-optimal answers on fresh questions (TALE's search, reference prompts),
+    then SFT of the target on them into out/target-tale-pt."""
+    from reasonbudget.models import load_model
+    from reasonbudget.testbed.traces import final_answer
+    from reasonbudget.training.tale_pt import SFTConfig, train_tale_pt
+
+    problems = [p for d in range(1, MAX_DIFFICULTY + 1)
+                for p in generate(1 if smoke else per_difficulty, difficulty=d, seed=TALE_PT_SEED_OFFSET + d)]
+    # smoke: a 3-step target is never right, so every answer counts as right (the pipeline runs, nothing else)
+    is_correct = (lambda i, a: True) if smoke else (lambda i, a: final_answer(a) == problems[i].answer)
+    return train_tale_pt(load_model(str(out / "target")), out / "target", [p.question for p in problems], is_correct,
+                         out / TALE_PT_DIR, cfg=SFTConfig(epochs=1) if smoke else SFTConfig(),
+                         **(dict(max_thinking_tokens=24, max_answer_tokens=8) if smoke else {}),
+                         progress=lambda k, n: logger.info("TALE-PT budget search: %d/%d questions", k, n))
 
 
 def train_router_stage(out: Path, *, smoke: bool = False) -> dict:
@@ -91,7 +110,8 @@ def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
               "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {})),
               "length_predictor": train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR,
                                                       data="testbed", **(dict(traces=16, epochs=1) if smoke else {})),
-              "router": train_router_stage(out, smoke=smoke)}
+              "router": train_router_stage(out, smoke=smoke),
+              "tale_pt": train_tale_pt_stage(out, smoke=smoke)}
     report["total_seconds"] = round(time.time() - t0, 1)
     (out / "retrain.json").write_text(json.dumps(report, indent=2))
     return report

@@ -159,6 +159,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def save_rounded(model, tok, out: Path, *, profile: str = "testbed") -> None:
+    """Save in bfloat16: half the bytes of float32, so that the committed checkpoints stay within their size
+    budget. The model in memory is rounded the same way first, so what is measured after saving is what loads."""
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    model.config.reasonbudget_profile = profile
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to(torch.float32)
+    tok.save_pretrained(out)
+
+
 def train(cfg: TrainConfig, out: Path, *, name: str, data_stream: str | None = None, log_every: int = 50,
           init: Path | None = None, device: str = "cpu") -> dict:
     """Train one LM (from `init`'s weights when given, which may be `out`); `data_stream` (default `name`)
