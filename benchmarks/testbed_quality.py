@@ -1,12 +1,15 @@
 """Is the testbed a world where our methods' effects are real? Measures, in one run:
 
-1. greedy accuracy of the target and the draft per difficulty, on the fixed default test sets and on a fresh
-   seed; mean thinking tokens per difficulty; the share of thinking tokens spent on self-check lines;
+1. greedy accuracy of the target and the draft per difficulty, on the fixed default test sets and on fresh
+   seeds; mean thinking tokens per difficulty; the share of thinking tokens spent on self-check lines;
 2. the PRM on held-out steps (traces sampled at T=1 from both models on unseen problems): AUROC, and the
    accuracy of picking the correct one of two traces (one right, one wrong final answer) by min-aggregated score;
-3. best-of-16 with the PRM against greedy on the hardest levels.
+3. best-of-N with the PRM against greedy on the hardest levels, with the sampled traces' pass@N;
+4. the draft as a draft: on the target's greedy traces, how often its greedy next token equals the target's
+   (thinking tokens), and how often the step it writes from the target's (correct) prefix is correct;
+5. the router's held-out report (from its training), when the checkpoints have one.
 
-    python benchmarks/testbed_quality.py [--fresh-seed 7] [--bon 16] [--bon-problems 100] [--json] [--out FILE]
+    python benchmarks/testbed_quality.py [--fresh-seeds 7,8] [--bon 16] [--bon-problems 100] [--json] [--out FILE]
                                          [--plot PNG] [--load FILE (print/plot a saved report, measure nothing)]
 """
 
@@ -30,7 +33,7 @@ from reasonbudget.rewards.testbed_prm import TestbedPRM
 from reasonbudget.training.testbed_prm import sample_labelled_traces
 from reasonbudget.training.rollouts import rollouts
 from reasonbudget.testbed.problems import generate
-from reasonbudget.testbed.traces import final_answer, label_trace
+from reasonbudget.testbed.traces import final_answer, label_steps, label_trace
 
 HELD_OUT_SEED = 3_000_000
 
@@ -84,11 +87,71 @@ def best_of_n(model, prm, d: int, n: int, num_problems: int):
         scores = prm.score_steps([StepSequence(p.question, s) for s in steps])
         best = max(range(n), key=lambda j: aggregate(scores[j], "min"))
         hits += final_answer(cands[best].answer) == p.answer
-    return {"greedy": g_acc, f"best_of_{n}": hits / len(problems), "problems": len(problems),
+    passed = sum(any(final_answer(r.answer) == p.answer for r in sampled[i * n : (i + 1) * n])
+                 for i, p in enumerate(problems))
+    return {"greedy": g_acc, f"best_of_{n}": hits / len(problems), f"pass@{n}": passed / len(problems),
+            "problems": len(problems),
             "sampled_mean_thinking_tokens": statistics.mean(r.usage.thinking_tokens for r in sampled),
             "sampled_check_share": round(check_share, 3),
             "sampled_accuracy": statistics.mean(final_answer(r.answer) == p.answer
                                                 for i, p in enumerate(problems) for r in sampled[i * n:(i + 1) * n])}
+
+
+class _TargetWrites:
+    """Arbiter of the draft/target loop that always continues with the target's step but has both write:
+    the draft's proposals are then its steps from the target's own prefixes."""
+
+    needs_target = True
+
+    def decide(self, questions, proposals):
+        from reasonbudget.steps.draft_target import Decision
+
+        return [Decision(True) for _ in proposals]
+
+
+def draft_as_draft(draft, target, per_difficulty: int = 25) -> dict:
+    """Token agreement (teacher-forced on the target's greedy thinking) and step accuracy (the draft's next
+    step from the target's prefix, where that prefix is correct), per difficulty, on held-out problems."""
+    from reasonbudget.engine import Engine, SamplingConfig
+    from reasonbudget.eval.agreement import greedy_agreement
+    from reasonbudget.models.registry import build_prompt
+    from reasonbudget.steps import StepConfig, StepRunner
+    from reasonbudget.steps.draft_target import draft_target_loop
+
+    out: dict = {}
+    greedy, cfg = SamplingConfig(temperature=0.0), StepConfig(max_steps=30, max_tokens=600)
+    hits_all = total_all = 0
+    for d in range(1, 9):
+        problems = generate(per_difficulty, difficulty=d, seed=HELD_OUT_SEED + 100 + d)
+        prompts = [build_prompt(target, p.question) for p in problems]
+        results = rollouts(target, problems)
+        hits, total = greedy_agreement(draft, prompts, [r.tokens[: r.usage.thinking_tokens] for r in results])
+        hits_all, total_all = hits_all + hits, total_all + total
+        runners = StepRunner(Engine(draft), greedy, cfg), StepRunner(Engine(target), greedy, cfg)
+        outcomes = draft_target_loop(*runners, prompts, [p.question for p in problems], _TargetWrites(),
+                                     [torch.Generator()] * len(problems))
+        right = steps = 0
+        for p, o in zip(problems, outcomes):
+            for prop, _ in o.rounds:
+                history = [s for s, _ in prop.history]
+                if not all(lab.correct for lab in label_steps(p, "\n".join(history))):
+                    continue  # the target's prefix already went wrong: no right next step to compare with
+                lines = [s for s in prop.draft if not s.startswith("</think>")]
+                closing = [s for s in prop.draft if s.startswith("</think>")]
+                labels = (label_trace(p, "\n".join(history + lines), closing[0][len("</think>"):]) if closing
+                          else label_steps(p, "\n".join(history + lines)))
+                steps += 1
+                right += all(lab.correct for lab in labels)
+        out[d] = {"token_agreement": hits / max(1, total), "step_accuracy": right / max(1, steps), "steps": steps}
+    out["token_agreement"] = hits_all / max(1, total_all)
+    return out
+
+
+def greedy_tables(report: dict) -> list[tuple[str, dict]]:
+    """(label, {model: {d: row}}) for the default sets and each fresh seed (older reports: one fresh seed)."""
+    fresh = report["fresh"]
+    seeds = [("fresh", fresh)] if "target" in fresh else [(f"seed {k}", v) for k, v in fresh.items()]
+    return [("default", report["default"]), *seeds]
 
 
 def plot(report: dict, path: str) -> None:
@@ -100,9 +163,9 @@ def plot(report: dict, path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ds = list(range(1, 9))
     for name, color in (("target", "tab:blue"), ("draft", "tab:orange")):
-        for split, style in (("default", "-o"), ("fresh", "--x")):
-            acc = [report[split][name][str(d)]["accuracy"] for d in ds]
-            ax1.plot(ds, acc, style, color=color, label=f"{name}, {split} set")
+        for (split, table), style in zip(greedy_tables(report), ("-o", "--x", ":+", "-.v")):
+            acc = [table[name][str(d)]["accuracy"] for d in ds]
+            ax1.plot(ds, acc, style, color=color, label=f"{name}, {split}")
         bon = report["best_of_n"][name]
         hard = sorted(bon, key=int)
         key = next(k for k in bon[hard[0]] if k.startswith("best_of_"))
@@ -119,7 +182,7 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fresh-seed", type=int, default=7)
+    ap.add_argument("--fresh-seeds", default="7,8", help="Unseen test seeds (comma-separated).")
     ap.add_argument("--bon", type=int, default=16)
     ap.add_argument("--bon-problems", type=int, default=100)
     ap.add_argument("--json", action="store_true")
@@ -148,14 +211,19 @@ def measure(args) -> dict:
     t0 = time.time()
     target, draft = load_model("testbed-target"), load_model("testbed-draft")
     prm = TestbedPRM(CHECKPOINTS / "prm")
+    seeds = [int(s) for s in args.fresh_seeds.split(",") if s.strip()]
     report = {
         "default": {name: greedy_table(m, "testbed:d={d}") for name, m in (("target", target), ("draft", draft))},
-        "fresh": {name: greedy_table(m, f"testbed:d={{d}},seed={args.fresh_seed}")
-                  for name, m in (("target", target), ("draft", draft))},
+        "fresh": {seed: {name: greedy_table(m, f"testbed:d={{d}},seed={seed}")
+                         for name, m in (("target", target), ("draft", draft))} for seed in seeds},
         "prm": prm_quality(prm, [target, draft]),
         "best_of_n": {name: {d: best_of_n(m, prm, d, args.bon, args.bon_problems) for d in (6, 7, 8)}
                       for name, m in (("target", target), ("draft", draft))},
+        "draft_as_draft": draft_as_draft(draft, target),
     }
+    router = CHECKPOINTS / "router" / "router_training.json"
+    if router.is_file():
+        report["router"] = json.loads(router.read_text())["held_out"]
     report["seconds"] = round(time.time() - t0, 1)
     if args.out:
         with open(args.out, "w") as f:
@@ -164,20 +232,29 @@ def measure(args) -> dict:
 
 
 def print_report(report: dict, bon: int) -> None:
-    for split in ("default", "fresh"):
+    for split, table in greedy_tables(report):
         print(f"greedy accuracy, {split} test sets (100 problems per difficulty)")
         print("d   target  draft   target thinking tok  target check share")
         for d in range(1, 9):
-            t, r = report[split]["target"][str(d)], report[split]["draft"][str(d)]
+            t, r = table["target"][str(d)], table["draft"][str(d)]
             print(f"{d}   {t['accuracy']:.2f}    {r['accuracy']:.2f}    {t['mean_thinking_tokens']:8.1f}"
                   f"             {t['check_share']:.2f}")
         for name in ("target", "draft"):
-            print(f"{name} overall: {statistics.mean(v['accuracy'] for v in report[split][name].values()):.3f}")
+            print(f"{name} overall: {statistics.mean(v['accuracy'] for v in table[name].values()):.3f}")
     print("PRM on held-out steps:", json.dumps(report["prm"]))
     for name, by_d in report["best_of_n"].items():
         print(f"best-of-{bon} with the PRM (min aggregation) vs greedy, {name}:")
         for d, v in by_d.items():
             print(f"  d={d}: {json.dumps(v)}")
+    if "draft_as_draft" in report:
+        dd = report["draft_as_draft"]
+        print(f"the draft as a draft: greedy token agreement {dd['token_agreement']:.3f} on the target's greedy thinking")
+        print("d   token agreement  step accuracy (from the target's correct prefixes)")
+        for d in range(1, 9):
+            r = dd[str(d)]
+            print(f"{d}   {r['token_agreement']:.3f}            {r['step_accuracy']:.3f} ({r['steps']} steps)")
+    if "router" in report:
+        print("router, held out:", json.dumps(report["router"]))
     print(f"total {report['seconds']} s")
 
 

@@ -15,10 +15,10 @@ from reasonbudget.testbed.problems import MAX_DIFFICULTY, generate
 logger = logging.getLogger(__name__)
 CHECKPOINTS = testbed_checkpoints()
 PRM_SEED_OFFSET = 2_000_000  # PRM training problems: disjoint from LM training and from test seeds
-ROUTER_SEED_OFFSET = 3_000_000  # router labels: disjoint from both
+ROUTER_SEED_OFFSET = 5_000_000  # router labels (3M: the quality benchmark's held-out PRM problems; 4M: predictor)
 PREDICTOR_DIR = "testbed-target-length-predictor"  # budget guidance's length predictor for the target
 ROUTER_DIR = "router"  # Arbitrage's router for the (draft, target) pair
-TALE_PT_SEED_OFFSET = 4_000_000  # TALE-PT's training questions
+TALE_PT_SEED_OFFSET = 6_000_000  # TALE-PT's training questions
 TALE_PT_DIR = "target-tale-pt"
 
 
