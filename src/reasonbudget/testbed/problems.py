@@ -1,9 +1,10 @@
 """Synthetic multi-step arithmetic problems: the testbed's reasoning world.
 
-A problem starts from a number 0..99 and applies `difficulty` operations (+ k and - k with k in 1..9, * k with
-k in 2..3), every result taken mod 100, e.g. "((37 + 8) - 9) * 3 mod 100" or in words "Start with 37, add 8,
-subtract 9, multiply by 3. What is the result mod 100?". Small operands keep one step learnable by a tiny
-model on CPU (one carry at most), while chains of up to 8 steps still compound errors. The value after every step is kept: it is the ground truth that the step
+A problem starts from a number 0..99 and applies `difficulty` operations (+ k and - k with k in 1..49, * k with
+k in 2..3), every result taken mod 100, e.g. "((37 + 28) - 9) * 3 mod 100" or in words "Start with 37, add 28,
+subtract 9, multiply by 3. What is the result mod 100?". Two-digit operands make a single step hard enough
+that a tiny model errs on some (testbed v2: in the first world, k in 1..9, greedy decoding had caught up with
+search), while chains of up to 8 steps compound those errors. The value after every step is kept: it is the ground truth that the step
 checker and the oracle PRM compare against. Generation is seeded (a private random.Random per call).
 """
 
@@ -16,7 +17,7 @@ MOD = 100
 OPS = ("+", "-", "*")
 WORDS = {"+": "add", "-": "subtract", "*": "multiply by"}
 MAX_DIFFICULTY = 8
-ADD_OPERANDS = (1, 9)
+ADD_OPERANDS = (1, 49)
 """Range of k in + k and - k (inclusive)."""
 MUL_OPERANDS = (2, 3)
 """Range of k in * k (inclusive)."""

@@ -82,7 +82,7 @@ def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, sm
     from reasonbudget.training.testbed_lm import VERIFIER, train
 
     verifier = replace(VERIFIER, steps=3, warmup_steps=1) if smoke else VERIFIER
-    stats: dict = {"verifier_lm": train(verifier, out / "prm", name="verifier", data_stream="target")}
+    stats: dict = {"verifier_lm": train(verifier, out / "prm", name="verifier", init=out / "target")}
     t0 = time.time()
     problems = prm_training_problems(per_difficulty)
     data = []
