@@ -1,11 +1,20 @@
-"""Decode speed on the embedded SmolLM2-135M: our engine vs `transformers` generate, batch 1 and 16.
+"""Decode speed of our engine per model x weights (bf16, int8, int4) x batch (1, 16), against a memory bound,
+`transformers` generate (bf16) and llama.cpp (when `llama-cpp-python` is installed) in the same run.
 
-Everything is measured in one run, same dtype, same thread count: greedy decoding of a fixed number of new
-tokens after the same GSM8K prompt (prefill included for both). The bandwidth bound is the memory read
-bandwidth measured here divided by the weight bytes read per decoded token (every linear layer's weights,
-the LM head once); KV-cache reads are left out, so the bound is slightly optimistic.
+- tok/s: greedy decoding of `--tokens` new tokens after the same GSM8K prompt (prefill included), median of
+  `--reps` runs interleaved across runners, so that drift in machine speed hits every runner alike.
+- The bound: the best read bandwidth measured here with the threads as configured, taken over several ways to
+  read memory (a float32 sum, a bf16 and an int8 matrix-vector product over a buffer far larger than the
+  cache), divided by the weight bytes one decode step reads (every linear once, the LM head once; KV reads
+  left out). `fraction_of_bound` = tok/s at batch 1 / bound (at batch 16 the same weights serve 16 tokens).
+- The forward-time table: milliseconds for one forward that feeds 1, 4 or 8 tokens to one row (a target's
+  verification pass feeds gamma + 1), per model and format; from it the step-cost ratio c = draft forward (1
+  token) / target forward (1 token) for the draft/target pairs the speculative methods use.
 
-    python benchmarks/decode_speed.py [--dtype bfloat16|float32] [--tokens 128] [--json] [--out FILE]
+SmolLM2 is always measured; the Qwen pair when `make real-models` has fetched it (`--models` to choose).
+
+    python benchmarks/decode_speed.py [--models smollm2-135m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b]
+        [--weights bf16,int8,int4] [--batches 1,16] [--tokens 64] [--reps 3] [--threads 2] [--json] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,31 +29,51 @@ import torch
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")
-
-
-def measure_bandwidth(gib: float = 2.0, reps: int = 5) -> float:
-    """Read bandwidth in bytes/s: sum over a buffer larger than the last-level cache."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    x.sum()
-    best = min(_timed(lambda: x.sum()) for _ in range(reps))
-    return x.numel() * 4 / best
-
-
-def weight_bytes_per_token(backend: torch.nn.Module) -> int:
-    from reasonbudget.models.llama import Linear
-
-    seen, total = set(), 0
-    for m in backend.modules():
-        if isinstance(m, Linear) and id(m.weight) not in seen:
-            seen.add(id(m.weight))
-            total += m.weight.numel() * m.weight.element_size()
-    return total
+QUANT = {"bf16": "none", "int8": "int8", "int4": "int4"}
+PAIRS = (("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "bf16"),
+         ("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "int8"),
+         ("qwen2.5-coder-1.5b", "int4", "qwen2.5-coder-1.5b", "bf16"))
 
 
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def measure_bandwidth(gib: float = 1.0, reps: int = 5) -> dict[str, float]:
+    """Read bandwidth (bytes/s) of three reads over buffers much larger than the last-level cache."""
+    out = {}
+    x = torch.ones(int(gib * 2**30) // 4)
+    out["f32_sum"] = x.numel() * 4 / min(_timed(lambda: x.sum()) for _ in range(reps))
+    del x
+    k = 4096
+    w = torch.ones(int(gib * 2**30) // (2 * k), k, dtype=torch.bfloat16)
+    v = torch.ones(1, k, dtype=torch.bfloat16)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+    out["bf16_matvec"] = w.numel() * 2 / min(
+        _timed(lambda: torch.ops.mkldnn._linear_pointwise(v, packed, None, "none", [], "")) for _ in range(reps))
+    del w, packed
+    q = torch.ones(int(gib * 2**30) // k, k, dtype=torch.int8)
+    s = torch.ones(q.shape[0], dtype=torch.bfloat16)
+    out["int8_matvec"] = q.numel() / min(_timed(lambda: torch._weight_int8pack_mm(v, q, s)) for _ in range(reps))
+    return out
+
+
+def weight_bytes_per_token(backend: torch.nn.Module) -> int:
+    """Bytes of every linear's weights (quantized or not) and scales, each tensor once."""
+    from reasonbudget.models.llama import Linear
+    from reasonbudget.models.quant import Int4Linear, Int8Linear
+
+    seen, total = set(), 0
+    for m in backend.modules():
+        tensors = ([m.weight] if isinstance(m, Linear) else [m.q, m.scale] if isinstance(m, Int8Linear)
+                   else [m.packed, m.scales_and_zeros] if isinstance(m, Int4Linear) else [])
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
 
 
 def engine_runner(model, prompt, batch: int, new_tokens: int):
@@ -73,66 +102,143 @@ def hf_runner(hf, prompt, batch: int, new_tokens: int):
     return run
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--tokens", type=int, default=128, help="new tokens per row")
+def llama_cpp_runner(path, prompt, new_tokens: int, threads: int):
+    """llama.cpp on the same GGUF file, batch 1 (None when llama-cpp-python is not installed)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8, n_threads=threads, verbose=False)
+
+    def run():
+        llm.reset()
+        n = 0
+        for tok in llm.generate(list(prompt), temp=0.0, top_k=1):
+            n += 1
+            if n >= new_tokens:
+                break
+
+    return run
+
+
+@torch.inference_mode()
+def forward_ms(model, prompt, fed: int, reps: int = 10) -> float:
+    """One forward feeding `fed` tokens to one row after the prompt (median ms)."""
+    cache = model.backend.new_cache(1, len(prompt) + fed + 1)
+    rows = torch.tensor([0])
+    model.backend(torch.tensor([list(prompt)]), cache, rows)
+    cache.lengths[0] = len(prompt)
+    tokens = torch.tensor([list(prompt[-fed:])])
+    model.backend(tokens, cache, rows, logits_at=torch.tensor([fed - 1]))  # warm-up
+    return 1000 * statistics.median(_timed(lambda: model.backend(tokens, cache, rows, logits_at=torch.tensor([fed - 1])))
+                                    for _ in range(reps))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="", help="Comma-separated (default: SmolLM2, plus the Qwen pair if present).")
+    ap.add_argument("--weights", default="bf16,int8,int4")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per row")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-hf", action="store_true", help="Skip transformers generate.")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     ap.add_argument("--out", help="also write the JSON result to this file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM
-
     from reasonbudget.models import build_prompt, load_model
-    from reasonbudget.models.registry import DTYPES, resolve
+    from reasonbudget.models.registry import REGISTRY, resolve
 
-    model = load_model("smollm2-135m", dtype=args.dtype)
-    path = resolve("smollm2-135m")
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=DTYPES[args.dtype]).eval()
-    hf.generation_config.eos_token_id = None  # always generate exactly --tokens
-    hf.generation_config.pad_token_id = 0
-    prompt = build_prompt(model, QUESTION)
+    weights = [w for w in args.weights.split(",") if w]
+    if bad := [w for w in weights if w not in QUANT]:
+        ap.error(f"--weights {bad[0]!r}: accepted are {', '.join(QUANT)}")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    names = [m for m in args.models.split(",") if m] or ["smollm2-135m"] + [
+        n for n in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b") if REGISTRY[n].locate() is not None]
 
-    runners = {f"{name}_b{b}": make(m, prompt, b, args.tokens)
-               for name, make, m in (("engine", engine_runner, model), ("hf", hf_runner, hf)) for b in (1, 16)}
-    for run in runners.values():  # warm-up
+    runners, meta, forwards = {}, {}, []
+    hf_runs, cpp_runs = {}, {}
+    for name in names:
+        for w in weights:
+            model = load_model(name, dtype="bfloat16", quant=QUANT[w])
+            prompt = build_prompt(model, QUESTION)
+            meta[(name, w)] = weight_bytes_per_token(model.backend)
+            for b in batches:
+                runners[(name, w, b)] = engine_runner(model, prompt, b, args.tokens)
+            forwards.append({"model": name, "weights": w,
+                             **{f"forward_ms_{k}": round(forward_ms(model, prompt, k), 2) for k in (1, 4, 8)}})
+        path = resolve(name)
+        if not args.no_hf:
+            from transformers import AutoModelForCausalLM
+
+            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.bfloat16).eval()
+            hf.generation_config.eos_token_id = None  # always generate exactly --tokens
+            hf.generation_config.pad_token_id = 0
+            for b in batches:
+                hf_runs[(name, b)] = hf_runner(hf, prompt, b, args.tokens)
+        cpp = llama_cpp_runner(path, prompt, args.tokens, args.threads)
+        if cpp is not None:
+            cpp_runs[(name, 1)] = cpp
+
+    everything = {("engine", *k): v for k, v in runners.items()}
+    everything.update({("hf", n, "bf16", b): v for (n, b), v in hf_runs.items()})
+    everything.update({("llama_cpp", n, "gguf", b): v for (n, b), v in cpp_runs.items()})
+    for run in everything.values():  # warm-up
         run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(args.reps):  # interleaved, so drift in machine speed hits every runner alike
-        for k, run in runners.items():
+    times: dict[tuple, list[float]] = {k: [] for k in everything}
+    for _ in range(args.reps):
+        for k, run in everything.items():
             times[k].append(_timed(run))
-    tps = {k: (16 if k.endswith("b16") else 1) * args.tokens / statistics.median(v) for k, v in times.items()}
+    bw = measure_bandwidth()
+    bandwidth = max(bw.values())
+    tps = {k: k[3] * args.tokens / statistics.median(v) for k, v in times.items()}
 
-    bandwidth = measure_bandwidth()
-    wbytes = weight_bytes_per_token(model.backend)
-    result = {f"{k}_tps": round(v, 2) for k, v in tps.items()}
-    result["bandwidth_bound_tps"] = round(bandwidth / wbytes, 2)
-    extra = {"dtype": args.dtype, "threads": args.threads, "new_tokens": args.tokens, "prompt_tokens": len(prompt),
-             "bandwidth_gbs": round(bandwidth / 1e9, 2), "weight_mb_per_token": round(wbytes / 1e6, 1),
-             "engine_b1_over_hf_b1": round(tps["engine_b1"] / tps["hf_b1"], 2),
-             "engine_b16_over_engine_b1": round(tps["engine_b16"] / tps["engine_b1"], 2),
-             "engine_b16_over_hf_b16": round(tps["engine_b16"] / tps["hf_b16"], 2),
-             "engine_b1_fraction_of_bound": round(tps["engine_b1"] / result["bandwidth_bound_tps"], 2)}
-    full = {**result, **extra}
+    def row(k):
+        runner, name, w, b = k
+        out = {"model": name, "weights": w, "batch": b, "tok_s": round(tps[k], 2)}
+        if runner == "engine":
+            bound = bandwidth / meta[(name, w)]
+            out.update(fraction_of_bound=round(tps[k] / b / bound, 3), bound_tok_s=round(bound, 1),
+                       weight_mb_per_token=round(meta[(name, w)] / 1e6, 1))
+        return out
+
+    fwd = {(f["model"], f["weights"]): f["forward_ms_1"] for f in forwards}
+    pairs = [{"draft": f"{d} {dw}", "target": f"{t} {tw}", "c": round(fwd[(d, dw)] / fwd[(t, tw)], 3)}
+             for d, dw, t, tw in PAIRS if (d, dw) in fwd and (t, tw) in fwd]
+    result = {"runs": [row(k) for k in tps if k[0] == "engine"], "hf": [row(k) for k in tps if k[0] == "hf"],
+              "llama_cpp": [row(k) for k in tps if k[0] == "llama_cpp"], "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+              "bandwidth_reads_gb_s": {k: round(v / 1e9, 2) for k, v in bw.items()}, "forward": forwards,
+              "step_cost_ratio": pairs,
+              "settings": {"threads": args.threads, "new_tokens": args.tokens, "reps": args.reps, "dtype": "bfloat16"}}
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(full, f, indent=2)
+            json.dump(result, f, indent=2)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"SmolLM2-135M decode, {args.dtype}, {args.threads} threads, {len(prompt)}-token prompt + "
-          f"{args.tokens} new tokens, median of {args.reps}")
-    print(f"{'runner':12s} {'tok/s':>9s}")
-    for k, v in tps.items():
-        print(f"{k:12s} {v:9.1f}")
-    print(f"{'bound_b1':12s} {result['bandwidth_bound_tps']:9.1f}   "
-          f"({extra['bandwidth_gbs']} GB/s / {extra['weight_mb_per_token']} MB per token)")
-    for k in ("engine_b1_over_hf_b1", "engine_b16_over_engine_b1", "engine_b16_over_hf_b16",
-              "engine_b1_fraction_of_bound"):
-        print(f"{k:28s} {extra[k]}")
+    print_report(result)
+
+
+def print_report(result: dict) -> None:
+    s = result["settings"]
+    print(f"decode, {s['threads']} threads, {s['new_tokens']} new tokens per row, median of {s['reps']}; "
+          f"bound from {result['bandwidth_gb_s']} GB/s (best of {result['bandwidth_reads_gb_s']})")
+    print(f"{'runner':10s} {'model':20s} {'weights':7s} {'batch':>5s} {'tok/s':>9s} {'of bound':>9s}")
+    for kind in ("runs", "hf", "llama_cpp"):
+        for r in result[kind]:
+            frac = f"{r['fraction_of_bound']:.2f}" if "fraction_of_bound" in r else "-"
+            print(f"{'engine' if kind == 'runs' else kind:10s} {r['model']:20s} {r['weights']:7s} {r['batch']:5d} "
+                  f"{r['tok_s']:9.1f} {frac:>9s}")
+    if not result["llama_cpp"]:
+        print("(llama.cpp: llama-cpp-python is not installed; `make llama-server` installs it)")
+    print("\none forward, milliseconds, by tokens fed to one row")
+    print(f"{'model':20s} {'weights':7s} {'1':>7s} {'4':>7s} {'8':>7s}")
+    for f in result["forward"]:
+        print(f"{f['model']:20s} {f['weights']:7s} {f['forward_ms_1']:7.2f} {f['forward_ms_4']:7.2f} {f['forward_ms_8']:7.2f}")
+    for p in result["step_cost_ratio"]:
+        print(f"c = {p['draft']} / {p['target']}: {p['c']}")
 
 
 if __name__ == "__main__":

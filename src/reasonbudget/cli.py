@@ -62,6 +62,8 @@ def run(
     seed: int = typer.Option(0, help="Seed of this request's torch.Generator."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
+    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
+                                           "on load."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Solve one question under a thinking budget and print thinking, answer and usage."""
@@ -70,7 +72,7 @@ def run(
     method = method or DEFAULT_METHOD
     try:
         result, elapsed, b = _run(question, model, method, budget, min_budget, temperature, top_p, seed, dtype,
-                                  device)
+                                  device, quant)
     except UserError as e:
         _fail(str(e))
         return
@@ -82,7 +84,7 @@ def run(
     _print_human(result, method, b, elapsed)
 
 
-def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype, device):
+def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype, device, quant="none"):
     import torch
 
     from reasonbudget.engine import PromptTooLongError, SamplingConfig
@@ -100,7 +102,7 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
     if not question.strip():
         raise UserError("the question is empty")
     try:
-        backend = load_backend(model_name, dtype=dtype, device=device)
+        backend = load_backend(model_name, dtype=dtype, device=device, quant=quant)
         t0 = time.perf_counter()
         result = solve(backend, chosen, [question], budget=b, generator=torch.Generator().manual_seed(seed))[0]
     except (ModelNotFoundError, PromptTooLongError, ValueError) as e:  # RemoteError included
@@ -108,16 +110,18 @@ def _run(question, model_name, method, budget, min_budget, temperature, top_p, s
     return result, time.perf_counter() - t0, b
 
 
-def load_backend(name: str, *, dtype: str = "float32", device: str = "cpu"):
+def load_backend(name: str, *, dtype: str = "float32", device: str = "cpu", quant: str = "none"):
     """The in-process engine on a local model, or a remote server for `remote:URL#MODEL`."""
     from reasonbudget.remote.model import is_remote, load_remote
 
     if is_remote(name):
+        if quant != "none":
+            raise UserError(f"--quant {quant} quantizes a local model's weights; {name} is served elsewhere")
         return load_remote(name)
     from reasonbudget.engine import Engine
     from reasonbudget.models import load_model
 
-    return Engine(load_model(name, dtype=dtype, device=check_device(device)))
+    return Engine(load_model(name, dtype=dtype, device=check_device(device), quant=quant))
 
 
 def check_device(device: str) -> str:
@@ -174,6 +178,8 @@ def eval_(
     top_p: float = typer.Option(1.0),
     dtype: str = typer.Option("float32"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
+    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
+                                           "on load."),
     batch_size: int = typer.Option(16, help="Problems decoded together in one engine batch."),
     out: str = typer.Option(..., help="Output directory (results.jsonl, summary.json/md, plots)."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray: --ray (local) or --ray ADDRESS."),
@@ -191,7 +197,7 @@ def eval_(
         cfg = SweepConfig(task=task, methods=tuple(split_method_list(method)), budgets=b,
                           seeds=parse_int_list(seeds, "--seeds", 0), limit=limit, model=model,
                           temperature=temperature, top_p=top_p, dtype=dtype, device=check_device(device),
-                          batch_size=batch_size)
+                          batch_size=batch_size, quant=quant)
         t0 = time.perf_counter()
         summary = run_sweep(cfg, Path(out), ray_address=ray, progress=not quiet)
     except UserError as e:
@@ -389,6 +395,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
+    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
+                                           "on load."),
     max_batch: int = typer.Option(64, help="Most requests decoded together in one engine batch."),
     max_queue: int = typer.Option(256, help="Requests waiting beyond this get 503 with Retry-After."),
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
@@ -403,7 +411,7 @@ def serve(
     if max_batch < 1 or max_queue < 1 or default_max_tokens < 1:
         _fail("--max-batch, --max-queue and --default-max-tokens must be >= 1")
     try:
-        lm = load_model(model, dtype=dtype, device=check_device(device))
+        lm = load_model(model, dtype=dtype, device=check_device(device), quant=quant)
     except UserError as e:
         _fail(str(e))
         return

@@ -39,11 +39,15 @@ class SweepConfig:
     device: str = "cpu"
     batch_size: int = 16
     """Problems decoded together in one engine batch."""
+    quant: str = "none"
+    """Weight-only quantized linears (none | int8 | int4): part of the run's identity, as the dtype is."""
 
     def __post_init__(self) -> None:
         from reasonbudget.methods import METHODS
         from reasonbudget.methods.spec import method_class
+        from reasonbudget.models.quant import check_quant
 
+        check_quant(self.quant)
         if not self.methods:
             raise ValueError(f"no method given; available: {', '.join(METHODS)}")
         budgeted = [m for m in self.methods if method_class(m).capabilities.sweeps_budgets]  # unknown names raise
@@ -60,7 +64,8 @@ class SweepConfig:
         """What must match for two runs to share a results file: the model by the content of its weights and
         companion artefacts, not only by name (a retrained `testbed-target` is another model)."""
         return {"task": self.task, "model": self.model, "temperature": self.temperature, "top_p": self.top_p,
-                "dtype": self.dtype, "device": self.device, "fingerprints": _fingerprints(self.model)}
+                "dtype": self.dtype, "device": self.device, "fingerprints": _fingerprints(self.model),
+                **({"quant": self.quant} if self.quant != "none" else {})}
 
 
 def _fingerprints(model: str) -> dict[str, str]:
@@ -117,7 +122,7 @@ class UnitRunner:
         self.task = get_task(cfg.task)
         self.problems = {p.id: p for p in self.task.problems(cfg.limit)}
         self.backend = (load_remote(cfg.model) if is_remote(cfg.model)
-                        else Engine(load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)))
+                        else Engine(load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, quant=cfg.quant)))
 
     def run(self, unit: Unit) -> list[dict[str, Any]]:
         import torch
@@ -151,7 +156,7 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
         previous = json.loads(manifest.read_text()).get("identity", {})
         now = cfg.identity()
         if previous != now:
-            changed = [k for k, v in now.items() if previous.get(k) != v]
+            changed = [k for k in {**previous, **now} if previous.get(k) != now.get(k)]
             if "fingerprints" not in previous:
                 raise ValueError(f"{out} was written before sweeps recorded the weights' fingerprints, so its "
                                  "records cannot be told apart from another version's; choose another --out or "
@@ -160,7 +165,7 @@ def check_out_dir(out: Path, cfg: SweepConfig) -> None:
                 raise ValueError(f"{out} holds results of {cfg.model} with other weights or companion artefacts "
                                  f"({previous.get('fingerprints')} there vs {now['fingerprints']} now: retrained "
                                  "since?); choose another --out or delete it")
-            diff = ", ".join(f"{k}={previous.get(k)!r} there vs {now[k]!r} now" for k in changed)
+            diff = ", ".join(f"{k}={previous.get(k)!r} there vs {now.get(k)!r} now" for k in changed)
             raise ValueError(f"{out} holds a different sweep ({diff}); choose another --out")
 
 

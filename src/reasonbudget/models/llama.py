@@ -109,6 +109,7 @@ class Transformer(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
         self.lm_head = Linear(torch.zeros(cfg.vocab_size, cfg.hidden_size))
         self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32), persistent=False)
+        self.quant = "none"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,6 +122,29 @@ class Transformer(nn.Module):
     def tie_weights(self) -> None:
         if self.cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed
+
+    def quantize(self, quant: str) -> dict[str, int]:
+        """Replace every linear (attention, MLP, LM head) by its weight-only quantized form (`models.quant`),
+        quantized from the weights as loaded; the embedding table stays as it is (a lookup, not a matmul).
+        Returns how many linears were quantized and how many kept their dtype (shapes no kernel takes)."""
+        from reasonbudget.models.quant import check_quant, quantized_linear
+
+        if check_quant(quant) == "none":
+            return {"quantized": 0, "kept": 0}
+        if self.device.type != "cpu":
+            raise ValueError(f"quant={quant}: the quantized kernels used here run on CPU only (device {self.device})")
+        done = kept = 0
+        owners = [(blk, name) for blk in self.layers for name in ("wqkv", "wo", "w_gate_up", "w_down")]
+        for owner, name in [*owners, (self, "lm_head")]:
+            lin = getattr(owner, name)
+            q = quantized_linear(lin.weight.data, None if lin.bias is None else lin.bias.data, quant, self.dtype)
+            if q is None:
+                kept += 1
+                continue
+            setattr(owner, name, q.to(self.device))
+            done += 1
+        self.quant = quant
+        return {"quantized": done, "kept": kept}
 
     def pack_weights(self) -> None:
         for m in self.modules():

@@ -135,8 +135,9 @@ def to_runtime_state(cfg: ModelConfig, hf: Mapping[str, Tensor]) -> dict[str, Te
 
 
 def build_transformer(cfg: ModelConfig, hf: Mapping[str, Tensor], *, dtype: torch.dtype = torch.float32,
-                      device: str | torch.device = "cpu", pack: bool = True) -> Transformer:
-    """Instantiate without allocating placeholder weights (meta device), then adopt the loaded tensors."""
+                      device: str | torch.device = "cpu", pack: bool = True, quant: str = "none") -> Transformer:
+    """Instantiate without allocating placeholder weights (meta device), then adopt the loaded tensors;
+    `quant` (int8 | int4) replaces the linears by weight-only quantized ones (`models.quant`)."""
     with torch.device("meta"):
         model = Transformer(cfg)
     state = {k: v.to(device=device, dtype=dtype) for k, v in to_runtime_state(cfg, hf).items()}
@@ -145,6 +146,7 @@ def build_transformer(cfg: ModelConfig, hf: Mapping[str, Tensor], *, dtype: torc
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()
     model.inv_freq = torch.tensor(rope_inv_freq(cfg), dtype=torch.float32, device=device)
+    model.quant_report = model.quantize(quant)
     if pack:
         model.pack_weights()
     return model.eval()

@@ -252,9 +252,15 @@ def _read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
-               backend: Literal["auto", "runtime", "hf"] = "auto", profile: str | None = None) -> LoadedModel:
+               backend: Literal["auto", "runtime", "hf"] = "auto", profile: str | None = None,
+               quant: str = "none") -> LoadedModel:
+    """A model by registry name or path. `quant`: none | int8 | int4, weight-only quantized linears (CPU,
+    compact runtime only), quantized on load from the weights in `dtype`."""
+    from reasonbudget.models.quant import check_quant
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: accepted are {', '.join(DTYPES)}")
+    check_quant(quant)
     path = resolve(name_or_path)
     entry = REGISTRY.get(name_or_path)
     tok = load_tokenizer(path)
@@ -263,6 +269,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", dev
     if backend == "hf" or (backend == "auto" and config.get("model_type") not in ("llama", "mistral", "qwen2", "qwen3")):
         from reasonbudget.models.hf_fallback import load_hf_backend
 
+        if quant != "none":
+            raise ValueError(f"quant={quant}: {name_or_path} runs on the transformers fallback, which has no "
+                             "quantized linears (the compact runtime does: Llama, Mistral, Qwen2, Qwen3)")
         module, hf_config = load_hf_backend(path, DTYPES[dtype], device)
         prof = _profile_for(tok, hint or hf_config.get("reasonbudget_profile"))
         return LoadedModel(name_or_path, module, tok, prof, module.num_params, hf_config.get("max_position_embeddings", 2048),
@@ -271,7 +280,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str = "float32", dev
     from reasonbudget.models.loading import build_transformer
 
     cfg = ModelConfig.from_hf(config)
-    model = build_transformer(cfg, state, dtype=DTYPES[dtype], device=device)
+    model = build_transformer(cfg, state, dtype=DTYPES[dtype], device=device, quant=quant)
     return LoadedModel(name_or_path, model, tok, prof, cfg.num_params, cfg.max_position_embeddings,
                        _eos_ids(tok, config))
 

@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   thinking in message.reasoning_content (and .reasoning), answer in content
     POST /v1/completions        raw continuation, or a method when the request asks for thinking
+    POST /v1/responses          OpenAI's Responses API: reasoning and message output items (`serve.responses`)
     GET  /v1/models, GET /health
 Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; user mistakes are 4xx.
 """
@@ -28,6 +29,7 @@ from reasonbudget.rewards.base import PRMUnavailable
 from reasonbudget.models.registry import LoadedModel, build_chat_prompt
 from reasonbudget.serve.jobs import Cancelled, Job
 from reasonbudget.serve.limits import BodySizeLimit
+from reasonbudget.serve import responses as rs
 from reasonbudget.serve.requests import Plan, ServeConfig, plan_request
 from reasonbudget.serve.scheduler import QueueFull, Scheduler, SchedulerConfig
 from reasonbudget.serve.schema import ChatRequest, CompletionRequest, GenerationFields
@@ -116,7 +118,8 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
         if req.model != model.name:
             raise _NotFound(f"model {req.model!r} is not served here; available: {model.name}")
 
-    async def run(request: Request, req: GenerationFields, prompt, raw_text: bool, kind: str):
+    async def run(request: Request, req: GenerationFields, prompt, raw_text: bool, kind: str,
+                  responses_req: rs.ResponsesRequest | None = None):
         body = await request.json()
         plan = plan_request(req, body, prompt, model, config, raw_text=raw_text)
         loop = asyncio.get_running_loop()
@@ -130,6 +133,8 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
         except QueueFull:
             return error_response(503, "the server's queue is full; retry shortly", kind="server_overloaded",
                                   headers={"Retry-After": str(config.retry_after_seconds)})
+        if responses_req is not None:
+            return await _respond(request, job, plan, responses_req)
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -219,6 +224,62 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
             if not job.future.done():  # the client went away mid-stream
                 job.cancelled.set()
 
+    async def _respond(request: Request, job: Job, plan: Plan, req: rs.ResponsesRequest):
+        ids, created = rs.new_ids(), time.time()
+        if req.stream:
+            return StreamingResponse(_stream_responses(job, plan, req, ids, created), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        result = await _wait(request, job)
+        if isinstance(result, JSONResponse):
+            return result
+        return rs.response_object(ids, model.name, req, created=created, result=result, extra=_extra(result, plan))
+
+    async def _stream_responses(job: Job, plan: Plan, req: rs.ResponsesRequest, ids: dict[str, str],
+                                created: float) -> AsyncIterator[str]:
+        emit = rs.EventWriter()
+        state = rs.StreamState(ids, emit)
+        try:
+            start = rs.response_object(ids, model.name, req, created=created)
+            yield emit("response.created", response=start)
+            yield emit("response.in_progress", response=start)
+            while True:
+                item, text = await job.events.get()
+                if item == "done":
+                    break
+                if item == "reasoning":
+                    for event in state.reasoning_delta(text):
+                        yield event
+                elif item != "progress":  # search progress has no Responses event
+                    for event in state.answer_delta(text):
+                        yield event
+            try:
+                result = job.future.result()
+            except Exception as e:  # noqa: BLE001 - the stream has started: report in-band
+                yield emit("error", message=str(e), code=None, param=None)
+                failed = {**rs.response_object(ids, model.name, req, created=created), "status": "failed",
+                          "error": {"code": "server_error", "message": str(e)}}
+                yield emit("response.failed", response=failed)
+                return
+            for event in state.finish(result):
+                yield event
+            final = rs.response_object(ids, model.name, req, created=created, result=result, extra=_extra(result, plan),
+                                       streamed=state)
+            yield emit("response.incomplete" if final["status"] == "incomplete" else "response.completed",
+                       response=final)
+        finally:
+            if not job.future.done():  # the client went away mid-stream
+                job.cancelled.set()
+
+    @app.post("/v1/responses")
+    async def responses(req: rs.ResponsesRequest, request: Request):
+        check_model(req)
+        messages = rs.to_messages(req)
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            raise RequestError("input needs at least one user message with text", "input")
+        prompt = build_chat_prompt(model, messages)
+        return await run(request, ChatRequest(**rs.as_chat_fields(req)), prompt, raw_text=False, kind="chat",
+                         responses_req=req)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         check_model(req)
@@ -252,7 +313,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
 
             spec = get_openapi(title=app.title, version=app.version, description=app.description,
                                routes=app.routes)
-            for name in ("ChatRequest", "CompletionRequest"):
+            for name in ("ChatRequest", "CompletionRequest", "ResponsesRequest"):
                 spec["components"]["schemas"][name]["properties"]["model"]["enum"] = [model.name]
             app.openapi_schema = spec
         return app.openapi_schema

@@ -1,0 +1,112 @@
+"""Weight-only quantized linears (as gpt-fast does on GPU), through PyTorch's packed CPU kernels.
+
+- int8: symmetric, one scale per output channel; `torch._weight_int8pack_mm` (x in the model's dtype).
+- int4: asymmetric, one scale and one offset per group of `group` input channels; the weight packed once by
+  `_convert_weight_to_int4pack_for_cpu`, multiplied by `_weight_int4pack_mm_for_cpu`. The kernel needs the
+  output dimension to be a multiple of 16 (padded here with zero rows, sliced off after) and the input dimension
+  to be a multiple of the group (the largest of 128, 64, 32 that divides it); a layer that fits none stays in
+  the model's dtype (counted in the load report).
+
+The quantize / dequantize functions are pure and tested alone: the kernels must reproduce
+x @ dequantize(...)^T up to the rounding of their accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Quant = Literal["none", "int8", "int4"]
+QUANTS: tuple[str, ...] = get_args(Quant)
+INT4_GROUPS = (128, 64, 32)
+_N_MULTIPLE = 16
+
+
+def check_quant(quant: str) -> Quant:
+    if quant not in QUANTS:
+        raise ValueError(f"quant={quant!r}: accepted are {', '.join(QUANTS)}")
+    return quant  # type: ignore[return-value]
+
+
+# ---- pure math -------------------------------------------------------------------------------------------
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """w [N, K] -> (q int8 [N, K], scale float32 [N]) with w ~= q * scale[:, None]."""
+    scale = (w.float().abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
+    return q.float() * scale[:, None]
+
+
+def int4_group(k: int) -> int | None:
+    """The group size for an input dimension k (None: no group fits)."""
+    return next((g for g in INT4_GROUPS if k % g == 0), None)
+
+
+def quantize_int4(w: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """w [N, K] -> (q int32 in 0..15 [N, K], scale [N, K/group], low [N, K/group]) with
+    w ~= q * scale + low per group (the group's minimum maps to 0, its maximum to 15)."""
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"input dimension {k} is not a multiple of the group size {group}")
+    g = w.float().reshape(n, k // group, group)
+    low, high = g.amin(-1), g.amax(-1)
+    scale = ((high - low) / 15.0).clamp_min(1e-12)
+    q = torch.round((g - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    return q.reshape(n, k), scale, low
+
+
+def dequantize_int4(q: Tensor, scale: Tensor, low: Tensor, group: int) -> Tensor:
+    n, k = q.shape
+    return (q.reshape(n, k // group, group).float() * scale[..., None] + low[..., None]).reshape(n, k)
+
+
+# ---- modules ---------------------------------------------------------------------------------------------
+class Int8Linear(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        q, scale = quantize_int8(weight)
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.q, self.scale)
+        y = y.reshape(*x.shape[:-1], -1)
+        return y + self.bias if self.bias is not None else y
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, group: int) -> None:
+        super().__init__()
+        n, k = weight.shape
+        pad = (-n) % _N_MULTIPLE
+        w = F.pad(weight.float(), (0, 0, 0, pad)) if pad else weight.float()
+        q, scale, low = quantize_int4(w, group)
+        self.out_features, self.group = n, group
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        # the kernel's per-group (scale, offset) with w = (q - 8) * scale + offset, laid out [K/group, N, 2]
+        offset = low + 8 * scale
+        self.register_buffer("scales_and_zeros", torch.stack([scale, offset], -1).transpose(0, 1).contiguous().to(dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.shape[-1]), self.packed, self.group,
+                                                       self.scales_and_zeros)
+        y = y[:, : self.out_features].reshape(*x.shape[:-1], -1)
+        return y + self.bias if self.bias is not None else y
+
+
+def quantized_linear(weight: Tensor, bias: Tensor | None, quant: Quant, dtype: torch.dtype) -> nn.Module | None:
+    """The quantized module for one linear, or None when its shape fits no kernel (int4 only)."""
+    if quant == "int8":
+        return Int8Linear(weight, bias, dtype)
+    if quant == "int4":
+        group = int4_group(weight.shape[1])
+        return None if group is None else Int4Linear(weight, bias, dtype, group)
+    raise ValueError(f"quant={quant!r}: nothing to quantize")
