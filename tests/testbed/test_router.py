@@ -86,3 +86,13 @@ def test_train_router_refuses_a_pair_it_cannot_label(smollm):
 def test_missing_router_says_how_to_train_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="reasonbudget train-router"):
         StepRouter(tmp_path)
+
+
+def test_bucketed_batches_and_schedule():
+    from reasonbudget.training.batching import bucketed_batches, warmup_linear
+
+    items = list(range(100))
+    batches = bucketed_batches(items, lambda x: x, 10, random.Random(0), bucket=10)
+    assert sorted(x for b in batches for x in b) == items  # every item once
+    assert all(len({x // 10 for x in b}) == 1 for b in batches)  # one length bucket per batch
+    assert [warmup_linear(s, 10, 2, 1.0) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]

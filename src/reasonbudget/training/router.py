@@ -25,6 +25,7 @@ import torch
 from reasonbudget.eval.report import auroc, spearman
 from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, encode_batch, escalate_logits, router_text
 from reasonbudget.steps.draft_target import Decision, Proposal
+from reasonbudget.training.batching import bucketed_batches, warmup_linear
 from reasonbudget.types import StepSequence
 
 logger = logging.getLogger(__name__)
@@ -178,15 +179,9 @@ def train_router(examples: Sequence[RouterExample], init: Path, out: Path, cfg: 
 
     model.train()
     for epoch in range(cfg.epochs):
-        order = list(used)
-        rng.shuffle(order)
-        order.sort(key=lambda e: len(texts[id(e)]) // 64)  # length buckets (a stable sort keeps the shuffle within)
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        rng.shuffle(batches)
-        for batch in batches:
-            lr = cfg.lr * min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+        for batch in bucketed_batches(used, lambda e: len(texts[id(e)]), cfg.batch_size, rng, bucket=64):
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = warmup_linear(step, total, warmup, cfg.lr)
             x, last = encode_batch(tok, [texts[id(e)] for e in batch], tok.pad_token_id)
             y = torch.tensor([e.label for e in batch])
             with torch.autocast("cpu", dtype=torch.bfloat16):

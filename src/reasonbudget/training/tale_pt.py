@@ -78,6 +78,7 @@ def sft(init: Path, examples: Sequence[ConciseExample], out: Path, cfg: SFTConfi
     """Fine-tune the LM in `init` on (plain question -> concise completion); loss on the completion only."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from reasonbudget.training.batching import bucketed_batches, warmup_linear
     from reasonbudget.training.testbed_lm import batch_tensors, save_rounded
 
     if not examples:
@@ -97,12 +98,9 @@ def sft(init: Path, examples: Sequence[ConciseExample], out: Path, cfg: SFTConfi
     warmup, step, history = max(1, round(total * cfg.warmup_fraction)), 0, []
     model.train()
     for epoch in range(cfg.epochs):
-        order = sorted(rng.sample(seqs, len(seqs)), key=lambda s: len(s[0]) // 32)  # length buckets
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        rng.shuffle(batches)
-        for batch in batches:
+        for batch in bucketed_batches(seqs, lambda s: len(s[0]), cfg.batch_size, rng):
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+                g["lr"] = warmup_linear(step, total, warmup, cfg.lr)
             x, labels = batch_tensors(tok, batch)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(x, labels=labels).loss
