@@ -19,7 +19,9 @@ from reasonbudget.engine import generation
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import BatchedWork, Controller, Observer
 from reasonbudget.engine.errors import PromptTooLongError
-from reasonbudget.engine.sampling import SamplingConfig, child_generators, sample
+from reasonbudget.engine.sampling import SamplingConfig, child_generators, draw, probabilities, sample
+from reasonbudget.engine.speculation import RowSpeculation, Speculation
+from reasonbudget.engine.verify import accepts, residual
 from reasonbudget.models.profiles import ReasoningProfile
 from reasonbudget.models.registry import LoadedModel, build_prompt
 from reasonbudget.types import MethodResult, PromptIds, TokenIds
@@ -33,6 +35,8 @@ class Decoded:
     forced: tuple[bool, ...]  # per token: injected by a controller rather than sampled
     finish_reason: str  # "eos" | "length" | "stop"
     forward_passes: int
+    speculation: RowSpeculation | None = None
+    """Drafted and accepted tokens and the draft's passes, when the row ran under speculation."""
 
 
 class Engine:
@@ -46,6 +50,7 @@ class Engine:
         self.cache = None
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.drafts: dict[str, Engine] = {}
 
     # ---- text level (shared with remote backends) -------------------------------------------------------
     @property
@@ -63,10 +68,23 @@ class Engine:
     def generate(self, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
                  generator: Generator | Sequence[Generator], *, prefill_text: str = "",
                  steering: Callable[[BudgetController], Controller] | None = None,
-                 observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+                 observers: Sequence[Observer] | None = None, speculation: Speculation | None = None) -> list[MethodResult]:
         """Think under budgets[i], then answer, for every prompt in one batch (see `engine.generation`)."""
         return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
-                                   steering=steering, observers=observers)
+                                   steering=steering, observers=observers, speculation=speculation)
+
+    def speculation(self, draft: str, gamma: int, quant: str = "none") -> Speculation:
+        """Speculation with the draft model `draft` (a registry name or path), loaded once per engine in this
+        engine's dtype and device (`quant`: its linears quantized); refused when its tokenizer differs."""
+        key = f"{draft}#{quant}"
+        if key not in self.drafts:
+            from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
+
+            dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
+            model = load_model(draft, dtype=dtype, device=str(getattr(self.backend, "device", "cpu")), quant=quant)
+            check_shared_tokenizer(model, self.model)
+            self.drafts[key] = Engine(model)
+        return Speculation(self.drafts[key], gamma)
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
@@ -217,12 +235,15 @@ class Engine:
         stop_on_eos: bool = True,
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[int, Decoded], None] | None = None,
+        speculation: Speculation | None = None,
     ) -> list[Decoded]:
         """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order.
 
         `generator`: one generator for the call (row generators are derived from it), or one per row (a row's
         draws then depend only on its own generator, whatever batch it runs in). `on_finish(i, decoded)` is
-        called as soon as row i is done, while the others go on (the server answers it right away)."""
+        called as soon as row i is done, while the others go on (the server answers it right away).
+        `speculation`: a draft proposes tokens that one target forward verifies (`engine.speculation`);
+        controllers still see every emitted token in order."""
         n = rows.numel()
         ctrl = list(controllers) if controllers is not None else [None] * n
         gens = None if sampling.greedy else _row_generators(generator, n)
@@ -232,56 +253,153 @@ class Engine:
         forced: list[list[bool]] = [[] for _ in range(n)]
         queue: list[deque[int]] = [deque() for _ in range(n)]
         finish, passes = [""] * n, [0] * n
+
+        def decoded(i: int) -> Decoded:
+            spec = speculation.stats.get(int(rows[i])) if speculation is not None else None
+            return Decoded(tuple(out[i]), tuple(forced[i]), finish[i], passes[i], spec)
+
+        def emit(i: int, tok: int, is_forced: bool) -> tuple[bool, bool]:
+            """Row i emits `tok`: its controller acts, stop rules apply. -> (the row goes on, the controller
+            let the token stand and queued nothing)."""
+            row = int(rows[i])
+            stop, plain = False, True
+            if ctrl[i] is not None:
+                act = ctrl[i].on_token(tok, is_forced)
+                plain = act.force == () and not act.stop
+                if act.replace:
+                    if act.rollback:
+                        del out[i][-act.rollback :], forced[i][-act.rollback :], self.history[row][-act.rollback :]
+                        self.cache.lengths[row] -= act.rollback
+                    tok, is_forced = act.force[0], True
+                    queue[i].extendleft(reversed(act.force[1:]))
+                    ctrl[i].on_edit(act.rollback + 1, (tok,))
+                else:
+                    queue[i].extend(act.force)
+                stop = act.stop
+            out[i].append(tok)
+            forced[i].append(is_forced)
+            self.history[row].append(tok)
+            if stop:
+                finish[i] = "stop"
+            elif not is_forced and tok in eos:
+                finish[i] = "eos"
+            elif len(out[i]) >= max_new_tokens:
+                finish[i] = "length"
+            else:
+                return True, plain
+            if on_finish is not None:
+                on_finish(i, decoded(i))
+            return False, plain
+
         active = list(range(n))
         zeros = torch.zeros(n, dtype=torch.long)
-        while active:
-            act_rows = rows[active]
-            fo = self._step_forward(act_rows, zeros, layers)
-            self.cache.lengths[act_rows] += 1
-            logits = fo.logits  # [A, V]
-            steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
-            row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
-            _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
-            for j, i in enumerate(active):
-                passes[i] += 1
-                if j in steered:
-                    logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
-            sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
-            still = []
-            for j, i in enumerate(active):
-                row = int(rows[i])
-                tok, is_forced = (queue[i].popleft(), True) if queue[i] else (sampled[j], False)
-                stop = False
-                if ctrl[i] is not None:
-                    act = ctrl[i].on_token(tok, is_forced)
-                    if act.replace:
-                        if act.rollback:
-                            del out[i][-act.rollback :], forced[i][-act.rollback :], self.history[row][-act.rollback :]
-                            self.cache.lengths[row] -= act.rollback
-                        tok, is_forced = act.force[0], True
-                        queue[i].extendleft(reversed(act.force[1:]))
-                        ctrl[i].on_edit(act.rollback + 1, (tok,))
-                    else:
-                        queue[i].extend(act.force)
-                    stop = act.stop
-                out[i].append(tok)
-                forced[i].append(is_forced)
-                self.history[row].append(tok)
-                if stop:
-                    finish[i] = "stop"
-                elif not is_forced and tok in eos:
-                    finish[i] = "eos"
-                elif len(out[i]) >= max_new_tokens:
-                    finish[i] = "length"
+        draft_gens = None
+        if speculation is not None:
+            speculation.start(rows.tolist(), [self.history[int(r)] for r in rows], max_new_tokens + 1)
+            draft_gens = [child_generators(g, 1)[0] for g in gens] if gens else None
+        try:
+            while active:
+                if speculation is not None:
+                    active = self._speculative_round(active, rows, speculation, sampling, gens, draft_gens, ctrl, queue,
+                                                     layers, passes, out, max_new_tokens, emit)
                 else:
-                    still.append(i)
-                    continue
-                if on_finish is not None:
-                    on_finish(i, Decoded(tuple(out[i]), tuple(forced[i]), finish[i], passes[i]))
-            active = still
-            if on_step is not None:
-                on_step(len(active))
-        return [Decoded(tuple(o), tuple(f), r, p) for o, f, r, p in zip(out, forced, finish, passes)]
+                    active = self._step(active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit)
+                if on_step is not None:
+                    on_step(len(active))
+        finally:
+            if speculation is not None:
+                speculation.close()
+        return [decoded(i) for i in range(n)]
+
+    def _step(self, active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit) -> list[int]:
+        """One token for every active row (the plain decode step)."""
+        act_rows = rows[active]
+        fo = self._step_forward(act_rows, zeros, layers)
+        self.cache.lengths[act_rows] += 1
+        logits = fo.logits  # [A, V]
+        steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
+        row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
+        _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
+        for j, i in enumerate(active):
+            passes[i] += 1
+            if j in steered:
+                logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
+        sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
+        still = []
+        for j, i in enumerate(active):
+            tok, is_forced = (queue[i].popleft(), True) if queue[i] else (sampled[j], False)
+            if emit(i, tok, is_forced)[0]:
+                still.append(i)
+        return still
+
+    def _speculative_round(self, active, rows, spec: Speculation, sampling, gens, draft_gens, ctrl, queue, layers,
+                           passes, out, max_new_tokens, emit) -> list[int]:
+        """One round of speculation: the draft proposes for the rows that would sample, one target forward
+        scores every active row's last token and proposal, then each row walks its positions in order until a
+        token is not a kept draft (see `engine.speculation`)."""
+        act_rows = rows[active]
+        base = self.cache.lengths[act_rows].tolist()
+        sampling_rows = [i for i in active if not queue[i]]
+        proposals = dict(zip(sampling_rows, spec.propose(
+            [int(rows[i]) for i in sampling_rows], [self.history[int(rows[i])] for i in sampling_rows], sampling,
+            [draft_gens[i] for i in sampling_rows] if draft_gens else None)))
+        room = self.cache.capacity - max(base)  # positions every row of the batched forward can write
+        feeds = []
+        for i in active:
+            drafted = proposals.get(i, ([], []))[0][: max(0, min(room - 1, max_new_tokens - len(out[i]) - 1))]
+            feeds.append([self.history[int(rows[i])][-1], *drafted])
+        width = max(map(len, feeds))
+        x = torch.zeros(len(active), width, dtype=torch.long)
+        for j, f in enumerate(feeds):
+            x[j, : len(f)] = torch.tensor(f)
+        fo = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
+        going, finished = set(range(len(active))), set()
+        for pos in range(width):
+            in_run = [j for j in sorted(going) if pos < len(feeds[j])]
+            if not in_run:
+                break
+            steered = [j for j in in_run if ctrl[active[j]] is not None and not queue[active[j]]]
+            row_hidden = {j: {k: h[j, pos] for k, h in fo.hidden.items()} if layers else None for j in steered}
+            _run_batched_work([(ctrl[active[j]], row_hidden[j]) for j in steered])
+            for j in in_run:
+                i = active[j]
+                row = int(rows[i])
+                self.cache.lengths[row] = base[j] + pos + 1  # the token fed at this position is in the cache now
+                passes[i] += pos == 0
+                kept = False
+                if queue[i]:
+                    tok, is_forced = queue[i].popleft(), True
+                else:
+                    logits = fo.logits[j, pos]
+                    if j in steered:
+                        logits = ctrl[i].process_logits(logits, row_hidden[j])
+                    qs = proposals.get(i, ([], []))[1]
+                    draft_tok = feeds[j][pos + 1] if pos + 1 < len(feeds[j]) else None
+                    tok, kept = _verify_position(logits, draft_tok, qs[pos] if draft_tok is not None and qs else None,
+                                                 sampling, gens[i] if gens else None)
+                    is_forced = False
+                    spec.stats[row].accepted += kept
+                alive, plain = emit(i, tok, is_forced)
+                if not alive:
+                    going.discard(j)
+                    finished.add(j)
+                elif not (kept and plain and not queue[i]):
+                    going.discard(j)  # the run ends here; the row goes on next round
+        return [i for j, i in enumerate(active) if j not in finished]
+
+
+def _verify_position(logits: Tensor, drafted: int | None, q: Tensor | None, sampling: SamplingConfig,
+                     generator: Generator | None) -> tuple[int, bool]:
+    """The token one position of a speculative run emits, and whether it is the kept draft token."""
+    if sampling.greedy:
+        t = int(logits.argmax())
+        return t, drafted is not None and t == drafted
+    p = probabilities(logits[None], sampling)[0]
+    if drafted is None:
+        return int(draw(p[None], [generator])[0]), False
+    if accepts(p, q, drafted, float(torch.rand(1, generator=generator, dtype=torch.float64))):
+        return drafted, True
+    return int(draw(residual(p, q)[None], [generator])[0]), False
 
 
 def _run_batched_work(rows: Sequence[tuple[Controller, Mapping[int, Tensor] | None]]) -> None:

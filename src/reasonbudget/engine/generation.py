@@ -24,6 +24,7 @@ from reasonbudget.types import MethodResult, TokenIds, Usage
 
 if TYPE_CHECKING:
     from reasonbudget.engine.engine import Decoded, Engine
+    from reasonbudget.engine.speculation import RowSpeculation, Speculation
     from reasonbudget.models.registry import LoadedModel
 
 THINKING_SAFETY_CAP = 32768
@@ -54,12 +55,24 @@ def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool)
 
 
 def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forward_passes: int, wall_seconds: float,
-                **counts: int) -> Usage:
+                draft: tuple[LoadedModel, RowSpeculation] | None = None, **counts: int) -> Usage:
     """The one place a model's `Usage` is built: tokens processed and forward passes under the model's name,
-    and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts."""
-    return Usage(prompt_tokens=prompt_tokens, tokens_by_model={model.name: processed},
-                 forward_passes_by_model={model.name: forward_passes}, wall_seconds=wall_seconds,
-                 energy_flops=2.0 * getattr(model, "num_params", 0) * processed, **counts)
+    and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts.
+    `draft`: a speculating row's draft model and what it did (its tokens and passes under its own name; the
+    target also read the drafted tokens it rejected)."""
+    tokens, passes = {model.name: processed}, {model.name: forward_passes}
+    energy = 2.0 * getattr(model, "num_params", 0) * processed
+    if draft is not None:
+        dm, spec = draft
+        tokens[model.name] += spec.drafted - spec.accepted
+        energy += 2.0 * getattr(model, "num_params", 0) * (spec.drafted - spec.accepted)
+        d_processed = prompt_tokens + spec.drafted + spec.draft_fed
+        tokens[dm.name] = tokens.get(dm.name, 0) + d_processed
+        passes[dm.name] = passes.get(dm.name, 0) + spec.draft_passes + 1
+        energy += 2.0 * getattr(dm, "num_params", 0) * d_processed
+        counts = {**counts, "drafted_tokens": spec.drafted, "accepted_tokens": spec.accepted}
+    return Usage(prompt_tokens=prompt_tokens, tokens_by_model=tokens, forward_passes_by_model=passes,
+                 wall_seconds=wall_seconds, energy_flops=energy, **counts)
 
 
 def check_room(model: LoadedModel, longest_prompt: int, needed: int) -> int:
@@ -89,10 +102,11 @@ def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
 def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
              generator: Generators, *, prefill_text: str = "",
              steering: Callable[[BudgetController], Controller] | None = None,
-             observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+             observers: Sequence[Observer] | None = None, speculation: Speculation | None = None) -> list[MethodResult]:
     """One batched decode, prompt i under budgets[i]. `prefill_text` is appended to every prompt (NoThinking
     prefills a finished thinking block, so only the answer is generated). `steering(row_budget)` builds a
-    per-row controller chained after the row's budget controller (it may read that row's budget state)."""
+    per-row controller chained after the row's budget controller (it may read that row's budget state).
+    `speculation`: a draft proposes, the target verifies (`engine.speculation`); budgets hold all the same."""
     model = engine.model
     if len(budgets) != len(prompts):
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
@@ -114,7 +128,8 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
                  for c, s, o in zip(ctrls, steer, watch)]
 
     def result(i: int, d: Decoded) -> MethodResult:
-        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
+        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer,
+                    speculation.draft.model if speculation is not None else None)
         r.trace.update(getattr(steer[i], "trace", {}))
         return r
 
@@ -123,17 +138,18 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
 
     try:
         decoded = engine.decode(rows, max_new_tokens=limit, sampling=sampling, generator=generator,
-                                controllers=row_ctrls, on_finish=early if observers else None)
+                                controllers=row_ctrls, on_finish=early if observers else None, speculation=speculation)
     finally:
         engine.release(rows)
     return [result(i, d) for i, d in enumerate(decoded)]
 
 
 def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,
-            in_answer: bool) -> MethodResult:
+            in_answer: bool, draft_model: LoadedModel | None = None) -> MethodResult:
     thinking, answer = split_thinking(model, d.tokens, thinking_done=in_answer)
+    draft = (draft_model, d.speculation) if draft_model is not None and d.speculation is not None else None
     usage = model_usage(model, prompt_tokens=len(prompt), processed=len(prompt) + len(d.tokens),
-                        forward_passes=d.forward_passes + 1, wall_seconds=wall,
+                        forward_passes=d.forward_passes + 1, wall_seconds=wall, draft=draft,
                         thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
                         answer_tokens=c.state.answer_tokens + c.state.wrapup_tokens)
     trace = {"waits": c.state.waits, "forced_close": c.forced_close, "answer_has_text": c.answer_has_text}

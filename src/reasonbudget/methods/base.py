@@ -21,8 +21,8 @@ BudgetUnit = Literal["thinking tokens", "samples", "none"]
 Role = Literal["policy", "draft", "prm", "router", "predictor"]
 Streaming = Literal["tokens", "end"]
 
-__all__ = ["Backend", "BudgetUnit", "Capabilities", "Generators", "LEVELS", "Level", "METHODS", "Method", "Role",
-           "Streaming", "answer_cap", "check_runnable", "make_method", "register", "solve"]
+__all__ = ["Backend", "BudgetUnit", "Capabilities", "DraftSettings", "Generators", "LEVELS", "Level", "METHODS", "Method",
+           "Role", "Streaming", "answer_cap", "check_runnable", "make_method", "register", "solve", "speculation_for"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +90,38 @@ def make_method(spec: str, sampling: SamplingConfig, **options: Any) -> Method:
     name, settings = parse_method_spec(spec)
     cls = METHODS[name]
     return cls(cls.config_type(sampling=sampling, **{**settings, **options}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DraftSettings:
+    """Token-level speculation for a method that decodes one row per prompt: a draft model proposes `gamma`
+    tokens per round, the target verifies them in one forward (exact: the output follows the target's
+    distribution; greedy output equals greedy decoding). Budgets and controllers see every emitted token."""
+
+    draft: str = ""
+    """The draft model (registry name or path; it must share the target's tokenizer); empty: no speculation."""
+    gamma: int = 4
+    draft_quant: str = "none"
+    """Weight-only quantized draft (none | int8 | int4): a cheaper draft step."""
+
+    def __post_init__(self) -> None:
+        from reasonbudget.models.quant import check_quant
+
+        if self.gamma < 1:
+            raise ValueError(f"gamma={self.gamma}: must be >= 1 draft token per round")
+        check_quant(self.draft_quant)
+
+
+def speculation_for(config: Any, backend: Backend) -> dict[str, Any]:
+    """{"speculation": ...} for `backend.generate` when the config names a draft, else {}."""
+    draft = getattr(config, "draft", "")
+    if not draft:
+        return {}
+    make = getattr(backend, "speculation", None)
+    if make is None:
+        raise ValueError(f"draft={draft}: speculation runs on the in-process engine; {backend.name} is served "
+                         "elsewhere (let that server speculate, e.g. vLLM's speculative config)")
+    return {"speculation": make(draft, config.gamma, config.draft_quant)}
 
 
 def answer_cap(config: Any, backend: Backend) -> int:

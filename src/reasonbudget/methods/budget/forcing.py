@@ -24,12 +24,20 @@ from typing import ClassVar, Literal
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import (
+    Backend,
+    Capabilities,
+    DraftSettings,
+    Generators,
+    answer_cap,
+    register,
+    speculation_for,
+)
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class BudgetForcingConfig:
+class BudgetForcingConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     min_thinking_tokens: int = 0
     """Extend thinking with "Wait" while below this many tokens (0 = off)."""
@@ -41,6 +49,7 @@ class BudgetForcingConfig:
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.min_thinking_tokens < 0:
             raise ValueError(f"min_thinking_tokens={self.min_thinking_tokens}: must be >= 0")
 
@@ -67,4 +76,4 @@ class BudgetForcing:
         cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
                              max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
                              wrapup=c.style == "final-answer") for b in budgets]
-        return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers)
+        return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers, **speculation_for(c, backend))

@@ -27,7 +27,15 @@ from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import (
+    Backend,
+    Capabilities,
+    DraftSettings,
+    Generators,
+    answer_cap,
+    register,
+    speculation_for,
+)
 from reasonbudget.models.registry import companion_dir
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor
@@ -35,7 +43,7 @@ from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class BudgetGuidanceConfig:
+class BudgetGuidanceConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     predictor: str | None = None
     """Directory of a trained length predictor; None: the model's default (see `default_predictor_dir`)."""
@@ -49,6 +57,7 @@ class BudgetGuidanceConfig:
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.strength <= 0:
             raise ValueError(f"strength={self.strength}: must be > 0")
 
@@ -173,4 +182,4 @@ class BudgetGuidance:
             return GuidanceController(batch, newline, budget, row_budget, c.strength, min_rate)
 
         return engine.generate(prompts, [cfg] * len(prompts), c.sampling, generator, steering=steer,
-                               observers=observers)
+                               observers=observers, **speculation_for(c, engine))

@@ -13,12 +13,20 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import (
+    Backend,
+    Capabilities,
+    DraftSettings,
+    Generators,
+    answer_cap,
+    register,
+    speculation_for,
+)
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlainConfig:
+class PlainConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_thinking_tokens: int = 2048
     """Safety cap on thinking (not a budget: use budget-forcing for that)."""
@@ -38,4 +46,5 @@ class PlainCoT:
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         c = self.config
         cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
-        return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers)
+        return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers,
+                                **speculation_for(c, backend))

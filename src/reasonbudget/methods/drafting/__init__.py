@@ -1,0 +1,3 @@
+from reasonbudget.methods.drafting.speculative import SpeculativeConfig, SpeculativeDecoding
+
+__all__ = ["SpeculativeConfig", "SpeculativeDecoding"]
