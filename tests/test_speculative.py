@@ -91,3 +91,12 @@ def test_cli_run_with_a_draft_reports_drafted_and_accepted_tokens():
     usage = json.loads(r.output)["usage"]
     assert usage["drafted_tokens"] >= usage["accepted_tokens"] > 0
     assert set(usage["forward_passes_by_model"]) == {"testbed-target", "testbed-draft"}
+
+
+def test_serve_refuses_a_draft_with_another_tokenizer():
+    from typer.testing import CliRunner
+
+    from reasonbudget.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "-m", "testbed-target", "--draft-model", "smollm2-135m"])
+    assert r.exit_code != 0 and "do not share a tokenizer" in r.output and "Traceback" not in r.output

@@ -402,6 +402,8 @@ def serve(
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
     allow_prm_url: list[str] = typer.Option([], help="A PRM server requests may name as their scorer "
                                             "(prm=pool:URL#MODEL); repeat for several. None by default."),
+    draft_model: str = typer.Option("", help="A draft model (same tokenizer) for speculative decoding: requests "
+                                             "whose method can speculate use it unless they name their own."),
 ) -> None:
     """Serve a model over OpenAI-compatible HTTP (/v1/chat/completions, /v1/completions, /v1/models)."""
     from reasonbudget.models import ModelNotFoundError, load_model
@@ -412,6 +414,10 @@ def serve(
         _fail("--max-batch, --max-queue and --default-max-tokens must be >= 1")
     try:
         lm = load_model(model, dtype=dtype, device=check_device(device), quant=quant)
+        if draft_model:
+            from reasonbudget.engine import Engine
+
+            Engine(lm).speculation(draft_model, 4)  # load and check the pair now, not at the first request
     except UserError as e:
         _fail(str(e))
         return
@@ -424,7 +430,8 @@ def serve(
     from reasonbudget.serve.requests import ServeConfig
     from reasonbudget.serve.scheduler import SchedulerConfig
 
-    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url)),
+    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url),
+                                      default_draft=draft_model),
                       SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
     typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (OpenAI-compatible)", err=True)
     try:

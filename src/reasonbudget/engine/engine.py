@@ -28,6 +28,9 @@ from reasonbudget.types import MethodResult, PromptIds, TokenIds
 
 __all__ = ["Decoded", "Engine", "PromptTooLongError"]
 
+_DRAFTS: dict[tuple[str, str, str, str], LoadedModel] = {}
+"""Draft models by (name, quant, dtype, device), loaded once per process."""
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -50,7 +53,7 @@ class Engine:
         self.cache = None
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.drafts: dict[str, Engine] = {}
+        self.draft_engines: dict[tuple[str, str, str, str], Engine] = {}
 
     # ---- text level (shared with remote backends) -------------------------------------------------------
     @property
@@ -74,17 +77,19 @@ class Engine:
                                    steering=steering, observers=observers, speculation=speculation)
 
     def speculation(self, draft: str, gamma: int, quant: str = "none") -> Speculation:
-        """Speculation with the draft model `draft` (a registry name or path), loaded once per engine in this
-        engine's dtype and device (`quant`: its linears quantized); refused when its tokenizer differs."""
-        key = f"{draft}#{quant}"
-        if key not in self.drafts:
-            from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
+        """Speculation with the draft model `draft` (a registry name or path) in this engine's dtype and device
+        (`quant`: its linears quantized), loaded once per process; refused when its tokenizer differs."""
+        from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
 
-            dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
-            model = load_model(draft, dtype=dtype, device=str(getattr(self.backend, "device", "cpu")), quant=quant)
-            check_shared_tokenizer(model, self.model)
-            self.drafts[key] = Engine(model)
-        return Speculation(self.drafts[key], gamma)
+        dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
+        device = str(getattr(self.backend, "device", "cpu"))
+        key = (draft, quant, dtype, device)
+        if key not in _DRAFTS:
+            _DRAFTS[key] = load_model(draft, dtype=dtype, device=device, quant=quant)
+        check_shared_tokenizer(_DRAFTS[key], self.model)
+        if key not in self.draft_engines:  # the weights are shared; each target engine drafts on its own rows
+            self.draft_engines[key] = Engine(_DRAFTS[key])
+        return Speculation(self.draft_engines[key], gamma)
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
