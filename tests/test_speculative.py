@@ -100,3 +100,22 @@ def test_serve_refuses_a_draft_with_another_tokenizer():
 
     r = CliRunner().invoke(app, ["serve", "-m", "testbed-target", "--draft-model", "smollm2-135m"])
     assert r.exit_code != 0 and "do not share a tokenizer" in r.output and "Traceback" not in r.output
+
+
+def test_mtad_greedy_equals_greedy_decoding_and_tau_trades_acceptance(testbed):
+    engine, prompts = testbed
+    plain = _run(engine, prompts, "plain")
+    mtad = _run(engine, prompts, "mtad:draft=testbed-draft,gamma=4,width=3")
+    assert [r.tokens for r in mtad] == [r.tokens for r in plain]  # a greedy target keeps its argmax prefix
+    sampled = SamplingConfig(temperature=1.0)
+
+    def acceptance(tau):
+        rs = make_method(f"mtad:draft=testbed-draft,tau={tau}", sampled).run(
+            engine, prompts, budget=None, generator=torch.Generator().manual_seed(1))
+        assert all(r.answer for r in rs)
+        return sum(r.usage.accepted_tokens for r in rs) / sum(r.usage.drafted_tokens for r in rs)
+
+    assert acceptance(0.01) > acceptance(1.0)
+    for bad, match in (("tau=0", "tau=0"), ("tau=1.5", "tau=1.5"), ("width=0", "width=0")):
+        with pytest.raises(ValueError, match=match):
+            make_method(f"mtad:draft=testbed-draft,{bad}", sampled)

@@ -8,6 +8,7 @@ ragged lengths, their own controllers, their own generator, their own stop.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import BatchedWork, Controller, Observer
 from reasonbudget.engine.errors import PromptTooLongError
 from reasonbudget.engine.sampling import SamplingConfig, child_generators, draw, probabilities, sample
-from reasonbudget.engine.speculation import RowSpeculation, Speculation
-from reasonbudget.engine.verify import accepts, residual
+from reasonbudget.engine.speculation import MTADSettings, RowSpeculation, Speculation
+from reasonbudget.engine.verify import accepts, mtad_verify, residual
 from reasonbudget.models.profiles import ReasoningProfile
 from reasonbudget.models.registry import LoadedModel, build_prompt
 from reasonbudget.types import MethodResult, PromptIds, TokenIds
@@ -76,7 +77,7 @@ class Engine:
         return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
                                    steering=steering, observers=observers, speculation=speculation)
 
-    def speculation(self, draft: str, gamma: int, quant: str = "none") -> Speculation:
+    def speculation(self, draft: str, gamma: int, quant: str = "none", mtad: MTADSettings | None = None) -> Speculation:
         """Speculation with the draft model `draft` (a registry name or path) in this engine's dtype and device
         (`quant`: its linears quantized), loaded once per process; refused when its tokenizer differs."""
         from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
@@ -89,7 +90,7 @@ class Engine:
         check_shared_tokenizer(_DRAFTS[key], self.model)
         if key not in self.draft_engines:  # the weights are shared; each target engine drafts on its own rows
             self.draft_engines[key] = Engine(_DRAFTS[key])
-        return Speculation(self.draft_engines[key], gamma)
+        return Speculation(self.draft_engines[key], gamma, mtad)
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
@@ -132,6 +133,15 @@ class Engine:
         for r, n in zip(rows.tolist(), num_tokens.tolist()):
             del self.history[r][n:]
         self.cache.truncate(rows, num_tokens - 1)
+
+    @torch.inference_mode()
+    def forward_last(self, rows: Tensor) -> Tensor:
+        """One decode step without sampling: feed each row its last token (its K/V join the cache) and return
+        the next-token logits [R, V]; the caller appends the token it picks (MTAD's beams)."""
+        fo = self._forward(torch.tensor([[self.history[r][-1]] for r in rows.tolist()]), rows,
+                           torch.zeros(rows.numel(), dtype=torch.long), ())
+        self.cache.lengths[rows] += 1
+        return fo.logits
 
     # ---- forward ----------------------------------------------------------------------------------------
     def _forward(self, tokens: Tensor, rows: Tensor, logits_at: Tensor, hidden_layers: Sequence[int]):
@@ -358,6 +368,7 @@ class Engine:
         for j, f in enumerate(feeds):
             x[j, : len(f)] = torch.tensor(f)
         fo = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
+        keep_upto = _mtad_lengths(fo.logits, feeds, proposals, active, spec, sampling) if spec.mtad is not None else {}
         going, finished = set(range(len(active))), set()
         for pos in range(width):
             in_run = [j for j in sorted(going) if pos < len(feeds[j])]
@@ -380,8 +391,13 @@ class Engine:
                         logits = ctrl[i].process_logits(logits, row_hidden[j])
                     qs = proposals.get(i, ([], []))[1]
                     draft_tok = feeds[j][pos + 1] if pos + 1 < len(feeds[j]) else None
-                    tok, kept = _verify_position(logits, draft_tok, qs[pos] if draft_tok is not None and qs else None,
-                                                 sampling, gens[i] if gens else None)
+                    if spec.mtad is not None:  # kept up to MTAD's length, then one token from the target's p
+                        kept = pos < keep_upto[j]
+                        tok = draft_tok if kept else _verify_position(logits, None, None, sampling,
+                                                                      gens[i] if gens else None)[0]
+                    else:
+                        tok, kept = _verify_position(logits, draft_tok, qs[pos] if draft_tok is not None and qs else None,
+                                                     sampling, gens[i] if gens else None)
                     is_forced = False
                     spec.stats[row].accepted += kept
                 alive, plain = emit(i, tok, is_forced)
@@ -391,6 +407,25 @@ class Engine:
                 elif not (kept and plain and not queue[i]):
                     going.discard(j)  # the run ends here; the row goes on next round
         return [i for j, i in enumerate(active) if j not in finished]
+
+
+def _mtad_lengths(logits: Tensor, feeds, proposals, active, spec: Speculation, sampling: SamplingConfig) -> dict[int, int]:
+    """Per batch row: how many drafted tokens MTAD keeps (`verify.mtad_verify` on the target's post-processed
+    log-probabilities of the block; greedy: the argmax is the target's only token)."""
+    out = {}
+    for j, i in enumerate(active):
+        block = feeds[j][1:]
+        if not block:
+            out[j] = 0
+            continue
+        rows = logits[j, : len(block)]
+        if sampling.greedy:
+            lp = [0.0 if int(rows[k].argmax()) == t else float("-inf") for k, t in enumerate(block)]
+        else:
+            probs = probabilities(rows, sampling)
+            lp = [math.log(float(probs[k, t])) if float(probs[k, t]) > 0 else float("-inf") for k, t in enumerate(block)]
+        out[j] = mtad_verify(lp, proposals[i][1][: len(block)], spec.mtad.tau)
+    return out
 
 
 def _verify_position(logits: Tensor, drafted: int | None, q: Tensor | None, sampling: SamplingConfig,

@@ -24,6 +24,7 @@ from torch import Generator, Tensor
 
 from reasonbudget.engine.controllers import Controller
 from reasonbudget.engine.sampling import SamplingConfig, probabilities
+from reasonbudget.engine.verify import beam_step
 
 
 @dataclass
@@ -36,6 +37,8 @@ class RowSpeculation:
     draft_fed: int = 0
     """Tokens the draft read without sampling (catching up on tokens it did not draft)."""
     rounds: int = 0
+    draft_width: int = 1
+    """Rows the draft decodes per proposed block (MTAD's beams): its compute is drafted x width."""
 
 
 class _RecordQ(Controller):
@@ -51,12 +54,40 @@ class _RecordQ(Controller):
         return logits
 
 
+@dataclass(frozen=True, kw_only=True)
+class MTADSettings:
+    """MTAD (Qin et al.; spec 4): the draft beam-samples W blocks of gamma tokens from q^ (its logits at
+    `temperature`, top-k, top-p), the most likely block is verified, and the longest prefix whose joint ratio
+    P/Q exceeds tau is kept, then one token from the target's distribution. Not lossless."""
+
+    width: int = 4
+    tau: float = 0.5
+    temperature: float = 1.0
+    top_k: int = 10
+    top_p: float = 0.9
+    replacement: bool = True
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"width={self.width}: must be >= 1 beam")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau={self.tau}: must be in (0, 1]")
+        if self.temperature < 0:
+            raise ValueError(f"draft temperature={self.temperature}: must be >= 0")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
 @dataclass
 class Speculation:
-    """A draft engine and gamma (draft tokens per round) for one `Engine.decode` call."""
+    """A draft engine and gamma (draft tokens per round) for one `Engine.decode` call; `mtad` switches the
+    proposal to beam-sampled blocks and the rule to MTAD's joint-ratio test."""
 
     draft: object  # Engine (typed loosely: engine.py imports this module)
     gamma: int = 4
+    mtad: MTADSettings | None = None
     rows: dict[int, int] = field(default_factory=dict)
     """Target row -> draft row."""
     stats: dict[int, RowSpeculation] = field(default_factory=dict)
@@ -70,6 +101,8 @@ class Speculation:
         far as the draft's context allows: near its end the draft proposes fewer tokens)."""
         longest = max(len(h) for h in histories)
         room = max(1, min(room + self.gamma, self.draft.model.context_length - longest))
+        beams = self.mtad.width if self.mtad is not None else 0
+        self.draft.reserve(len(histories) * (1 + beams), longest + room)
         drafted = self.draft.prefill([tuple(h) for h in histories], max_new_tokens=room)
         self.rows = dict(zip(target_rows, drafted.tolist()))
         self.stats = {r: RowSpeculation() for r in target_rows}
@@ -106,6 +139,8 @@ class Speculation:
             for r, dr in zip(target_rows, rows):
                 if dr in behind_rows:
                     self.stats[r].draft_passes += 1
+        if self.mtad is not None:
+            return self._beam_blocks(target_rows, rows, generators)
         recorders = [_RecordQ(sampling) for _ in rows]
         room = min(self.gamma, min(d.cache.capacity - len(d.tokens(dr)) for dr in rows))
         if room < 1:
@@ -119,4 +154,51 @@ class Speculation:
             s.draft_passes += dec.forward_passes
             s.rounds += 1
             out.append((list(dec.tokens), rec.q))
+        return out
+
+    def _beam_blocks(self, target_rows: Sequence[int], rows: Sequence[int],
+                     generators: Sequence[Generator] | None) -> list[tuple[list[int], list[float]]]:
+        """MTAD's draft (spec 4.2): per row, W beams as forked draft rows; at each depth every beam's q^ is
+        computed, W (beam, token) pairs are drawn in proportion to exp(beam log Q + log q^) (the top W when the
+        draft is greedy), and rows are re-indexed to their parents. Beam scores are normalised in log space
+        (logsumexp), not by a log-softmax over probabilities (the reference's bug, spec 4.6). -> per row the
+        block of the most likely beam and the draft's log q^ of each of its tokens."""
+        m, d = self.mtad, self.draft
+        width, cfg = m.width, m.sampling
+        depth = min(self.gamma, min(d.cache.capacity - len(d.tokens(dr)) for dr in rows))
+        if depth < 1:
+            return [([], []) for _ in rows]
+        src = torch.tensor([dr for dr in rows for _ in range(width)], dtype=torch.long)
+        beams = d.fork(src).view(len(rows), width)  # [n, W]
+        score = [torch.zeros(width, dtype=torch.float64) for _ in rows]  # log Q of each beam's block so far
+        blocks: list[list[list[int]]] = [[[] for _ in range(width)] for _ in rows]
+        logqs: list[list[list[float]]] = [[[] for _ in range(width)] for _ in rows]
+        try:
+            for k in range(depth):
+                logits = d.forward_last(beams.flatten())
+                dist = probabilities(logits, cfg) if not cfg.greedy else torch.softmax(logits.float(), -1)
+                logq = torch.log(dist).double().view(len(rows), width, -1)  # [n, W, V]
+                for i in range(len(rows)):
+                    # depth 0: the W forks are equal, so draw from the first one only
+                    parent, tok, score[i] = beam_step(score[i][:1] if k == 0 else score[i], logq[i, :1] if k == 0
+                                                      else logq[i], width, greedy=cfg.greedy,
+                                                      replacement=m.replacement,
+                                                      generator=generators[i] if generators else None)
+                    d.reorder(beams[i], beams[i][parent])
+                    for b, t in zip(beams[i].tolist(), tok):
+                        d.history[b].append(t)
+                    step = [float(logq[i, pa, t]) for pa, t in zip(parent, tok)]
+                    blocks[i] = [blocks[i][pa] + [t] for pa, t in zip(parent, tok)]
+                    logqs[i] = [logqs[i][pa] + [lq] for pa, lq in zip(parent, step)]
+        finally:
+            d.release(beams.flatten())
+        out = []
+        for i, r in enumerate(target_rows):
+            best = int(score[i].argmax())
+            st = self.stats[r]
+            st.drafted += depth
+            st.draft_width = width
+            st.draft_passes += depth
+            st.rounds += 1
+            out.append((blocks[i][best], logqs[i][best]))
         return out

@@ -75,6 +75,24 @@ def mtad_verify(log_p: Sequence[float], log_q: Sequence[float], tau: float) -> i
     return n
 
 
+def beam_step(score: Tensor, logq: Tensor, width: int, *, greedy: bool, replacement: bool = True,
+              generator: Generator | None = None) -> tuple[list[int], list[int], Tensor]:
+    """One depth of MTAD's beam sampling for one row: beams with block log-probabilities `score` [B] and the
+    draft's next-token log-probabilities `logq` [B, V] -> `width` (parent beam, token) pairs drawn in
+    proportion to exp(score[b] + logq[b, t]) (the `width` most likely pairs when greedy), and their new
+    scores. The pair weights are normalised in log space (a softmax over joint log-probabilities); the
+    reference's log-softmax over *probabilities* is the bug this replaces (spec 4.6)."""
+    joint = (score.double()[:, None] + logq.double()).flatten()
+    vocab = logq.shape[-1]
+    if greedy:
+        pick = torch.topk(joint, width).indices
+    else:
+        probs = torch.softmax(joint, 0).float()
+        pick = torch.multinomial(probs, width, replacement=replacement or int((probs > 0).sum()) < width,
+                                 generator=generator)
+    return (pick // vocab).tolist(), (pick % vocab).tolist(), joint[pick]
+
+
 # ---- analysis (spec 1.2) ---------------------------------------------------------------------------------
 def acceptance_rate(p: Tensor, q: Tensor) -> Tensor:
     """beta = sum_x min(p(x), q(x)) = 1 - TV(p, q), per row."""

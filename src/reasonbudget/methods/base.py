@@ -121,7 +121,7 @@ def speculation_for(config: Any, backend: Backend) -> dict[str, Any]:
     if make is None:
         raise ValueError(f"draft={draft}: speculation runs on the in-process engine; {backend.name} is served "
                          "elsewhere (let that server speculate, e.g. vLLM's speculative config)")
-    return {"speculation": make(draft, config.gamma, config.draft_quant)}
+    return {"speculation": make(draft, config.gamma, config.draft_quant, getattr(config, "mtad_settings", None))}
 
 
 def answer_cap(config: Any, backend: Backend) -> int:
