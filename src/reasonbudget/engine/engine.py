@@ -363,6 +363,9 @@ class Engine:
         for i in active:
             drafted = proposals.get(i, ([], []))[0][: max(0, min(room - 1, max_new_tokens - len(out[i]) - 1))]
             feeds.append([self.history[int(rows[i])][-1], *drafted])
+        for i, f in zip(active, feeds):
+            if len(f) > 1:
+                spec.stats[int(rows[i])].count_block(len(f) - 1)
         width = max(map(len, feeds))
         x = torch.zeros(len(active), width, dtype=torch.long)
         for j, f in enumerate(feeds):
@@ -399,7 +402,9 @@ class Engine:
                         tok, kept = _verify_position(logits, draft_tok, qs[pos] if draft_tok is not None and qs else None,
                                                      sampling, gens[i] if gens else None)
                     is_forced = False
-                    spec.stats[row].accepted += kept
+                    if kept:
+                        spec.stats[row].accepted += 1
+                        spec.stats[row].position_accepted[pos] += 1
                 alive, plain = emit(i, tok, is_forced)
                 if not alive:
                     going.discard(j)

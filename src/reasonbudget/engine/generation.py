@@ -153,6 +153,9 @@ def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetControlle
                         thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
                         answer_tokens=c.state.answer_tokens + c.state.wrapup_tokens)
     trace = {"waits": c.state.waits, "forced_close": c.forced_close, "answer_has_text": c.answer_has_text}
+    if d.speculation is not None:  # per position of a round's block: proposed and kept (acceptance by depth)
+        trace["speculation"] = {"rounds": d.speculation.rounds, "position_drafted": d.speculation.position_drafted,
+                                "position_accepted": d.speculation.position_accepted}
     if c.cfg.wrapup:  # the paper counts thinking up to the last close marker, forced tokens included
         trace.update(wrapup_tokens=c.state.wrapup_tokens, paper_thinking_tokens=c.tokens_before_close)
     return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,

@@ -39,6 +39,16 @@ class RowSpeculation:
     rounds: int = 0
     draft_width: int = 1
     """Rows the draft decodes per proposed block (MTAD's beams): its compute is drafted x width."""
+    position_drafted: list[int] = field(default_factory=list)
+    position_accepted: list[int] = field(default_factory=list)
+    """Per position k of a round's block: how often a k-th token was proposed, and kept."""
+
+    def count_block(self, length: int) -> None:
+        while len(self.position_drafted) < length:
+            self.position_drafted.append(0)
+            self.position_accepted.append(0)
+        for k in range(length):
+            self.position_drafted[k] += 1
 
 
 class _RecordQ(Controller):
