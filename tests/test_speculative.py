@@ -119,3 +119,16 @@ def test_mtad_greedy_equals_greedy_decoding_and_tau_trades_acceptance(testbed):
     for bad, match in (("tau=0", "tau=0"), ("tau=1.5", "tau=1.5"), ("width=0", "width=0")):
         with pytest.raises(ValueError, match=match):
             make_method(f"mtad:draft=testbed-draft,{bad}", sampled)
+
+
+def test_adaptive_gamma_keeps_greedy_output_and_moves_with_acceptance(testbed):
+    from reasonbudget.engine.speculation import adapt_gamma
+
+    assert [adapt_gamma(4, 4, 4, 16), adapt_gamma(4, 4, 2, 16), adapt_gamma(1, 1, 0, 16), adapt_gamma(16, 16, 16, 16)] \
+        == [6, 3, 1, 16]
+    engine, prompts = testbed
+    plain = _run(engine, prompts, "plain")
+    adaptive = _run(engine, prompts, "speculative:draft=testbed-draft,gamma=2,adaptive_gamma=true")
+    assert [r.tokens for r in adaptive] == [r.tokens for r in plain]
+    blocks = [len(r.trace["speculation"]["position_drafted"]) for r in adaptive]
+    assert max(blocks) > 2  # some row's gamma grew past its start

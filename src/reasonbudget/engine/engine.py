@@ -8,6 +8,7 @@ ragged lengths, their own controllers, their own generator, their own stop.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from reasonbudget.types import MethodResult, PromptIds, TokenIds
 
 __all__ = ["Decoded", "Engine", "PromptTooLongError"]
 
+logger = logging.getLogger(__name__)
 _DRAFTS: dict[tuple[str, str, str, str], LoadedModel] = {}
 """Draft models by (name, quant, dtype, device), loaded once per process."""
 
@@ -77,7 +79,8 @@ class Engine:
         return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
                                    steering=steering, observers=observers, speculation=speculation)
 
-    def speculation(self, draft: str, gamma: int, quant: str = "none", mtad: MTADSettings | None = None) -> Speculation:
+    def speculation(self, draft: str, gamma: int, quant: str = "none", mtad: MTADSettings | None = None,
+                    adaptive: bool = False) -> Speculation:
         """Speculation with the draft model `draft` (a registry name or path) in this engine's dtype and device
         (`quant`: its linears quantized), loaded once per process; refused when its tokenizer differs."""
         from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
@@ -88,9 +91,13 @@ class Engine:
         if key not in _DRAFTS:
             _DRAFTS[key] = load_model(draft, dtype=dtype, device=device, quant=quant)
         check_shared_tokenizer(_DRAFTS[key], self.model)
+        if _DRAFTS[key].num_params > self.model.num_params:
+            logger.warning("draft %s (%d parameters) is larger than the target %s (%d): allowed, but a draft step "
+                           "then costs more than the target step it saves", draft, _DRAFTS[key].num_params,
+                           self.model.name, self.model.num_params)
         if key not in self.draft_engines:  # the weights are shared; each target engine drafts on its own rows
             self.draft_engines[key] = Engine(_DRAFTS[key])
-        return Speculation(self.draft_engines[key], gamma, mtad)
+        return Speculation(self.draft_engines[key], gamma, mtad, adaptive)
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
@@ -373,6 +380,7 @@ class Engine:
         fo = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
         keep_upto = _mtad_lengths(fo.logits, feeds, proposals, active, spec, sampling) if spec.mtad is not None else {}
         going, finished = set(range(len(active))), set()
+        kept_in_round: dict[int, int] = {}
         for pos in range(width):
             in_run = [j for j in sorted(going) if pos < len(feeds[j])]
             if not in_run:
@@ -405,12 +413,17 @@ class Engine:
                     if kept:
                         spec.stats[row].accepted += 1
                         spec.stats[row].position_accepted[pos] += 1
+                        kept_in_round[j] = kept_in_round.get(j, 0) + 1
                 alive, plain = emit(i, tok, is_forced)
                 if not alive:
                     going.discard(j)
                     finished.add(j)
                 elif not (kept and plain and not queue[i]):
                     going.discard(j)  # the run ends here; the row goes on next round
+        for j, i in enumerate(active):
+            if len(feeds[j]) > 1:
+                row = int(rows[i])
+                spec.record_round(row, len(feeds[j]) - 1, kept_in_round.get(j, 0))
         return [i for j, i in enumerate(active) if j not in finished]
 
 

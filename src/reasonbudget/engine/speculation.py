@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Generator, Tensor
 
-from reasonbudget.engine.controllers import Controller
+from reasonbudget.engine.controllers import KEEP, Action, Controller
 from reasonbudget.engine.sampling import SamplingConfig, probabilities
 from reasonbudget.engine.verify import beam_step
 
@@ -37,6 +37,8 @@ class RowSpeculation:
     draft_fed: int = 0
     """Tokens the draft read without sampling (catching up on tokens it did not draft)."""
     rounds: int = 0
+    gamma: int = 0
+    """This row's current draft length (adaptive speculation)."""
     draft_width: int = 1
     """Rows the draft decodes per proposed block (MTAD's beams): its compute is drafted x width."""
     position_drafted: list[int] = field(default_factory=list)
@@ -52,16 +54,29 @@ class RowSpeculation:
 
 
 class _RecordQ(Controller):
-    """The draft's post-processed distribution at each step (what its tokens were drawn from)."""
+    """The draft's post-processed distribution at each step (what its tokens were drawn from); stops the draft
+    row after `limit` tokens (its own gamma, when gamma adapts per row)."""
 
-    def __init__(self, sampling: SamplingConfig) -> None:
-        self.sampling = sampling
+    def __init__(self, sampling: SamplingConfig, limit: int) -> None:
+        self.sampling, self.limit, self.count = sampling, limit, 0
         self.q: list[Tensor] = []
 
     def process_logits(self, logits: Tensor, hidden: Mapping[int, Tensor] | None) -> Tensor:
         if not self.sampling.greedy:
             self.q.append(probabilities(logits[None], self.sampling)[0])
         return logits
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        self.count += 1
+        return Action(stop=True) if self.count >= self.limit else KEEP
+
+
+def adapt_gamma(gamma: int, proposed: int, kept: int, ceiling: int) -> int:
+    """HF assisted generation's heuristic: two more draft tokens after a round that kept them all, one fewer
+    otherwise (at least 1, at most `ceiling`); pure."""
+    if proposed and kept == proposed:
+        return min(ceiling, gamma + 2)
+    return max(1, gamma - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +113,9 @@ class Speculation:
     draft: object  # Engine (typed loosely: engine.py imports this module)
     gamma: int = 4
     mtad: MTADSettings | None = None
+    adaptive: bool = False
+    """Each row's gamma adapts after every round (`adapt_gamma`), between 1 and `max_gamma`."""
+    max_gamma: int = 16
     rows: dict[int, int] = field(default_factory=dict)
     """Target row -> draft row."""
     stats: dict[int, RowSpeculation] = field(default_factory=dict)
@@ -115,7 +133,13 @@ class Speculation:
         self.draft.reserve(len(histories) * (1 + beams), longest + room)
         drafted = self.draft.prefill([tuple(h) for h in histories], max_new_tokens=room)
         self.rows = dict(zip(target_rows, drafted.tolist()))
-        self.stats = {r: RowSpeculation() for r in target_rows}
+        self.stats = {r: RowSpeculation(gamma=self.gamma) for r in target_rows}
+
+    def record_round(self, target_row: int, proposed: int, kept: int) -> None:
+        """After a row's round: adapt its gamma (when adaptive)."""
+        if self.adaptive:
+            s = self.stats[target_row]
+            s.gamma = adapt_gamma(s.gamma, proposed, kept, self.max_gamma)
 
     def close(self) -> None:
         if self.rows:
@@ -151,8 +175,9 @@ class Speculation:
                     self.stats[r].draft_passes += 1
         if self.mtad is not None:
             return self._beam_blocks(target_rows, rows, generators)
-        recorders = [_RecordQ(sampling) for _ in rows]
-        room = min(self.gamma, min(d.cache.capacity - len(d.tokens(dr)) for dr in rows))
+        limits = [self.stats[r].gamma for r in target_rows]
+        recorders = [_RecordQ(sampling, limit) for limit in limits]
+        room = min(max(limits), min(d.cache.capacity - len(d.tokens(dr)) for dr in rows))
         if room < 1:
             return [([], []) for _ in rows]
         decoded = d.decode(torch.tensor(rows, dtype=torch.long), max_new_tokens=room, sampling=sampling,

@@ -103,6 +103,9 @@ class DraftSettings:
     gamma: int = 4
     draft_quant: str = "none"
     """Weight-only quantized draft (none | int8 | int4): a cheaper draft step."""
+    adaptive_gamma: bool = False
+    """Each row's gamma moves after every round: +2 when all drafted tokens were kept, -1 otherwise (HF's
+    heuristic), between 1 and 16."""
 
     def __post_init__(self) -> None:
         from reasonbudget.models.quant import check_quant
@@ -121,7 +124,8 @@ def speculation_for(config: Any, backend: Backend) -> dict[str, Any]:
     if make is None:
         raise ValueError(f"draft={draft}: speculation runs on the in-process engine; {backend.name} is served "
                          "elsewhere (let that server speculate, e.g. vLLM's speculative config)")
-    return {"speculation": make(draft, config.gamma, config.draft_quant, getattr(config, "mtad_settings", None))}
+    return {"speculation": make(draft, config.gamma, config.draft_quant, getattr(config, "mtad_settings", None),
+                                config.adaptive_gamma)}
 
 
 def answer_cap(config: Any, backend: Backend) -> int:
