@@ -36,6 +36,15 @@ _DRAFTS: dict[tuple[str, str, str, str], LoadedModel] = {}
 
 
 @dataclass(frozen=True)
+class Joining:
+    """A row that joins a running decode between steps (prefilled by the caller): continuous batching."""
+
+    row: int
+    controller: Controller | None = None
+    generator: Generator | None = None
+
+
+@dataclass(frozen=True)
 class Decoded:
     tokens: TokenIds
     forced: tuple[bool, ...]  # per token: injected by a controller rather than sampled
@@ -57,6 +66,8 @@ class Engine:
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.draft_engines: dict[tuple[str, str, str, str], Engine] = {}
+        self.admission = None
+        """Set by a server's scheduler while it runs a batch that requests may join (`generation.Admission`)."""
 
     # ---- text level (shared with remote backends) -------------------------------------------------------
     @property
@@ -258,6 +269,7 @@ class Engine:
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[int, Decoded], None] | None = None,
         speculation: Speculation | None = None,
+        admit: Callable[[], Sequence[Joining]] | None = None,
     ) -> list[Decoded]:
         """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order.
 
@@ -265,7 +277,9 @@ class Engine:
         draws then depend only on its own generator, whatever batch it runs in). `on_finish(i, decoded)` is
         called as soon as row i is done, while the others go on (the server answers it right away).
         `speculation`: a draft proposes tokens that one target forward verifies (`engine.speculation`);
-        controllers still see every emitted token in order."""
+        controllers still see every emitted token in order. `admit()` is asked after every step for rows that
+        join the batch (continuous batching): they get the next indices (n, n + 1, ...), report through
+        `on_finish`, and are not in the returned list."""
         n = rows.numel()
         ctrl = list(controllers) if controllers is not None else [None] * n
         gens = None if sampling.greedy else _row_generators(generator, n)
@@ -326,6 +340,22 @@ class Engine:
                                                      layers, passes, out, max_new_tokens, emit)
                 else:
                     active = self._step(active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit)
+                for jn in admit() if admit is not None and speculation is None else ():
+                    rows = torch.cat([rows, torch.tensor([jn.row], dtype=rows.dtype)])
+                    ctrl.append(jn.controller)
+                    out.append([])
+                    forced.append([])
+                    queue.append(deque())
+                    finish.append("")
+                    passes.append(0)
+                    if gens is not None:
+                        if jn.generator is None:
+                            raise ValueError("a row joining a sampled decode needs its own generator")
+                        gens.append(jn.generator)
+                    if jn.controller is not None:
+                        layers = tuple(sorted({*layers, *jn.controller.hidden_layers}))
+                    active.append(len(rows) - 1)
+                    zeros = torch.zeros(len(rows), dtype=torch.long)
                 if on_step is not None:
                     on_step(len(active))
         finally:

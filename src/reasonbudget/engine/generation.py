@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+import torch
 from torch import Generator
 
 from reasonbudget.engine.budget import WRAPUP, WRAPUP_STOPS, BudgetConfig, BudgetController, ProfileTokens
@@ -23,7 +24,7 @@ from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.types import MethodResult, TokenIds, Usage
 
 if TYPE_CHECKING:
-    from reasonbudget.engine.engine import Decoded, Engine
+    from reasonbudget.engine.engine import Decoded, Engine, Joining
     from reasonbudget.engine.speculation import RowSpeculation, Speculation
     from reasonbudget.models.registry import LoadedModel
 
@@ -99,6 +100,19 @@ def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
     return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
 
 
+class Admission(Protocol):
+    """Where a running batch takes joining requests from (the server's scheduler sets `engine.admission`
+    while it runs a method that can take them): continuous batching."""
+
+    spare_rows: int
+    """KV-cache rows to keep free for joining requests."""
+
+    def poll(self, fits: Callable[[TokenIds, BudgetConfig], bool],
+             free_rows: int) -> list[tuple[TokenIds, BudgetConfig, Observer, Generator]]:
+        """Waiting requests that fit (`fits(prompt, budget)`), at most `free_rows` of them."""
+        ...
+
+
 def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
              generator: Generators, *, prefill_text: str = "",
              steering: Callable[[BudgetController], Controller] | None = None,
@@ -106,7 +120,9 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
     """One batched decode, prompt i under budgets[i]. `prefill_text` is appended to every prompt (NoThinking
     prefills a finished thinking block, so only the answer is generated). `steering(row_budget)` builds a
     per-row controller chained after the row's budget controller (it may read that row's budget state).
-    `speculation`: a draft proposes, the target verifies (`engine.speculation`); budgets hold all the same."""
+    `speculation`: a draft proposes, the target verifies (`engine.speculation`); budgets hold all the same.
+    With `engine.admission` set (and observers, and no speculation), requests join the batch between steps:
+    each is prefilled on a spare row and decoded with the others; its result goes to its observer."""
     model = engine.model
     if len(budgets) != len(prompts):
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
@@ -114,21 +130,28 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
     ptok = profile_tokens(model)
     in_answer = bool(prefill_text)
-    prompts = [tuple(p) + model.encode(prefill_text) for p in prompts] if in_answer else list(prompts)
+    prefill_ids = model.encode(prefill_text) if in_answer else ()
+    prompts = [tuple(p) + prefill_ids for p in prompts]
     t0 = time.perf_counter()
     room = check_room(model, max(len(p) for p in prompts), len(ptok.forcing_ids) + 16)
-    budgets = [b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
-               for b in budgets]
+
+    def resolved(b: BudgetConfig, room: int) -> BudgetConfig:
+        return b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
+
+    budgets = [resolved(b, room) for b in budgets]
     limit = min(max(max_new_tokens(b, ptok) for b in budgets), room)
+    admission: Admission | None = getattr(engine, "admission", None) if speculation is None and observers else None
+    if admission is not None:
+        engine.reserve(len(prompts) + admission.spare_rows, max(len(p) for p in prompts) + limit)
     rows = engine.prefill(prompts, max_new_tokens=limit)
     ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
     steer = [steering(c) for c in ctrls] if steering is not None else [None] * len(ctrls)
-    watch: Sequence[Observer | None] = observers or [None] * len(ctrls)
-    row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
-                 for c, s, o in zip(ctrls, steer, watch)]
+    watch: list[Observer | None] = list(observers or [None] * len(ctrls))
+    row_ctrls = [_chain(c, s, o) for c, s, o in zip(ctrls, steer, watch)]
+    starts, joined = [t0] * len(prompts), []
 
     def result(i: int, d: Decoded) -> MethodResult:
-        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer,
+        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - starts[i]) / len(row_ctrls), in_answer,
                     speculation.draft.model if speculation is not None else None)
         r.trace.update(getattr(steer[i], "trace", {}))
         return r
@@ -136,12 +159,43 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
     def early(i: int, d: Decoded) -> None:  # a finished row's result goes to its observer at once
         watch[i].on_result(result(i, d))  # type: ignore[union-attr]
 
+    def admit() -> list[Joining]:
+        from reasonbudget.engine.engine import Joining
+
+        cap = engine.cache.capacity
+
+        def fits(prompt: TokenIds, b: BudgetConfig) -> bool:
+            p_len = len(prompt) + len(prefill_ids)
+            return p_len + limit <= min(cap, model.context_length) and \
+                max_new_tokens(resolved(b, model.context_length - p_len), ptok) <= limit
+
+        out = []
+        for prompt, b, observer, gen in admission.poll(fits, int((~engine.cache.in_use).sum())):
+            prompt = tuple(prompt) + prefill_ids
+            (row,) = engine.prefill([prompt], max_new_tokens=limit).tolist()
+            c = BudgetController(resolved(b, model.context_length - len(prompt)), ptok, model.decode,
+                                 start_in_answer=in_answer)
+            st = steering(c) if steering is not None else None
+            prompts.append(prompt)
+            ctrls.append(c)
+            steer.append(st)
+            watch.append(observer)
+            starts.append(time.perf_counter())
+            joined.append(row)
+            out.append(Joining(row, _chain(c, st, observer), gen))
+        return out
+
     try:
         decoded = engine.decode(rows, max_new_tokens=limit, sampling=sampling, generator=generator,
-                                controllers=row_ctrls, on_finish=early if observers else None, speculation=speculation)
+                                controllers=row_ctrls, on_finish=early if observers else None, speculation=speculation,
+                                admit=admit if admission is not None else None)
     finally:
-        engine.release(rows)
+        engine.release(torch.cat([rows, torch.tensor(joined, dtype=rows.dtype)]) if joined else rows)
     return [result(i, d) for i, d in enumerate(decoded)]
+
+
+def _chain(c: BudgetController, steer: Controller | None, observer: Observer | None) -> Controller:
+    return Chain(*(x for x in (c, steer, observer) if x is not None)) if (steer or observer) else c
 
 
 def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,

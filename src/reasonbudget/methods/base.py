@@ -46,6 +46,9 @@ class Capabilities:
     thinks: bool = True
     """False: the answer starts at once (thinking prefilled as done); a request that turns thinking off maps
     to such a method."""
+    joins_running_batch: bool = False
+    """Requests may join its running batch between decode steps (continuous batching): its `run` is one
+    `generate` call whose rows differ only by `row_config(backend, budget)`."""
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

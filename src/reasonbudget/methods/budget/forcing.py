@@ -59,9 +59,16 @@ class BudgetForcingConfig(DraftSettings):
 class BudgetForcing:
     name: ClassVar[str] = "budget-forcing"
     capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256,
-                                                        per_row_budgets=True, streams="tokens")
+                                                        per_row_budgets=True, streams="tokens",
+                                                        joins_running_batch=True)
     config_type: ClassVar[type] = BudgetForcingConfig
     config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
+
+    def row_config(self, backend: Backend, budget: int) -> BudgetConfig:
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=budget, min_thinking_tokens=min(c.min_thinking_tokens, budget),
+                            max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
+                            wrapup=c.style == "final-answer")
 
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
@@ -73,7 +80,5 @@ class BudgetForcing:
             if b is None or b < 1:
                 raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {b}")
         c = self.config
-        cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
-                             max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
-                             wrapup=c.style == "final-answer") for b in budgets]
+        cfgs = [self.row_config(backend, b) for b in budgets]
         return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers, **speculation_for(c, backend))

@@ -38,13 +38,17 @@ class PlainConfig(DraftSettings):
 @dataclass(frozen=True)
 class PlainCoT:
     name: ClassVar[str] = "plain"
-    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens")
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens", joins_running_batch=True)
     config_type: ClassVar[type] = PlainConfig
     config: PlainConfig = field(default_factory=PlainConfig)
+
+    def row_config(self, backend: Backend, budget: int | None = None) -> BudgetConfig:
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
 
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         c = self.config
-        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
+        cfg = self.row_config(backend)
         return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers,
                                 **speculation_for(c, backend))
