@@ -164,9 +164,15 @@ class GuidanceController(Controller):
 class BudgetGuidance:
     name: ClassVar[str] = "budget-guidance"
     capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256, level="tokens",
-                                                        models=("policy", "predictor"), streams="tokens")
+                                                        models=("policy", "predictor"), streams="tokens",
+                                                        joins_running_batch=True)
     config_type: ClassVar[type] = BudgetGuidanceConfig
     config: BudgetGuidanceConfig = field(default_factory=BudgetGuidanceConfig)
+
+    def row_config(self, backend: Backend, budget: int) -> BudgetConfig:
+        """Rows of one run share the budget (the server batches equal budgets), so a joining row's is the same."""
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=answer_cap(c, backend))
 
     def run(self, engine: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
@@ -175,7 +181,7 @@ class BudgetGuidance:
         c, model = self.config, engine.model
         predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
         batch, newline = PredictorBatch(predictor, hidden_layer_ids(model)), newline_table(model)
-        cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=answer_cap(c, engine))
+        cfg = self.row_config(engine, budget)
         min_rate = c.min_rate if c.min_rate is not None else predictor.cfg.min_rate
 
         def steer(row_budget: BudgetController) -> GuidanceController:
