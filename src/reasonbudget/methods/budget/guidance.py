@@ -27,15 +27,8 @@ from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import (
-    Backend,
-    Capabilities,
-    DraftSettings,
-    Generators,
-    answer_cap,
-    register,
-    speculation_for,
-)
+from reasonbudget.methods.base import Backend, Capabilities, DraftSettings, Generators, answer_cap, register
+from reasonbudget.methods.base import speculation_for
 from reasonbudget.models.registry import companion_dir
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor

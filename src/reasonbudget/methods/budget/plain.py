@@ -13,15 +13,8 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import (
-    Backend,
-    Capabilities,
-    DraftSettings,
-    Generators,
-    answer_cap,
-    register,
-    speculation_for,
-)
+from reasonbudget.methods.base import Backend, Capabilities, DraftSettings, Generators, answer_cap, register
+from reasonbudget.methods.base import speculation_for
 from reasonbudget.types import MethodResult, TokenIds
 
 

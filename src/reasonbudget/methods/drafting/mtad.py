@@ -25,14 +25,14 @@ from reasonbudget.types import MethodResult, TokenIds
 
 @dataclass(frozen=True, kw_only=True)
 class MTADConfig(PlainConfig):
-    width: int = 4
+    width: int = MTADSettings.width
     """W: beams the draft samples per block."""
-    tau: float = 0.5
+    tau: float = MTADSettings.tau
     """Keep the longest prefix with P/Q > tau (the reference's --accept-thres)."""
-    draft_temperature: float = 1.0
-    top_k: int = 10
-    top_p: float = 0.9
-    replacement: bool = True
+    draft_temperature: float = MTADSettings.temperature
+    top_k: int = MTADSettings.top_k
+    top_p: float = MTADSettings.top_p
+    replacement: bool = MTADSettings.replacement
 
     def __post_init__(self) -> None:
         super().__post_init__()
