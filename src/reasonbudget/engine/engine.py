@@ -92,8 +92,13 @@ class Engine:
 
     def speculation(self, draft: str, gamma: int, quant: str = "none", mtad: MTADSettings | None = None,
                     adaptive: bool = False) -> Speculation:
-        """Speculation with the draft model `draft` (a registry name or path) in this engine's dtype and device
-        (`quant`: its linears quantized), loaded once per process; refused when its tokenizer differs."""
+        """Speculation with the draft model `draft` (see `draft_engine`)."""
+        return Speculation(self.draft_engine(draft, quant), gamma, mtad, adaptive)
+
+    def draft_engine(self, draft: str, quant: str = "none") -> Engine:
+        """An engine on the draft model `draft` (a registry name or path) in this engine's dtype and device
+        (`quant`: its linears quantized): the weights loaded once per process, the rows this engine's own.
+        Refused when its tokenizer differs from this model's; a larger draft is allowed with a warning."""
         from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
 
         dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
@@ -106,9 +111,9 @@ class Engine:
             logger.warning("draft %s (%d parameters) is larger than the target %s (%d): allowed, but a draft step "
                            "then costs more than the target step it saves", draft, _DRAFTS[key].num_params,
                            self.model.name, self.model.num_params)
-        if key not in self.draft_engines:  # the weights are shared; each target engine drafts on its own rows
+        if key not in self.draft_engines:
             self.draft_engines[key] = Engine(_DRAFTS[key])
-        return Speculation(self.draft_engines[key], gamma, mtad, adaptive)
+        return self.draft_engines[key]
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:

@@ -56,11 +56,13 @@ def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool)
 
 
 def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forward_passes: int, wall_seconds: float,
-                draft: tuple[LoadedModel, RowSpeculation] | None = None, **counts: int) -> Usage:
+                draft: tuple[LoadedModel, RowSpeculation] | None = None,
+                others: Sequence[tuple[LoadedModel, int, int]] = (), **counts: int) -> Usage:
     """The one place a model's `Usage` is built: tokens processed and forward passes under the model's name,
     and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts.
     `draft`: a speculating row's draft model and what it did (its tokens and passes under its own name; the
-    target also read the drafted tokens it rejected)."""
+    target also read the drafted tokens it rejected). `others`: (model, tokens processed, forward passes) of
+    further models that worked on the request (a step-level draft)."""
     tokens, passes = {model.name: processed}, {model.name: forward_passes}
     energy = 2.0 * getattr(model, "num_params", 0) * processed
     if draft is not None:
@@ -72,6 +74,10 @@ def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forwa
         passes[dm.name] = passes.get(dm.name, 0) + spec.draft_passes + 1
         energy += 2.0 * getattr(dm, "num_params", 0) * d_processed
         counts = {**counts, "drafted_tokens": spec.drafted, "accepted_tokens": spec.accepted}
+    for om, o_processed, o_passes in others:
+        tokens[om.name] = tokens.get(om.name, 0) + o_processed
+        passes[om.name] = passes.get(om.name, 0) + o_passes
+        energy += 2.0 * getattr(om, "num_params", 0) * o_processed
     return Usage(prompt_tokens=prompt_tokens, tokens_by_model=tokens, forward_passes_by_model=passes,
                  wall_seconds=wall_seconds, energy_flops=energy, **counts)
 
