@@ -147,6 +147,10 @@ def solve(backend: Backend, method: str | Method, questions: Sequence[str], *, g
     """Questions in, results out, on any backend (the engine or `remote:` server): the method (a spec such as
     "budget-forcing:max_waits=2", or a built method) is checked against the backend's levels first."""
     if isinstance(method, str):
+        from reasonbudget.methods.spec import method_class
+
+        cls = method_class(method)  # the backend's level first: a method it cannot run is refused as such
+        check_level(backend, cls.capabilities.level, cls.name)
         method = make_method(method, sampling or SamplingConfig())
     check_runnable(method, backend)
     return method.run(backend, [backend.prompt(q) for q in questions], budget=budget, generator=generator,
