@@ -45,6 +45,9 @@ class SchedulerConfig:
     """After the first job arrives, wait this long for others to join its batch."""
     max_kv_gib: float = 4.0
     """A batch's KV cache (rows x longest prompt plus max_tokens) stays within this; larger groups are split."""
+    join_rows: int = 8
+    """KV-cache rows a running batch keeps free for requests that join it (continuous batching), within
+    `max_kv_gib` and `max_batch`; each costs a row of the batch's length whether a request comes or not."""
 
 
 class Scheduler:
@@ -176,10 +179,10 @@ class Scheduler:
         return list(zip(watchers, results))
 
     def _spare_rows(self, jobs: Sequence[Job]) -> int:
-        """KV rows to keep free for joining jobs: up to `max_batch` rows in all, within `max_kv_gib`."""
+        """KV rows to keep free for joining jobs: `join_rows`, within `max_batch` rows and `max_kv_gib` in all."""
         length = max(len(j.prompt) + j.max_tokens for j in jobs)
         fit = int(self.config.max_kv_gib * 2**30 // max(1, length * self.kv_bytes_per_token))
-        return max(0, min(self.config.max_batch, fit) - len(jobs))
+        return max(0, min(self.config.join_rows, min(self.config.max_batch, fit) - len(jobs)))
 
     def _continue_text(self, jobs: Sequence[Job], watchers: list[RowWatcher],
                        generators: list[torch.Generator]) -> list[MethodResult]:
