@@ -140,5 +140,6 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     # a remote policy serving that model gets the same head (it scores text; its base model runs here)
     from types import SimpleNamespace
 
-    remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", profile=smol.profile)
+    remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
+                             profile=smol.profile)
     assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"

@@ -38,11 +38,9 @@ def testbed_prm_dir(policy) -> Path:
 def head_prm_dir(policy) -> Path | None:
     """The trained PRM head of the policy's model (a remote policy: of the model it serves), if there is one."""
     from reasonbudget.models.registry import companion_dir
-    from reasonbudget.remote.model import is_remote, parse_remote_name
     from reasonbudget.rewards.head_prm import HEAD_CONFIG
 
-    name = parse_remote_name(policy.name)[1] if is_remote(policy.name) else policy.name
-    where = companion_dir(name, "prm")
+    where = companion_dir(getattr(policy, "served_model", policy.name), "prm")
     return where if (where / HEAD_CONFIG).exists() else None
 
 
