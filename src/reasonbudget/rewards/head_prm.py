@@ -134,7 +134,7 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
             if not ends:
                 out[k] = torch.zeros(0)
                 continue
-            hid = torch.cat([fo.hidden[layer][b, ends].float() for layer in layers], dim=-1)
+            hid = torch.cat([fo.hidden[layer][b, ends].float() for layer in layers] or [torch.zeros(len(ends), 0)], dim=-1)
             if logprobs:  # the logits of the steps' tokens only (a full [T, V] per row would be large)
                 logits = backend.lm_head(final[b, first - 1 : ends[-1]]).float()
                 lp = torch.zeros(ends[-1] + 1)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from reasonbudget.eval.report import auroc
 from reasonbudget.rewards.head_prm import (HEAD_FILE, HeadSpec, StepHeadMLP, base_shape, default_layers,
                                            step_features)
-from reasonbudget.training.step_labels import LabelledProblem
+from reasonbudget.training.step_labels import LabelledProblem, LabelledSolution
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +55,32 @@ class StepData:
     """Per solution: its final answer is right."""
 
 
-def build_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int], *, separator: str,
-               logprobs: bool) -> StepData:
-    sols = [(lp, s) for lp in labelled for s in lp.solutions if s.steps]
-    feats = step_features(model, [(lp.question, s.steps) for lp, s in sols], layers, separator=separator,
-                          logprobs=logprobs)
+def solutions_of(labelled: Sequence[LabelledProblem]) -> list[tuple[LabelledProblem, LabelledSolution]]:
+    return [(lp, s) for lp in labelled for s in lp.solutions if s.steps]
+
+
+def step_table(labelled: Sequence[LabelledProblem], per_solution: Sequence[Tensor]) -> StepData:
+    """`StepData` of per-step rows (features, or one column of a scorer's scores) of `solutions_of(labelled)`;
+    a solution's rows may stop early (steps past the context)."""
+    sols = solutions_of(labelled)
     xs, ys, owner, last = [], [], [], []
-    for k, ((_, s), f) in enumerate(zip(sols, feats)):
+    for k, ((_, s), f) in enumerate(zip(sols, per_solution)):
         n = f.shape[0] if f.numel() else 0
         if not n:
             continue
-        xs.append(f)
+        xs.append(f if f.dim() == 2 else f[:, None])
         ys.append(torch.tensor([math.nan if v is None else v for v in s.values[:n]], dtype=torch.float32))
         owner += [k] * n
         last += [i == len(s.steps) - 1 for i in range(n)]
     return StepData(torch.cat(xs), torch.cat(ys), torch.tensor(owner), torch.tensor(last),
                     [lp.problem_id for lp, _ in sols], [s.correct for _, s in sols])
+
+
+def build_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int], *, separator: str,
+               logprobs: bool) -> StepData:
+    sols = solutions_of(labelled)
+    return step_table(labelled, step_features(model, [(lp.question, s.steps) for lp, s in sols], layers,
+                                              separator=separator, logprobs=logprobs))
 
 
 def cached_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int], *, separator: str,
