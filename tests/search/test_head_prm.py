@@ -143,3 +143,19 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
                              profile=smol.profile)
     assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"
+
+
+def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels, target):
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.rewards.logprob import prefix_confidence
+
+    # steps of 2 and 1 tokens with mean log-probs -1 and -4: exp(-1), then exp((-2 - 4) / 3)
+    f = torch.tensor([[0.0, -1.0 / 20, 0.0], [0.0, -4.0 / 20, 0.0]])
+    assert torch.allclose(prefix_confidence(f, [2, 1]), torch.tensor([math.exp(-1), math.exp(-2)]))
+    _, _, _, labelled = labels
+    prm = load_prm("logprob", target)
+    s = labelled[0].solutions[0]
+    whole, part = prm.score_steps([StepSequence(labelled[0].question, s.steps),
+                                   StepSequence(labelled[0].question, s.steps[:2])])
+    assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole <= 1)).all())
+    assert torch.allclose(whole[:2], part, atol=1e-5)

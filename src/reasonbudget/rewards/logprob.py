@@ -27,8 +27,6 @@ def prefix_confidence(step_features: Tensor, step_lengths: Sequence[int]) -> Ten
 
 
 class PolicyLogProb:
-    step_separator = "\n\n"
-
     def __init__(self, model) -> None:
         self.model = model
         self.step_separator = model.profile.step_delimiter
