@@ -84,6 +84,7 @@ class Arbitrage:
             arbiter = PRMArbiter(prm, c.threshold, oracle=True)
             tokens = lambda: getattr(prm, "tokens_read", 0)  # noqa: E731
         else:
-            arbiter, tokens = RouterArbiter(load_router(c.router, c.draft, backend.model), c.threshold), (lambda: 0)
+            router = load_router(c.router, c.draft, backend.model)
+            arbiter, tokens = RouterArbiter(router, c.threshold), (lambda: router.tokens_read)
         return run_step_drafting(c, backend, prompts, generator, arbiter, method=self.name, observers=observers,
                                  scorer_tokens=tokens)

@@ -3,7 +3,7 @@ arbiters, and one run of `steps.draft_target.draft_target_loop` turned into resu
 
 The draft writes each reasoning step; an arbiter keeps it or has the target write that step from the same
 prefix (called lazily, only then, except for the oracle that needs both). Usage counts both models' tokens and
-forward passes and the PRM's or router's calls; the trace has who wrote each step, the step and token
+forward passes and the PRM's or router's calls (`prm_tokens`: the tokens the PRM or the router read); the trace has who wrote each step, the step and token
 acceptance rates and the number of target calls (escalations).
 """
 
