@@ -35,18 +35,22 @@ class ArbitrageConfig(StepDraftConfig):
 
 
 def load_router(spec: str, draft: str, target) -> object:
-    """The router for (draft, target): `spec` or the target's companion; refused when trained for another pair."""
+    """The router for (draft, target): `spec` or the target's companion; refused when trained for another pair.
+    Served models (remote:URL#MODEL) are known by the names they are served under."""
     from reasonbudget.models.registry import registered_companion
+    from reasonbudget.remote.model import is_remote, parse_remote_name
     from reasonbudget.rewards.router import CONFIG_FILE, StepRouter
 
-    path = Path(spec) if spec != "auto" else registered_companion(target.name, "router")
+    draft = parse_remote_name(draft)[1] if is_remote(draft) else draft
+    target_name = getattr(target, "served_model", target.name)
+    path = Path(spec) if spec != "auto" else registered_companion(target_name, "router")
     if path is None or not (path / CONFIG_FILE).exists():
-        raise ValueError(f"no router for {target.name} (router={spec}): train one with `reasonbudget train-router "
-                         f"--draft {draft} --target {target.name}` or pass router=DIR")
+        raise ValueError(f"no router for {target_name} (router={spec}): train one with `reasonbudget train-router "
+                         f"--draft {draft} --target {target_name}` or pass router=DIR")
     pair = json.loads((path / CONFIG_FILE).read_text()).get("pair", {})
-    if pair and not (_same_model(pair.get("draft", ""), draft) and _same_model(pair.get("target", ""), target.name)):
+    if pair and not (_same_model(pair.get("draft", ""), draft) and _same_model(pair.get("target", ""), target_name)):
         raise ValueError(f"the router at {path} was trained for {pair.get('draft')} -> {pair.get('target')}, not "
-                         f"{draft} -> {target.name}; train one for this pair with `reasonbudget train-router`")
+                         f"{draft} -> {target_name}; train one for this pair with `reasonbudget train-router`")
     key = str(path.resolve())
     if key not in _ROUTERS:
         _ROUTERS[key] = StepRouter(path)
@@ -69,7 +73,7 @@ def _same_model(a: str, b: str) -> bool:
 @dataclass(frozen=True)
 class Arbitrage:
     name: ClassVar[str] = "arbitrage"
-    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", level="tokens",
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", level="steps",
                                                         models=("policy", "draft", "router"))
     config_type: ClassVar[type] = ArbitrageConfig
     config: ArbitrageConfig = field(default_factory=ArbitrageConfig)
@@ -80,11 +84,11 @@ class Arbitrage:
         if c.oracle:
             from reasonbudget.rewards.factory import load_prm
 
-            prm = load_prm(c.prm, backend.model)
+            prm = load_prm(c.prm, getattr(backend, "model", backend))
             arbiter = PRMArbiter(prm, c.threshold, oracle=True)
             tokens = lambda: getattr(prm, "tokens_read", 0)  # noqa: E731
         else:
-            router = load_router(c.router, c.draft, backend.model)
+            router = load_router(c.router, c.draft, getattr(backend, "model", backend))
             arbiter, tokens = RouterArbiter(router, c.threshold), (lambda: router.tokens_read)
         return run_step_drafting(c, backend, prompts, generator, arbiter, method=self.name, observers=observers,
                                  scorer_tokens=tokens)

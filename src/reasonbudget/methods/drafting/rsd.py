@@ -27,7 +27,7 @@ class RSDConfig(StepDraftConfig):
 @dataclass(frozen=True)
 class RSD:
     name: ClassVar[str] = "rsd"
-    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", level="tokens",
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", level="steps",
                                                         models=("policy", "draft", "prm"))
     config_type: ClassVar[type] = RSDConfig
     config: RSDConfig = field(default_factory=RSDConfig)
@@ -36,7 +36,7 @@ class RSD:
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         from reasonbudget.rewards.factory import load_prm
 
-        prm = load_prm(self.config.prm, backend.model)
+        prm = load_prm(self.config.prm, getattr(backend, "model", backend))
         return run_step_drafting(self.config, backend, prompts, generator, PRMArbiter(prm, self.config.threshold),
                                  method=self.name, observers=observers,
                                  scorer_tokens=lambda: getattr(prm, "tokens_read", 0))

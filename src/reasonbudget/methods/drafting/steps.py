@@ -18,7 +18,8 @@ from reasonbudget.engine.generation import model_usage, split_thinking
 from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.methods.base import Backend, Generators
 from reasonbudget.rewards.router import RouterItem
-from reasonbudget.steps import StepConfig, StepRunner, prompt_generators
+from reasonbudget.steps import StepConfig, prompt_generators
+from reasonbudget.steps.particles import make_runner
 from reasonbudget.steps.draft_target import Decision, DraftTargetOutcome, Proposal, draft_target_loop
 from reasonbudget.types import MethodResult, StepSequence, TokenIds
 
@@ -81,20 +82,36 @@ class RouterArbiter:
         return [Decision(v > self.threshold, {"y_hat": v}) for v in y]
 
 
+def draft_backend(cfg: StepDraftConfig, backend: Backend, method: str):
+    """Where the draft runs: a draft engine beside the in-process target, or a remote server beside a remote
+    target (`draft=remote:URL#MODEL`, as the reference code runs both models on SGLang/vLLM servers)."""
+    from reasonbudget.remote.model import is_remote, load_remote
+
+    if hasattr(backend, "draft_engine"):
+        if is_remote(cfg.draft):
+            raise ValueError(f"{method}: the target runs here, so the draft must too (draft={cfg.draft}); serve "
+                             "both or neither")
+        return backend.draft_engine(cfg.draft, cfg.draft_quant)
+    if not is_remote(cfg.draft):
+        raise ValueError(f"{method}: the target is served ({backend.name}), so the draft must be too: "
+                         f"draft=remote:URL#MODEL (got draft={cfg.draft})")
+    if cfg.draft_quant != "none":
+        raise ValueError("draft_quant applies to a draft that runs here, not to a served one")
+    return load_remote(cfg.draft)
+
+
 def run_step_drafting(cfg: StepDraftConfig, backend: Backend, prompts: Sequence[TokenIds], generator: Generators,
                       arbiter, *, method: str, observers: Sequence[Observer] | None = None,
                       scorer_tokens=lambda: 0) -> list[MethodResult]:
-    """The loop on the in-process engine (target) and a draft engine; one result per prompt."""
+    """The loop on the in-process engine (target) and a draft engine, or on two servers; one result per prompt."""
     from reasonbudget.methods.budget.tale import questions_of
 
-    if not hasattr(backend, "draft_engine"):
-        raise ValueError(f"{method} runs on the in-process engine for now; {backend.name} is served elsewhere")
     t0 = time.perf_counter()
-    draft_engine = backend.draft_engine(cfg.draft, cfg.draft_quant)
+    drafter = draft_backend(cfg, backend, method)
     answer = cfg.max_answer_tokens if cfg.max_answer_tokens is not None else backend.profile.answer_tokens
     steps = StepConfig(max_steps=cfg.max_steps, max_step_tokens=cfg.max_step_tokens, max_tokens=cfg.max_tokens,
                        max_answer_tokens=answer)
-    draft, target = StepRunner(draft_engine, cfg.sampling, steps), StepRunner(backend, cfg.sampling, steps)
+    draft, target = make_runner(drafter, cfg.sampling, steps), make_runner(backend, cfg.sampling, steps)
     questions = questions_of(prompts, method)
     tokens_before = scorer_tokens()
     try:
@@ -105,25 +122,45 @@ def run_step_drafting(cfg: StepDraftConfig, backend: Backend, prompts: Sequence[
         target.close()
     wall = (time.perf_counter() - t0) / len(prompts)
     calls = getattr(arbiter, "calls", None)
-    results = [_result(backend, draft_engine.model, prompts[i], o, draft.costs[i], target.costs[i], wall,
-                       calls, scorer_tokens() - tokens_before, len(prompts)) for i, o in enumerate(outcomes)]
+    results = [_result(draft, target, i, o, wall, calls, scorer_tokens() - tokens_before, len(prompts))
+               for i, o in enumerate(outcomes)]
     for obs, r in zip(observers or (), results):
         obs.on_result(r)
     return results
 
 
-def _result(backend, draft_model, prompt: TokenIds, o: DraftTargetOutcome, d_cost, t_cost, wall: float,
-            calls: int | None, prm_tokens: int, num_prompts: int) -> MethodResult:
-    model = backend.model
-    tokens = o.final.tokens
-    thinking, answer = split_thinking(model, tokens, thinking_done=False)
-    n_think = len(model.encode(thinking)) if thinking else 0
-    t_processed = len(prompt) + t_cost.thinking + t_cost.forced + t_cost.answer + t_cost.fed
-    d_processed = len(prompt) + d_cost.thinking + d_cost.forced + d_cost.answer + d_cost.fed
+def _processed(runner, prompt: int) -> tuple[int, int]:
+    """(tokens processed, forward passes) of one prompt on one runner: prompt, generated and adopted tokens on
+    the engine; on a server, every request's prefix plus what it generated."""
+    c = runner.costs[prompt]
+    generated = c.thinking + c.forced + c.answer
+    if hasattr(runner, "prompt_tokens"):  # a remote runner (prompts are text)
+        return c.sent_tokens + generated, c.passes
+    return len(runner.prompts[prompt]) + generated + c.fed, c.passes + 1
+
+
+def _result(draft, target, i: int, o: DraftTargetOutcome, wall: float, calls: int | None, prm_tokens: int,
+            num_prompts: int) -> MethodResult:
+    model, draft_model = target.model, draft.model
     router_calls = len(o.rounds) if any("y_hat" in d.measured for _, d in o.rounds) else 0
-    usage = model_usage(model, prompt_tokens=len(prompt), processed=t_processed, forward_passes=t_cost.passes + 1,
-                        wall_seconds=wall, others=[(draft_model, d_processed, d_cost.passes + 1)],
-                        thinking_tokens=n_think, answer_tokens=max(0, len(tokens) - n_think),
+    t_processed, t_passes = _processed(target, i)
+    d_processed, d_passes = _processed(draft, i)
+    if o.final.tokens or not o.final.text:
+        tokens = o.final.tokens
+        thinking, answer = split_thinking(model, tokens, thinking_done=False)
+        n_think = len(model.encode(thinking)) if thinking else 0
+        n_answer = max(0, len(tokens) - n_think)
+        prompt_tokens = len(target.prompts[i])
+    else:  # text from a server: its own token counts
+        tokens = ()
+        head, sep, tail = o.final.text.partition(model.profile.think_close)
+        thinking, answer = head.strip(), model.profile.cut_answer(tail) if sep else ""
+        n_answer = round(o.final.num_tokens * len(tail) / max(1, len(o.final.text))) if sep else 0
+        n_think = o.final.num_tokens - n_answer
+        prompt_tokens = target.prompt_tokens[i]
+    usage = model_usage(model, prompt_tokens=prompt_tokens, processed=t_processed, forward_passes=t_passes,
+                        wall_seconds=wall, others=[(draft_model, d_processed, d_passes)],
+                        thinking_tokens=n_think, answer_tokens=n_answer,
                         drafted_tokens=o.draft_tokens, accepted_tokens=o.accepted_draft_tokens,
                         prm_calls=(calls or 0) // max(1, num_prompts) if not router_calls else 0,
                         prm_tokens=prm_tokens // max(1, num_prompts))
