@@ -159,3 +159,23 @@ def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels
                                    StepSequence(labelled[0].question, s.steps[:2])])
     assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole <= 1)).all())
     assert torch.allclose(whole[:2], part, atol=1e-5)
+
+
+def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from reasonbudget.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, ["train-prm", *a])  # noqa: E731
+    args = ["--model", "testbed-target", "--task", "testbed:d=3", "--limit", "4", "--samples", "2", "--rollouts", "2",
+            "--max-tokens", "96", "--epochs", "3", "--labels", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "h")]
+    r = run(*args, "--label-only")
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 4 and not (tmp_path / "h").exists()
+    r = run(*args)  # resumes: nothing left to label, then trains
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "h" / HEAD_FILE).exists() and json.loads((tmp_path / "h" / "training.json").read_text())["steps"] > 0
+    r = run(*args[:-4], "--labels", str(tmp_path / "l.jsonl"), "--samples", "3")
+    assert r.exit_code == 2 and "other settings" in r.output
+    r = run("--model", "testbed-target", "--temperature", "0")
+    assert r.exit_code == 2 and "need sampling" in r.output
