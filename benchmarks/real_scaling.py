@@ -1,12 +1,16 @@
-"""Particle filtering vs weighted best-of-N on a real model with the LLM-as-judge scorer (GSM8K).
+"""Search on a real model (GSM8K): greedy, majority vote, (weighted) best-of-N, beam search, DVTS and particle
+filtering with one step scorer (`--prm`).
 
-The policy judges its own partial solutions (prm=judge: the probability of "yes" to "Is every step of your
-solution so far correct?", read on the particles' KV rows). Weighted best-of-N, best-of-N and majority vote
+`--prm auto` (the default) is what users get: the model's trained PRM head when it has one (issue 21,
+`reasonbudget train-prm`), else `prm=auto`'s fallback. `--prm judge` is the policy judging its own partial
+solutions (the probability of "yes" to "Is every step of your solution so far correct?", read on the
+particles' KV rows); `--prm logprob` its own confidence. Weighted best-of-N, best-of-N and majority vote
 come from one run of N_max samples per problem, evaluated at each N on its first N samples (search-and-learn's
 protocol, as in benchmarks/scaling.py); particle filtering runs at every N. Greedy plain CoT is the reference.
 Everything runs through the evaluation harness (resumable sweep directories under --out).
 
-    python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--json]
+    python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--prm auto] [--json]
+                                      [--search-ns 4,8] (beam search and DVTS; beam width 4)
                                       [--text-judge-problems K] [--judge-model qwen2.5-coder-1.5b]
                                       [--judge-model-problems K] [--judge-model-ns 8]
 
@@ -16,7 +20,9 @@ judging the policy's particles): weighted best-of-N on the same samples, and par
 is also reported over just those problems (`rows_first_k`), so that the comparison is like for like.
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
-"mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...]}.
+"mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...], "paired": [{"a", "b", "diff", "diff_ci_low",
+"diff_ci_high", "p", ...}...]}: weighted best-of-N against majority vote at each N (the same samples), particle
+filtering against weighted best-of-N and against greedy (problem-level bootstrap and sign-flip test).
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from scaling import accuracy_lines, outcome, rows_of, subsample, voted_outcome  # benchmarks/ is on sys.path when run as a script
+from scaling import accuracy_lines, outcome, paired, rows_of, subsample, voted_outcome  # benchmarks/ is on sys.path when run as a script
 
-PRM = "prm=judge"
 TEMPERATURE = 0.8
+BEAM_WIDTH = 4
 
 
 def sweep(args, methods, budgets, out: Path, temperature: float, limit: int | None = None) -> list[dict]:
@@ -54,12 +60,14 @@ def measure(args) -> dict:
     t0 = time.time()
     out = Path(args.out)
     steps = f"max_tokens={args.max_tokens}"
+    PRM, scorer = f"prm={args.prm}", args.prm  # noqa: N806
     cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in sweep(args, ["plain"], [], out / "greedy", 0.0):
         cells[("greedy", "-", 1)].append(outcome(r))
     big = max(args.ns)
-    sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / "sampled", TEMPERATURE)
-    judges, extra = {"judge": judge_quality(sampled)}, {}
+    sub = "" if args.prm == "judge" else f"-{args.prm.replace('/', '_')}"  # the judge keeps its old run folders
+    sampled = sweep(args, [f"weighted-best-of-n:{PRM},{steps}"], [big], out / f"sampled{sub}", TEMPERATURE)
+    judges, extra = {scorer: judge_quality(sampled)}, {}
     if args.text_judge_problems:  # the re-prefilling judge on the same samples (per-problem generators)
         k = args.text_judge_problems
         text = sweep(args, [f"weighted-best-of-n:prm=judge-text,{steps}"], [big], out / "sampled-judge-text",
@@ -67,10 +75,17 @@ def measure(args) -> dict:
         same = {r["problem_id"]: r for r in sampled}
         judges[f"judge, first {k}"] = judge_quality([same[r["problem_id"]] for r in text])
         judges[f"judge-text, first {k}"] = judge_quality(text) | {"same_samples": same_samples(text, same)}
-    add_scaled(cells, sampled, "judge", args.ns)
+    add_scaled(cells, sampled, scorer, args.ns)
     _log(args, f"sampled done ({time.time() - t0:.0f}s)")
-    add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns), out / "particle-filter",
-                               TEMPERATURE), "judge")
+    add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns),
+                               out / f"particle-filter{sub}", TEMPERATURE), scorer)
+    _log(args, f"particle filtering done ({time.time() - t0:.0f}s)")
+    if args.search_ns:
+        for r in sweep(args, [f"{m}:{PRM},{steps}" for m in ("beam-search", "dvts")], list(args.search_ns),
+                       out / f"tree{sub}", TEMPERATURE):
+            if r["budget"] >= BEAM_WIDTH:  # beam search and DVTS start at N = beam width
+                cells[(r["method"].split(":")[0], scorer, r["budget"])].append(outcome(r))
+        _log(args, f"beam search and DVTS done ({time.time() - t0:.0f}s)")
     if args.judge_model:  # a second judge model on the same samples, and particle filtering with it
         prm, tag = f"prm=judge-text,judge_model={args.judge_model}", f"judge:{args.judge_model}"
         other = sweep(args, [f"weighted-best-of-n:{prm},{steps}"], [big], out / f"sampled-{args.judge_model}",
@@ -86,9 +101,15 @@ def measure(args) -> dict:
             first = {p.id for p in get_task("gsm8k").problems(k)}
             report_k = {key: [c for c in cs if c["problem_id"] in first] for key, cs in cells.items()}
             extra["rows_first_k"] = {"problems": k, "rows": rows_of(report_k)}
-    return {"rows": rows_of(cells), **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
+    pairs = [paired(cells, a, b) for n in args.ns
+             for a, b in ((("weighted-best-of-n", scorer, n), ("majority-vote", "-", n)),
+                          (("particle-filter", scorer, n), ("weighted-best-of-n", scorer, n)),
+                          (("particle-filter", scorer, n), ("greedy", "-", 1)))
+             if a in cells and b in cells]
+    return {"rows": rows_of(cells), "paired": pairs, **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
-                         "ns": list(args.ns), "prm": PRM, "judge_model": args.judge_model,
+                         "ns": list(args.ns), "search_ns": list(args.search_ns), "prm": PRM,
+                         "judge_model": args.judge_model,
                          "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
 
@@ -146,6 +167,9 @@ def print_table(report: dict) -> None:
     s = report["settings"]
     print(f"{s['model']} ({s['dtype']}) on {s['task']}, first {s['limit']} problems, {s['prm']}, T={s['temperature']}")
     print_rows(report["rows"])
+    for p in report.get("paired", []):
+        print(f"{'/'.join(map(str, p['a']))} - {'/'.join(map(str, p['b']))}: {p['diff']:+.3f} "
+              f"[{p['diff_ci_low']:+.3f}, {p['diff_ci_high']:+.3f}] p={p['p']:.3f} over {p['problems']} problems")
     if "rows_first_k" in report:
         print(f"\nthe same, on the first {report['rows_first_k']['problems']} problems only:")
         print_rows(report["rows_first_k"]["rows"])
@@ -175,7 +199,8 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows = [r | {"method": f"{r['method']} [{r['prm']}]"} if r["prm"] not in ("judge", "-") else r
+    s0 = report["settings"]
+    rows = [r | {"method": f"{r['method']} [{r['prm']}]"} if r["prm"] not in (s0["prm"].split("=", 1)[-1], "-") else r
             for r in report["rows"]]
     accuracy_lines(ax, rows, x=lambda r: r["mean_generated_tokens"])
     for r in rows:
@@ -184,7 +209,7 @@ def plot(report: dict, path: str) -> None:
                         textcoords="offset points", xytext=(3, 3))
     s = report["settings"]
     ax.set(xlabel="generated tokens per problem", ylabel="accuracy (95% CI)",
-           title=f"{s['model']} on GSM8K ({s['limit']} problems), LLM judge")
+           title=f"{s['model']} on GSM8K ({s['limit']} problems), {s['prm']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -196,6 +221,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="bfloat16 decodes ~3x faster than float32 on AMX CPUs")
     ap.add_argument("--limit", type=int, default=50, help="first N GSM8K test problems")
     ap.add_argument("--ns", default="4,8", help="comma-separated N values")
+    ap.add_argument("--prm", default="auto", help="step scorer: auto (the model's trained PRM head, else the "
+                                                  "fallback), judge, logprob, judge-text or a PRM head directory")
+    ap.add_argument("--search-ns", default="", help="N values for beam search and DVTS (beam width 4), e.g. 4,8")
     ap.add_argument("--max-tokens", type=int, default=640, help="per sample or particle")
     ap.add_argument("--batch-size", type=int, default=10, help="problems per engine batch")
     ap.add_argument("--threads", type=int, default=2)
@@ -212,6 +240,7 @@ def main() -> None:
     ap.add_argument("--plot", help="accuracy-vs-tokens plot (default: OUT/real_scaling.png)")
     args = ap.parse_args()
     args.ns = tuple(int(x) for x in args.ns.split(","))
+    args.search_ns = tuple(int(x) for x in args.search_ns.split(",")) if args.search_ns else ()
     args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
     if args.load and not Path(args.load).is_file():
         ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")

@@ -5,7 +5,10 @@ Checks that no request is lost (every one answered 200 with an answer) and none 
 reports p50/p95 latency and aggregate completion tokens/s of both modes and their ratio.
 
     python benchmarks/serve_load.py [--quick] [--json] [--requests 64] [--plot docs/serve_load.png]
-                                    [--url http://HOST:PORT/v1 --model M]
+                                    [--url http://HOST:PORT/v1 --model M] [--no-late]
+
+Late arrivals (continuous batching): 8 long requests (1024 thinking tokens) start, 8 short ones (budget 16)
+arrive 2 s later; the short ones' p50/p95 latency against the same short requests on the idle server.
 
 Without --url it serves the embedded model in-process on loopback. GSM8K test questions, greedy decoding.
 """
@@ -83,14 +86,48 @@ def summarize(mode: str, replies: list[dict[str, Any]], wall: float) -> dict[str
             "latencies_s": [round(r["latency"], 3) for r in replies], "budgets": [r.get("budget") for r in replies]}
 
 
-def run(url: str, model: str, n: int, progress: bool) -> dict[str, Any]:
+LATE_LONG, LATE_SHORT, LATE_DELAY_S = 1024, 16, 2.0
+
+
+async def late_arrivals(url: str, model: str, k: int = 8) -> dict[str, Any]:
+    """k long requests start; k short ones arrive LATE_DELAY_S later. Then the same short ones alone."""
+    bodies = requests_for(2 * k, model)
+    long_bodies = [{**b, "thinking_token_budget": LATE_LONG, "max_tokens": LATE_LONG + ANSWER_ROOM} for b in bodies[:k]]
+    short_bodies = [{**b, "thinking_token_budget": LATE_SHORT, "max_tokens": LATE_SHORT + ANSWER_ROOM}
+                    for b in bodies[k:]]
+    async with httpx.AsyncClient(timeout=3600) as client:
+        longs = [asyncio.create_task(_send(client, url, b)) for b in long_bodies]
+        await asyncio.sleep(LATE_DELAY_S)
+        shorts = await asyncio.gather(*(_send(client, url, b) for b in short_bodies))
+        long_replies = await asyncio.gather(*longs)
+        idle = await asyncio.gather(*(_send(client, url, b) for b in short_bodies))
+
+    def pct(replies, q):
+        lat = sorted(r["latency"] for r in replies)
+        return lat[max(int(q * len(lat)) - 1, 0)] if q < 1 else lat[-1]
+
+    out = {"long_requests": k, "short_requests": k, "delay_s": LATE_DELAY_S,
+           "short_p50_s": statistics.median(r["latency"] for r in shorts), "short_p95_s": pct(shorts, 0.95),
+           "idle_p50_s": statistics.median(r["latency"] for r in idle), "idle_p95_s": pct(idle, 0.95),
+           "long_p50_s": statistics.median(r["latency"] for r in long_replies),
+           "lost": sum(r["status"] != 200 or not r.get("answered") for r in [*shorts, *long_replies]),
+           "over_budget": sum(r.get("thinking", 0) > r["budget"] for r in [*shorts, *long_replies] if r["status"] == 200)}
+    out["p50_ratio"] = out["short_p50_s"] / out["idle_p50_s"]
+    out["p95_ratio"] = out["short_p95_s"] / out["idle_p95_s"]
+    return out
+
+
+def run(url: str, model: str, n: int, progress: bool, late: bool = True) -> dict[str, Any]:
     bodies = requests_for(n, model)
     endpoint = url.rstrip("/") + "/chat/completions"
     asyncio.run(concurrent(endpoint, bodies[:1]))  # warm-up (weights, caches)
     conc = summarize("concurrent", *asyncio.run(concurrent(endpoint, bodies)))
     seq = summarize("one at a time", *asyncio.run(one_at_a_time(endpoint, bodies, progress)))
-    return {"model": model, "budgets": list(BUDGETS), "rows": [conc, seq],
-            "throughput_ratio": conc["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None}
+    report = {"model": model, "budgets": list(BUDGETS), "rows": [conc, seq],
+              "throughput_ratio": conc["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else None}
+    if late:
+        report["late_arrivals"] = asyncio.run(late_arrivals(endpoint, model))
+    return report
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -124,6 +161,13 @@ def print_table(report: dict[str, Any]) -> None:
         print(" | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
     print(f"aggregate throughput, concurrent / one at a time: {report['throughput_ratio']:.2f}x "
           f"(model {report['model']}, budgets {report['budgets']} cycled)")
+    if "late_arrivals" in report:
+        la = report["late_arrivals"]
+        print(f"late arrivals: {la['short_requests']} short requests (budget {LATE_SHORT}) {la['delay_s']} s after "
+              f"{la['long_requests']} long ones (budget {LATE_LONG}): p50 {la['short_p50_s']:.2f} s, p95 "
+              f"{la['short_p95_s']:.2f} s; on the idle server p50 {la['idle_p50_s']:.2f} s, p95 {la['idle_p95_s']:.2f} s "
+              f"(ratios {la['p50_ratio']:.2f}x / {la['p95_ratio']:.2f}x; lost {la['lost']}, over budget "
+              f"{la['over_budget']})")
 
 
 def main() -> None:
@@ -135,12 +179,13 @@ def main() -> None:
     ap.add_argument("--url", help="an already running server (default: serve the embedded model here)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--plot", help="write a latency plot here (e.g. docs/serve_load.png)")
+    ap.add_argument("--no-late", action="store_true", help="skip the late-arrival case")
     args = ap.parse_args()
     n = args.requests or (16 if args.quick else 64)
     if n < 1:
         sys.exit("error: --requests must be >= 1")
     if args.url:
-        report = run(args.url, args.model, n, not args.json)
+        report = run(args.url, args.model, n, not args.json, late=not args.no_late)
     else:
         from reasonbudget.models import load_model
         from reasonbudget.serve.app import create_app
@@ -148,7 +193,7 @@ def main() -> None:
 
         app = create_app(load_model(args.model))
         with serving(app) as url:
-            report = run(url, args.model, n, not args.json)
+            report = run(url, args.model, n, not args.json, late=not args.no_late)
             report["engine_batches"] = app.state.scheduler.batches
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -358,6 +358,67 @@ def train_router_cmd(
                            "held_out": report["held_out"]}, indent=2))
 
 
+@app.command("train-prm")
+def train_prm_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="The policy whose sampled solutions are labelled (name or path)."),
+    task: str = typer.Option("gsm8k:split=train", help="Problems to label (a task spec)."),
+    limit: int = typer.Option(200, help="First N problems of the task."),
+    base: Optional[str] = typer.Option(None, help="The frozen model the head reads (default: --model)."),
+    labels: Optional[str] = typer.Option(None, help="Step-label file (JSONL; resumed when it exists). Default: "
+                                                     "the user cache."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the model's PRM companion)."),
+    samples: int = typer.Option(2, help="Solutions sampled per problem."),
+    rollouts: int = typer.Option(3, help="Outcomes per step: the solution's own continuation and rollouts - 1 "
+                                         "fresh completions from the step's end."),
+    max_tokens: int = typer.Option(320, help="Token cap of a solution and of a rollout."),
+    temperature: float = typer.Option(0.8),
+    dtype: str = typer.Option("bfloat16", help="float32 | bfloat16"),
+    label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
+    epochs: int = typer.Option(60),
+    hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+) -> None:
+    """Train a process reward model for a model without one (Math-Shepherd labels): sample solutions, roll out
+    from the end of every step to label it by how often the gold answer is reached, then train a head over a
+    frozen base model's hidden states. The labelling is resumable: run the same command again after a stop."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from reasonbudget.models import ModelNotFoundError, load_model
+    from reasonbudget.models.registry import cache_root, companion_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1:
+        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs and --hidden >= 1")
+    if temperature <= 0:
+        _fail(f"--temperature {temperature}: rollout labels need sampling (> 0)")
+    try:
+        from reasonbudget.tasks import get_task
+        from reasonbudget.training.head_prm import HeadTrainConfig, train_head
+        from reasonbudget.training.step_labels import LabelConfig, label_task
+
+        the_task = get_task(task)
+        problems = the_task.problems()[:limit]
+        policy = load_model(model, dtype=dtype)
+        slug = f"{policy.name}-{the_task.spec}".replace("/", "--").replace(":", "_").replace("=", "-")
+        where = Path(labels) if labels else cache_root() / "step-labels" / f"{slug}.jsonl"
+        cfg = LabelConfig(samples=samples, rollouts=rollouts, max_tokens=max_tokens, temperature=temperature)
+        typer.echo(f"labelling {len(problems)} problems into {where}", err=True)
+        labelled = label_task(policy, problems, where, cfg, task=the_task.name)
+        if label_only:
+            return
+        head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
+        target = Path(out) if out else companion_dir(policy.name, "prm")
+        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden),
+                            features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
+    except (ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    (target / "training.json").write_text(json.dumps(report, indent=2))
+    typer.echo(json.dumps({"saved_to": str(target), "head_parameters": report["head_parameters"],
+                           "steps": report["steps"], "held_out": report["held_out"]}, indent=2))
+
+
 @app.command("fit-budget-estimator")
 def fit_budget_estimator_cmd(
     model: str = typer.Option(..., "--model", "-m", help="The model whose budgets are searched (name or path)."),
@@ -402,6 +463,8 @@ def serve(
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),
     allow_prm_url: list[str] = typer.Option([], help="A PRM server requests may name as their scorer "
                                             "(prm=pool:URL#MODEL); repeat for several. None by default."),
+    draft_model: str = typer.Option("", help="A draft model (same tokenizer) for speculative decoding: requests "
+                                             "whose method can speculate use it unless they name their own."),
 ) -> None:
     """Serve a model over OpenAI-compatible HTTP (/v1/chat/completions, /v1/completions, /v1/models)."""
     from reasonbudget.models import ModelNotFoundError, load_model
@@ -412,6 +475,10 @@ def serve(
         _fail("--max-batch, --max-queue and --default-max-tokens must be >= 1")
     try:
         lm = load_model(model, dtype=dtype, device=check_device(device), quant=quant)
+        if draft_model:
+            from reasonbudget.engine import Engine
+
+            Engine(lm).speculation(draft_model, 4)  # load and check the pair now, not at the first request
     except UserError as e:
         _fail(str(e))
         return
@@ -424,7 +491,8 @@ def serve(
     from reasonbudget.serve.requests import ServeConfig
     from reasonbudget.serve.scheduler import SchedulerConfig
 
-    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url)),
+    app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url),
+                                      default_draft=draft_model),
                       SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
     typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (OpenAI-compatible)", err=True)
     try:

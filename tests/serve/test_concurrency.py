@@ -121,3 +121,33 @@ def test_the_engine_cache_is_resized_for_the_next_batch_alone(smollm):
     engine.release(engine.prefill([(1, 2, 3)] * 8, max_new_tokens=5))
     engine.release(engine.prefill([(1, 2, 3)], max_new_tokens=200))
     assert (engine.cache.num_rows, engine.cache.capacity) == (1, 203)  # not 8 rows x 203
+
+
+@pytest.mark.slow
+def test_a_request_arriving_mid_batch_joins_it_and_finishes_first(smollm):
+    """Continuous batching: a long request decodes; a short one sent later joins its batch between steps
+    (no second batch), keeps its budget, answers like it does alone (greedy), and comes back before the long
+    one. (How much sooner is the serve_load benchmark's business.)"""
+    app = create_app(smollm, ServeConfig(), SchedulerConfig(gather_seconds=0.0))
+    long_body = {**body(400), "max_tokens": 460}
+    with serving(app) as url:
+        alone = httpx.post(url + "/chat/completions", json=body(8), timeout=300).json()
+        before = app.state.scheduler.batches
+
+        async def late():
+            async with httpx.AsyncClient(timeout=600) as c:
+                t0 = time.perf_counter()
+                first = asyncio.create_task(c.post(url + "/chat/completions", json=long_body))
+                await asyncio.sleep(1.5)  # the long request is decoding by now
+                short = await c.post(url + "/chat/completions", json=body(8))
+                t_short = time.perf_counter() - t0
+                long_reply = await first
+                return short.json(), long_reply.json(), t_short, time.perf_counter() - t0
+
+        short, long_reply, t_short, t_long = asyncio.run(late())
+        batches = app.state.scheduler.batches - before
+    assert batches == 1  # the short request joined the long one's batch
+    assert short["reasonbudget"]["usage"]["thinking_tokens"] <= 8
+    assert short["choices"][0]["message"] == alone["choices"][0]["message"]
+    long_tokens = long_reply["usage"]["completion_tokens"]
+    assert long_tokens > short["usage"]["completion_tokens"] + 20 and t_short < t_long  # answered while it ran

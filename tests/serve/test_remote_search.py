@@ -69,11 +69,15 @@ def test_every_registered_method_runs_remotely_or_is_refused_in_one_line(remote,
             with pytest.raises(ValueError, match=r"^[^\n]*which remote:[^\n]*does not offer[^\n]*$"):
                 solve(remote, name, questions[:1], budget=budget, generator=_gen())
             continue
-        (r,) = solve(remote, name, questions[:1], budget=budget, sampling=SamplingConfig(temperature=1.0),
+        spec = name
+        if "draft" in caps.models:  # step drafting: a served draft (here the target serves as its own draft)
+            spec = f"{name}:draft={remote.name}" + (",oracle=true" if name == "arbitrage" else "")
+        (r,) = solve(remote, spec, questions[:1], budget=budget, sampling=SamplingConfig(temperature=1.0),
                      generator=_gen())
         assert r.answer and r.usage.completion_tokens > 0, name
         ran.append(name)
-    assert len(ran) == len(METHODS) - 1  # all but budget guidance (token level)
+    token_level = [n for n, c in METHODS.items() if c.capabilities.level == "tokens"]
+    assert "budget-guidance" in token_level and len(ran) == len(METHODS) - len(token_level)
 
 
 def pooling_stand_in(prm) -> FastAPI:
@@ -111,3 +115,19 @@ def test_a_prm_server_that_is_down_fails_the_run_in_one_line(remote, questions):
 
     with pytest.raises(PRMUnavailable, match="cannot be reached"):
         solve(remote, "particle-filter:prm=pool:http://127.0.0.1:9/v1#prm", questions[:1], budget=2, generator=_gen())
+
+
+def test_step_drafting_over_two_servers_equals_the_in_process_run(target, remote, questions):
+    """Arbitrage's oracle and RSD with the testbed pair served by two loopback servers (greedy): the same steps,
+    writers and answers as on the engine; a local draft beside a served target is refused in one line."""
+    draft = load_model("testbed-draft")
+    with serving(create_app(draft, ServeConfig(default_max_tokens=64))) as draft_url:
+        for spec in ("arbitrage:oracle=true,threshold=0", "rsd:threshold=0.7"):
+            local = solve(Engine(target), f"{spec},draft=testbed-draft", questions, generator=_gen())
+            served = solve(remote, f"{spec},draft=remote:{draft_url}#testbed-draft", questions, generator=_gen())
+            for a, b in zip(local, served):
+                assert (a.thinking, a.answer) == (b.thinking, b.answer), spec
+                assert a.trace["writers"] == b.trace["writers"] and a.trace["target_calls"] == b.trace["target_calls"]
+                assert set(b.usage.tokens_by_model) == {remote.name, f"remote:{draft_url}#testbed-draft"}
+    with pytest.raises(ValueError, match="the draft must be too"):
+        solve(remote, "rsd:draft=testbed-draft", questions[:1], generator=_gen())

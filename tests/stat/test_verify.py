@@ -97,3 +97,31 @@ def test_analysis_formulas():
     assert expected_speedup(0.914, 4, 0.51) == pytest.approx(4.2108 / 3.04, abs=1e-3)
     p = torch.tensor([[0.5, 0.5, 0.0]])
     assert float(acceptance_rate(p, torch.tensor([[0.0, 0.5, 0.5]]))[0]) == pytest.approx(0.5)
+
+
+def test_beam_step_greedy_takes_the_most_likely_pairs():
+    from reasonbudget.engine.verify import beam_step
+
+    score = torch.tensor([math.log(0.5), math.log(0.1)])
+    logq = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.9, 0.05, 0.05]]))
+    parent, tok, new = beam_step(score, logq, 2, greedy=True)
+    assert list(zip(parent, tok)) == [(0, 0), (0, 1)]  # joint 0.30, 0.15 beat 0.09
+    assert torch.allclose(new.exp(), torch.tensor([0.30, 0.15], dtype=torch.float64))
+
+
+def test_beam_step_draws_pairs_in_proportion_to_their_joint_probability():
+    """Frequencies of (beam, token) pairs follow exp(score + log q) normalised over all pairs (in log space;
+    a log-softmax over probabilities, the reference's bug, would flatten them)."""
+    from reasonbudget.engine.verify import beam_step
+
+    score = torch.log(torch.tensor([0.7, 0.3]))
+    logq = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    expected = (score[:, None] + logq).exp().flatten()
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6)
+    n = 5000
+    for _ in range(n):
+        parent, tok, _ = beam_step(score, logq, 1, greedy=False, generator=g)
+        counts[parent[0] * 3 + tok[0]] += 1
+    chi2 = float(((counts - expected * n) ** 2 / (expected * n)).sum())
+    assert chi2 < 20.52, chi2  # 0.999 quantile, 5 degrees of freedom

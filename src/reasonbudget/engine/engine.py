@@ -8,6 +8,8 @@ ragged lengths, their own controllers, their own generator, their own stop.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,12 +21,27 @@ from reasonbudget.engine import generation
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import BatchedWork, Controller, Observer
 from reasonbudget.engine.errors import PromptTooLongError
-from reasonbudget.engine.sampling import SamplingConfig, child_generators, sample
+from reasonbudget.engine.sampling import SamplingConfig, child_generators, draw, probabilities, sample
+from reasonbudget.engine.speculation import MTADSettings, RowSpeculation, Speculation
+from reasonbudget.engine.verify import accepts, mtad_verify, residual
 from reasonbudget.models.profiles import ReasoningProfile
 from reasonbudget.models.registry import LoadedModel, build_prompt
 from reasonbudget.types import MethodResult, PromptIds, TokenIds
 
 __all__ = ["Decoded", "Engine", "PromptTooLongError"]
+
+logger = logging.getLogger(__name__)
+_DRAFTS: dict[tuple[str, str, str, str], LoadedModel] = {}
+"""Draft models by (name, quant, dtype, device), loaded once per process."""
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A row that joins a running decode between steps (prefilled by the caller): continuous batching."""
+
+    row: int
+    controller: Controller | None = None
+    generator: Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,8 @@ class Decoded:
     forced: tuple[bool, ...]  # per token: injected by a controller rather than sampled
     finish_reason: str  # "eos" | "length" | "stop"
     forward_passes: int
+    speculation: RowSpeculation | None = None
+    """Drafted and accepted tokens and the draft's passes, when the row ran under speculation."""
 
 
 class Engine:
@@ -46,6 +65,9 @@ class Engine:
         self.cache = None
         self.history: dict[int, list[int]] = {}
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.draft_engines: dict[tuple[str, str, str, str], Engine] = {}
+        self.admission = None
+        """Set by a server's scheduler while it runs a batch that requests may join (`generation.Admission`)."""
 
     # ---- text level (shared with remote backends) -------------------------------------------------------
     @property
@@ -63,10 +85,35 @@ class Engine:
     def generate(self, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
                  generator: Generator | Sequence[Generator], *, prefill_text: str = "",
                  steering: Callable[[BudgetController], Controller] | None = None,
-                 observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+                 observers: Sequence[Observer] | None = None, speculation: Speculation | None = None) -> list[MethodResult]:
         """Think under budgets[i], then answer, for every prompt in one batch (see `engine.generation`)."""
         return generation.generate(self, prompts, budgets, sampling, generator, prefill_text=prefill_text,
-                                   steering=steering, observers=observers)
+                                   steering=steering, observers=observers, speculation=speculation)
+
+    def speculation(self, draft: str, gamma: int, quant: str = "none", mtad: MTADSettings | None = None,
+                    adaptive: bool = False) -> Speculation:
+        """Speculation with the draft model `draft` (see `draft_engine`)."""
+        return Speculation(self.draft_engine(draft, quant), gamma, mtad, adaptive)
+
+    def draft_engine(self, draft: str, quant: str = "none") -> Engine:
+        """An engine on the draft model `draft` (a registry name or path) in this engine's dtype and device
+        (`quant`: its linears quantized): the weights loaded once per process, the rows this engine's own.
+        Refused when its tokenizer differs from this model's; a larger draft is allowed with a warning."""
+        from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model
+
+        dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
+        device = str(getattr(self.backend, "device", "cpu"))
+        key = (draft, quant, dtype, device)
+        if key not in _DRAFTS:
+            _DRAFTS[key] = load_model(draft, dtype=dtype, device=device, quant=quant)
+        check_shared_tokenizer(_DRAFTS[key], self.model)
+        if _DRAFTS[key].num_params > self.model.num_params:
+            logger.warning("draft %s (%d parameters) is larger than the target %s (%d): allowed, but a draft step "
+                           "then costs more than the target step it saves", draft, _DRAFTS[key].num_params,
+                           self.model.name, self.model.num_params)
+        if key not in self.draft_engines:
+            self.draft_engines[key] = Engine(_DRAFTS[key])
+        return self.draft_engines[key]
 
     # ---- rows -------------------------------------------------------------------------------------------
     def _ensure_cache(self, num_rows: int, capacity: int) -> None:
@@ -109,6 +156,15 @@ class Engine:
         for r, n in zip(rows.tolist(), num_tokens.tolist()):
             del self.history[r][n:]
         self.cache.truncate(rows, num_tokens - 1)
+
+    @torch.inference_mode()
+    def forward_last(self, rows: Tensor) -> Tensor:
+        """One decode step without sampling: feed each row its last token (its K/V join the cache) and return
+        the next-token logits [R, V]; the caller appends the token it picks (MTAD's beams)."""
+        fo = self._forward(torch.tensor([[self.history[r][-1]] for r in rows.tolist()]), rows,
+                           torch.zeros(rows.numel(), dtype=torch.long), ())
+        self.cache.lengths[rows] += 1
+        return fo.logits
 
     # ---- forward ----------------------------------------------------------------------------------------
     def _forward(self, tokens: Tensor, rows: Tensor, logits_at: Tensor, hidden_layers: Sequence[int]):
@@ -217,12 +273,18 @@ class Engine:
         stop_on_eos: bool = True,
         on_step: Callable[[int], None] | None = None,
         on_finish: Callable[[int, Decoded], None] | None = None,
+        speculation: Speculation | None = None,
+        admit: Callable[[], Sequence[Joining]] | None = None,
     ) -> list[Decoded]:
         """Generate up to max_new_tokens per row; returns one `Decoded` per row, in order.
 
         `generator`: one generator for the call (row generators are derived from it), or one per row (a row's
         draws then depend only on its own generator, whatever batch it runs in). `on_finish(i, decoded)` is
-        called as soon as row i is done, while the others go on (the server answers it right away)."""
+        called as soon as row i is done, while the others go on (the server answers it right away).
+        `speculation`: a draft proposes tokens that one target forward verifies (`engine.speculation`);
+        controllers still see every emitted token in order. `admit()` is asked after every step for rows that
+        join the batch (continuous batching): they get the next indices (n, n + 1, ...), report through
+        `on_finish`, and are not in the returned list."""
         n = rows.numel()
         ctrl = list(controllers) if controllers is not None else [None] * n
         gens = None if sampling.greedy else _row_generators(generator, n)
@@ -232,56 +294,205 @@ class Engine:
         forced: list[list[bool]] = [[] for _ in range(n)]
         queue: list[deque[int]] = [deque() for _ in range(n)]
         finish, passes = [""] * n, [0] * n
+
+        def decoded(i: int) -> Decoded:
+            spec = speculation.stats.get(int(rows[i])) if speculation is not None else None
+            return Decoded(tuple(out[i]), tuple(forced[i]), finish[i], passes[i], spec)
+
+        def emit(i: int, tok: int, is_forced: bool) -> tuple[bool, bool]:
+            """Row i emits `tok`: its controller acts, stop rules apply. -> (the row goes on, the controller
+            let the token stand and queued nothing)."""
+            row = int(rows[i])
+            stop, plain = False, True
+            if ctrl[i] is not None:
+                act = ctrl[i].on_token(tok, is_forced)
+                plain = act.force == () and not act.stop
+                if act.replace:
+                    if act.rollback:
+                        del out[i][-act.rollback :], forced[i][-act.rollback :], self.history[row][-act.rollback :]
+                        self.cache.lengths[row] -= act.rollback
+                    tok, is_forced = act.force[0], True
+                    queue[i].extendleft(reversed(act.force[1:]))
+                    ctrl[i].on_edit(act.rollback + 1, (tok,))
+                else:
+                    queue[i].extend(act.force)
+                stop = act.stop
+            out[i].append(tok)
+            forced[i].append(is_forced)
+            self.history[row].append(tok)
+            if stop:
+                finish[i] = "stop"
+            elif not is_forced and tok in eos:
+                finish[i] = "eos"
+            elif len(out[i]) >= max_new_tokens:
+                finish[i] = "length"
+            else:
+                return True, plain
+            if on_finish is not None:
+                on_finish(i, decoded(i))
+            return False, plain
+
         active = list(range(n))
         zeros = torch.zeros(n, dtype=torch.long)
-        while active:
-            act_rows = rows[active]
-            fo = self._step_forward(act_rows, zeros, layers)
-            self.cache.lengths[act_rows] += 1
-            logits = fo.logits  # [A, V]
-            steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
-            row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
-            _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
-            for j, i in enumerate(active):
-                passes[i] += 1
-                if j in steered:
-                    logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
-            sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
-            still = []
-            for j, i in enumerate(active):
-                row = int(rows[i])
-                tok, is_forced = (queue[i].popleft(), True) if queue[i] else (sampled[j], False)
-                stop = False
-                if ctrl[i] is not None:
-                    act = ctrl[i].on_token(tok, is_forced)
-                    if act.replace:
-                        if act.rollback:
-                            del out[i][-act.rollback :], forced[i][-act.rollback :], self.history[row][-act.rollback :]
-                            self.cache.lengths[row] -= act.rollback
-                        tok, is_forced = act.force[0], True
-                        queue[i].extendleft(reversed(act.force[1:]))
-                        ctrl[i].on_edit(act.rollback + 1, (tok,))
-                    else:
-                        queue[i].extend(act.force)
-                    stop = act.stop
-                out[i].append(tok)
-                forced[i].append(is_forced)
-                self.history[row].append(tok)
-                if stop:
-                    finish[i] = "stop"
-                elif not is_forced and tok in eos:
-                    finish[i] = "eos"
-                elif len(out[i]) >= max_new_tokens:
-                    finish[i] = "length"
+        draft_gens = None
+        if speculation is not None:
+            speculation.start(rows.tolist(), [self.history[int(r)] for r in rows], max_new_tokens + 1)
+            draft_gens = [child_generators(g, 1)[0] for g in gens] if gens else None
+        try:
+            while active:
+                if speculation is not None:
+                    active = self._speculative_round(active, rows, speculation, sampling, gens, draft_gens, ctrl, queue,
+                                                     layers, passes, out, max_new_tokens, emit)
                 else:
-                    still.append(i)
-                    continue
-                if on_finish is not None:
-                    on_finish(i, Decoded(tuple(out[i]), tuple(forced[i]), finish[i], passes[i]))
-            active = still
-            if on_step is not None:
-                on_step(len(active))
-        return [Decoded(tuple(o), tuple(f), r, p) for o, f, r, p in zip(out, forced, finish, passes)]
+                    active = self._step(active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit)
+                for jn in admit() if admit is not None and speculation is None else ():
+                    rows = torch.cat([rows, torch.tensor([jn.row], dtype=rows.dtype)])
+                    ctrl.append(jn.controller)
+                    out.append([])
+                    forced.append([])
+                    queue.append(deque())
+                    finish.append("")
+                    passes.append(0)
+                    if gens is not None:
+                        if jn.generator is None:
+                            raise ValueError("a row joining a sampled decode needs its own generator")
+                        gens.append(jn.generator)
+                    if jn.controller is not None:
+                        layers = tuple(sorted({*layers, *jn.controller.hidden_layers}))
+                    active.append(len(rows) - 1)
+                    zeros = torch.zeros(len(rows), dtype=torch.long)
+                if on_step is not None:
+                    on_step(len(active))
+        finally:
+            if speculation is not None:
+                speculation.close()
+        return [decoded(i) for i in range(n)]
+
+    def _step(self, active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit) -> list[int]:
+        """One token for every active row (the plain decode step)."""
+        act_rows = rows[active]
+        fo = self._step_forward(act_rows, zeros, layers)
+        self.cache.lengths[act_rows] += 1
+        logits = fo.logits  # [A, V]
+        steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
+        row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
+        _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
+        for j, i in enumerate(active):
+            passes[i] += 1
+            if j in steered:
+                logits[j] = ctrl[i].process_logits(logits[j], row_hidden[j])
+        sampled = sample(logits, sampling, [gens[i] for i in active] if gens else None).tolist()
+        still = []
+        for j, i in enumerate(active):
+            tok, is_forced = (queue[i].popleft(), True) if queue[i] else (sampled[j], False)
+            if emit(i, tok, is_forced)[0]:
+                still.append(i)
+        return still
+
+    def _speculative_round(self, active, rows, spec: Speculation, sampling, gens, draft_gens, ctrl, queue, layers,
+                           passes, out, max_new_tokens, emit) -> list[int]:
+        """One round of speculation: the draft proposes for the rows that would sample, one target forward
+        scores every active row's last token and proposal, then each row walks its positions in order until a
+        token is not a kept draft (see `engine.speculation`)."""
+        act_rows = rows[active]
+        base = self.cache.lengths[act_rows].tolist()
+        sampling_rows = [i for i in active if not queue[i]]
+        proposals = dict(zip(sampling_rows, spec.propose(
+            [int(rows[i]) for i in sampling_rows], [self.history[int(rows[i])] for i in sampling_rows], sampling,
+            [draft_gens[i] for i in sampling_rows] if draft_gens else None)))
+        room = self.cache.capacity - max(base)  # positions every row of the batched forward can write
+        feeds = []
+        for i in active:
+            drafted = proposals.get(i, ([], []))[0][: max(0, min(room - 1, max_new_tokens - len(out[i]) - 1))]
+            feeds.append([self.history[int(rows[i])][-1], *drafted])
+        for i, f in zip(active, feeds):
+            if len(f) > 1:
+                spec.stats[int(rows[i])].count_block(len(f) - 1)
+        width = max(map(len, feeds))
+        x = torch.zeros(len(active), width, dtype=torch.long)
+        for j, f in enumerate(feeds):
+            x[j, : len(f)] = torch.tensor(f)
+        fo = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
+        keep_upto = _mtad_lengths(fo.logits, feeds, proposals, active, spec, sampling) if spec.mtad is not None else {}
+        going, finished = set(range(len(active))), set()
+        kept_in_round: dict[int, int] = {}
+        for pos in range(width):
+            in_run = [j for j in sorted(going) if pos < len(feeds[j])]
+            if not in_run:
+                break
+            steered = [j for j in in_run if ctrl[active[j]] is not None and not queue[active[j]]]
+            row_hidden = {j: {k: h[j, pos] for k, h in fo.hidden.items()} if layers else None for j in steered}
+            _run_batched_work([(ctrl[active[j]], row_hidden[j]) for j in steered])
+            for j in in_run:
+                i = active[j]
+                row = int(rows[i])
+                self.cache.lengths[row] = base[j] + pos + 1  # the token fed at this position is in the cache now
+                passes[i] += pos == 0
+                kept = False
+                if queue[i]:
+                    tok, is_forced = queue[i].popleft(), True
+                else:
+                    logits = fo.logits[j, pos]
+                    if j in steered:
+                        logits = ctrl[i].process_logits(logits, row_hidden[j])
+                    qs = proposals.get(i, ([], []))[1]
+                    draft_tok = feeds[j][pos + 1] if pos + 1 < len(feeds[j]) else None
+                    if spec.mtad is not None:  # kept up to MTAD's length, then one token from the target's p
+                        kept = pos < keep_upto[j]
+                        tok = draft_tok if kept else _verify_position(logits, None, None, sampling,
+                                                                      gens[i] if gens else None)[0]
+                    else:
+                        tok, kept = _verify_position(logits, draft_tok, qs[pos] if draft_tok is not None and qs else None,
+                                                     sampling, gens[i] if gens else None)
+                    is_forced = False
+                    if kept:
+                        spec.stats[row].accepted += 1
+                        spec.stats[row].position_accepted[pos] += 1
+                        kept_in_round[j] = kept_in_round.get(j, 0) + 1
+                alive, plain = emit(i, tok, is_forced)
+                if not alive:
+                    going.discard(j)
+                    finished.add(j)
+                elif not (kept and plain and not queue[i]):
+                    going.discard(j)  # the run ends here; the row goes on next round
+        for j, i in enumerate(active):
+            if len(feeds[j]) > 1:
+                row = int(rows[i])
+                spec.record_round(row, len(feeds[j]) - 1, kept_in_round.get(j, 0))
+        return [i for j, i in enumerate(active) if j not in finished]
+
+
+def _mtad_lengths(logits: Tensor, feeds, proposals, active, spec: Speculation, sampling: SamplingConfig) -> dict[int, int]:
+    """Per batch row: how many drafted tokens MTAD keeps (`verify.mtad_verify` on the target's post-processed
+    log-probabilities of the block; greedy: the argmax is the target's only token)."""
+    out = {}
+    for j, i in enumerate(active):
+        block = feeds[j][1:]
+        if not block:
+            out[j] = 0
+            continue
+        rows = logits[j, : len(block)]
+        if sampling.greedy:
+            lp = [0.0 if int(rows[k].argmax()) == t else float("-inf") for k, t in enumerate(block)]
+        else:
+            probs = probabilities(rows, sampling)
+            lp = [math.log(float(probs[k, t])) if float(probs[k, t]) > 0 else float("-inf") for k, t in enumerate(block)]
+        out[j] = mtad_verify(lp, proposals[i][1][: len(block)], spec.mtad.tau)
+    return out
+
+
+def _verify_position(logits: Tensor, drafted: int | None, q: Tensor | None, sampling: SamplingConfig,
+                     generator: Generator | None) -> tuple[int, bool]:
+    """The token one position of a speculative run emits, and whether it is the kept draft token."""
+    if sampling.greedy:
+        t = int(logits.argmax())
+        return t, drafted is not None and t == drafted
+    p = probabilities(logits[None], sampling)[0]
+    if drafted is None:
+        return int(draw(p[None], [generator])[0]), False
+    if accepts(p, q, drafted, float(torch.rand(1, generator=generator, dtype=torch.float64))):
+        return drafted, True
+    return int(draw(residual(p, q)[None], [generator])[0]), False
 
 
 def _run_batched_work(rows: Sequence[tuple[Controller, Mapping[int, Tensor] | None]]) -> None:

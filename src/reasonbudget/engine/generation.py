@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+import torch
 from torch import Generator
 
 from reasonbudget.engine.budget import WRAPUP, WRAPUP_STOPS, BudgetConfig, BudgetController, ProfileTokens
@@ -23,7 +24,8 @@ from reasonbudget.engine.sampling import SamplingConfig
 from reasonbudget.types import MethodResult, TokenIds, Usage
 
 if TYPE_CHECKING:
-    from reasonbudget.engine.engine import Decoded, Engine
+    from reasonbudget.engine.engine import Decoded, Engine, Joining
+    from reasonbudget.engine.speculation import RowSpeculation, Speculation
     from reasonbudget.models.registry import LoadedModel
 
 THINKING_SAFETY_CAP = 32768
@@ -54,12 +56,30 @@ def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool)
 
 
 def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forward_passes: int, wall_seconds: float,
-                **counts: int) -> Usage:
+                draft: tuple[LoadedModel, RowSpeculation] | None = None,
+                others: Sequence[tuple[LoadedModel, int, int]] = (), **counts: int) -> Usage:
     """The one place a model's `Usage` is built: tokens processed and forward passes under the model's name,
-    and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts."""
-    return Usage(prompt_tokens=prompt_tokens, tokens_by_model={model.name: processed},
-                 forward_passes_by_model={model.name: forward_passes}, wall_seconds=wall_seconds,
-                 energy_flops=2.0 * getattr(model, "num_params", 0) * processed, **counts)
+    and the energy proxy 2 x parameters x tokens processed. `counts`: thinking/forced/answer/PRM counts.
+    `draft`: a speculating row's draft model and what it did (its tokens and passes under its own name; the
+    target also read the drafted tokens it rejected). `others`: (model, tokens processed, forward passes) of
+    further models that worked on the request (a step-level draft)."""
+    tokens, passes = {model.name: processed}, {model.name: forward_passes}
+    energy = 2.0 * getattr(model, "num_params", 0) * processed
+    if draft is not None:
+        dm, spec = draft
+        tokens[model.name] += spec.drafted - spec.accepted
+        energy += 2.0 * getattr(model, "num_params", 0) * (spec.drafted - spec.accepted)
+        d_processed = prompt_tokens + spec.drafted * spec.draft_width + spec.draft_fed
+        tokens[dm.name] = tokens.get(dm.name, 0) + d_processed
+        passes[dm.name] = passes.get(dm.name, 0) + spec.draft_passes + 1
+        energy += 2.0 * getattr(dm, "num_params", 0) * d_processed
+        counts = {**counts, "drafted_tokens": spec.drafted, "accepted_tokens": spec.accepted}
+    for om, o_processed, o_passes in others:
+        tokens[om.name] = tokens.get(om.name, 0) + o_processed
+        passes[om.name] = passes.get(om.name, 0) + o_passes
+        energy += 2.0 * getattr(om, "num_params", 0) * o_processed
+    return Usage(prompt_tokens=prompt_tokens, tokens_by_model=tokens, forward_passes_by_model=passes,
+                 wall_seconds=wall_seconds, energy_flops=energy, **counts)
 
 
 def check_room(model: LoadedModel, longest_prompt: int, needed: int) -> int:
@@ -86,13 +106,29 @@ def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
     return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
 
 
+class Admission(Protocol):
+    """Where a running batch takes joining requests from (the server's scheduler sets `engine.admission`
+    while it runs a method that can take them): continuous batching."""
+
+    spare_rows: int
+    """KV-cache rows to keep free for joining requests."""
+
+    def poll(self, fits: Callable[[TokenIds, BudgetConfig], bool],
+             free_rows: int) -> list[tuple[TokenIds, BudgetConfig, Observer, Generator]]:
+        """Waiting requests that fit (`fits(prompt, budget)`), at most `free_rows` of them."""
+        ...
+
+
 def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
              generator: Generators, *, prefill_text: str = "",
              steering: Callable[[BudgetController], Controller] | None = None,
-             observers: Sequence[Observer] | None = None) -> list[MethodResult]:
+             observers: Sequence[Observer] | None = None, speculation: Speculation | None = None) -> list[MethodResult]:
     """One batched decode, prompt i under budgets[i]. `prefill_text` is appended to every prompt (NoThinking
     prefills a finished thinking block, so only the answer is generated). `steering(row_budget)` builds a
-    per-row controller chained after the row's budget controller (it may read that row's budget state)."""
+    per-row controller chained after the row's budget controller (it may read that row's budget state).
+    `speculation`: a draft proposes, the target verifies (`engine.speculation`); budgets hold all the same.
+    With `engine.admission` set (and observers, and no speculation), requests join the batch between steps:
+    each is prefilled on a spare row and decoded with the others; its result goes to its observer."""
     model = engine.model
     if len(budgets) != len(prompts):
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
@@ -100,43 +136,86 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
     ptok = profile_tokens(model)
     in_answer = bool(prefill_text)
-    prompts = [tuple(p) + model.encode(prefill_text) for p in prompts] if in_answer else list(prompts)
+    prefill_ids = model.encode(prefill_text) if in_answer else ()
+    prompts = [tuple(p) + prefill_ids for p in prompts]
     t0 = time.perf_counter()
     room = check_room(model, max(len(p) for p in prompts), len(ptok.forcing_ids) + 16)
-    budgets = [b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
-               for b in budgets]
+
+    def resolved(b: BudgetConfig, room: int) -> BudgetConfig:
+        return b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
+
+    budgets = [resolved(b, room) for b in budgets]
     limit = min(max(max_new_tokens(b, ptok) for b in budgets), room)
+    admission: Admission | None = getattr(engine, "admission", None) if speculation is None and observers else None
+    if admission is not None:
+        engine.reserve(len(prompts) + admission.spare_rows, max(len(p) for p in prompts) + limit)
     rows = engine.prefill(prompts, max_new_tokens=limit)
     ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
     steer = [steering(c) for c in ctrls] if steering is not None else [None] * len(ctrls)
-    watch: Sequence[Observer | None] = observers or [None] * len(ctrls)
-    row_ctrls = [Chain(*(x for x in (c, s, o) if x is not None)) if (s or o) else c
-                 for c, s, o in zip(ctrls, steer, watch)]
+    watch: list[Observer | None] = list(observers or [None] * len(ctrls))
+    row_ctrls = [_chain(c, s, o) for c, s, o in zip(ctrls, steer, watch)]
+    starts, joined = [t0] * len(prompts), []
 
     def result(i: int, d: Decoded) -> MethodResult:
-        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - t0) / len(prompts), in_answer)
+        r = _result(model, prompts[i], d, ctrls[i], (time.perf_counter() - starts[i]) / len(row_ctrls), in_answer,
+                    speculation.draft.model if speculation is not None else None)
         r.trace.update(getattr(steer[i], "trace", {}))
         return r
 
     def early(i: int, d: Decoded) -> None:  # a finished row's result goes to its observer at once
         watch[i].on_result(result(i, d))  # type: ignore[union-attr]
 
+    def admit() -> list[Joining]:
+        from reasonbudget.engine.engine import Joining
+
+        cap = engine.cache.capacity
+
+        def fits(prompt: TokenIds, b: BudgetConfig) -> bool:
+            p_len = len(prompt) + len(prefill_ids)
+            return p_len + limit <= min(cap, model.context_length) and \
+                max_new_tokens(resolved(b, model.context_length - p_len), ptok) <= limit
+
+        out = []
+        for prompt, b, observer, gen in admission.poll(fits, int((~engine.cache.in_use).sum())):
+            prompt = tuple(prompt) + prefill_ids
+            (row,) = engine.prefill([prompt], max_new_tokens=limit).tolist()
+            c = BudgetController(resolved(b, model.context_length - len(prompt)), ptok, model.decode,
+                                 start_in_answer=in_answer)
+            st = steering(c) if steering is not None else None
+            prompts.append(prompt)
+            ctrls.append(c)
+            steer.append(st)
+            watch.append(observer)
+            starts.append(time.perf_counter())
+            joined.append(row)
+            out.append(Joining(row, _chain(c, st, observer), gen))
+        return out
+
     try:
         decoded = engine.decode(rows, max_new_tokens=limit, sampling=sampling, generator=generator,
-                                controllers=row_ctrls, on_finish=early if observers else None)
+                                controllers=row_ctrls, on_finish=early if observers else None, speculation=speculation,
+                                admit=admit if admission is not None else None)
     finally:
-        engine.release(rows)
+        engine.release(torch.cat([rows, torch.tensor(joined, dtype=rows.dtype)]) if joined else rows)
     return [result(i, d) for i, d in enumerate(decoded)]
 
 
+def _chain(c: BudgetController, steer: Controller | None, observer: Observer | None) -> Controller:
+    return Chain(*(x for x in (c, steer, observer) if x is not None)) if (steer or observer) else c
+
+
 def _result(model: LoadedModel, prompt: TokenIds, d: Decoded, c: BudgetController, wall: float,
-            in_answer: bool) -> MethodResult:
+            in_answer: bool, draft_model: LoadedModel | None = None) -> MethodResult:
     thinking, answer = split_thinking(model, d.tokens, thinking_done=in_answer)
+    draft = (draft_model, d.speculation) if draft_model is not None and d.speculation is not None else None
     usage = model_usage(model, prompt_tokens=len(prompt), processed=len(prompt) + len(d.tokens),
-                        forward_passes=d.forward_passes + 1, wall_seconds=wall,
+                        forward_passes=d.forward_passes + 1, wall_seconds=wall, draft=draft,
                         thinking_tokens=c.state.thinking_tokens, forced_tokens=c.forced,
                         answer_tokens=c.state.answer_tokens + c.state.wrapup_tokens)
     trace = {"waits": c.state.waits, "forced_close": c.forced_close, "answer_has_text": c.answer_has_text}
+    if d.speculation is not None:  # per position of a round's block: proposed and kept (acceptance by depth)
+        trace["speculation"] = {"rounds": d.speculation.rounds, "position_drafted": d.speculation.position_drafted,
+                                "position_accepted": d.speculation.position_accepted}
     if c.cfg.wrapup:  # the paper counts thinking up to the last close marker, forced tokens included
         trace.update(wrapup_tokens=c.state.wrapup_tokens, paper_thinking_tokens=c.tokens_before_close)
     return MethodResult(tokens=d.tokens, thinking=thinking, answer=answer, usage=usage,

@@ -28,28 +28,33 @@ def greedy_verify(target_argmax: Sequence[int], drafted: Sequence[int]) -> tuple
     return n, int(target_argmax[n])
 
 
+def accepts(p: Tensor, q: Tensor, token: int, u: float) -> bool:
+    """One position of exact speculative sampling: keep the drafted `token` iff u <= p(token) / q(token)
+    (u ~ U(0, 1); written without the division: q(token) > 0 for a token drawn from q)."""
+    return u * float(q[token]) <= float(p[token])
+
+
+def residual(p: Tensor, q: Tensor) -> Tensor:
+    """The distribution to draw from after a rejection: normalize(max(0, p - q)); p itself when that is empty
+    (p == q, where exact arithmetic never rejects)."""
+    r = (p.double() - q.double()).clamp_min(0)
+    total = float(r.sum())
+    return (r / total if total > 0 else p.double()).float()
+
+
 def rejection_verify(p: Tensor, q: Tensor, drafted: Sequence[int], generator: Generator) -> tuple[int, int]:
     """Exact speculative sampling (Leviathan et al., Alg. 1): accept drafted token i with probability
     min(1, p_i(x)/q_i(x)), left to right, stopping at the first rejection; on a rejection draw from the residual
     normalize(max(0, p_i - q_i)), after gamma acceptances the bonus from p_{gamma+1}. Every token emitted is
-    then distributed exactly as the target's p. p: [gamma + 1, V]; q: [gamma, V]. One uniform per drafted
-    position is drawn from `generator` (all gamma, so a row's stream of draws does not depend on where it
-    stopped), then one draw for the added token."""
+    then distributed exactly as the target's p. p: [gamma + 1, V]; q: [gamma, V]. One uniform is drawn from
+    `generator` per position tested, then one draw for the added token (the engine's loop draws the same way)."""
     gamma = len(drafted)
     if p.shape[0] != gamma + 1 or q.shape[0] != gamma:
         raise ValueError(f"{gamma} drafted tokens need p [{gamma + 1}, V] and q [{gamma}, V]")
-    u = torch.rand(gamma, generator=generator, dtype=torch.float64)
-    idx = torch.tensor(list(drafted), dtype=torch.long)
-    px = p[:gamma].double().gather(1, idx[:, None])[:, 0]
-    qx = q.double().gather(1, idx[:, None])[:, 0]
-    accept = u * qx <= px  # u <= p/q without dividing (q(x) > 0 for a token drawn from q)
-    n = int(accept.long().cumprod(0).sum())
-    if n == gamma:
-        return n, int(draw(p[gamma : gamma + 1].float(), [generator])[0])
-    residual = (p[n].double() - q[n].double()).clamp_min(0)
-    total = float(residual.sum())
-    dist = residual / total if total > 0 else p[n].double()  # p == q leaves nothing: never rejected in exact math
-    return n, int(draw(dist[None].float(), [generator])[0])
+    for n, x in enumerate(drafted):
+        if not accepts(p[n], q[n], int(x), float(torch.rand(1, generator=generator, dtype=torch.float64))):
+            return n, int(draw(residual(p[n], q[n])[None], [generator])[0])
+    return gamma, int(draw(p[gamma : gamma + 1].float(), [generator])[0])
 
 
 def mtad_verify(log_p: Sequence[float], log_q: Sequence[float], tau: float) -> int:
@@ -68,6 +73,24 @@ def mtad_verify(log_p: Sequence[float], log_q: Sequence[float], tau: float) -> i
         if joint > threshold:
             n = i
     return n
+
+
+def beam_step(score: Tensor, logq: Tensor, width: int, *, greedy: bool, replacement: bool = True,
+              generator: Generator | None = None) -> tuple[list[int], list[int], Tensor]:
+    """One depth of MTAD's beam sampling for one row: beams with block log-probabilities `score` [B] and the
+    draft's next-token log-probabilities `logq` [B, V] -> `width` (parent beam, token) pairs drawn in
+    proportion to exp(score[b] + logq[b, t]) (the `width` most likely pairs when greedy), and their new
+    scores. The pair weights are normalised in log space (a softmax over joint log-probabilities); the
+    reference's log-softmax over *probabilities* is the bug this replaces (spec 4.6)."""
+    joint = (score.double()[:, None] + logq.double()).flatten()
+    vocab = logq.shape[-1]
+    if greedy:
+        pick = torch.topk(joint, width).indices
+    else:
+        probs = torch.softmax(joint, 0).float()
+        pick = torch.multinomial(probs, width, replacement=replacement or int((probs > 0).sum()) < width,
+                                 generator=generator)
+    return (pick // vocab).tolist(), (pick % vocab).tolist(), joint[pick]
 
 
 # ---- analysis (spec 1.2) ---------------------------------------------------------------------------------

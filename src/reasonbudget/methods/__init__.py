@@ -1,4 +1,4 @@
-from reasonbudget.methods import budget, scaling  # noqa: F401  (registers the methods)
+from reasonbudget.methods import budget, drafting, scaling  # noqa: F401  (registers the methods)
 from reasonbudget.methods.base import METHODS, Capabilities, Method, check_runnable, make_method, solve
 
 DEFAULT_METHOD = "budget-forcing"

@@ -21,8 +21,8 @@ BudgetUnit = Literal["thinking tokens", "samples", "none"]
 Role = Literal["policy", "draft", "prm", "router", "predictor"]
 Streaming = Literal["tokens", "end"]
 
-__all__ = ["Backend", "BudgetUnit", "Capabilities", "Generators", "LEVELS", "Level", "METHODS", "Method", "Role",
-           "Streaming", "answer_cap", "check_runnable", "make_method", "register", "solve"]
+__all__ = ["Backend", "BudgetUnit", "Capabilities", "DraftSettings", "Generators", "LEVELS", "Level", "METHODS", "Method",
+           "Role", "Streaming", "answer_cap", "check_runnable", "make_method", "register", "solve", "speculation_for"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +46,9 @@ class Capabilities:
     thinks: bool = True
     """False: the answer starts at once (thinking prefilled as done); a request that turns thinking off maps
     to such a method."""
+    joins_running_batch: bool = False
+    """Requests may join its running batch between decode steps (continuous batching): its `run` is one
+    `generate` call whose rows differ only by `row_config(backend, budget)`."""
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -92,6 +95,42 @@ def make_method(spec: str, sampling: SamplingConfig, **options: Any) -> Method:
     return cls(cls.config_type(sampling=sampling, **{**settings, **options}))
 
 
+@dataclass(frozen=True, kw_only=True)
+class DraftSettings:
+    """Token-level speculation for a method that decodes one row per prompt: a draft model proposes `gamma`
+    tokens per round, the target verifies them in one forward (exact: the output follows the target's
+    distribution; greedy output equals greedy decoding). Budgets and controllers see every emitted token."""
+
+    draft: str = ""
+    """The draft model (registry name or path; it must share the target's tokenizer); empty: no speculation."""
+    gamma: int = 4
+    draft_quant: str = "none"
+    """Weight-only quantized draft (none | int8 | int4): a cheaper draft step."""
+    adaptive_gamma: bool = False
+    """Each row's gamma moves after every round: +2 when all drafted tokens were kept, -1 otherwise (HF's
+    heuristic), between 1 and 16."""
+
+    def __post_init__(self) -> None:
+        from reasonbudget.models.quant import check_quant
+
+        if self.gamma < 1:
+            raise ValueError(f"gamma={self.gamma}: must be >= 1 draft token per round")
+        check_quant(self.draft_quant)
+
+
+def speculation_for(config: Any, backend: Backend) -> dict[str, Any]:
+    """{"speculation": ...} for `backend.generate` when the config names a draft, else {}."""
+    draft = getattr(config, "draft", "")
+    if not draft:
+        return {}
+    make = getattr(backend, "speculation", None)
+    if make is None:
+        raise ValueError(f"draft={draft}: speculation runs on the in-process engine; {backend.name} is served "
+                         "elsewhere (let that server speculate, e.g. vLLM's speculative config)")
+    return {"speculation": make(draft, config.gamma, config.draft_quant, getattr(config, "mtad_settings", None),
+                                config.adaptive_gamma)}
+
+
 def answer_cap(config: Any, backend: Backend) -> int:
     """A method config's `max_answer_tokens`, or the backend's profile default when it is None."""
     return config.max_answer_tokens if config.max_answer_tokens is not None else backend.profile.answer_tokens
@@ -108,6 +147,10 @@ def solve(backend: Backend, method: str | Method, questions: Sequence[str], *, g
     """Questions in, results out, on any backend (the engine or `remote:` server): the method (a spec such as
     "budget-forcing:max_waits=2", or a built method) is checked against the backend's levels first."""
     if isinstance(method, str):
+        from reasonbudget.methods.spec import method_class
+
+        cls = method_class(method)  # the backend's level first: a method it cannot run is refused as such
+        check_level(backend, cls.capabilities.level, cls.name)
         method = make_method(method, sampling or SamplingConfig())
     check_runnable(method, backend)
     return method.run(backend, [backend.prompt(q) for q in questions], budget=budget, generator=generator,

@@ -94,14 +94,16 @@ def _coerce(text: str, annotation: Any, where: str) -> Any:
 def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """'budget-guidance:hard_cap=true' -> ('budget-guidance', {'hard_cap': True}); unknown method or field,
     or a value of the wrong type: ValueError naming what is accepted."""
-    from reasonbudget.methods.base import METHODS
+    from reasonbudget.methods.base import METHODS, DraftSettings
 
     name, _, rest = spec.strip().partition(":")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     config_type = METHODS[name].config_type
     hints = typing.get_type_hints(config_type)
-    settable = [f.name for f in dataclasses.fields(config_type) if f.name != "sampling"]
+    fields = [f.name for f in dataclasses.fields(config_type) if f.name != "sampling"]
+    shared = {f.name for f in dataclasses.fields(DraftSettings)}  # inherited: listed after the method's own
+    settable = [f for f in fields if f not in shared] + [f for f in fields if f in shared]
     options: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = (s.strip() for s in part.partition("="))

@@ -40,6 +40,11 @@ class RemoteModel:
     levels = frozenset({"text", "steps"})
     """Backend levels (see `engine.backend`): no logits, hidden states or KV cache over HTTP."""
 
+    @property
+    def served_model(self) -> str:
+        """The model's name on its server (what a companion PRM is registered under)."""
+        return parse_remote_name(self.name)[1]
+
     def generate(self, prompts: Sequence[str], budgets: Sequence[BudgetConfig], sampling: SamplingConfig,
                  generator: Generator | Sequence[Generator] | None, *, prefill_text: str = "",
                  observers: Sequence[Observer] | None = None) -> list[MethodResult]:

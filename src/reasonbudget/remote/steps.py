@@ -84,6 +84,11 @@ class RemoteStepRunner(RunnerBase):
     def materialize(self, p: Particle) -> Particle:
         return p
 
+    def adopt(self, particles: Sequence[Particle], others: Sequence[Particle]) -> list[Particle]:
+        """particles[i] moved to others[i]'s text (another server's particle of the same prompt, in a draft/target
+        loop): the next request sends that text, so there is nothing to feed here."""
+        return [replace(o, row=None) for _, o in zip(particles, others, strict=True)]
+
     def release(self, particles: Sequence[Particle]) -> None:
         pass
 

@@ -1,13 +1,17 @@
 """PRMs by name, as methods take them (`prm=...` in a method spec):
 
-    auto     the testbed's trained PRM for testbed models, else an LLM judge (the policy model itself)
+    auto     the testbed's trained PRM for testbed models; else the policy model's trained PRM head when it has
+             one (`reasonbudget train-prm`: its registry companion or the user cache); else an LLM judge
     testbed  the trained testbed PRM (verifier LM + step head) committed with the package
     oracle   the testbed's exact step checker (`prm_noise` flips labels: a noisy verifier; `prm_calibrated`
              scores the posterior 1 - prm_noise or prm_noise instead of the flipped 0/1 label)
     judge    LLM-as-judge: the policy model judges its own partial solutions on their KV rows (cheap)
     judge-text  LLM-as-judge with a fresh prompt per prefix (re-reads the whole prefix); the policy model, or
              the model named by `judge_model` (any registry name or path: a bigger model can judge a smaller one)
+    logprob  the policy's own confidence: exp(mean token log-probability of the trace so far) (`rewards.logprob`;
+             for a remote policy, the model it serves is loaded here when the registry has it)
     pool:URL#MODEL  a Qwen2.5-Math-PRM-protocol PRM served by vLLM's pooling runner (`rewards.pooling`)
+    PATH     a PRM head directory (`prm_head.json`: a head over a frozen base model, `rewards.head_prm`)
     PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
 
 The policy may be a local model or a remote one (`remote:URL#MODEL`); a remote policy has no KV rows here, so
@@ -22,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-NAMES = ("auto", "testbed", "oracle", "judge", "judge-text")
+NAMES = ("auto", "testbed", "oracle", "judge", "judge-text", "logprob")
 _loaded: dict[tuple, object] = {}
 
 
@@ -33,11 +37,21 @@ def testbed_prm_dir(policy) -> Path:
     return registered_companion(policy.name, "prm") or testbed_checkpoints() / "prm"
 
 
+def head_prm_dir(policy) -> Path | None:
+    """The trained PRM head of the policy's model (a remote policy: of the model it serves), if there is one."""
+    from reasonbudget.models.registry import companion_dir
+    from reasonbudget.rewards.head_prm import HEAD_CONFIG
+
+    where = companion_dir(getattr(policy, "served_model", policy.name), "prm")
+    return where if (where / HEAD_CONFIG).exists() else None
+
+
 def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int | Mapping[str, int] = 0,
              judge_model: str = ""):
     """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
-        name = "testbed" if policy.profile.name == "testbed" else "judge"
+        head = head_prm_dir(policy) if policy.profile.name != "testbed" else None
+        name = "testbed" if policy.profile.name == "testbed" else str(head) if head else "judge"
     if noise and name != "oracle":
         raise ValueError(f"prm_noise is only for the oracle PRM (prm={name!r})")
     if calibrated and not noise:
@@ -87,11 +101,24 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
         from reasonbudget.rewards.judge import LLMJudge
 
         return LLMJudge(_judge(policy, judge_model))
+    if name == "logprob":
+        from reasonbudget.models.registry import load_model
+        from reasonbudget.rewards.logprob import PolicyLogProb
+
+        return PolicyLogProb(policy if hasattr(policy, "backend") else load_model(policy.served_model,
+                                                                                   dtype="bfloat16"))
     if name.startswith("pool:"):
         from reasonbudget.rewards.pooling import PooledPRM
 
         return PooledPRM(name)
     path = Path(name).expanduser()
+    from reasonbudget.rewards.head_prm import HEAD_CONFIG
+
+    if (path / HEAD_CONFIG).exists():
+        from reasonbudget.rewards.head_prm import HeadPRM, HeadSpec
+
+        same = HeadSpec.load(path).base == policy.name and hasattr(policy, "backend")
+        return HeadPRM(path, base=policy if same else None)  # the policy's own weights, when it is the base
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "
                          "directory or a hub id such as Qwen/Qwen2.5-Math-PRM-7B")

@@ -70,6 +70,8 @@ class StepRouter:
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.model = LlamaForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
         self.calls = 0
+        self.tokens_read = 0
+        self.num_params = sum(p.numel() for p in self.model.parameters())
 
     @property
     def separator(self) -> str:
@@ -83,5 +85,6 @@ class StepRouter:
         for i in range(0, len(texts), batch_size):
             x, last = encode_batch(self.tok, texts[i : i + batch_size], self.tok.pad_token_id)
             out += torch.softmax(escalate_logits(self.model, x, last).float(), -1)[:, 1].tolist()
+            self.tokens_read += int(last.sum()) + len(last)
         self.calls += len(items)
         return out

@@ -102,7 +102,7 @@ def create_app(model: LoadedModel, config: ServeConfig = ServeConfig(),
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model.name, "queued": scheduler.queue.qsize(),
+        return {"status": "ok", "model": model.name, "queued": scheduler.queue.qsize() + len(scheduler.pending),
                 "running": scheduler.running, "batches": scheduler.batches}
 
     @app.get("/v1/models")

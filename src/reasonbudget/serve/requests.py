@@ -30,6 +30,9 @@ class ServeConfig:
     """Largest N (samples, particles) a search method may be asked for."""
     max_body_bytes: int = 1 << 20
     retry_after_seconds: int = 1
+    default_draft: str = ""
+    """A draft model that requests whose method can speculate use unless they name their own
+    (`reasonbudget serve --draft-model NAME`)."""
     allowed_prm_urls: tuple[str, ...] = ()
     """Servers a request may name as its scorer (`prm=pool:URL#MODEL`); none by default, so that no client
     can make this server call an address of its choosing."""
@@ -117,7 +120,10 @@ def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenId
         raise RequestError(f"{policy.source} turns thinking off, which conflicts with method={name!r} "
                            f"(use method {no_thinking_method()}, or drop the setting)", "method")
     budget = _budget(name, req, policy, max_tokens, model, cfg)
-    spec = _spec(name, req.method_config, cfg)
+    settings = dict(req.method_config or {})
+    if cfg.default_draft and "draft" in getattr(METHODS[name].config_type, "__dataclass_fields__", {}):
+        settings.setdefault("draft", cfg.default_draft)  # the server's draft, unless the request names one
+    spec = _spec(name, settings, cfg)
     try:
         make_method(spec, sampling)  # validates the settings (types, ranges) before queueing
     except (ValueError, TypeError) as e:

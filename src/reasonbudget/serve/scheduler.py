@@ -4,7 +4,10 @@ Batching: every job waiting when the engine becomes free is taken at once (up to
 method, settings and sampling, and each group is decoded as one engine batch. Budget forcing takes one
 budget per row (its capabilities say so), so mixed budgets share a batch. A request is answered as soon as its
 method hands over its result (a one-decode method's row is done), while the other rows decode on.
-Jobs that arrive while a batch runs wait for the next one (rows do not join a running batch). A full queue refuses new jobs (the server answers 503).
+Continuous batching: while a batch of a method that can take joining rows runs (its capabilities say so:
+plain CoT, budget forcing, NoThinking), queued jobs with the same method and settings join it between decode
+steps, on KV rows kept spare for them (within the memory budget), as long as their prompt and token cap fit the
+batch's rows; other jobs wait for the next batch. A full queue refuses new jobs (the server answers 503).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +45,19 @@ class SchedulerConfig:
     """After the first job arrives, wait this long for others to join its batch."""
     max_kv_gib: float = 4.0
     """A batch's KV cache (rows x longest prompt plus max_tokens) stays within this; larger groups are split."""
+    join_rows: int = 8
+    """KV-cache rows a running batch keeps free for requests that join it (continuous batching), within
+    `max_kv_gib` and `max_batch`; each costs a row of the batch's length whether a request comes or not."""
 
 
 class Scheduler:
     def __init__(self, engine: Engine, config: SchedulerConfig = SchedulerConfig()) -> None:
         self.engine, self.config = engine, config
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=config.max_queue)
+        self.pending: deque[Job | None] = deque()
+        """Jobs taken off the queue by a running batch's admission that did not join it (first in line next)."""
+        self.admitted: list[Job] = []
+        """Jobs that joined the batch now running."""
         self.running = 0
         self.batches = 0
         self.thread: threading.Thread | None = None
@@ -72,10 +83,16 @@ class Scheduler:
 
     # ---- engine thread ---------------------------------------------------------------------------------
     def _take(self) -> list[Job] | None:
-        first = self.queue.get()
+        first = self.pending.popleft() if self.pending else self.queue.get()
         if first is None:
             return None
         jobs = [first]
+        while self.pending and len(jobs) < self.config.max_batch:
+            job = self.pending.popleft()
+            if job is None:
+                self.queue.put(None)
+                break
+            jobs.append(job)
         deadline = time.monotonic() + self.config.gather_seconds
         while len(jobs) < self.config.max_batch:
             try:
@@ -127,7 +144,7 @@ class Scheduler:
                 log.exception("request failed")
                 jobs[0].finish(e)
                 return
-            for job in jobs:
+            for job in [*jobs, *self.admitted]:
                 if not job.answered:  # early results (rows that finished first) stay answered
                     self._run_isolated([job])
             return
@@ -149,9 +166,23 @@ class Scheduler:
                 settings.setdefault("max_tokens", head.max_tokens)
             method = make_method(name, head.sampling, **settings)
             budget = [j.budget for j in jobs] if method.capabilities.per_row_budgets else head.budget
-            results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators,
-                                 observers=watchers)
+            self.admitted = []
+            if method.capabilities.joins_running_batch:
+                self.engine.admission = _Admission(self, head.group_key(), method, self._spare_rows(jobs),
+                                                   lambda job: RowWatcher(job, model.decode, model.eos_ids, close,
+                                                                          holdback))
+            try:
+                results = method.run(self.engine, [j.prompt for j in jobs], budget=budget, generator=generators,
+                                     observers=watchers)
+            finally:
+                self.engine.admission = None
         return list(zip(watchers, results))
+
+    def _spare_rows(self, jobs: Sequence[Job]) -> int:
+        """KV rows to keep free for joining jobs: `join_rows`, within `max_batch` rows and `max_kv_gib` in all."""
+        length = max(len(j.prompt) + j.max_tokens for j in jobs)
+        fit = int(self.config.max_kv_gib * 2**30 // max(1, length * self.kv_bytes_per_token))
+        return max(0, min(self.config.join_rows, min(self.config.max_batch, fit) - len(jobs)))
 
     def _continue_text(self, jobs: Sequence[Job], watchers: list[RowWatcher],
                        generators: list[torch.Generator]) -> list[MethodResult]:
@@ -184,3 +215,40 @@ class Scheduler:
         finally:
             engine.release(rows)
         return [result(i, d) for i, d in enumerate(decoded)]
+
+
+class _Admission:
+    """A running batch's source of joining jobs (`engine.generation.Admission`), called on the engine thread
+    between decode steps: it moves queued jobs to `pending` and hands over those of the batch's method and
+    settings that fit, each with its observer and seeded generator."""
+
+    def __init__(self, scheduler: Scheduler, key: tuple, method, spare_rows: int,
+                 watcher: Callable[[Job], RowWatcher]) -> None:
+        self.scheduler, self.key, self.method, self.spare_rows, self.watcher = scheduler, key, method, spare_rows, watcher
+
+    def poll(self, fits, free_rows: int) -> list[tuple]:
+        s = self.scheduler
+        while True:
+            try:
+                s.pending.append(s.queue.get_nowait())
+            except queue.Empty:
+                break
+        out = []
+        for job in list(s.pending):
+            if len(out) >= min(free_rows, self.spare_rows) or job is None:
+                break  # a stop request ends admission; jobs behind it wait
+            if job.group_key() != self.key:
+                continue
+            if job.cancelled.is_set():
+                s.pending.remove(job)
+                job.finish(Cancelled())
+                continue
+            cfg = self.method.row_config(s.engine, job.budget)
+            if not fits(job.prompt, cfg):
+                continue
+            s.pending.remove(job)
+            s.admitted.append(job)
+            s.running += 1
+            self.spare_rows -= 1
+            out.append((job.prompt, cfg, self.watcher(job), torch.Generator().manual_seed(job.seed)))
+        return out

@@ -6,7 +6,9 @@ models write every step, the better one continues) are arbiters of this one loop
 The target is called lazily: in a round it writes only for the prompts whose draft step the arbiter rejects
 (or for every prompt, when the arbiter needs both steps to decide). Each model catches up on the accepted
 steps the other wrote only when it is next called (`StepRunner.adopt`: its KV row is cut back and fed the
-other's tokens, never re-prefilled). Both models must share a tokenizer.
+other's tokens, never re-prefilled). Both models must share a tokenizer. The runners may also be remote ones
+(two `remote:` servers): their particles are text, adopting one is taking its text, and token counts are the
+servers'.
 """
 
 from __future__ import annotations
@@ -83,21 +85,34 @@ def new_steps(after: Particle, before: Particle) -> tuple[str, ...]:
     return after.steps[len(before.steps):]
 
 
-def new_tokens(after: Particle, before: Particle) -> TokenIds:
-    return after.tokens[len(before.tokens):]
+def new_tokens(after: Particle, before: Particle) -> int:
+    """How many tokens `after` wrote past `before` (token ids on the engine, the server's count remotely)."""
+    if after.tokens or before.tokens:
+        return len(after.tokens) - len(before.tokens)
+    return after.num_tokens - before.num_tokens
+
+
+def same_text(a: Particle, b: Particle) -> bool:
+    return a.tokens == b.tokens and a.text == b.text
+
+
+def _tokenizers_match(draft, target) -> None:
+    """Refuse a pair whose tokenizers differ; a remote model that does not expose its tokenizer is trusted."""
+    if getattr(draft, "tokenizer", None) is not None and getattr(target, "tokenizer", None) is not None:
+        check_shared_tokenizer(draft, target)
 
 
 def draft_target_loop(draft: StepRunner, target: StepRunner, prompts: Sequence[TokenIds], questions: Sequence[str],
                       arbiter: Arbiter, generators: Sequence[Generator]) -> list[DraftTargetOutcome]:
     """Run every prompt to its answer (or the runners' step and token limits). generators[i] is prompt i's;
     the draft's and the target's draws derive from it alike (greedy runs need none)."""
-    check_shared_tokenizer(draft.model, target.model)
+    _tokenizers_match(draft.model, target.model)
     d = [ps[0] for ps in draft.start(prompts, [1] * len(prompts))]
     t = [ps[0] for ps in target.start(prompts, [1] * len(prompts))]
     state = list(d)  # the accepted text of each prompt
     out = [DraftTargetOutcome(final=p) for p in state]
     while active := [i for i, p in enumerate(state) if not p.done]:
-        behind = [i for i in active if d[i].tokens != state[i].tokens]
+        behind = [i for i in active if not same_text(d[i], state[i])]
         for i, p in zip(behind, draft.adopt([d[i] for i in behind], [state[i] for i in behind])):
             d[i] = p
         for i, p in zip(active, draft.extend([d[i] for i in active], generators)):
@@ -115,13 +130,13 @@ def draft_target_loop(draft: StepRunner, target: StepRunner, prompts: Sequence[T
                 t[i] = p
                 proposals[i] = Proposal(i, proposals[i].history, proposals[i].draft, new_steps(p, state[i]))
                 out[i].target_calls += 1
-                out[i].target_tokens += len(new_tokens(p, state[i]))
+                out[i].target_tokens += new_tokens(p, state[i])
         if decisions is None:
             decisions = dict(zip(active, arbiter.decide(questions, [proposals[i] for i in active])))
         for i in active:
             o, dec = out[i], decisions[i]
             o.rounds.append((proposals[i], dec))
-            drafted = len(new_tokens(d[i], state[i]))
+            drafted = new_tokens(d[i], state[i])
             o.draft_tokens += drafted
             chosen, writer = (t[i], TARGET) if dec.take_target else (d[i], DRAFT)
             if writer == DRAFT:

@@ -33,7 +33,7 @@ def router_training_problems(per_difficulty: int):
 
 
 def train_testbed_router(draft, target, prm_dir: Path, router_out: Path, *, per_difficulty: int = 100,
-                         cfg=None, **generation) -> dict:
+                         cfg=None, pair: dict | None = None, **generation) -> dict:
     """Oracle labels of a testbed (draft, target) pair of LoadedModels scored by the PRM in `prm_dir`, then the
     router (initialised from that PRM's verifier LM) into `router_out`."""
     from reasonbudget.rewards.testbed_prm import TestbedPRM
@@ -45,7 +45,8 @@ def train_testbed_router(draft, target, prm_dir: Path, router_out: Path, *, per_
                                progress=lambda k, n: logger.info("router labels: %d/%d problems", k, n))
     labelling = round(time.time() - t0, 1)
     report = train_router(examples, prm_dir, router_out, cfg or RouterTrainConfig(),
-                          separator=target.profile.step_delimiter, pair={"draft": draft.name, "target": target.name})
+                          separator=target.profile.step_delimiter,
+                          pair=pair or {"draft": draft.name, "target": target.name})
     return {"labelling_seconds": labelling, "problems": len(questions), **report}
 
 
@@ -72,7 +73,8 @@ def train_router_stage(out: Path, *, smoke: bool = False) -> dict:
 
     draft, target = load_model(str(out / "draft")), load_model(str(out / "target"))
     smoke_args = dict(per_difficulty=1, cfg=RouterTrainConfig(epochs=1), max_steps=3, max_tokens=48) if smoke else {}
-    return train_testbed_router(draft, target, out / "prm", out / ROUTER_DIR, **smoke_args)
+    pair = {"draft": "testbed-draft", "target": "testbed-target"}  # what the checkpoints are registered as
+    return train_testbed_router(draft, target, out / "prm", out / ROUTER_DIR, pair=pair, **smoke_args)
 
 
 def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, smoke: bool = False) -> dict:

@@ -24,12 +24,13 @@ from typing import ClassVar, Literal
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import Backend, Capabilities, DraftSettings, Generators, answer_cap, register
+from reasonbudget.methods.base import speculation_for
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class BudgetForcingConfig:
+class BudgetForcingConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     min_thinking_tokens: int = 0
     """Extend thinking with "Wait" while below this many tokens (0 = off)."""
@@ -41,6 +42,7 @@ class BudgetForcingConfig:
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.min_thinking_tokens < 0:
             raise ValueError(f"min_thinking_tokens={self.min_thinking_tokens}: must be >= 0")
 
@@ -50,9 +52,16 @@ class BudgetForcingConfig:
 class BudgetForcing:
     name: ClassVar[str] = "budget-forcing"
     capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256,
-                                                        per_row_budgets=True, streams="tokens")
+                                                        per_row_budgets=True, streams="tokens",
+                                                        joins_running_batch=True)
     config_type: ClassVar[type] = BudgetForcingConfig
     config: BudgetForcingConfig = field(default_factory=BudgetForcingConfig)
+
+    def row_config(self, backend: Backend, budget: int) -> BudgetConfig:
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=budget, min_thinking_tokens=min(c.min_thinking_tokens, budget),
+                            max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
+                            wrapup=c.style == "final-answer")
 
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | Sequence[int] | None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
@@ -64,7 +73,5 @@ class BudgetForcing:
             if b is None or b < 1:
                 raise ValueError(f"budget-forcing needs a thinking budget >= 1 tokens, got {b}")
         c = self.config
-        cfgs = [BudgetConfig(max_thinking_tokens=b, min_thinking_tokens=min(c.min_thinking_tokens, b),
-                             max_waits=c.max_waits, max_answer_tokens=answer_cap(c, backend),
-                             wrapup=c.style == "final-answer") for b in budgets]
-        return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers)
+        cfgs = [self.row_config(backend, b) for b in budgets]
+        return backend.generate(prompts, cfgs, c.sampling, generator, observers=observers, **speculation_for(c, backend))

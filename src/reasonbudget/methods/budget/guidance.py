@@ -27,7 +27,8 @@ from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import KEEP, Action, BatchedWork, Controller
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import Backend, Capabilities, DraftSettings, Generators, answer_cap, register
+from reasonbudget.methods.base import speculation_for
 from reasonbudget.models.registry import companion_dir
 from reasonbudget.predictors.gamma import MIN_RATE, guided_probs
 from reasonbudget.predictors.length import LengthPredictor, hidden_layer_ids, lm_dims, load_predictor
@@ -35,7 +36,7 @@ from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class BudgetGuidanceConfig:
+class BudgetGuidanceConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     predictor: str | None = None
     """Directory of a trained length predictor; None: the model's default (see `default_predictor_dir`)."""
@@ -49,6 +50,7 @@ class BudgetGuidanceConfig:
     """None: the model profile's cap (`ReasoningProfile.answer_tokens`: the answer ends at its end of turn)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.strength <= 0:
             raise ValueError(f"strength={self.strength}: must be > 0")
 
@@ -155,9 +157,15 @@ class GuidanceController(Controller):
 class BudgetGuidance:
     name: ClassVar[str] = "budget-guidance"
     capabilities: ClassVar[Capabilities] = Capabilities(budget="thinking tokens", default_budget=256, level="tokens",
-                                                        models=("policy", "predictor"), streams="tokens")
+                                                        models=("policy", "predictor"), streams="tokens",
+                                                        joins_running_batch=True)
     config_type: ClassVar[type] = BudgetGuidanceConfig
     config: BudgetGuidanceConfig = field(default_factory=BudgetGuidanceConfig)
+
+    def row_config(self, backend: Backend, budget: int) -> BudgetConfig:
+        """Rows of one run share the budget (the server batches equal budgets), so a joining row's is the same."""
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=answer_cap(c, backend))
 
     def run(self, engine: Backend, prompts: Sequence[TokenIds], *, budget: int | None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
@@ -166,11 +174,11 @@ class BudgetGuidance:
         c, model = self.config, engine.model
         predictor = cached_predictor(Path(c.predictor) if c.predictor else default_predictor_dir(model), model)
         batch, newline = PredictorBatch(predictor, hidden_layer_ids(model)), newline_table(model)
-        cfg = BudgetConfig(max_thinking_tokens=budget if c.hard_cap else None, max_answer_tokens=answer_cap(c, engine))
+        cfg = self.row_config(engine, budget)
         min_rate = c.min_rate if c.min_rate is not None else predictor.cfg.min_rate
 
         def steer(row_budget: BudgetController) -> GuidanceController:
             return GuidanceController(batch, newline, budget, row_budget, c.strength, min_rate)
 
         return engine.generate(prompts, [cfg] * len(prompts), c.sampling, generator, steering=steer,
-                               observers=observers)
+                               observers=observers, **speculation_for(c, engine))

@@ -28,12 +28,16 @@ class NoThinkingConfig:
 @dataclass(frozen=True)
 class NoThinking:
     name: ClassVar[str] = "nothinking"
-    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens", thinks=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens", thinks=False,
+                                                        joins_running_batch=True)
     config_type: ClassVar[type] = NoThinkingConfig
     config: NoThinkingConfig = field(default_factory=NoThinkingConfig)
 
+    def row_config(self, backend: Backend, budget: int | None = None) -> BudgetConfig:
+        return BudgetConfig(max_thinking_tokens=1, max_answer_tokens=answer_cap(self.config, backend))
+
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
-        cfg = BudgetConfig(max_thinking_tokens=1, max_answer_tokens=answer_cap(self.config, backend))
+        cfg = self.row_config(backend)
         return backend.generate(prompts, [cfg] * len(prompts), self.config.sampling, generator,
                                 prefill_text=backend.profile.nothinking, observers=observers)

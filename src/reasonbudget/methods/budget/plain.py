@@ -13,12 +13,13 @@ from typing import ClassVar
 from reasonbudget.engine.budget import BudgetConfig
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.sampling import SamplingConfig
-from reasonbudget.methods.base import Backend, Capabilities, Generators, answer_cap, register
+from reasonbudget.methods.base import Backend, Capabilities, DraftSettings, Generators, answer_cap, register
+from reasonbudget.methods.base import speculation_for
 from reasonbudget.types import MethodResult, TokenIds
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlainConfig:
+class PlainConfig(DraftSettings):
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_thinking_tokens: int = 2048
     """Safety cap on thinking (not a budget: use budget-forcing for that)."""
@@ -30,12 +31,17 @@ class PlainConfig:
 @dataclass(frozen=True)
 class PlainCoT:
     name: ClassVar[str] = "plain"
-    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens")
+    capabilities: ClassVar[Capabilities] = Capabilities(budget="none", streams="tokens", joins_running_batch=True)
     config_type: ClassVar[type] = PlainConfig
     config: PlainConfig = field(default_factory=PlainConfig)
+
+    def row_config(self, backend: Backend, budget: int | None = None) -> BudgetConfig:
+        c = self.config
+        return BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
 
     def run(self, backend: Backend, prompts: Sequence[TokenIds], *, budget: int | None = None,
             generator: Generators, observers: Sequence[Observer] | None = None) -> list[MethodResult]:
         c = self.config
-        cfg = BudgetConfig(max_thinking_tokens=c.max_thinking_tokens, max_answer_tokens=answer_cap(c, backend))
-        return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers)
+        cfg = self.row_config(backend)
+        return backend.generate(prompts, [cfg] * len(prompts), c.sampling, generator, observers=observers,
+                                **speculation_for(c, backend))

@@ -1,0 +1,269 @@
+"""Step-level drafting measured against itself (issue 22): draft-only, target-only, RSD, Arbitrage (router) and
+Arbitrage (oracle), thresholds swept, on the testbed pair and on the Qwen pair.
+
+Every run goes through the evaluation harness (resumable sweep folders under --out), greedy as the reference
+scripts run. Per (pair, method, threshold): accuracy with its problem-level 95% interval, the step acceptance
+rate (draft steps kept / draft steps written), latency per problem (wall seconds: batch 1 on the Qwen pair, as
+the paper measures; on the testbed the batch's wall time per problem), FLOPs per problem (2 x parameters x
+tokens read, summed over draft, target and the PRM or router) and target calls (escalations).
+
+Matched accuracy: for every Arbitrage point on its cost/accuracy frontier, the cheapest RSD point at least as
+accurate; speedup = RSD cost / Arbitrage cost (cost: latency on the Qwen pair, FLOPs on the testbed, where the
+tiny models' wall time is mostly Python).
+
+    python benchmarks/arbitrage.py [--quick] [--json] [--pairs testbed,qwen] [--thresholds 11]
+                                   [--per-difficulty 50] [--qwen-limit 100] [--router DIR] [--out runs/arbitrage]
+
+--json prints {"rows": [{"pair", "method", "threshold", "accuracy", "acceptance", "latency_s", "flops",
+"target_calls", ...}...], "matched": [{"pair", "accuracy", "rsd_latency_s", "arbitrage_latency_s", "speedup",
+...}...]}. Plots (--plot-dir, default OUT): accuracy vs acceptance, accuracy vs latency (and vs FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PAIRS = {
+    "testbed": {"draft": "testbed-draft", "target": "testbed-target", "dtype": "float32",
+                "tasks": [f"testbed:d={d}" + (f",seed={s}" if s else "") for d in (6, 7, 8) for s in (0, 1, 2)]},
+    "qwen": {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b", "dtype": "bfloat16", "tasks": ["gsm8k"]},
+}
+METHODS = ("rsd", "arbitrage", "arbitrage-oracle")
+
+
+def thresholds(k: int) -> list[float]:
+    return [round(i / (k - 1), 3) for i in range(k)] if k > 1 else [0.5]
+
+
+def method_specs(pair: dict, args, with_router: bool) -> dict[tuple[str, float | None], str]:
+    """(method, threshold) -> method spec."""
+    base = f"draft={pair['draft']},max_tokens={args.max_tokens}"
+    specs: dict[tuple[str, float | None], str] = {("target-only", None): "plain"}
+    router = f",router={args.router}" if args.router else ""
+    for t in thresholds(args.thresholds):
+        specs[("rsd", t)] = f"rsd:{base},threshold={t}"
+        if with_router:
+            specs[("arbitrage", t)] = f"arbitrage:{base},threshold={t}{router}"
+        specs[("arbitrage-oracle", t)] = f"arbitrage:{base},threshold={t},oracle=true"
+    return specs
+
+
+def sweep(pair_name: str, pair: dict, task: str, methods: list[str], args, *, model: str, limit: int,
+          batch_size: int) -> list[dict]:
+    from reasonbudget.eval import SweepConfig, run_sweep
+    from reasonbudget.eval.records import ResultsFile
+
+    out = Path(args.out) / pair_name / task.replace(":", "_").replace(",", "_").replace("=", "") / model
+    cfg = SweepConfig(task=task, methods=tuple(methods), seeds=(0,), limit=limit, model=model, temperature=0.0,
+                      dtype=pair["dtype"], batch_size=batch_size)
+    run_sweep(cfg, out, progress=not args.json)
+    keep = set(methods)
+    return [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in keep]
+
+
+def scorer_params(pair: dict, method: str, args) -> int:
+    """Parameters of what scores steps for `method`: the PRM (RSD, oracle) or the router."""
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards.factory import load_prm
+
+    target = load_model(pair["target"], dtype=pair["dtype"])
+    if method == "arbitrage":
+        from reasonbudget.methods.drafting.arbitrage import load_router
+
+        return load_router(args.router or "auto", pair["draft"], target).num_params
+    prm = load_prm("auto", target)
+    for attr in ("lm", "base"):
+        m = getattr(prm, attr, None)
+        if m is not None:
+            n = m.num_params if hasattr(m, "num_params") else sum(p.numel() for p in m.parameters())
+            return n + sum(p.numel() for p in getattr(prm, "head").parameters())
+    return 0
+
+
+def cell(record: dict, scorer: int) -> dict:
+    u, t = record["usage"], record.get("trace") or {}
+    return {"problem_id": f"{record['task']}/{record['problem_id']}", "correct": bool(record["correct"]),
+            "acceptance": t.get("step_acceptance"), "target_calls": t.get("target_calls", 0),
+            "latency_s": u["wall_seconds"], "flops": u["energy_flops"] + 2.0 * scorer * u["prm_tokens"]}
+
+
+def measure(args) -> dict:
+    import torch
+
+    from reasonbudget.eval.stats import bootstrap_interval
+    from reasonbudget.models import load_model
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    rows, notes = [], []
+    for pair_name in args.pairs:
+        pair = PAIRS[pair_name]
+        tasks = pair["tasks"] if pair_name == "testbed" else ["gsm8k"]
+        limit = args.per_difficulty if pair_name == "testbed" else args.qwen_limit
+        batch = args.batch_size if pair_name == "testbed" else 1  # the Qwen pair: batch-1 latency
+        target_params = load_model(pair["target"], dtype=pair["dtype"]).num_params
+        params = {"rsd": scorer_params(pair, "rsd", args)}
+        params["arbitrage-oracle"] = params["rsd"]
+        with_router = args.with_router
+        if with_router:
+            try:
+                params["arbitrage"] = scorer_params(pair, "arbitrage", args)
+            except ValueError as e:  # no router for this pair: the other rows still run
+                notes.append(f"{pair_name}: no Arbitrage (router) rows: {e}")
+                with_router = False
+        specs = method_specs(pair, args, with_router)
+        cells: dict[tuple[str, float | None], list[dict]] = defaultdict(list)
+        by_spec = {v: k for k, v in specs.items()}
+        for task in tasks:
+            for r in sweep(pair_name, pair, task, list(specs.values()), args, model=pair["target"], limit=limit, batch_size=batch):
+                key = by_spec[r["method"]]
+                cells[key].append(cell(r, params.get(key[0], 0)))
+            for r in sweep(pair_name, pair, task, ["plain"], args, model=pair["draft"], limit=limit, batch_size=batch):
+                cells[("draft-only", None)].append(cell(r, 0) | {"acceptance": 1.0})
+            _log(args, f"{pair_name} {task} done ({time.time() - t0:.0f}s)")
+        for (method, thr), cs in cells.items():
+            if method == "target-only":
+                for c in cs:
+                    c["acceptance"] = 0.0
+            per_problem = {c["problem_id"]: [c["correct"]] for c in cs}
+            lo, hi = bootstrap_interval(per_problem)
+            flops = statistics.mean(c["flops"] for c in cs)
+            rows.append({"pair": pair_name, "method": method, "threshold": thr,
+                         "accuracy": sum(c["correct"] for c in cs) / len(cs), "ci_low": lo, "ci_high": hi,
+                         "acceptance": statistics.mean(c["acceptance"] for c in cs if c["acceptance"] is not None),
+                         "latency_s": statistics.mean(c["latency_s"] for c in cs), "flops": flops,
+                         "target_equivalent_tokens": flops / (2.0 * target_params),
+                         "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs)})
+    return {"rows": rows, "matched": matched(rows), "notes": notes, "seconds": round(time.time() - t0, 1),
+            "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
+                         "per_difficulty": args.per_difficulty, "qwen_limit": args.qwen_limit,
+                         "max_tokens": args.max_tokens, "threads": args.threads, "quick": args.quick}}
+
+
+def frontier(points: list[dict], cost: str) -> list[dict]:
+    """The points no other point beats on both accuracy (higher) and cost (lower), by rising cost; pure."""
+    best, out = -1.0, []
+    for p in sorted(points, key=lambda p: (p[cost], -p["accuracy"])):
+        if p["accuracy"] > best:
+            out.append(p)
+            best = p["accuracy"]
+    return out
+
+
+def matched(rows: list[dict]) -> list[dict]:
+    """Per pair, every Arbitrage frontier point against the cheapest RSD point at least as accurate."""
+    out = []
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        cost = "latency_s" if pair == "qwen" else "flops"
+        rsd = [r for r in rows if r["pair"] == pair and r["method"] == "rsd"]
+        for a in frontier([r for r in rows if r["pair"] == pair and r["method"] == "arbitrage"], cost):
+            cands = [r for r in rsd if r["accuracy"] >= a["accuracy"]]
+            if not cands:
+                continue
+            b = min(cands, key=lambda r: r[cost])
+            out.append({"pair": pair, "accuracy": a["accuracy"], "rsd_accuracy": b["accuracy"],
+                        "rsd_threshold": b["threshold"], "arbitrage_threshold": a["threshold"],
+                        "rsd_latency_s": b["latency_s"], "arbitrage_latency_s": a["latency_s"],
+                        "rsd_flops": b["flops"], "arbitrage_flops": a["flops"], "cost": cost,
+                        "speedup": b[cost] / a[cost] if a[cost] > 0 else float("nan")})
+    return out
+
+
+def _log(args, msg: str) -> None:
+    if not args.json:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def print_table(report: dict) -> None:
+    print(f"{'pair':8} {'method':17} {'thr':>5} {'acc':>6} {'95% CI':>15} {'accept':>7} {'latency s':>10} "
+          f"{'target-eq tok':>13} {'target calls':>12}")
+    for r in report["rows"]:
+        thr = "-" if r["threshold"] is None else f"{r['threshold']:.1f}"
+        print(f"{r['pair']:8} {r['method']:17} {thr:>5} {r['accuracy']:6.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
+              f"{r['acceptance']:7.3f} {r['latency_s']:10.3f} {r['target_equivalent_tokens']:13.1f} "
+              f"{r['target_calls']:12.2f}")
+    if report["matched"]:
+        print("\nmatched accuracy (Arbitrage frontier vs the cheapest RSD point at least as accurate):")
+        for m in report["matched"]:
+            print(f"{m['pair']:8} acc {m['accuracy']:.3f} (RSD {m['rsd_accuracy']:.3f}): cost {m['cost']} "
+                  f"speedup {m['speedup']:.2f}x  (tau {m['arbitrage_threshold']}, delta {m['rsd_threshold']})")
+    else:
+        print("\nno matched-accuracy comparison: no RSD point reaches an Arbitrage point's accuracy, or no router rows")
+    for n in report.get("notes", []):
+        print("note:", n)
+    print(f"\ntotal {report['seconds']} s")
+
+
+def plot(report: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for pair in dict.fromkeys(r["pair"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["pair"] == pair]
+        xs = [("acceptance", "step acceptance rate"), ("latency_s", "latency per problem (s)"),
+              ("target_equivalent_tokens", "target-equivalent tokens (FLOPs / 2N_target)")]
+        fig, axes = plt.subplots(1, len(xs), figsize=(5.0 * len(xs), 4.0))
+        for ax, (key, label) in zip(axes, xs):
+            for method in METHODS:
+                pts = sorted((r[key], r["accuracy"]) for r in rows if r["method"] == method)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, label=method)
+            for method, style in (("draft-only", ":"), ("target-only", "--")):
+                for r in rows:
+                    if r["method"] == method:
+                        ax.axhline(r["accuracy"], ls=style, color="gray", lw=1)
+                        ax.annotate(method, (ax.get_xlim()[0], r["accuracy"]), fontsize=7)
+            ax.set(xlabel=label, ylabel="accuracy")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"step-level drafting, {pair} pair")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"arbitrage-{pair}.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="testbed only, 10 problems per set, 6 thresholds")
+    ap.add_argument("--pairs", default="testbed,qwen")
+    ap.add_argument("--thresholds", type=int, default=11, help="thresholds per method, evenly over [0, 1]")
+    ap.add_argument("--per-difficulty", type=int, default=50, help="testbed problems per (difficulty, problem seed)")
+    ap.add_argument("--qwen-limit", type=int, default=100, help="first N GSM8K test problems (Qwen pair)")
+    ap.add_argument("--max-tokens", type=int, default=640)
+    ap.add_argument("--batch-size", type=int, default=16, help="testbed problems per engine batch")
+    ap.add_argument("--router", default="", help="router directory (default: the target's companion)")
+    ap.add_argument("--no-router", dest="with_router", action="store_false", help="skip the router rows")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/arbitrage")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--load", help="print a saved report.json, measure nothing")
+    args = ap.parse_args()
+    args.pairs = [p for p in args.pairs.split(",") if p]
+    if unknown := [p for p in args.pairs if p not in PAIRS]:
+        ap.error(f"--pairs {','.join(unknown)}: accepted are {', '.join(PAIRS)}")
+    if args.thresholds < 1 or args.per_difficulty < 1 or args.qwen_limit < 1:
+        ap.error("--thresholds, --per-difficulty and --qwen-limit must be >= 1")
+    if args.quick:
+        args.pairs, args.per_difficulty, args.thresholds = ["testbed"], 10, 6
+    if args.load:
+        report = json.loads(Path(args.load).read_text())
+    else:
+        report = measure(args)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
+        plot(report, Path(args.out))
+    if args.json:
+        print(json.dumps({"rows": report["rows"], "matched": report["matched"]}, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

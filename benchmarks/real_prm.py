@@ -1,0 +1,110 @@
+"""How well step scorers tell good steps from bad ones on labelled real-model solutions (issue 21).
+
+Reads a step-label file (`reasonbudget train-prm --label-only`, GSM8K test problems for held-out numbers) and
+scores every solution's steps with each scorer:
+    head      the trained PRM head (`--head DIR`, default: the model's companion, as prm=auto finds it)
+    logprob   the policy's own confidence, exp(mean token log-probability so far) (prm=logprob)
+    judge     the policy as an LLM judge of the whole solution, final steps only (prm=judge-text; it re-reads
+              the prefix for every step, so only `--judge-solutions` solutions are judged)
+Metrics (training.head_prm.prm_metrics): step AUROC (intermediate steps by whether any rollout reached the
+answer, final steps by the answer), final-step AUROC against correctness, pair accuracy (right vs wrong
+solution of one problem), calibration error against the soft labels.
+
+    python benchmarks/real_prm.py --labels FILE [--model qwen2.5-coder-0.5b] [--head DIR] [--judge-solutions 60]
+                                  [--json] [--out runs/real_prm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def measure(args) -> dict:
+    import torch
+
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards.factory import head_prm_dir
+    from reasonbudget.rewards.head_prm import HeadPRM
+    from reasonbudget.rewards.judge import LLMJudge
+    from reasonbudget.rewards.logprob import PolicyLogProb
+    from reasonbudget.training.head_prm import prm_metrics, solutions_of, step_table
+    from reasonbudget.training.step_labels import load_labels
+    from reasonbudget.types import StepSequence
+
+    torch.set_num_threads(args.threads)
+    labelled = load_labels(Path(args.labels))
+    if not labelled:
+        raise SystemExit(f"--labels {args.labels}: no labelled problems in that file")
+    policy = load_model(args.model, dtype=args.dtype)
+    items = [StepSequence(lp.question, s.steps) for lp, s in solutions_of(labelled)]
+    scorers, report = {}, {"scorers": {}}
+    head = Path(args.head) if args.head else head_prm_dir(policy)
+    if head is not None:
+        scorers["head"] = HeadPRM(head, base=policy if json.loads((head / "prm_head.json").read_text())["base"]
+                                  == policy.name else None)
+    scorers["logprob"] = PolicyLogProb(policy)
+    for name, scorer in scorers.items():
+        t0 = time.time()
+        scores = scorer.score_steps(items)
+        data = step_table(labelled, scores)
+        report["scorers"][name] = prm_metrics(data.x[:, 0], data, torch.ones(len(data.y), dtype=torch.bool)) | {
+            "seconds": round(time.time() - t0, 1)}
+    if args.judge_solutions:  # final steps only: one judge call per solution
+        t0 = time.time()
+        k = min(args.judge_solutions, len(items))
+        judged = LLMJudge(policy).score_steps(items[:k])
+        per_solution = [torch.full((len(it.steps),), float("nan")) for it in items[:k]]
+        for ps, j in zip(per_solution, judged):
+            ps[-1] = j[0]
+        data = step_table(labelled, per_solution + [torch.zeros(0)] * (len(items) - k))  # the first k solutions
+        fin = data.last & ~torch.isnan(data.x[:, 0])
+        m = prm_metrics(torch.nan_to_num(data.x[:, 0]), data, fin)
+        report["scorers"]["judge (final steps)"] = {k2: m[k2] for k2 in ("solutions", "final_auroc", "pairs",
+                                                                          "pair_accuracy")} | {
+            "seconds": round(time.time() - t0, 1)}
+    sols = solutions_of(labelled)
+    report["data"] = {"labels": str(args.labels), "problems": len(labelled), "solutions": len(sols),
+                      "solution_accuracy": round(sum(s.correct for _, s in sols) / len(sols), 4),
+                      "model": args.model, "head": str(head) if head else None}
+    return report
+
+
+def print_table(report: dict) -> None:
+    d = report["data"]
+    print(f"{d['model']}: {d['problems']} problems, {d['solutions']} solutions (accuracy {d['solution_accuracy']:.3f}),"
+          f" labels {d['labels']}")
+    print(f"{'scorer':22} {'steps':>6} {'step AUROC':>10} {'final AUROC':>11} {'pairs':>6} {'pair acc':>8} "
+          f"{'ECE':>6} {'seconds':>8}")
+    fmt = lambda v, w, p=3: f"{v:{w}.{p}f}" if isinstance(v, float) else f"{'-' if v is None else v:>{w}}"  # noqa: E731
+    for name, m in report["scorers"].items():
+        print(f"{name:22} {fmt(m.get('steps'), 6)} {fmt(m.get('step_auroc'), 10)} {fmt(m.get('final_auroc'), 11)} "
+              f"{fmt(m.get('pairs'), 6)} {fmt(m.get('pair_accuracy'), 8)} {fmt(m.get('ece'), 6)} "
+              f"{fmt(m.get('seconds'), 8, 1)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--labels", required=True)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--head", help="PRM head directory (default: the model's companion)")
+    ap.add_argument("--judge-solutions", type=int, default=0, help="also judge the first K solutions (final steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/real_prm")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not Path(args.labels).is_file():
+        ap.error(f"--labels {args.labels}: no such file (make one with reasonbudget train-prm --label-only)")
+    report = measure(args)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2) if args.json else "", end="")
+    if not args.json:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Token-level draft/target decoding against target-only decoding, measured side by side in one process.
+
+For each pair (the testbed pair; the Qwen2.5-Coder pair in the combinations worth measuring when `make
+real-models` has fetched it) and each batch size and temperature: target-only (`plain`), speculative decoding
+and MTAD on the same problems (GSM8K test for the Qwen pair, testbed d=6 for the testbed pair), thinking and
+answer under the same caps. Reported per row: tok/s (generated tokens / wall seconds), speed-up over the
+target-only run of the same pair, batch and temperature, acceptance (kept / drafted tokens), block efficiency
+(tokens per target forward), acceptance per block position, the energy proxy (2 x parameters x tokens
+processed, both models), accuracy, and the speed-up the formula predicts from the measured acceptance and
+step-cost ratio c (`engine.verify.expected_speedup`). Greedy speculative decoding must reproduce the target's
+tokens: the script counts the problems where it does not.
+
+    python benchmarks/speculative.py [--quick] [--json] [--problems 50] [--batches 1,8] [--gamma 4] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+QWEN_PAIRS = (  # (draft, draft weights, target, target weights)
+    ("qwen2.5-coder-0.5b", "none", "qwen2.5-coder-1.5b", "none"),
+    ("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "none"),
+    ("qwen2.5-coder-1.5b", "int4", "qwen2.5-coder-1.5b", "none"),
+)
+
+
+def step_ms(model, prompt, reps: int = 10) -> float:
+    """Median milliseconds of one decode-step forward (one token, one row) after `prompt`."""
+    cache = model.backend.new_cache(1, len(prompt) + 2)
+    rows = torch.tensor([0])
+    with torch.inference_mode():
+        model.backend(torch.tensor([list(prompt)]), cache, rows)
+        cache.lengths[0] = len(prompt)
+        tok = torch.tensor([[prompt[-1]]])
+        times = []
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            model.backend(tok, cache, rows, logits_at=torch.tensor([0]))
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times[1:])
+
+
+def run_method(engine, spec: str, prompts, batch: int, temperature: float, seed: int = 0):
+    from reasonbudget.engine import SamplingConfig
+    from reasonbudget.methods import make_method
+
+    method = make_method(spec, SamplingConfig(temperature=temperature))
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(prompts[i : i + batch]))]
+        out += method.run(engine, prompts[i : i + batch], budget=None, generator=gens)
+    return out, time.perf_counter() - t0
+
+
+def summarize(results, seconds: float, grade) -> dict:
+    tokens = sum(len(r.tokens) for r in results)
+    drafted = sum(r.usage.drafted_tokens for r in results)
+    accepted = sum(r.usage.accepted_tokens for r in results)
+    target_passes = sum(next(iter(r.usage.forward_passes_by_model.values())) for r in results)
+    pos_d: list[int] = []
+    pos_a: list[int] = []
+    for r in results:
+        sp = r.trace.get("speculation")
+        if sp:
+            for k, (d, a) in enumerate(zip(sp["position_drafted"], sp["position_accepted"])):
+                if k >= len(pos_d):
+                    pos_d.append(0)
+                    pos_a.append(0)
+                pos_d[k] += d
+                pos_a[k] += a
+    return {"tok_s": round(tokens / seconds, 2), "tokens": tokens, "seconds": round(seconds, 2),
+            "acceptance": round(accepted / drafted, 4) if drafted else None,
+            "block_efficiency": round(tokens / max(1, target_passes), 3),
+            "position_acceptance": [round(a / d, 3) for a, d in zip(pos_a, pos_d) if d],
+            "energy_proxy": sum(r.usage.energy_flops for r in results),
+            "accuracy": round(sum(grade(i, r) for i, r in enumerate(results)) / len(results), 4)}
+
+
+def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) -> list[dict]:
+    from reasonbudget.engine import Engine
+    from reasonbudget.engine.verify import expected_speedup
+    from reasonbudget.models import load_model
+
+    draft_name, draft_quant, target_name, target_quant, task, items = pair["draft"], pair["draft_quant"], \
+        pair["target"], pair["target_quant"], pair["task"], problems
+    target = load_model(target_name, dtype=dtype, quant=target_quant)
+    engine = Engine(target)
+    prompts = [task.prompt(target, p) for p in items]
+    draft = engine.speculation(draft_name, gamma, draft_quant).draft.model
+    c = step_ms(draft, prompts[0]) / step_ms(target, prompts[0])
+
+    def grade(i, r):
+        from reasonbudget.tasks import grade_many
+
+        return grade_many([(r.answer, items[i].gold, task.grader)])[0]
+
+    rows = []
+    dq = f",draft_quant={draft_quant}" if draft_quant != "none" else ""
+    for batch in batches:
+        for temperature in temperatures:
+            base_res, base_s = run_method(engine, "plain", prompts, batch, temperature)
+            base = summarize(base_res, base_s, grade)
+            rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
+                         "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
+            for name, spec in (("speculative", f"speculative:draft={draft_name},gamma={gamma}{dq}"),
+                               ("mtad", f"mtad:draft={draft_name},gamma={gamma}{dq}")):
+                res, secs = run_method(engine, spec, prompts, batch, temperature)
+                s = summarize(res, secs, grade)
+                row = {"method": name, "draft": f"{draft_name} {draft_quant}", "target": f"{target_name} {target_quant}",
+                       "batch": batch, "temperature": temperature, "c": round(c, 3),
+                       "speedup_vs_target": round(s["tok_s"] / base["tok_s"], 3), **s}
+                if s["acceptance"] is not None:
+                    row["predicted_speedup"] = round(expected_speedup(s["acceptance"], gamma, c), 3)
+                if name == "speculative" and temperature == 0:
+                    row["greedy_mismatches"] = sum(a.tokens != b.tokens for a, b in zip(res, base_res))
+                rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10 problems, batch 1, the testbed pair and one Qwen pair")
+    ap.add_argument("--problems", type=int, default=50)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--temperatures", default="0,1")
+    ap.add_argument("--gamma", type=int, default=4)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from reasonbudget.models.registry import REGISTRY
+    from reasonbudget.tasks import get_task
+
+    n = 10 if args.quick else args.problems
+    batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    testbed = get_task("testbed:d=6")
+    pairs = [{"draft": "testbed-draft", "draft_quant": "none", "target": "testbed-target", "target_quant": "none",
+              "task": testbed, "problems": testbed.problems(n), "dtype": "float32"}]
+    if REGISTRY["qwen2.5-coder-1.5b"].locate() is not None and REGISTRY["qwen2.5-coder-0.5b"].locate() is not None:
+        gsm8k = get_task("gsm8k")
+        for d, dq, t, tq in QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS:
+            pairs.append({"draft": d, "draft_quant": dq, "target": t, "target_quant": tq, "task": gsm8k,
+                          "problems": gsm8k.problems(n), "dtype": args.dtype})
+    rows = []
+    for pair in pairs:
+        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"])
+    report = {"rows": rows, "settings": {"problems": n, "gamma": args.gamma, "threads": args.threads,
+                                         "dtype_qwen": args.dtype, "quick": args.quick}}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{'method':12s} {'draft':26s} {'target':26s} {'b':>2s} {'T':>3s} {'tok/s':>7s} {'speedup':>7s} {'pred':>5s} "
+          f"{'accept':>6s} {'block':>5s} {'acc':>5s}")
+    for r in rows:
+        pred = f"{r['predicted_speedup']:.2f}" if "predicted_speedup" in r else "-"
+        acc = f"{r['acceptance']:.2f}" if r.get("acceptance") is not None else "-"
+        print(f"{r['method']:12s} {str(r['draft']):26s} {r['target']:26s} {r['batch']:2d} {r['temperature']:3.1f} "
+              f"{r['tok_s']:7.1f} {r['speedup_vs_target']:7.2f} {pred:>5s} {acc:>6s} {r['block_efficiency']:5.2f} "
+              f"{r['accuracy']:5.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""A process reward model for any model our runtime loads: a small trained head over a frozen base LM.
+
+The base model reads the problem (in its chat template) and the steps so far, each step followed by the step
+separator. At the last token of every step the head sees the base model's hidden states of a few layers and
+three numbers from its own log-probabilities of the step's tokens (the lowest, the mean, and the lowest over
+the trace so far); an MLP maps them to P(the trace still reaches the right answer). It is trained with
+binary cross-entropy on soft step labels from rollouts (`training.step_labels`, `training.head_prm`) and
+calibrated on held-out problems (Platt scaling of its logit).
+
+A directory holds `prm_head.safetensors` and `prm_head.json`: the base model's registry name and the shape it
+was trained on (refused when the base model loaded now differs), the layers read, feature scaling and
+calibration. The base model is loaded once per process, or shared with a policy that is the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from reasonbudget.types import StepSequence
+
+HEAD_FILE, HEAD_CONFIG = "prm_head.safetensors", "prm_head.json"
+LOGPROB_FEATURES = 3
+LOGPROB_FLOOR = -20.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadSpec:
+    """What a head was trained on; saved as `prm_head.json`."""
+
+    base: str
+    """Registry name (or path) of the base model whose hidden states the head reads."""
+    base_shape: tuple[int, int, int]
+    """(hidden size, layers, vocabulary) of that base model: a different model is refused."""
+    layers: tuple[int, ...]
+    hidden: int
+    separator: str = "\n\n"
+    logprobs: bool = True
+    calibration: tuple[float, float] = (1.0, 0.0)
+    """Platt scaling: P = sigmoid(a * logit + b)."""
+
+    @staticmethod
+    def load(path: Path) -> HeadSpec:
+        d = json.loads((path / HEAD_CONFIG).read_text())
+        return HeadSpec(**{**d, "base_shape": tuple(d["base_shape"]), "layers": tuple(d["layers"]),
+                           "calibration": tuple(d["calibration"])})
+
+    def save(self, path: Path) -> None:
+        (path / HEAD_CONFIG).write_text(json.dumps(asdict(self), indent=2))
+
+
+def base_shape(model) -> tuple[int, int, int]:
+    c = model.backend.cfg
+    return (c.hidden_size, c.num_layers, c.vocab_size)
+
+
+def default_layers(num_layers: int) -> tuple[int, ...]:
+    """A middle layer and the final (normed) one: probes of correctness read best in the middle of a model."""
+    return (num_layers // 2, num_layers)
+
+
+class StepHeadMLP(nn.Module):
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("std", torch.ones(d_in))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net((features - self.mean) / self.std)[..., 0]
+
+
+def encode_steps(model, question: str, steps: Sequence[str], separator: str) -> tuple[list[int], list[int], int]:
+    """Token ids of the prompt and the steps (each followed by the separator), the index of each step's last
+    token, and where the first step starts."""
+    from reasonbudget.models.registry import build_prompt
+
+    ids = list(build_prompt(model, question))
+    first = len(ids)
+    ends = []
+    for step in steps:
+        ids += model.encode(step + separator)
+        ends.append(len(ids) - 1)
+    return ids, ends, first
+
+
+def logprob_features(token_logprobs: Tensor, ends: Sequence[int], first: int) -> Tensor:
+    """[num_steps, 3]: per step the lowest and mean log-probability of its tokens and the lowest so far, over
+    -LOGPROB_FLOOR; token_logprobs[t] = log p(token t | tokens < t). Pure."""
+    rows, running, start = [], 0.0, first
+    for end in ends:
+        lp = token_logprobs[start : end + 1].clamp(min=LOGPROB_FLOOR)
+        low = float(lp.min()) if lp.numel() else 0.0
+        running = min(running, low)
+        rows.append([low, float(lp.mean()) if lp.numel() else 0.0, running])
+        start = end + 1
+    return torch.tensor(rows).reshape(-1, LOGPROB_FEATURES) / -LOGPROB_FLOOR
+
+
+@torch.inference_mode()
+def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Sequence[int], *, separator: str,
+                  logprobs: bool = True, max_batch_tokens: int = 4096) -> list[Tensor]:
+    """Per item: [num_steps, len(layers) * d (+ 3)] from one forward of the base model over its text."""
+    backend = model.backend
+    encoded = [encode_steps(model, q, s, separator) for q, s in items]
+    limit = model.context_length
+    out: list[Tensor] = [torch.zeros(0)] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
+    i = 0
+    while i < len(order):
+        width = min(len(encoded[order[i]][0]), limit)
+        j = i + 1
+        while j < len(order) and (j - i + 1) * min(len(encoded[order[j]][0]), limit) <= max_batch_tokens:
+            j += 1
+        chunk = order[i:j]
+        width = max(min(len(encoded[k][0]), limit) for k in chunk)
+        x = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, k in enumerate(chunk):
+            ids = encoded[k][0][:limit]
+            x[b, : len(ids)] = torch.tensor(ids)
+        cache = backend.new_cache(len(chunk), width)
+        wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ())}))
+        fo = backend(x, cache, torch.arange(len(chunk)), logits_at=torch.zeros(len(chunk), dtype=torch.long),
+                     hidden_layers=wanted)
+        final = fo.hidden.get(backend.cfg.num_layers)
+        for b, k in enumerate(chunk):
+            ids, ends, first = encoded[k]
+            ends = [e for e in ends if e < width]  # steps past the context are not scored
+            if not ends:
+                out[k] = torch.zeros(0)
+                continue
+            hid = torch.cat([fo.hidden[layer][b, ends].float() for layer in layers] or [torch.zeros(len(ends), 0)], dim=-1)
+            if logprobs:  # the logits of the steps' tokens only (a full [T, V] per row would be large)
+                logits = backend.lm_head(final[b, first - 1 : ends[-1]]).float()
+                lp = torch.zeros(ends[-1] + 1)
+                target = x[b, first : ends[-1] + 1, None].to(logits.device)
+                lp[first:] = torch.log_softmax(logits, -1).gather(-1, target)[:, 0].cpu()
+                hid = torch.cat([logprob_features(lp, ends, first), hid.cpu()], dim=-1)
+            out[k] = hid.cpu()
+        i = j
+    return out
+
+
+class HeadPRM:
+    """`ProcessRewardModel` over a head directory (see the module docstring)."""
+
+    def __init__(self, path: str | Path, *, base=None) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / HEAD_CONFIG).exists() or not (path / HEAD_FILE).exists():
+            raise ValueError(f"{path}: not a PRM head directory (needs {HEAD_CONFIG} and {HEAD_FILE}; "
+                             "`reasonbudget train-prm` writes one)")
+        self.spec = HeadSpec.load(path)
+        if base is None:
+            from reasonbudget.models.registry import load_model
+
+            base = load_model(self.spec.base, dtype="bfloat16")
+        if base_shape(base) != self.spec.base_shape:
+            raise ValueError(f"the PRM head in {path} was trained on {self.spec.base} (hidden, layers, vocabulary "
+                             f"= {self.spec.base_shape}); the base model given is {base.name} "
+                             f"({base_shape(base)}): use a head trained for it")
+        self.base = base
+        self.step_separator = self.spec.separator
+        state = load_file(str(path / HEAD_FILE))
+        self.head = StepHeadMLP(state["mean"].numel(), self.spec.hidden).eval()
+        self.head.load_state_dict(state)
+        self.tokens_read = 0
+
+    def logits(self, items: Sequence[StepSequence]) -> list[Tensor]:
+        feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
+                              separator=self.spec.separator, logprobs=self.spec.logprobs)
+        self.tokens_read += sum(len(encode_steps(self.base, it.problem, it.steps, self.spec.separator)[0])
+                                for it in items)
+        with torch.no_grad():
+            return [self.head(f) if f.numel() else torch.zeros(0) for f in feats]
+
+    def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
+        a, b = self.spec.calibration
+        return [torch.sigmoid(a * z + b) for z in self.logits(items)]

@@ -1,0 +1,228 @@
+"""Training of a head PRM (`rewards.head_prm`) on rollout step labels (`training.step_labels`): features from one
+forward of the frozen base model per solution, binary cross-entropy on the soft labels (the share of rollouts
+that reached the gold answer), early stopping and Platt calibration on held-out problems, and the metrics the
+issue asks for (step AUROC, final-step AUROC, pair accuracy, calibration error)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from reasonbudget.eval.report import auroc
+from reasonbudget.rewards.head_prm import (HEAD_FILE, HeadSpec, StepHeadMLP, base_shape, default_layers,
+                                           step_features)
+from reasonbudget.training.step_labels import LabelledProblem, LabelledSolution
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadTrainConfig:
+    hidden: int = 128
+    layers: tuple[int, ...] = ()
+    """Base-model layers read (HF numbering, num_layers = the final normed state); () = a middle one and the last."""
+    logprobs: bool = True
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    val_fraction: float = 0.2
+    """Problems held out for early stopping, calibration and the report."""
+    seed: int = 0
+
+
+@dataclass
+class StepData:
+    """Steps of many solutions: features, soft labels (NaN: unlabelled), and where each solution sits."""
+
+    x: Tensor
+    y: Tensor
+    solution: Tensor
+    """Per step: index of its solution."""
+    last: Tensor
+    """Per step: is it its solution's last step."""
+    problem: list[str]
+    """Per solution: problem id."""
+    correct: list[bool]
+    """Per solution: its final answer is right."""
+
+
+def solutions_of(labelled: Sequence[LabelledProblem]) -> list[tuple[LabelledProblem, LabelledSolution]]:
+    return [(lp, s) for lp in labelled for s in lp.solutions if s.steps]
+
+
+def step_table(labelled: Sequence[LabelledProblem], per_solution: Sequence[Tensor]) -> StepData:
+    """`StepData` of per-step rows (features, or one column of a scorer's scores) of `solutions_of(labelled)`;
+    a solution's rows may stop early (steps past the context)."""
+    sols = solutions_of(labelled)
+    xs, ys, owner, last = [], [], [], []
+    for k, ((_, s), f) in enumerate(zip(sols, per_solution)):
+        n = f.shape[0] if f.numel() else 0
+        if not n:
+            continue
+        xs.append(f if f.dim() == 2 else f[:, None])
+        ys.append(torch.tensor([math.nan if v is None else v for v in s.values[:n]], dtype=torch.float32))
+        owner += [k] * n
+        last += [i == len(s.steps) - 1 for i in range(n)]
+    return StepData(torch.cat(xs), torch.cat(ys), torch.tensor(owner), torch.tensor(last),
+                    [lp.problem_id for lp, _ in sols], [s.correct for _, s in sols])
+
+
+def build_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int], *, separator: str,
+               logprobs: bool) -> StepData:
+    sols = solutions_of(labelled)
+    return step_table(labelled, step_features(model, [(lp.question, s.steps) for lp, s in sols], layers,
+                                              separator=separator, logprobs=logprobs))
+
+
+def cached_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int], *, separator: str,
+                logprobs: bool, path: Path) -> StepData:
+    """`build_data`, kept in `path` for the same base model, layers and labelled solutions (feature extraction is
+    one forward per solution: minutes; a retrained head reuses it)."""
+    key = {"base": model.name, "shape": list(base_shape(model)), "layers": list(layers), "logprobs": logprobs,
+           "separator": separator, "solutions": [[lp.problem_id, s.text] for lp in labelled for s in lp.solutions]}
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        if saved.get("key") == key:
+            return saved["data"]
+    data = build_data(model, labelled, layers, separator=separator, logprobs=logprobs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "data": data}, path)
+    return data
+
+
+def split_problems(ids: Sequence[str], val_fraction: float, rng: random.Random) -> set[str]:
+    """Problem ids held out (whole problems, so no solution of a held-out problem is trained on); pure."""
+    unique = sorted(set(ids))
+    rng.shuffle(unique)
+    return set(unique[: max(1, round(len(unique) * val_fraction))]) if val_fraction > 0 else set()
+
+
+def fit_platt(z: Tensor, y: Tensor, iters: int = 200) -> tuple[float, float]:
+    """(a, b) minimising BCE(sigmoid(a z + b), y) on held-out logits z and soft labels y, with a > 0: a
+    calibration must not reverse the head's ranking (a few held-out problems could ask for that)."""
+    log_a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_a, b], lr=0.5, max_iter=iters)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(log_a.exp() * z + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_a.detach().exp()), float(b.detach())
+
+
+def expected_calibration_error(p: Sequence[float], y: Sequence[float], bins: int = 10) -> float:
+    """Mean |mean label - mean prediction| over equal-width probability bins, weighted by bin size; pure."""
+    total, err = len(p), 0.0
+    for k in range(bins):
+        idx = [i for i, v in enumerate(p) if k / bins <= v < (k + 1) / bins or (k == bins - 1 and v == 1.0)]
+        if idx:
+            err += len(idx) / total * abs(sum(y[i] for i in idx) / len(idx) - sum(p[i] for i in idx) / len(idx))
+    return err
+
+
+def prm_metrics(scores: Tensor, data: StepData, steps: Tensor) -> dict:
+    """Metrics over the steps selected by the boolean mask `steps` (one score per step of `data`):
+    - step_auroc: intermediate labelled steps, positive when any rollout reached the answer (Math-Shepherd's
+      hard label), and final steps by their answer;
+    - final_auroc: last steps against the solution's correctness (the PRM as an outcome verifier);
+    - pair_accuracy: problems with a right and a wrong solution, the right one's last step scoring higher
+      (ties count half); ece: calibration against the soft labels."""
+    lab = steps & ~torch.isnan(data.y)
+    s, y = scores[lab].tolist(), data.y[lab].tolist()
+    fin = steps & data.last
+    fs = scores[fin].tolist()
+    fc = [data.correct[int(k)] for k in data.solution[fin]]
+    by_problem: dict[str, list[tuple[float, bool]]] = {}
+    for sc, k in zip(fs, data.solution[fin].tolist()):
+        by_problem.setdefault(data.problem[k], []).append((sc, data.correct[k]))
+    pairs = [(r, w) for v in by_problem.values() for r, ok in v if ok for w, bad in v if not bad]
+    return {"steps": len(s), "step_auroc": round(auroc(s, [v > 0 for v in y]), 4),
+            "final_auroc": round(auroc(fs, fc), 4), "solutions": len(fs),
+            "pairs": len(pairs), "pair_accuracy": round(sum(1.0 if r > w else 0.5 if r == w else 0.0
+                                                          for r, w in pairs) / len(pairs), 4) if pairs else None,
+            "ece": round(expected_calibration_error(s, y), 4) if s else None,
+            "positive_share": round(sum(v > 0 for v in y) / len(y), 4) if y else None}
+
+
+def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadTrainConfig, *,
+               base: str | None = None, features_cache: Path | None = None) -> dict:
+    """Train and save a head over `model` (a LoadedModel) into `out`; returns the training report."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(cfg.seed)  # entry point of a training run: the head's initial weights
+    t0 = time.time()
+    num_layers = base_shape(model)[1]
+    layers = cfg.layers or default_layers(num_layers)
+    separator = model.profile.step_delimiter
+    if features_cache is not None:
+        data = cached_data(model, labelled, layers, separator=separator, logprobs=cfg.logprobs, path=features_cache)
+    else:
+        data = build_data(model, labelled, layers, separator=separator, logprobs=cfg.logprobs)
+    features_seconds = round(time.time() - t0, 1)
+    held = split_problems(data.problem, cfg.val_fraction, random.Random(cfg.seed))
+    in_val = torch.tensor([data.problem[int(k)] in held for k in data.solution])
+    labelled_step = ~torch.isnan(data.y)
+    tr, va = labelled_step & ~in_val, labelled_step & in_val
+    head = StepHeadMLP(data.x.shape[1], cfg.hidden)
+    head.mean.copy_(data.x[tr].mean(0))
+    head.std.copy_(data.x[tr].std(0).clamp(min=1e-4))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    xt, yt = data.x[tr], data.y[tr]
+    best, best_state, history = math.inf, None, []
+    steps_per_epoch = max(1, math.ceil(len(yt) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    step = 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        perm = torch.randperm(len(yt))
+        for i in range(0, len(yt), cfg.batch_size):
+            sel = perm[i : i + cfg.batch_size]
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = nn.functional.binary_cross_entropy_with_logits(head(xt[sel]), yt[sel])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+        head.eval()
+        with torch.no_grad():
+            z = head(data.x)
+        # model selection by held-out BCE on the soft labels: smoother than AUROC on a few held-out problems
+        val_loss = (nn.functional.binary_cross_entropy_with_logits(z[va], data.y[va]).item() if bool(va.any())
+                    else loss.item())
+        m = prm_metrics(z, data, in_val) if held else {}
+        history.append({"epoch": epoch, "loss": round(loss.item(), 4), "val_loss": round(val_loss, 4),
+                        "val_step_auroc": m.get("step_auroc"), "val_final_auroc": m.get("final_auroc")})
+        if val_loss < best:
+            best, best_state = val_loss, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    head.eval()
+    with torch.no_grad():
+        z = head(data.x)
+    calibration = fit_platt(z[va], data.y[va]) if bool(va.any()) else (1.0, 0.0)
+    p = torch.sigmoid(calibration[0] * z + calibration[1])
+    spec = HeadSpec(base=base or model.name, base_shape=base_shape(model), layers=tuple(layers), hidden=cfg.hidden,
+                    separator=separator, logprobs=cfg.logprobs, calibration=calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(head.state_dict(), str(out / HEAD_FILE))
+    spec.save(out)
+    report = {"config": asdict(cfg), "base": spec.base, "layers": list(layers), "problems": len(set(data.problem)),
+              "held_out_problems": len(held), "solutions": len(data.problem), "steps": int(len(data.y)),
+              "labelled_steps": int(labelled_step.sum()), "head_parameters": sum(t.numel() for t in head.parameters()),
+              "train": prm_metrics(p, data, ~in_val), "held_out": prm_metrics(p, data, in_val) if held else None,
+              "calibration": list(calibration), "features_seconds": features_seconds,
+              "train_seconds": round(time.time() - t0, 1), "history": history}
+    logger.info("PRM head: held-out %s", report["held_out"])
+    return report

@@ -1,0 +1,181 @@
+"""A PRM for models without one: rollout step labels (Math-Shepherd), the head over a frozen base model, its
+training metrics, and how `prm=` finds it. Runs on the testbed models (the real models are too slow here)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from reasonbudget.rewards.head_prm import HEAD_CONFIG, HEAD_FILE, HeadPRM, HeadSpec, logprob_features
+from reasonbudget.training.head_prm import expected_calibration_error, fit_platt, split_problems
+from reasonbudget.training.step_labels import (
+    LabelConfig,
+    LabelledProblem,
+    LabelledSolution,
+    label_task,
+    load_labels,
+    spread,
+    step_boundaries,
+)
+from reasonbudget.types import StepSequence
+
+
+def test_step_boundaries_follow_the_step_runners_rule():
+    pieces = ["First", " step", ".\n\n", "\n\n", "Second", "\n\n", "Answer: 4", "\n\n"]
+    # a delimiter right after another one has no text of its own: it joins the step that follows
+    assert step_boundaries(pieces, "\n\n") == [3, 6, 8]
+    assert step_boundaries(["a", "b"], "\n\n") == [2]
+    assert step_boundaries(["a\n\n", " "], "\n\n") == [2]  # trailing whitespace joins the last step
+    assert spread(3, 6) == [0, 1, 2] and spread(10, 3) == [0, 4, 9] and spread(5, 1) == [4]
+
+
+def test_logprob_features_are_per_step_minimum_mean_and_running_minimum():
+    lp = torch.tensor([0.0, 0.0, -1.0, -3.0, -0.5, -2.0])  # prompt of 2 tokens, steps [2..3] and [4..5]
+    f = logprob_features(lp, [3, 5], 2) * 20
+    assert torch.allclose(f, torch.tensor([[-3.0, -2.0, -3.0], [-2.0, -1.25, -3.0]]))
+
+
+def test_calibration_and_split_helpers():
+    assert expected_calibration_error([0.2, 0.8], [0.2, 0.8]) == pytest.approx(0.0)
+    assert expected_calibration_error([0.9, 0.9], [0.0, 0.0]) == pytest.approx(0.9)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(400, generator=gen)
+    y = torch.sigmoid(2.0 * z - 0.5)  # soft labels from a known scaling: Platt finds it
+    a, b = fit_platt(z, y)
+    assert a == pytest.approx(2.0, abs=0.05) and b == pytest.approx(-0.5, abs=0.05)
+    import random
+
+    held = split_problems(["p1", "p1", "p2", "p3", "p4"], 0.5, random.Random(0))
+    assert len(held) == 2 and held <= {"p1", "p2", "p3", "p4"}
+
+
+@pytest.fixture(scope="module")
+def target():
+    from reasonbudget.models import load_model
+
+    return load_model("testbed-target")
+
+
+@pytest.fixture(scope="module")
+def labels(target, tmp_path_factory):
+    from reasonbudget.tasks import get_task
+
+    task = get_task("testbed:d=5")
+    out = tmp_path_factory.mktemp("labels") / "labels.jsonl"
+    cfg = LabelConfig(samples=2, rollouts=3, max_tokens=160, temperature=1.0)
+    return task, out, cfg, label_task(target, task.problems()[:12], out, cfg, task=task.name, chunk=6,
+                                      progress=False)
+
+
+def test_labels_are_shares_of_rollouts_and_the_last_step_is_the_outcome(labels):
+    task, _, cfg, labelled = labels
+    assert len(labelled) == 12 and all(len(lp.solutions) == 2 for lp in labelled)
+    for lp in labelled:
+        for s in lp.solutions:
+            assert len(s.values) == len(s.steps) == len(s.outcomes)
+            assert s.values[-1] == float(s.correct) and s.outcomes[-1] == 1
+            for v, n in zip(s.values[:-1], s.outcomes[:-1]):
+                assert (v is None and n == 0) or (n == cfg.rollouts and v * n == pytest.approx(round(v * n)))
+    values = [v for lp in labelled for s in lp.solutions for v in s.values[:-1] if v is not None]
+    assert 0 < sum(values) / len(values) < 1  # the labels are not constant
+
+
+def test_labelling_resumes_and_refuses_other_settings(labels, target, tmp_path):
+    task, out, cfg, labelled = labels
+    lines = out.read_text().splitlines()
+    part = tmp_path / "part.jsonl"
+    part.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2] + "\n")  # a run killed mid-line
+    (tmp_path / "part.settings.json").write_text(out.with_suffix(".settings.json").read_text())
+    resumed = label_task(target, task.problems()[:12], part, cfg, task=task.name, chunk=6, progress=False)
+    assert [lp.to_json() for lp in resumed] == [lp.to_json() for lp in labelled]  # seeded per problem
+    with pytest.raises(ValueError, match="other settings"):
+        label_task(target, task.problems()[:12], part, LabelConfig(samples=3), task=task.name, progress=False)
+    assert LabelledProblem.from_json(labelled[0].to_json()) == labelled[0]
+    assert len(load_labels(part)) == 12
+
+
+def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_path):
+    from reasonbudget.models import load_model
+    from reasonbudget.training.head_prm import HeadTrainConfig, train_head
+
+    _, _, _, labelled = labels
+    out = tmp_path / "head"
+    report = train_head(target, labelled, out, HeadTrainConfig(epochs=30, hidden=16, val_fraction=0.25))
+    assert report["steps"] > report["held_out"]["steps"] > 0 and report["head_parameters"] > 0
+    assert (out / HEAD_FILE).exists() and HeadSpec.load(out).base == "testbed-target"
+    prm = HeadPRM(out, base=target)
+    s = labelled[0].solutions[0]
+    whole, part = prm.score_steps([StepSequence(labelled[0].question, s.steps),
+                                   StepSequence(labelled[0].question, s.steps[:2])])
+    assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole < 1)).all())
+    assert torch.allclose(whole[:2], part, atol=1e-4)  # a step's score does not depend on later steps
+    assert prm.tokens_read > 0
+    # on the training steps the head ranks outcomes better than chance (held-out is too small to assert on)
+    assert report["train"]["step_auroc"] > 0.6
+    with pytest.raises(ValueError, match="testbed-target.*testbed-draft"):
+        HeadPRM(out, base=load_model("testbed-draft"))
+    with pytest.raises(ValueError, match="not a PRM head directory"):
+        HeadPRM(tmp_path)
+
+
+def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypatch):
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards import factory
+    from reasonbudget.training.head_prm import HeadTrainConfig, train_head
+
+    _, _, _, labelled = labels
+    smol = load_model("smollm2-135m")
+    monkeypatch.setattr(factory, "_loaded", {})
+    assert type(factory.load_prm("auto", smol)).__name__ == "SelfJudge"  # no head: the judge
+    monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path))
+    from reasonbudget.models.registry import companion_dir
+
+    where = companion_dir(smol.name, "prm")
+    train_head(target, labelled, where, HeadTrainConfig(epochs=2, hidden=8, val_fraction=0.25))
+    spec = json.loads((where / HEAD_CONFIG).read_text())
+    assert spec["base"] == "testbed-target" and not math.isnan(spec["calibration"][0])
+    prm = factory.load_prm("auto", smol)
+    assert type(prm).__name__ == "HeadPRM" and prm.base.name == "testbed-target"
+    # a remote policy serving that model gets the same head (it scores text; its base model runs here)
+    from types import SimpleNamespace
+
+    remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
+                             profile=smol.profile)
+    assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"
+
+
+def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels, target):
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.rewards.logprob import prefix_confidence
+
+    # steps of 2 and 1 tokens with mean log-probs -1 and -4: exp(-1), then exp((-2 - 4) / 3)
+    f = torch.tensor([[0.0, -1.0 / 20, 0.0], [0.0, -4.0 / 20, 0.0]])
+    assert torch.allclose(prefix_confidence(f, [2, 1]), torch.tensor([math.exp(-1), math.exp(-2)]))
+    _, _, _, labelled = labels
+    prm = load_prm("logprob", target)
+    s = labelled[0].solutions[0]
+    whole, part = prm.score_steps([StepSequence(labelled[0].question, s.steps),
+                                   StepSequence(labelled[0].question, s.steps[:2])])
+    assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole <= 1)).all())
+    assert torch.allclose(whole[:2], part, atol=1e-5)
+
+
+def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from reasonbudget.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, ["train-prm", *a])  # noqa: E731
+    args = ["--model", "testbed-target", "--task", "testbed:d=3", "--limit", "4", "--samples", "2", "--rollouts", "2",
+            "--max-tokens", "96", "--epochs", "3", "--labels", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "h")]
+    r = run(*args, "--label-only")
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "l.jsonl").read_text().splitlines()) == 4 and not (tmp_path / "h").exists()
+    r = run(*args)  # resumes: nothing left to label, then trains
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "h" / HEAD_FILE).exists() and json.loads((tmp_path / "h" / "training.json").read_text())["steps"] > 0
+    r = run(*args[:-4], "--labels", str(tmp_path / "l.jsonl"), "--samples", "3")
+    assert r.exit_code == 2 and "other settings" in r.output
+    r = run("--model", "testbed-target", "--temperature", "0")
+    assert r.exit_code == 2 and "need sampling" in r.output
