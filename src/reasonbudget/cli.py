@@ -316,13 +316,17 @@ def train_router_cmd(
     draft: str = typer.Option("testbed-draft", help="The draft model (registry name or path)."),
     target: str = typer.Option("testbed-target", help="The target model; the router is its companion."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the target's router companion)."),
-    problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed)."),
-    epochs: int = typer.Option(3),
-    lr: float = typer.Option(3e-4),
+    problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed) or in all (--task)."),
+    task: str = typer.Option("gsm8k:split=train", help="Label-generation problems of a real pair (a task spec)."),
+    prm: str = typer.Option("auto", help="The PRM that scores both models' steps (a real pair: its trained PRM head "
+                                         "directory, or auto)."),
+    epochs: Optional[int] = typer.Option(None, help="Default: 3 (fine-tuned router), 60 (router head)."),
+    lr: Optional[float] = typer.Option(None, help="Default: 3e-4 (fine-tuned router), 1e-3 (router head)."),
     balance: str = typer.Option("downsample", help="downsample (majority class to 1:1, the paper's default) | none"),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
-    scores both, the better continues), then a 2-class classifier initialised from the PRM's LM."""
+    scores both, the better continues), then a classifier: on the testbed fine-tuned from the PRM's LM, for a
+    real pair a head over the frozen draft model (too large to fine-tune here)."""
     import json
     import logging
     from pathlib import Path
@@ -331,23 +335,24 @@ def train_router_cmd(
     from reasonbudget.models.registry import check_shared_tokenizer, companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if problems < 1 or epochs < 1 or lr <= 0:
+    if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0):
         _fail("--problems and --epochs must be >= 1 and --lr > 0")
     if balance not in ("downsample", "none"):
         _fail(f"--balance {balance!r}: accepted are downsample, none")
     try:
         d, t = load_model(draft), load_model(target)
         check_shared_tokenizer(d, t)
-        if t.profile.name != "testbed":
-            raise ValueError(f"{t.name}: router training runs on testbed pairs for now (its labels need a PRM "
-                             "with an LM to start the router from; real models get one with their trained PRM)")
-        from reasonbudget.rewards.factory import testbed_prm_dir
-        from reasonbudget.training.router import RouterTrainConfig
-        from reasonbudget.training.testbed import train_testbed_router
-
         where = Path(out) if out else companion_dir(t.name, "router")
-        report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
-                                      cfg=RouterTrainConfig(epochs=epochs, lr=lr, balance=balance))
+        if t.profile.name == "testbed":
+            from reasonbudget.rewards.factory import testbed_prm_dir
+            from reasonbudget.training.router import RouterTrainConfig
+            from reasonbudget.training.testbed import train_testbed_router
+
+            report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
+                                          cfg=RouterTrainConfig(epochs=epochs or 3, lr=lr or 3e-4, balance=balance))
+        else:
+            report = _train_real_router(d, t, where, task=task, limit=problems, prm=prm, epochs=epochs, lr=lr,
+                                        balance=balance)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -356,6 +361,32 @@ def train_router_cmd(
     typer.echo(json.dumps({"saved_to": str(where), "examples": report["examples"],
                            "labelling_seconds": report["labelling_seconds"], "train_seconds": report["train_seconds"],
                            "held_out": report["held_out"]}, indent=2))
+
+
+def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, lr, balance: str) -> dict:
+    """Oracle labels of a real (draft, target) pair on a task's problems, then a router head over the draft."""
+    import time
+    from dataclasses import replace
+
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.tasks import get_task
+    from reasonbudget.training.router import HeadRouterConfig, generate_labels, save_examples, train_head_router
+
+    scorer = load_prm(prm, t)
+    if type(scorer).__name__ in ("SelfJudge", "LLMJudge", "RemoteJudge"):
+        raise ValueError(f"{t.name} has no trained PRM for the router's labels (prm={prm} gave an LLM judge): train "
+                         f"one with `reasonbudget train-prm --model {d.name}` and pass --prm DIR")
+    questions = [p.question for p in get_task(task).problems()[:limit]]
+    t0 = time.time()
+    examples = generate_labels(d, t, scorer, questions, batch_size=16, max_tokens=640)
+    labelling = round(time.time() - t0, 1)
+    where.mkdir(parents=True, exist_ok=True)
+    save_examples(examples, where / "labels.jsonl")
+    cfg = HeadRouterConfig(balance=balance)
+    cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
+    report = train_head_router(examples, d, where, cfg, separator=t.profile.step_delimiter,
+                               pair={"draft": d.name, "target": t.name})
+    return {"labelling_seconds": labelling, **report}
 
 
 @app.command("train-prm")

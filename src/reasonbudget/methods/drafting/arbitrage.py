@@ -39,7 +39,7 @@ def load_router(spec: str, draft: str, target) -> object:
     Served models (remote:URL#MODEL) are known by the names they are served under."""
     from reasonbudget.models.registry import registered_companion
     from reasonbudget.remote.model import is_remote, parse_remote_name
-    from reasonbudget.rewards.router import CONFIG_FILE, StepRouter
+    from reasonbudget.rewards.router import CONFIG_FILE, load_router_dir
 
     draft = parse_remote_name(draft)[1] if is_remote(draft) else draft
     target_name = getattr(target, "served_model", target.name)
@@ -53,7 +53,7 @@ def load_router(spec: str, draft: str, target) -> object:
                          f"{draft} -> {target_name}; train one for this pair with `reasonbudget train-router`")
     key = str(path.resolve())
     if key not in _ROUTERS:
-        _ROUTERS[key] = StepRouter(path)
+        _ROUTERS[key] = load_router_dir(path)
     return _ROUTERS[key]
 
 
