@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from reasonbudget.eval.report import auroc
 from reasonbudget.rewards.head_prm import (HEAD_FILE, HeadSpec, StepHeadMLP, base_shape, default_layers,
                                            step_features)
+from reasonbudget.training.batching import bce_epoch
 from reasonbudget.training.step_labels import LabelledProblem, LabelledSolution
 
 logger = logging.getLogger(__name__)
@@ -186,24 +187,16 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
     step = 0
     for epoch in range(cfg.epochs):
         head.train()
-        perm = torch.randperm(len(yt))
-        for i in range(0, len(yt), cfg.batch_size):
-            sel = perm[i : i + cfg.batch_size]
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = nn.functional.binary_cross_entropy_with_logits(head(xt[sel]), yt[sel])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+        loss, step = bce_epoch(head, opt, xt, yt, cfg.batch_size, step,
+                               lambda k: cfg.lr * 0.5 * (1 + math.cos(math.pi * k / total)))
         head.eval()
         with torch.no_grad():
             z = head(data.x)
         # model selection by held-out BCE on the soft labels: smoother than AUROC on a few held-out problems
         val_loss = (nn.functional.binary_cross_entropy_with_logits(z[va], data.y[va]).item() if bool(va.any())
-                    else loss.item())
+                    else loss)
         m = prm_metrics(z, data, in_val) if held else {}
-        history.append({"epoch": epoch, "loss": round(loss.item(), 4), "val_loss": round(val_loss, 4),
+        history.append({"epoch": epoch, "loss": round(loss, 4), "val_loss": round(val_loss, 4),
                         "val_step_auroc": m.get("step_auroc"), "val_final_auroc": m.get("final_auroc")})
         if val_loss < best:
             best, best_state = val_loss, {k: v.clone() for k, v in head.state_dict().items()}

@@ -25,7 +25,7 @@ import torch
 from reasonbudget.eval.report import auroc, spearman
 from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, encode_batch, escalate_logits, router_text
 from reasonbudget.steps.draft_target import Decision, Proposal
-from reasonbudget.training.batching import bucketed_batches, warmup_linear
+from reasonbudget.training.batching import bce_epoch, bucketed_batches, warmup_linear
 from reasonbudget.types import StepSequence
 
 logger = logging.getLogger(__name__)
@@ -276,20 +276,15 @@ def train_head_router(examples: Sequence[RouterExample], base, out: Path, cfg: H
     head.std.copy_(x.std(0).clamp(min=1e-4) if len(x) > 1 else torch.ones(x.shape[1]))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
+    step = 0
     for epoch in range(cfg.epochs):
         head.train()
-        perm = torch.randperm(len(y))
-        for i in range(0, len(y), cfg.batch_size):
-            sel = perm[i : i + cfg.batch_size]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x[sel]), y[sel])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        loss, step = bce_epoch(head, opt, x, y, cfg.batch_size, step)
         if epoch % 10 == 9 or epoch == cfg.epochs - 1:
             head.eval()
             with torch.no_grad():
                 m = router_metrics(torch.sigmoid(head(xv)).tolist(), val_set) if val_set else {}
-            history.append({"epoch": epoch, "loss": round(loss.item(), 4),
+            history.append({"epoch": epoch, "loss": round(loss, 4),
                             **{k: round(v, 4) for k, v in m.items() if isinstance(v, float)}})
     head.eval()
     out.mkdir(parents=True, exist_ok=True)
