@@ -62,14 +62,20 @@ def probabilities(logits: Tensor, cfg: SamplingConfig) -> Tensor:
 
 
 def draw(probs: Tensor, generators: Sequence[Generator]) -> Tensor:
-    """One token per row of probs [R, V] with that row's generator -> [R], on probs' device. The noise is drawn
-    on the generators' device (CPU for the usual per-row generators: one cannot fill a CUDA tensor)
-    and moved once, so the same probs and seeds give the same tokens on every device."""
+    """One token per row of probs [R, V] with that row's generator -> [R], on probs' device: inverse-CDF sampling,
+    one uniform number per row (drawn on the generators' device, CPU for the usual per-row generators, and
+    moved once) against the row's cumulative probabilities in float64. Exact, and cheap for large vocabularies:
+    the exponential race it replaces drew V random numbers per row and token, a third of a batched Qwen decode
+    step. The same probs and seeds give the same tokens on every device (up to float64 rounding of the
+    cumulative sums: a u within ~1e-16 of a boundary)."""
     device = generators[0].device if generators else probs.device
-    race = torch.empty(probs.shape, dtype=probs.dtype, device=device)  # [R, V]
+    u = torch.empty(len(generators), dtype=torch.float64, device=device)
     for r, g in enumerate(generators):
-        race[r].exponential_(generator=g)
-    return (probs / race.to(probs.device)).argmax(-1)
+        u[r : r + 1].uniform_(generator=g)
+    cdf = probs.double().cumsum(-1)  # [R, V]
+    u = u.to(probs.device) * cdf[:, -1]  # the rows' totals: probabilities that sum to 1 up to rounding
+    # the first token whose cumulative probability exceeds u: zero-probability tokens (flat cdf) never win
+    return torch.searchsorted(cdf, u[:, None], right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
 
 
 def sample(logits: Tensor, cfg: SamplingConfig, generators: Sequence[Generator] | None) -> Tensor:
