@@ -102,6 +102,23 @@ def logprob_features(token_logprobs: Tensor, ends: Sequence[int], first: int) ->
     return torch.tensor(rows).reshape(-1, LOGPROB_FEATURES) / -LOGPROB_FLOOR
 
 
+def padded_batches(seqs: Sequence[Sequence[int]], max_batch_tokens: int):
+    """Yield (indices, right-padded [B, width] ids) over `seqs` sorted by length, each batch within
+    `max_batch_tokens` padded positions (at least one sequence per batch)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * len(seqs[order[j]]) <= max_batch_tokens:
+            j += 1
+        chunk = order[i:j]
+        x = torch.zeros((len(chunk), max(len(seqs[k]) for k in chunk)), dtype=torch.long)
+        for b, k in enumerate(chunk):
+            x[b, : len(seqs[k])] = torch.tensor(list(seqs[k]), dtype=torch.long)
+        yield chunk, x
+        i = j
+
+
 @torch.inference_mode()
 def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Sequence[int], *, separator: str,
                   logprobs: bool = True, max_batch_tokens: int = 4096) -> list[Tensor]:
@@ -110,19 +127,8 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
     encoded = [encode_steps(model, q, s, separator) for q, s in items]
     limit = model.context_length
     out: list[Tensor] = [torch.zeros(0)] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
-    i = 0
-    while i < len(order):
-        width = min(len(encoded[order[i]][0]), limit)
-        j = i + 1
-        while j < len(order) and (j - i + 1) * min(len(encoded[order[j]][0]), limit) <= max_batch_tokens:
-            j += 1
-        chunk = order[i:j]
-        width = max(min(len(encoded[k][0]), limit) for k in chunk)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, k in enumerate(chunk):
-            ids = encoded[k][0][:limit]
-            x[b, : len(ids)] = torch.tensor(ids)
+    for chunk, x in padded_batches([e[0][:limit] for e in encoded], max_batch_tokens):
+        width = x.shape[1]
         cache = backend.new_cache(len(chunk), width)
         wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ())}))
         fo = backend(x, cache, torch.arange(len(chunk)), logits_at=torch.zeros(len(chunk), dtype=torch.long),
@@ -142,7 +148,6 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
                 lp[first:] = torch.log_softmax(logits, -1).gather(-1, target)[:, 0].cpu()
                 hid = torch.cat([logprob_features(lp, ends, first), hid.cpu()], dim=-1)
             out[k] = hid.cpu()
-        i = j
     return out
 
 

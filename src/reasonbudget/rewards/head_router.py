@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from reasonbudget.rewards.head_prm import StepHeadMLP, base_shape
+from reasonbudget.rewards.head_prm import StepHeadMLP, base_shape, padded_batches
 from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, router_text
 
 HEAD_FILE = "router_head.safetensors"
@@ -28,24 +28,14 @@ def text_features(model, texts: Sequence[str], layers: Sequence[int], *, max_bat
     backend = model.backend
     encoded = [list(model.encode(t))[-(model.context_length - 1) :] or [0] for t in texts]
     out = torch.zeros(len(texts), len(layers) * backend.cfg.hidden_size)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    i = 0
-    while i < len(order):
-        j = i + 1
-        while j < len(order) and (j - i + 1) * len(encoded[order[j]]) <= max_batch_tokens:
-            j += 1
-        chunk = order[i:j]
-        width = max(len(encoded[k]) for k in chunk)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, k in enumerate(chunk):
-            x[b, : len(encoded[k])] = torch.tensor(encoded[k])
+    for chunk, x in padded_batches(encoded, max_batch_tokens):
+        width = x.shape[1]
         fo = backend(x, backend.new_cache(len(chunk), width), torch.arange(len(chunk)),
                      logits_at=torch.zeros(len(chunk), dtype=torch.long), hidden_layers=tuple(layers))
         last = torch.tensor([len(encoded[k]) - 1 for k in chunk])
         feats = torch.cat([fo.hidden[layer][torch.arange(len(chunk)), last.to(fo.hidden[layer].device)].float()
                            for layer in layers], dim=-1)
         out[chunk] = feats.cpu()
-        i = j
     return out
 
 
