@@ -4,6 +4,7 @@ Reads a step-label file (`reasonbudget train-prm --label-only`, GSM8K test probl
 scores every solution's steps with each scorer:
     head      the trained PRM head (`--head DIR`, default: the model's companion, as prm=auto finds it)
     logprob   the policy's own confidence, exp(mean token log-probability so far) (prm=logprob)
+    logprob-min  the same by the lowest token log-probability so far (prm=logprob-min)
     judge     the policy as an LLM judge of the whole solution, final steps only (prm=judge-text; it re-reads
               the prefix for every step, so only `--judge-solutions` solutions are judged)
 Metrics (training.head_prm.prm_metrics): step AUROC (intermediate steps by whether any rollout reached the
@@ -46,6 +47,7 @@ def measure(args) -> dict:
         scorers["head"] = HeadPRM(head, base=policy if json.loads((head / "prm_head.json").read_text())["base"]
                                   == policy.name else None)
     scorers["logprob"] = PolicyLogProb(policy)
+    scorers["logprob-min"] = PolicyLogProb(policy, "min")
     for name, scorer in scorers.items():
         t0 = time.time()
         scores = scorer.score_steps(items)

@@ -161,6 +161,22 @@ def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels
     assert torch.allclose(whole[:2], part, atol=1e-5)
 
 
+def test_policy_min_confidence_is_the_least_likely_token_so_far(labels, target):
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.rewards.logprob import PolicyLogProb, prefix_min_confidence
+
+    f = torch.tensor([[-1.0 / 20, -0.5 / 20, -1.0 / 20], [-0.5 / 20, -0.2 / 20, -1.0 / 20],
+                      [-3.0 / 20, -1.0 / 20, -3.0 / 20]])  # running minimum -1, -1, -3
+    assert torch.allclose(prefix_min_confidence(f), torch.tensor([math.exp(-1), math.exp(-1), math.exp(-3)]))
+    _, _, _, labelled = labels
+    prm = load_prm("logprob-min", target)
+    s = labelled[0].solutions[0]
+    (scores,) = prm.score_steps([StepSequence(labelled[0].question, s.steps)])
+    assert bool((scores[1:] <= scores[:-1]).all()) and bool(((scores > 0) & (scores <= 1)).all())
+    with pytest.raises(ValueError, match="accepted are mean, min"):
+        PolicyLogProb(target, "max")
+
+
 def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_path):
     from typer.testing import CliRunner
 

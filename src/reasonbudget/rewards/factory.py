@@ -10,6 +10,7 @@
              the model named by `judge_model` (any registry name or path: a bigger model can judge a smaller one)
     logprob  the policy's own confidence: exp(mean token log-probability of the trace so far) (`rewards.logprob`;
              for a remote policy, the model it serves is loaded here when the registry has it)
+    logprob-min  the same, by the lowest token log-probability so far
     pool:URL#MODEL  a Qwen2.5-Math-PRM-protocol PRM served by vLLM's pooling runner (`rewards.pooling`)
     PATH     a PRM head directory (`prm_head.json`: a head over a frozen base model, `rewards.head_prm`)
     PATH|ID  a Hugging Face PRM with the Qwen2.5-Math-PRM protocol (local directory or hub id)
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-NAMES = ("auto", "testbed", "oracle", "judge", "judge-text", "logprob")
+NAMES = ("auto", "testbed", "oracle", "judge", "judge-text", "logprob", "logprob-min")
 _loaded: dict[tuple, object] = {}
 
 
@@ -101,12 +102,12 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
         from reasonbudget.rewards.judge import LLMJudge
 
         return LLMJudge(_judge(policy, judge_model))
-    if name == "logprob":
+    if name in ("logprob", "logprob-min"):
         from reasonbudget.models.registry import load_model
         from reasonbudget.rewards.logprob import PolicyLogProb
 
-        return PolicyLogProb(policy if hasattr(policy, "backend") else load_model(policy.served_model,
-                                                                                   dtype="bfloat16"))
+        model = policy if hasattr(policy, "backend") else load_model(policy.served_model, dtype="bfloat16")
+        return PolicyLogProb(model, "min" if name == "logprob-min" else "mean")
     if name.startswith("pool:"):
         from reasonbudget.rewards.pooling import PooledPRM
 
