@@ -5,7 +5,7 @@ import torch
 
 from reasonbudget.engine import Engine, SamplingConfig
 from reasonbudget.engine.budget import BudgetConfig
-from reasonbudget.engine.controllers import Observer
+from reasonbudget.engine.controllers import KEEP, Action, Observer
 from reasonbudget.engine.generation import generate
 
 
@@ -31,6 +31,16 @@ class LateJob:
         if self.polls == self.after and free_rows and fits(self.prompt, self.budget):
             return [(self.prompt, self.budget, self.observer, torch.Generator().manual_seed(0))]
         return []
+
+
+class StopAfter(Collect):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def on_token(self, token: int, forced: bool) -> Action:
+        self.left -= 1
+        return Action(stop=True) if self.left <= 0 else KEEP
 
 
 def test_a_long_prompt_joins_over_several_steps_and_decodes_as_alone(monkeypatch):
@@ -61,3 +71,26 @@ def test_a_long_prompt_joins_over_several_steps_and_decodes_as_alone(monkeypatch
     assert len(feeds) >= len(late_prompt) // 8 - 1 and all(sum(f) <= 8 for f in feeds)
     assert joined.tokens == alone.tokens and joined.usage.thinking_tokens <= 40
     assert long_result.usage.thinking_tokens <= 120 and [r.tokens for r in running.results] == [long_result.tokens]
+
+
+def test_a_joining_prompt_still_prefilling_when_the_batch_ends_is_finished_not_dropped():
+    from reasonbudget.models import load_model
+    from reasonbudget.tasks import get_task
+
+    engine = Engine(load_model("testbed-target"))
+    late_prompt = engine.prompt(get_task("testbed:d=6").problems(1)[0].question)
+    running_prompt = engine.prompt(get_task("testbed:d=8").problems(1)[0].question)
+    budget = BudgetConfig(max_thinking_tokens=20, max_answer_tokens=8)
+    late = budget
+    greedy = SamplingConfig()
+    (alone,) = generate(engine, [late_prompt], [late], greedy, torch.Generator().manual_seed(0))
+    admission = LateJob(late_prompt, late, chunk_tokens=2, after=1)  # 2 tokens a step: far longer than the batch
+    engine.admission = admission
+    try:
+        (ended,) = generate(engine, [running_prompt], [budget], greedy, torch.Generator().manual_seed(0),
+                            observers=[StopAfter(3)])  # the running row stops (a client went away, say)
+    finally:
+        engine.admission = None
+    assert len(ended.tokens) < len(late_prompt) // 2  # the batch's own row ended long before the join was prefilled
+    (joined,) = admission.observer.results
+    assert joined.tokens == alone.tokens

@@ -375,7 +375,8 @@ def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, 
     scorer = load_prm(prm, t)
     if type(scorer).__name__ in ("SelfJudge", "LLMJudge", "RemoteJudge"):
         raise ValueError(f"{t.name} has no trained PRM for the router's labels (prm={prm} gave an LLM judge): train "
-                         f"one with `reasonbudget train-prm --model {d.name}` and pass --prm DIR")
+                         f"one with `reasonbudget train-prm --model {t.name}` (prm=auto then finds it), or pass "
+                         f"--prm DIR (e.g. the head `train-prm --model {d.name}` wrote)")
     questions = [p.question for p in get_task(task).problems()[:limit]]
     t0 = time.time()
     examples = generate_labels(d, t, scorer, questions, batch_size=16, max_tokens=640)

@@ -27,6 +27,11 @@ def test_step_boundaries_follow_the_step_runners_rule():
     assert step_boundaries(pieces, "\n\n") == [3, 6, 8]
     assert step_boundaries(["a", "b"], "\n\n") == [2]
     assert step_boundaries(["a\n\n", " "], "\n\n") == [2]  # trailing whitespace joins the last step
+    # the runner counts text before the token that completes the delimiter: ".\n\n" alone ends no step
+    assert step_boundaries([".\n\n", "b", "\n\n", "c"], "\n\n") == [3, 4]
+    # after the end-of-thinking marker the rest is one step; a step is cut at max_step_tokens
+    assert step_boundaries(["a", "\n\n", "Final answer:", " 4", "\n\n", "done"], "\n\n", "Final answer:") == [2, 6]
+    assert step_boundaries(["a"] * 7, "\n\n", max_step_tokens=3) == [3, 6, 7]
     assert spread(3, 6) == [0, 1, 2] and spread(10, 3) == [0, 4, 9] and spread(5, 1) == [4]
 
 
@@ -85,14 +90,39 @@ def test_labelling_resumes_and_refuses_other_settings(labels, target, tmp_path):
     task, out, cfg, labelled = labels
     lines = out.read_text().splitlines()
     part = tmp_path / "part.jsonl"
-    part.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2] + "\n")  # a run killed mid-line
+    part.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])  # a run killed mid-line
     (tmp_path / "part.settings.json").write_text(out.with_suffix(".settings.json").read_text())
     resumed = label_task(target, task.problems()[:12], part, cfg, task=task.name, chunk=6, progress=False)
     assert [lp.to_json() for lp in resumed] == [lp.to_json() for lp in labelled]  # seeded per problem
+    assert [lp.to_json() for lp in load_labels(part)] == [lp.to_json() for lp in labelled]  # as re-read
     with pytest.raises(ValueError, match="other settings"):
         label_task(target, task.problems()[:12], part, LabelConfig(samples=3), task=task.name, progress=False)
     assert LabelledProblem.from_json(labelled[0].to_json()) == labelled[0]
     assert len(load_labels(part)) == 12
+    eos_texts = [target.decode([e]) for e in target.eos_ids]  # dropped, as the step runner drops them
+    assert not any(e in s.text or any(e in st for st in s.steps) for lp in labelled for s in lp.solutions
+                   for e in eos_texts if e.strip())
+
+
+def test_features_cache_computes_only_new_solutions_and_rebuilds_for_other_settings(labels, target, tmp_path,
+                                                                                   monkeypatch):
+    from reasonbudget.training import head_prm as hp
+
+    _, _, _, labelled = labels
+    path = tmp_path / "f.pt"
+    first = hp.cached_data(target, labelled[:6], (1,), separator="\n", logprobs=True, path=path)
+    asked = []
+    real = hp.step_features
+    monkeypatch.setattr(hp, "step_features", lambda m, items, *a, **k: asked.append(len(items)) or real(m, items, *a, **k))
+    grown = hp.cached_data(target, labelled, (1,), separator="\n", logprobs=True, path=path)
+    keys = lambda ls: {hp._solution_key(lp.question, s.steps) for lp, s in hp.solutions_of(ls)}  # noqa: E731
+    assert asked == [len(keys(labelled) - keys(labelled[:6]))]  # the label file grew: only its new solutions
+    fresh = hp.build_data(target, labelled, (1,), separator="\n", logprobs=True)
+    assert torch.allclose(grown.x, fresh.x, atol=1e-4) and torch.equal(grown.x[: len(first.x)], first.x)
+    hp.cached_data(target, labelled, (2,), separator="\n", logprobs=True, path=path)  # other layers: all again
+    assert asked[-1] == len(keys(labelled))
+    with pytest.raises(ValueError, match="nothing to train"):
+        hp.step_table([], [])
 
 
 def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_path):

@@ -98,7 +98,7 @@ def test_bucketed_batches_and_schedule():
     assert [warmup_linear(s, 10, 2, 1.0) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
 
 
-def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path):
+def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path, monkeypatch):
     """The router of real pairs (too large to fine-tune here): a head over the frozen draft's hidden states,
     trained on oracle labels, loaded by `router=DIR` like the fine-tuned one, refused for another pair."""
     import torch
@@ -130,3 +130,20 @@ def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path):
     assert all(r.trace["router_calls"] == r.trace["rounds"] > 0 and r.usage.prm_tokens > 0 for r in results)
     with pytest.raises(ValueError, match="trained on testbed-draft"):
         type(router)(tmp_path, base=target)
+    # router=auto finds a router that train-router wrote to the user cache for a target the registry does not know
+    from types import SimpleNamespace
+
+    from reasonbudget.methods.drafting.arbitrage import load_router
+    from reasonbudget.models.registry import companion_dir
+
+    monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path / "cache"))
+    other = SimpleNamespace(name="my-target")
+    with pytest.raises(ValueError, match="no router for my-target.*train-router"):
+        load_router("auto", "testbed-draft", other)
+    where = companion_dir("my-target", "router")
+    where.mkdir(parents=True)
+    for f in (f for f in tmp_path.iterdir() if f.is_file()):
+        (where / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((where / "router.json").read_text())
+    (where / "router.json").write_text(json.dumps(cfg | {"pair": {"draft": "testbed-draft", "target": "my-target"}}))
+    assert type(load_router("auto", "testbed-draft", other)).__name__ == "HeadRouter"

@@ -166,7 +166,10 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         r.trace.update(getattr(steer[i], "trace", {}))
         return r
 
+    finished = [0]
+
     def early(i: int, d: Decoded) -> None:  # a finished row's result goes to its observer at once
+        finished[0] += 1
         watch[i].on_result(result(i, d))  # type: ignore[union-attr]
 
     warming: list[list] = []  # [row, prompt, tokens prefilled, what joins with it] of rows still prefilling
@@ -186,8 +189,11 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
     def admit() -> list[Joining]:
         """Rows that join at the next step. A new request's prompt is prefilled at most `chunk_tokens` tokens
         per step (the warming rows' chunks in one forward) and joins once all of it is in, so a long prompt
-        never stalls the running rows for its whole prefill."""
-        room = max(1, admission.chunk_tokens)
+        never stalls the running rows for its whole prefill. Once no row is running, nothing waits on the
+        prefill: the warming rows are fed whole, or the decode would end with them half-prefilled."""
+        idle = finished[0] == len(prompts)  # every row handed to the decode so far has finished
+        room = max(1, admission.chunk_tokens) if not idle else sum(len(w[1]) - w[2] for w in warming) + \
+            engine.cache.capacity
         ready = []
         if warming:
             feeds = []

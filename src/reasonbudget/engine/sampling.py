@@ -1,7 +1,8 @@
 """Pure sampling functions: temperature, top-k, top-p, and seeded draws.
 
-Draws use the exponential race (argmax p_i / E_i with E_i ~ Exp(1) is a draw from p), one generator per
-row, so a row's tokens do not depend on which other rows are still running.
+Draws are by inverse CDF: one uniform number per row against the row's float64 cumulative probabilities
+(zero-probability tokens are never drawn), from one generator per row, so a row's tokens do not depend on which
+other rows are still running.
 """
 
 from __future__ import annotations

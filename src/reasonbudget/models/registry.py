@@ -119,11 +119,12 @@ def fingerprint(path: Path) -> str:
 
 
 def model_fingerprints(name_or_path: str) -> dict[str, str]:
-    """Fingerprints of a model's weights and of its registered companion artefacts (PRM, length predictor)."""
+    """Fingerprints of a model's weights and of the companion artefacts a method may pick up by itself (PRM,
+    length predictor, router: the registry's, else those trained into the user cache), so that a sweep resumed
+    after one is trained or retrained does not mix results of the old and the new scorer."""
     out = {"weights": fingerprint(resolve(name_or_path))}
-    entry = REGISTRY.get(name_or_path)
-    for companion, locate in (entry.companions.items() if entry is not None else ()):
-        if (path := locate()).exists():
+    for companion in _CACHE_FOLDERS:
+        if (path := companion_dir(name_or_path, companion)).exists():
             out[companion] = fingerprint(path)
     return out
 
