@@ -408,6 +408,9 @@ def train_prm_cmd(
     label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
     epochs: int = typer.Option(60),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+    logprobs: bool = typer.Option(False, help="Also feed the head the base model's log-probabilities of each step "
+                                              "(such a head scores text only; one without scores the policy's own "
+                                              "KV rows for one token per step)."),
 ) -> None:
     """Train a process reward model for a model without one (Math-Shepherd labels): sample solutions, roll out
     from the end of every step to label it by how often the gold answer is reached, then train a head over a
@@ -441,7 +444,7 @@ def train_prm_cmd(
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
         target = Path(out) if out else companion_dir(policy.name, "prm")
-        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden),
+        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs),
                             features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -149,6 +149,44 @@ def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_p
         HeadPRM(tmp_path)
 
 
+def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels, target, tmp_path):
+    from reasonbudget.engine import Engine
+    from reasonbudget.rewards.factory import _build
+    from reasonbudget.rewards.head_prm import encode_steps
+    from reasonbudget.search.scoring import RewardScorer
+    from reasonbudget.training.head_prm import HeadTrainConfig, train_head
+
+    _, _, _, labelled = labels
+    out = tmp_path / "head"
+    train_head(target, labelled, out, HeadTrainConfig(epochs=5, hidden=16, val_fraction=0.25, logprobs=False))
+    prm = _build(str(out), target, 0.0, False, 0, "")  # what prm=auto / prm=DIR gives this policy
+    assert prm.reads_rows and prm.lookahead_tokens >= 1
+    lp = labelled[1]
+    s = lp.solutions[0]
+    ids, ends, _ = encode_steps(target, lp.question, s.steps, prm.step_separator)
+    engine = Engine(target)
+    engine.reserve(len(ends) + 1, len(ids) + 8)
+    # one row per step prefix, holding the tokens the text encodes to (its last token pending, as after a step)
+    prefixes = [ids[: e + 1] for e in ends]
+    rows = engine.prefill(prefixes, max_new_tokens=4)
+    before = [engine.tokens(r) for r in rows.tolist()], engine.cache.lengths.clone()
+    by_rows = RewardScorer(prm, engine=engine)([StepSequence(lp.question, s.steps[: k + 1]) for k in range(len(ends))],
+                                               rows=rows.tolist())
+    (by_text,) = prm.score_steps([StepSequence(lp.question, s.steps)])
+    assert by_rows == pytest.approx(by_text.tolist(), abs=1e-4)
+    assert [engine.tokens(r) for r in rows.tolist()] == before[0] and torch.equal(engine.cache.lengths, before[1])
+    # a row that ended its turn is read with the separator in place of its end-of-sequence token
+    (eos,) = sorted(target.eos_ids)[:1]
+    sep = prm.separator_ids
+    assert ids[ends[-1] + 1 - len(sep) : ends[-1] + 1] == sep  # (the testbed's separator is a token of its own)
+    (done,) = engine.prefill([ids[: ends[-1] + 1 - len(sep)] + [eos]], max_new_tokens=4).tolist()
+    (closed,) = prm.score_rows(engine, [done])
+    assert float(closed) == pytest.approx(float(by_text[-1]), abs=1e-4)
+    with pytest.raises(ValueError, match="scores text"):
+        HeadPRM(tmp_path / "logprob-head" if train_head(target, labelled, tmp_path / "logprob-head", HeadTrainConfig(
+            epochs=1, hidden=8, val_fraction=0.25, logprobs=True)) else None, base=target, rows=True)
+
+
 def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypatch):
     from reasonbudget.models import load_model
     from reasonbudget.rewards import factory

@@ -118,8 +118,10 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
     if (path / HEAD_CONFIG).exists():
         from reasonbudget.rewards.head_prm import HeadPRM, HeadSpec
 
-        same = HeadSpec.load(path).base == policy.name and hasattr(policy, "backend")
-        return HeadPRM(path, base=policy if same else None)  # the policy's own weights, when it is the base
+        spec = HeadSpec.load(path)
+        same = spec.base == policy.name and hasattr(policy, "backend")
+        # the policy's own weights, when it is the base; then also its own rows, when the head reads states only
+        return HeadPRM(path, base=policy if same else None, rows=same and not spec.logprobs)
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "
                          "directory or a hub id such as Qwen/Qwen2.5-Math-PRM-7B")

@@ -10,6 +10,12 @@ calibrated on held-out problems (Platt scaling of its logit).
 A directory holds `prm_head.safetensors` and `prm_head.json`: the base model's registry name and the shape it
 was trained on (refused when the base model loaded now differs), the layers read, feature scaling and
 calibration. The base model is loaded once per process, or shared with a policy that is the same model.
+
+Scored as text (`score_steps`), a call re-reads the problem and every step so far. When the head reads hidden
+states only (no log-probability features) and its base is the policy itself, it can instead read the policy's
+own KV rows (`score_rows`, `reads_rows`): the state at a step's end is one token's forward past the row (the
+pending last token, `Engine.look`), so scoring costs one token per particle and step instead of the whole
+prefix. Both read the same states when the row holds the tokens the text encodes to.
 """
 
 from __future__ import annotations
@@ -154,7 +160,8 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
 class HeadPRM:
     """`ProcessRewardModel` over a head directory (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, base=None) -> None:
+    def __init__(self, path: str | Path, *, base=None, rows: bool = False) -> None:
+        """`rows`: score the policy's KV rows (`score_rows`; `base` must be the policy's model) instead of text."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -176,6 +183,12 @@ class HeadPRM:
         self.head = StepHeadMLP(state["mean"].numel(), self.spec.hidden).eval()
         self.head.load_state_dict(state)
         self.tokens_read = 0
+        if rows and self.spec.logprobs:
+            raise ValueError(f"the PRM head in {path} reads log-probabilities of the whole step: it scores text, "
+                             "not KV rows (train it with --no-logprobs to score rows)")
+        self.reads_rows = rows
+        self.separator_ids = list(base.encode(self.spec.separator))
+        self.lookahead_tokens = len(self.separator_ids) if rows else 0
 
     def logits(self, items: Sequence[StepSequence]) -> list[Tensor]:
         feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
@@ -188,3 +201,29 @@ class HeadPRM:
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         a, b = self.spec.calibration
         return [torch.sigmoid(a * z + b) for z in self.logits(items)]
+
+    @torch.inference_mode()
+    def score_rows(self, engine, rows: Sequence[int]) -> list[Tensor]:
+        """The current step's score of each row, one [1] tensor each (NaN for a row with no room left): the head
+        at the row's pending last token, a step's end. A row that ended its turn (end of sequence pending) is
+        read as its text is, with the separator in place of the end-of-sequence token."""
+        if engine.model is not self.base:
+            raise ValueError(f"the PRM head reads the rows of its base model {self.spec.base}, not of {engine.model.name}")
+        out: list[Tensor] = [torch.tensor([float("nan")]) for _ in rows]
+        fits, feeds = [], []
+        for i, r in enumerate(rows):
+            h = engine.tokens(r)
+            feed = self.separator_ids if h[-1] in self.base.eos_ids else [h[-1]]
+            if len(h) - 1 + len(feed) <= engine.cache.capacity:
+                fits.append(i)
+                feeds.append(feed)
+        if fits:
+            hidden = engine.look(torch.tensor([rows[i] for i in fits]), feeds, self.spec.layers)
+            x = torch.cat([hidden[layer].float().cpu() for layer in self.spec.layers], dim=-1)
+            a, b = self.spec.calibration
+            with torch.no_grad():
+                p = torch.sigmoid(a * self.head(x) + b)
+            for k, i in enumerate(fits):
+                out[i] = p[k : k + 1]
+            self.tokens_read += sum(map(len, feeds))
+        return out

@@ -31,7 +31,10 @@ class HeadTrainConfig:
     hidden: int = 128
     layers: tuple[int, ...] = ()
     """Base-model layers read (HF numbering, num_layers = the final normed state); () = a middle one and the last."""
-    logprobs: bool = True
+    logprobs: bool = False
+    """Also the base model's log-probabilities of each step (lowest, mean, running lowest). Off: in 5-fold
+    cross-validation on 68 GSM8K problems (Qwen2.5-Coder-0.5B) they did not help (step AUROC 0.717 with, 0.712
+    without), and a head over hidden states alone can score the policy's KV rows for one token per step."""
     epochs: int = 60
     batch_size: int = 256
     lr: float = 1e-3
