@@ -182,6 +182,15 @@ def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels
     (done,) = engine.prefill([ids[: ends[-1] + 1 - len(sep)] + [eos]], max_new_tokens=4).tolist()
     (closed,) = prm.score_rows(engine, [done])
     assert float(closed) == pytest.approx(float(by_text[-1]), abs=1e-4)
+    # particle filtering scores its particles' rows: a call reads one token (a finished one the separator)
+    from reasonbudget.engine import SamplingConfig
+    from reasonbudget.methods import make_method
+
+    prompts = [engine.prompt(lp.question) for lp in labelled[:2]]
+    results = make_method(f"particle-filter:prm={out}", SamplingConfig(temperature=1.0)).run(
+        Engine(target), prompts, budget=3, generator=torch.Generator().manual_seed(0))
+    for r in results:
+        assert r.usage.prm_calls > 0 and r.usage.prm_tokens <= r.usage.prm_calls * len(sep)
     with pytest.raises(ValueError, match="scores text"):
         HeadPRM(tmp_path / "logprob-head" if train_head(target, labelled, tmp_path / "logprob-head", HeadTrainConfig(
             epochs=1, hidden=8, val_fraction=0.25, logprobs=True)) else None, base=target, rows=True)
