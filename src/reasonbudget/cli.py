@@ -398,7 +398,7 @@ def train_prm_cmd(
     base: Optional[str] = typer.Option(None, help="The frozen model the head reads (default: --model)."),
     labels: Optional[str] = typer.Option(None, help="Step-label file (JSONL; resumed when it exists). Default: "
                                                      "the user cache."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default: the model's PRM companion)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the model's folder in the user cache, where prm=auto looks first)."),
     samples: int = typer.Option(2, help="Solutions sampled per problem."),
     rollouts: int = typer.Option(3, help="Outcomes per step: the solution's own continuation and rollouts - 1 "
                                          "fresh completions from the step's end."),
@@ -420,7 +420,7 @@ def train_prm_cmd(
     from pathlib import Path
 
     from reasonbudget.models import ModelNotFoundError, load_model
-    from reasonbudget.models.registry import cache_root, companion_dir
+    from reasonbudget.models.registry import cache_root, user_companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1:
@@ -443,7 +443,7 @@ def train_prm_cmd(
         if label_only:
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
-        target = Path(out) if out else companion_dir(policy.name, "prm")
+        target = Path(out) if out else user_companion_dir(policy.name, "prm")  # found before a committed head
         report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs),
                             features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
     except (ModelNotFoundError, ValueError) as e:

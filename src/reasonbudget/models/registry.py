@@ -98,11 +98,15 @@ _CACHE_FOLDERS = {"length_predictor": "predictors", "prm": "prms", "router": "ro
 
 
 def companion_dir(model_name: str, companion: Companion) -> Path:
-    """Where a model's companion artefact lives: its registry entry's, else a per-model folder of the user
-    cache (where `reasonbudget train-predictor` writes by default)."""
-    entry = REGISTRY.get(model_name)
-    if entry is not None and companion in entry.companions:
-        return entry.companions[companion]()
+    """Where a model's companion artefact is found: one the user trained into the user cache comes first, then
+    the registry's committed one; with neither, the user-cache folder (where the train-* commands write)."""
+    user = user_companion_dir(model_name, companion)
+    registered = registered_companion(model_name, companion)
+    return user if registered is None or user.exists() else registered
+
+
+def user_companion_dir(model_name: str, companion: Companion) -> Path:
+    """The per-model folder of the user cache for a companion artefact."""
     return cache_root() / _CACHE_FOLDERS.get(companion, companion) / model_name.replace("/", "--")
 
 
