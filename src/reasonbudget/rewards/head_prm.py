@@ -1,9 +1,9 @@
 """A process reward model for any model our runtime loads: a small trained head over a frozen base LM.
 
 The base model reads the problem (in its chat template) and the steps so far, each step followed by the step
-separator. At the last token of every step the head sees the base model's hidden states of a few layers and
-three numbers from its own log-probabilities of the step's tokens (the lowest, the mean, and the lowest over
-the trace so far); an MLP maps them to P(the trace still reaches the right answer). It is trained with
+separator. At the last token of every step the head sees the base model's hidden states of a few layers
+(optionally also three numbers from its log-probabilities of the step's tokens: the lowest, the mean, and the
+lowest over the trace so far); an MLP maps them to P(the trace still reaches the right answer). It is trained with
 binary cross-entropy on soft step labels from rollouts (`training.step_labels`, `training.head_prm`) and
 calibrated on held-out problems (Platt scaling of its logit).
 
