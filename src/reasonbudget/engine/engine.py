@@ -205,7 +205,7 @@ class Engine:
         copy or a re-prefill (a judge's question appended to a partial solution). -> [R, V]"""
         if rows.numel() != len(suffixes):
             raise ValueError(f"{rows.numel()} rows, {len(suffixes)} suffixes")
-        return self._feed(rows, [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)])
+        return self._feed(rows, [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)])[0]
 
     @torch.inference_mode()
     def append(self, rows: Tensor, suffixes: Sequence[TokenIds]) -> int:
@@ -239,9 +239,10 @@ class Engine:
             raise ValueError(f"{rows.numel()} rows, {len(feeds)} feeds")
         return self._feed(rows, feeds, layers)[1]
 
-    def _feed(self, rows: Tensor, feeds: Sequence[Sequence[int]], layers: Sequence[int] = ()):
-        """Forward feeds[i] at row i's next positions (lengths unchanged). -> logits at each feed's last token
-        [R, V], and with `layers` also ({layer: [R, d]} hidden states there)."""
+    def _feed(self, rows: Tensor, feeds: Sequence[Sequence[int]],
+              layers: Sequence[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+        """Forward feeds[i] at row i's next positions (lengths unchanged). -> (logits [R, V], {layer: [R, d]}
+        hidden states of `layers`), both at each feed's last token."""
         longest = max(len(self.history[r]) for r in rows.tolist()) + max(map(len, feeds))
         per_chunk = max(1, self.prefill_chunk_tokens // longest)  # bounds the K/V gathered per call
         logits, hidden = [], {k: [] for k in layers}
@@ -255,8 +256,6 @@ class Engine:
             logits.append(fo.logits)
             for k in layers:
                 hidden[k].append(fo.hidden[k][torch.arange(len(chunk)), at.to(fo.hidden[k].device)])
-        if not layers:
-            return torch.cat(logits)
         return torch.cat(logits), {k: torch.cat(v) for k, v in hidden.items()}
 
     def _step_forward(self, act_rows: Tensor, zeros: Tensor, layers: Sequence[int]):
