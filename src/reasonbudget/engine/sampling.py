@@ -45,13 +45,26 @@ def apply_top_k(logits: Tensor, k: int) -> Tensor:
 
 
 def apply_top_p(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter on logits [R, V]: keeps the smallest prefix (by probability) whose mass is >= p."""
+    """Nucleus filter on logits [R, V]: keeps the smallest prefix (by probability) whose mass is >= p.
+
+    Only the finite entries are ranked. After top-k those are a handful of a 150k vocabulary, and sorting the
+    whole row was most of a sampled draft step (MTAD draws top-k then top-p at every beam depth)."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties: lowest id first, like argmax
+    survivors = int((logits > float("-inf")).sum(-1).max())
+    if survivors <= logits.shape[-1] // 4:
+        values, ids = torch.topk(logits, survivors, dim=-1)  # every row's finite entries (and some -inf)
+        by_id = ids.argsort(-1)  # then a stable sort by value: ties in id order, as the full sort has them
+        values, ids = values.gather(-1, by_id), ids.gather(-1, by_id)
+    else:
+        values, ids = logits, None
+    sorted_logits, order = torch.sort(values, dim=-1, descending=True, stable=True)  # ties: lowest id first, like argmax
     probs = sorted_logits.softmax(-1)
     mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
     drop_sorted = mass_before >= p  # the argmax always has mass_before = 0 and survives
+    if ids is not None:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids.gather(-1, order), ~drop_sorted)
+        return logits.masked_fill(~keep, float("-inf"))
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
