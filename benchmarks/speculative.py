@@ -126,6 +126,18 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
     return rows
 
 
+def parse_pairs(text: str) -> tuple[tuple[str, ...], ...]:
+    """'D:DQ>T:TQ,...' -> ((D, DQ, T, TQ), ...); empty when any item is malformed."""
+    pairs = []
+    for item in text.split(","):
+        draft, _, target = item.partition(">")
+        parts = (*draft.split(":"), *target.split(":"))
+        if len(parts) != 4 or not all(parts):
+            return ()
+        pairs.append(parts)
+    return tuple(pairs)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10 problems, batch 1, the testbed pair and one Qwen pair")
@@ -142,10 +154,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     qwen_pairs = QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS
     if args.pairs:
-        try:
-            qwen_pairs = tuple((*d.split(":"), *t.split(":")) for d, t in (p.split(">") for p in args.pairs.split(",")))
-            assert all(len(p) == 4 for p in qwen_pairs)
-        except (ValueError, AssertionError):
+        qwen_pairs = parse_pairs(args.pairs)
+        if not qwen_pairs:
             ap.error(f"--pairs {args.pairs!r}: expected DRAFT:QUANT>TARGET:QUANT[,...], "
                      "e.g. qwen2.5-coder-0.5b:int4>qwen2.5-coder-1.5b:none")
     torch.set_num_threads(args.threads)

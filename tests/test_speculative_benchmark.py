@@ -21,3 +21,9 @@ def test_malformed_pairs_get_a_usage_error_naming_the_format(pairs, capsys):
         load_benchmark().main(["--pairs", pairs])
     assert exit_info.value.code == 2
     assert "DRAFT:QUANT>TARGET:QUANT" in capsys.readouterr().err
+
+
+def test_pairs_parse_into_draft_quant_target_quant():
+    parse = load_benchmark().parse_pairs
+    assert parse("a:int4>b:none,c:none>b:int8") == (("a", "int4", "b", "none"), ("c", "none", "b", "int8"))
+    assert parse("a:int4>b:") == ()

@@ -61,12 +61,10 @@ def apply_top_p(logits: Tensor, p: float) -> Tensor:
     sorted_logits, order = torch.sort(values, dim=-1, descending=True, stable=True)  # ties: lowest id first, like argmax
     probs = sorted_logits.softmax(-1)
     mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
-    drop_sorted = mass_before >= p  # the argmax always has mass_before = 0 and survives
-    if ids is not None:
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids.gather(-1, order), ~drop_sorted)
-        return logits.masked_fill(~keep, float("-inf"))
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    keep_sorted = mass_before < p  # the argmax always has mass_before = 0 and survives
+    token_ids = order if ids is None else ids.gather(-1, order)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, token_ids, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def probabilities(logits: Tensor, cfg: SamplingConfig) -> Tensor:
