@@ -373,7 +373,7 @@ def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, 
     from reasonbudget.training.router import HeadRouterConfig, generate_labels, save_examples, train_head_router
 
     scorer = load_prm(prm, t)
-    if type(scorer).__name__ in ("SelfJudge", "LLMJudge", "RemoteJudge", "PolicyLogProb"):
+    if not getattr(scorer, "trained", True):
         raise ValueError(f"{t.name} has no trained PRM for the router's labels (prm={prm} gave "
                          f"{type(scorer).__name__}, an untrained scorer): train "
                          f"one with `reasonbudget train-prm --model {t.name}` (prm=auto then finds it), or pass "

@@ -77,14 +77,14 @@ def _no_head_default(policy) -> str:
     128 held-out GSM8K-test solutions of Qwen2.5-Coder-0.5B (step labels from rollouts): step AUROC 0.58 against
     0.55 for the mean log-probability; the self-judge's final-answer AUROC was 0.50, chance. A remote policy
     whose served model cannot be loaded here falls back to the judge (asked on the server)."""
-    from reasonbudget.models.registry import resolve
+    from reasonbudget.models.registry import ModelNotFoundError, resolve
 
     if hasattr(policy, "backend"):
         return "logprob-min"
     try:
         resolve(policy.served_model)
         return "logprob-min"
-    except Exception:  # noqa: BLE001 - the served model is not available here: the server judges
+    except ModelNotFoundError:  # the served model is not available here: the server judges
         return "judge"
 
 

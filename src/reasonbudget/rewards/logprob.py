@@ -38,6 +38,7 @@ AGGREGATES = ("mean", "min")
 
 
 class PolicyLogProb:
+    trained = False  # the policy's own confidence, not a scorer trained on step labels
     def __init__(self, model, aggregate: str = "mean") -> None:
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate={aggregate!r}: accepted are {', '.join(AGGREGATES)}")
