@@ -185,12 +185,20 @@ def main(argv=None) -> None:
     everything = {("engine", *k): v for k, v in runners.items()}
     everything.update({("hf", n, "bf16", b): v for (n, b), v in hf_runs.items()})
     everything.update({("llama_cpp", n, "gguf", b): v for (n, b), v in cpp_runs.items()})
-    for run in everything.values():  # warm-up
+    from tqdm import tqdm
+
+    bar = tqdm(total=(args.reps + 1) * len(everything), unit="run", desc="decode runs", disable=args.json)
+    for k, run in everything.items():  # warm-up
+        bar.set_postfix_str(" ".join(map(str, k)))
         run()
+        bar.update()
     times: dict[tuple, list[float]] = {k: [] for k in everything}
     for _ in range(args.reps):
         for k, run in everything.items():
+            bar.set_postfix_str(" ".join(map(str, k)))
             times[k].append(_timed(run))
+            bar.update()
+    bar.close()
     bw = measure_bandwidth()
     bandwidth = max(bw.values())
     tps = {k: k[3] * args.tokens / statistics.median(v) for k, v in times.items()}

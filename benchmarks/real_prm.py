@@ -4,6 +4,7 @@ Reads a step-label file (`reasonbudget train-prm --label-only`, GSM8K test probl
 scores every solution's steps with each scorer:
     head      the trained PRM head (`--head DIR`, default: the model's companion, as prm=auto finds it)
     logprob   the policy's own confidence, exp(mean token log-probability so far) (prm=logprob)
+    logprob-min  the same by the lowest token log-probability so far (prm=logprob-min)
     judge     the policy as an LLM judge of the whole solution, final steps only (prm=judge-text; it re-reads
               the prefix for every step, so only `--judge-solutions` solutions are judged)
 Metrics (training.head_prm.prm_metrics): step AUROC (intermediate steps by whether any rollout reached the
@@ -27,31 +28,40 @@ def measure(args) -> dict:
 
     from reasonbudget.models import load_model
     from reasonbudget.rewards.factory import head_prm_dir
-    from reasonbudget.rewards.head_prm import HeadPRM
+    from reasonbudget.rewards.head_prm import HeadPRM, step_features
     from reasonbudget.rewards.judge import LLMJudge
-    from reasonbudget.rewards.logprob import PolicyLogProb
+    from reasonbudget.rewards.logprob import prefix_confidence, prefix_min_confidence
     from reasonbudget.training.head_prm import prm_metrics, solutions_of, step_table
     from reasonbudget.training.step_labels import load_labels
     from reasonbudget.types import StepSequence
 
     torch.set_num_threads(args.threads)
-    labelled = load_labels(Path(args.labels))
+    labelled = load_labels(Path(args.labels))[: args.limit or None]
     if not labelled:
         raise SystemExit(f"--labels {args.labels}: no labelled problems in that file")
     policy = load_model(args.model, dtype=args.dtype)
     items = [StepSequence(lp.question, s.steps) for lp, s in solutions_of(labelled)]
-    scorers, report = {}, {"scorers": {}}
-    head = Path(args.head) if args.head else head_prm_dir(policy)
-    if head is not None:
-        scorers["head"] = HeadPRM(head, base=policy if json.loads((head / "prm_head.json").read_text())["base"]
-                                  == policy.name else None)
-    scorers["logprob"] = PolicyLogProb(policy)
-    for name, scorer in scorers.items():
-        t0 = time.time()
-        scores = scorer.score_steps(items)
+    report: dict = {"scorers": {}}
+    head = None if args.head == "none" else Path(args.head) if args.head else head_prm_dir(policy)
+
+    def measure_scores(name: str, scores, seconds: float) -> None:
         data = step_table(labelled, scores)
         report["scorers"][name] = prm_metrics(data.x[:, 0], data, torch.ones(len(data.y), dtype=torch.bool)) | {
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(seconds, 1)}
+
+    if head is not None:
+        t0 = time.time()
+        same = json.loads((head / "prm_head.json").read_text())["base"] == policy.name
+        measure_scores("head", HeadPRM(head, base=policy if same else None).score_steps(items), time.time() - t0)
+    # both confidence readings from one forward of the policy per solution
+    t0 = time.time()
+    feats = step_features(policy, [(it.problem, it.steps) for it in items], (), separator=policy.profile.step_delimiter,
+                          logprobs=True)
+    seconds = (time.time() - t0) / 2
+    lengths = [[len(policy.encode(s + policy.profile.step_delimiter)) for s in it.steps[: f.shape[0]]]
+               for it, f in zip(items, feats)]
+    measure_scores("logprob", [prefix_confidence(f, n) if f.numel() else f for f, n in zip(feats, lengths)], seconds)
+    measure_scores("logprob-min", [prefix_min_confidence(f) if f.numel() else f for f in feats], seconds)
     if args.judge_solutions:  # final steps only: one judge call per solution
         t0 = time.time()
         k = min(args.judge_solutions, len(items))
@@ -90,7 +100,8 @@ def main() -> None:
     ap.add_argument("--labels", required=True)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--head", help="PRM head directory (default: the model's companion)")
+    ap.add_argument("--limit", type=int, default=0, help="the first K labelled problems only (0: all)")
+    ap.add_argument("--head", help="PRM head directory (default: the model's companion; none: no head)")
     ap.add_argument("--judge-solutions", type=int, default=0, help="also judge the first K solutions (final steps)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/real_prm")

@@ -106,6 +106,7 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
         for temperature in temperatures:
             base_res, base_s = run_method(engine, "plain", prompts, batch, temperature)
             base = summarize(base_res, base_s, grade)
+            print(f"  target-only {target_name} b={batch} T={temperature}: {base['tok_s']} tok/s", file=sys.stderr)
             rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
                          "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
             for name, spec in (("speculative", f"speculative:draft={draft_name},gamma={gamma}{dq}"),
@@ -120,7 +121,21 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
                 if name == "speculative" and temperature == 0:
                     row["greedy_mismatches"] = sum(a.tokens != b.tokens for a, b in zip(res, base_res))
                 rows.append(row)
+                print(f"  {name} {draft_name} {draft_quant} b={batch} T={temperature}: {s['tok_s']} tok/s "
+                      f"({row['speedup_vs_target']}x)", file=sys.stderr)
     return rows
+
+
+def parse_pairs(text: str) -> tuple[tuple[str, ...], ...]:
+    """'D:DQ>T:TQ,...' -> ((D, DQ, T, TQ), ...); empty when any item is malformed."""
+    pairs = []
+    for item in text.split(","):
+        draft, _, target = item.partition(">")
+        parts = (*draft.split(":"), *target.split(":"))
+        if len(parts) != 4 or not all(parts):
+            return ()
+        pairs.append(parts)
+    return tuple(pairs)
 
 
 def main(argv=None) -> None:
@@ -130,11 +145,19 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--temperatures", default="0,1")
     ap.add_argument("--gamma", type=int, default=4)
+    ap.add_argument("--pairs", default="", help="Qwen pairs to run, as DRAFT:QUANT>TARGET:QUANT, comma-separated "
+                    "(default: all: " + ", ".join(f"{d}:{dq}>{t}:{tq}" for d, dq, t, tq in QWEN_PAIRS) + ")")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    qwen_pairs = QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS
+    if args.pairs:
+        qwen_pairs = parse_pairs(args.pairs)
+        if not qwen_pairs:
+            ap.error(f"--pairs {args.pairs!r}: expected DRAFT:QUANT>TARGET:QUANT[,...], "
+                     "e.g. qwen2.5-coder-0.5b:int4>qwen2.5-coder-1.5b:none")
     torch.set_num_threads(args.threads)
 
     from reasonbudget.models.registry import REGISTRY
@@ -148,17 +171,17 @@ def main(argv=None) -> None:
               "task": testbed, "problems": testbed.problems(n), "dtype": "float32"}]
     if REGISTRY["qwen2.5-coder-1.5b"].locate() is not None and REGISTRY["qwen2.5-coder-0.5b"].locate() is not None:
         gsm8k = get_task("gsm8k")
-        for d, dq, t, tq in QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS:
+        for d, dq, t, tq in qwen_pairs:
             pairs.append({"draft": d, "draft_quant": dq, "target": t, "target_quant": tq, "task": gsm8k,
                           "problems": gsm8k.problems(n), "dtype": args.dtype})
     rows = []
-    for pair in pairs:
-        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"])
     report = {"rows": rows, "settings": {"problems": n, "gamma": args.gamma, "threads": args.threads,
                                          "dtype_qwen": args.dtype, "quick": args.quick}}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    for pair in pairs:
+        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"])
+        if args.out:  # after every pair, so that a long run stopped early keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=2)
     if args.json:
         print(json.dumps(report))
         return

@@ -50,3 +50,21 @@ def test_temperature_sharpens():
 def test_config_validation(kw):
     with pytest.raises(ValueError):
         SamplingConfig(**kw)
+
+
+def _top_p_full_sort(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The reference: rank the whole row."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    probs = sorted_logits.softmax(-1)
+    drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, probs.cumsum(-1) - probs >= p)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 12), st.floats(0.05, 0.99), st.integers(0, 2**31 - 1))
+def test_top_p_after_top_k_ranks_only_the_survivors_and_keeps_the_same_tokens(rows, k, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    # coarse logits (bf16-like) so that ties are common, including at the top-k boundary
+    logits = (torch.randn(rows, 200, generator=g) * 4).round() / 2
+    filtered = apply_top_k(logits, k)
+    assert torch.equal(torch.isfinite(apply_top_p(filtered, p)), torch.isfinite(_top_p_full_sort(filtered, p)))

@@ -316,13 +316,17 @@ def train_router_cmd(
     draft: str = typer.Option("testbed-draft", help="The draft model (registry name or path)."),
     target: str = typer.Option("testbed-target", help="The target model; the router is its companion."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the target's router companion)."),
-    problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed)."),
-    epochs: int = typer.Option(3),
-    lr: float = typer.Option(3e-4),
+    problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed) or in all (--task)."),
+    task: str = typer.Option("gsm8k:split=train", help="Label-generation problems of a real pair (a task spec)."),
+    prm: str = typer.Option("auto", help="The PRM that scores both models' steps (a real pair: its trained PRM head "
+                                         "directory, or auto)."),
+    epochs: Optional[int] = typer.Option(None, help="Default: 3 (fine-tuned router), 60 (router head)."),
+    lr: Optional[float] = typer.Option(None, help="Default: 3e-4 (fine-tuned router), 1e-3 (router head)."),
     balance: str = typer.Option("downsample", help="downsample (majority class to 1:1, the paper's default) | none"),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
-    scores both, the better continues), then a 2-class classifier initialised from the PRM's LM."""
+    scores both, the better continues), then a classifier: on the testbed fine-tuned from the PRM's LM, for a
+    real pair a head over the frozen draft model (too large to fine-tune here)."""
     import json
     import logging
     from pathlib import Path
@@ -331,23 +335,24 @@ def train_router_cmd(
     from reasonbudget.models.registry import check_shared_tokenizer, companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if problems < 1 or epochs < 1 or lr <= 0:
+    if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0):
         _fail("--problems and --epochs must be >= 1 and --lr > 0")
     if balance not in ("downsample", "none"):
         _fail(f"--balance {balance!r}: accepted are downsample, none")
     try:
         d, t = load_model(draft), load_model(target)
         check_shared_tokenizer(d, t)
-        if t.profile.name != "testbed":
-            raise ValueError(f"{t.name}: router training runs on testbed pairs for now (its labels need a PRM "
-                             "with an LM to start the router from; real models get one with their trained PRM)")
-        from reasonbudget.rewards.factory import testbed_prm_dir
-        from reasonbudget.training.router import RouterTrainConfig
-        from reasonbudget.training.testbed import train_testbed_router
-
         where = Path(out) if out else companion_dir(t.name, "router")
-        report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
-                                      cfg=RouterTrainConfig(epochs=epochs, lr=lr, balance=balance))
+        if t.profile.name == "testbed":
+            from reasonbudget.rewards.factory import testbed_prm_dir
+            from reasonbudget.training.router import RouterTrainConfig
+            from reasonbudget.training.testbed import train_testbed_router
+
+            report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
+                                          cfg=RouterTrainConfig(epochs=epochs or 3, lr=lr or 3e-4, balance=balance))
+        else:
+            report = _train_real_router(d, t, where, task=task, limit=problems, prm=prm, epochs=epochs, lr=lr,
+                                        balance=balance)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -358,6 +363,34 @@ def train_router_cmd(
                            "held_out": report["held_out"]}, indent=2))
 
 
+def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, lr, balance: str) -> dict:
+    """Oracle labels of a real (draft, target) pair on a task's problems, then a router head over the draft."""
+    import time
+    from dataclasses import replace
+
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.tasks import get_task
+    from reasonbudget.training.router import HeadRouterConfig, generate_labels, save_examples, train_head_router
+
+    scorer = load_prm(prm, t)
+    if not getattr(scorer, "trained", True):
+        raise ValueError(f"{t.name} has no trained PRM for the router's labels (prm={prm} gave "
+                         f"{type(scorer).__name__}, an untrained scorer): train "
+                         f"one with `reasonbudget train-prm --model {t.name}` (prm=auto then finds it), or pass "
+                         f"--prm DIR (e.g. the head `train-prm --model {d.name}` wrote)")
+    questions = [p.question for p in get_task(task).problems()[:limit]]
+    t0 = time.time()
+    examples = generate_labels(d, t, scorer, questions, batch_size=16, max_tokens=640)
+    labelling = round(time.time() - t0, 1)
+    where.mkdir(parents=True, exist_ok=True)
+    save_examples(examples, where / "labels.jsonl")
+    cfg = HeadRouterConfig(balance=balance)
+    cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
+    report = train_head_router(examples, d, where, cfg, separator=t.profile.step_delimiter,
+                               pair={"draft": d.name, "target": t.name})
+    return {"labelling_seconds": labelling, **report}
+
+
 @app.command("train-prm")
 def train_prm_cmd(
     model: str = typer.Option(..., "--model", "-m", help="The policy whose sampled solutions are labelled (name or path)."),
@@ -366,7 +399,7 @@ def train_prm_cmd(
     base: Optional[str] = typer.Option(None, help="The frozen model the head reads (default: --model)."),
     labels: Optional[str] = typer.Option(None, help="Step-label file (JSONL; resumed when it exists). Default: "
                                                      "the user cache."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default: the model's PRM companion)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the model's folder in the user cache, where prm=auto looks first)."),
     samples: int = typer.Option(2, help="Solutions sampled per problem."),
     rollouts: int = typer.Option(3, help="Outcomes per step: the solution's own continuation and rollouts - 1 "
                                          "fresh completions from the step's end."),
@@ -376,6 +409,9 @@ def train_prm_cmd(
     label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
     epochs: int = typer.Option(60),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+    logprobs: bool = typer.Option(False, help="Also feed the head the base model's log-probabilities of each step "
+                                              "(such a head scores text only; one without scores the policy's own "
+                                              "KV rows for one token per step)."),
 ) -> None:
     """Train a process reward model for a model without one (Math-Shepherd labels): sample solutions, roll out
     from the end of every step to label it by how often the gold answer is reached, then train a head over a
@@ -385,7 +421,7 @@ def train_prm_cmd(
     from pathlib import Path
 
     from reasonbudget.models import ModelNotFoundError, load_model
-    from reasonbudget.models.registry import cache_root, companion_dir
+    from reasonbudget.models.registry import cache_root, user_companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1:
@@ -408,8 +444,8 @@ def train_prm_cmd(
         if label_only:
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
-        target = Path(out) if out else companion_dir(policy.name, "prm")
-        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden),
+        target = Path(out) if out else user_companion_dir(policy.name, "prm")  # found before a committed head
+        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs),
                             features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))

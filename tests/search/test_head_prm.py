@@ -27,6 +27,11 @@ def test_step_boundaries_follow_the_step_runners_rule():
     assert step_boundaries(pieces, "\n\n") == [3, 6, 8]
     assert step_boundaries(["a", "b"], "\n\n") == [2]
     assert step_boundaries(["a\n\n", " "], "\n\n") == [2]  # trailing whitespace joins the last step
+    # the runner counts text before the token that completes the delimiter: ".\n\n" alone ends no step
+    assert step_boundaries([".\n\n", "b", "\n\n", "c"], "\n\n") == [3, 4]
+    # after the end-of-thinking marker the rest is one step; a step is cut at max_step_tokens
+    assert step_boundaries(["a", "\n\n", "Final answer:", " 4", "\n\n", "done"], "\n\n", "Final answer:") == [2, 6]
+    assert step_boundaries(["a"] * 7, "\n\n", max_step_tokens=3) == [3, 6, 7]
     assert spread(3, 6) == [0, 1, 2] and spread(10, 3) == [0, 4, 9] and spread(5, 1) == [4]
 
 
@@ -85,14 +90,39 @@ def test_labelling_resumes_and_refuses_other_settings(labels, target, tmp_path):
     task, out, cfg, labelled = labels
     lines = out.read_text().splitlines()
     part = tmp_path / "part.jsonl"
-    part.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2] + "\n")  # a run killed mid-line
+    part.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])  # a run killed mid-line
     (tmp_path / "part.settings.json").write_text(out.with_suffix(".settings.json").read_text())
     resumed = label_task(target, task.problems()[:12], part, cfg, task=task.name, chunk=6, progress=False)
     assert [lp.to_json() for lp in resumed] == [lp.to_json() for lp in labelled]  # seeded per problem
+    assert [lp.to_json() for lp in load_labels(part)] == [lp.to_json() for lp in labelled]  # as re-read
     with pytest.raises(ValueError, match="other settings"):
         label_task(target, task.problems()[:12], part, LabelConfig(samples=3), task=task.name, progress=False)
     assert LabelledProblem.from_json(labelled[0].to_json()) == labelled[0]
     assert len(load_labels(part)) == 12
+    eos_texts = [target.decode([e]) for e in target.eos_ids]  # dropped, as the step runner drops them
+    assert not any(e in s.text or any(e in st for st in s.steps) for lp in labelled for s in lp.solutions
+                   for e in eos_texts if e.strip())
+
+
+def test_features_cache_computes_only_new_solutions_and_rebuilds_for_other_settings(labels, target, tmp_path,
+                                                                                   monkeypatch):
+    from reasonbudget.training import head_prm as hp
+
+    _, _, _, labelled = labels
+    path = tmp_path / "f.pt"
+    first = hp.cached_data(target, labelled[:6], (1,), separator="\n", logprobs=True, path=path)
+    asked = []
+    real = hp.step_features
+    monkeypatch.setattr(hp, "step_features", lambda m, items, *a, **k: asked.append(len(items)) or real(m, items, *a, **k))
+    grown = hp.cached_data(target, labelled, (1,), separator="\n", logprobs=True, path=path)
+    keys = lambda ls: {hp._solution_key(lp.question, s.steps) for lp, s in hp.solutions_of(ls)}  # noqa: E731
+    assert asked == [len(keys(labelled) - keys(labelled[:6]))]  # the label file grew: only its new solutions
+    fresh = hp.build_data(target, labelled, (1,), separator="\n", logprobs=True)
+    assert torch.allclose(grown.x, fresh.x, atol=1e-4) and torch.equal(grown.x[: len(first.x)], first.x)
+    hp.cached_data(target, labelled, (2,), separator="\n", logprobs=True, path=path)  # other layers: all again
+    assert asked[-1] == len(keys(labelled))
+    with pytest.raises(ValueError, match="nothing to train"):
+        hp.step_table([], [])
 
 
 def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_path):
@@ -119,6 +149,63 @@ def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_p
         HeadPRM(tmp_path)
 
 
+def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels, target, tmp_path):
+    from reasonbudget.engine import Engine
+    from reasonbudget.rewards.factory import _build
+    from reasonbudget.rewards.head_prm import encode_steps
+    from reasonbudget.search.scoring import RewardScorer
+    from reasonbudget.training.head_prm import HeadTrainConfig, train_head
+
+    _, _, _, labelled = labels
+    out = tmp_path / "head"
+    train_head(target, labelled, out, HeadTrainConfig(epochs=5, hidden=16, val_fraction=0.25, logprobs=False))
+    prm = _build(str(out), target, 0.0, False, 0, "")  # what prm=auto / prm=DIR gives this policy
+    assert prm.reads_rows and prm.lookahead_tokens >= 1
+    lp = labelled[1]
+    s = lp.solutions[0]
+    ids, ends, _ = encode_steps(target, lp.question, s.steps, prm.step_separator)
+    engine = Engine(target)
+    engine.reserve(len(ends) + 1, len(ids) + 8)
+    # one row per step prefix, holding the tokens the text encodes to (its last token pending, as after a step)
+    prefixes = [ids[: e + 1] for e in ends]
+    rows = engine.prefill(prefixes, max_new_tokens=4)
+    before = [engine.tokens(r) for r in rows.tolist()], engine.cache.lengths.clone()
+    by_rows = RewardScorer(prm, engine=engine)([StepSequence(lp.question, s.steps[: k + 1]) for k in range(len(ends))],
+                                               rows=rows.tolist())
+    (by_text,) = prm.score_steps([StepSequence(lp.question, s.steps)])
+    assert by_rows == pytest.approx(by_text.tolist(), abs=1e-4)
+    assert [engine.tokens(r) for r in rows.tolist()] == before[0] and torch.equal(engine.cache.lengths, before[1])
+    # a row that ended its turn is read with the separator in place of its end-of-sequence token
+    (eos,) = sorted(target.eos_ids)[:1]
+    sep = prm.separator_ids
+    assert ids[ends[-1] + 1 - len(sep) : ends[-1] + 1] == sep  # (the testbed's separator is a token of its own)
+    (done,) = engine.prefill([ids[: ends[-1] + 1 - len(sep)] + [eos]], max_new_tokens=4).tolist()
+    (closed,) = prm.score_rows(engine, [done])
+    assert float(closed) == pytest.approx(float(by_text[-1]), abs=1e-4)
+    # particle filtering scores its particles' rows: a call reads one token (a finished one the separator)
+    from reasonbudget.engine import SamplingConfig
+    from reasonbudget.methods import make_method
+
+    prompts = [engine.prompt(lp.question) for lp in labelled[:2]]
+    results = make_method(f"particle-filter:prm={out}", SamplingConfig(temperature=1.0)).run(
+        Engine(target), prompts, budget=3, generator=torch.Generator().manual_seed(0))
+    for r in results:
+        assert r.usage.prm_calls > 0 and r.usage.prm_tokens <= r.usage.prm_calls * len(sep)
+    with pytest.raises(ValueError, match="scores text"):
+        HeadPRM(tmp_path / "logprob-head" if train_head(target, labelled, tmp_path / "logprob-head", HeadTrainConfig(
+            epochs=1, hidden=8, val_fraction=0.25, logprobs=True)) else None, base=target, rows=True)
+
+
+def test_the_qwen_draft_has_a_committed_prm_head():
+    from reasonbudget.models.registry import registered_companion
+    from reasonbudget.rewards.head_prm import HeadSpec
+
+    where = registered_companion("qwen2.5-coder-0.5b", "prm")
+    spec = HeadSpec.load(where)
+    assert (where / HEAD_FILE).exists() and spec.base == "qwen2.5-coder-0.5b" and not spec.logprobs
+    assert spec.base_shape == (896, 24, 151936) and spec.calibration[0] > 0
+
+
 def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypatch):
     from reasonbudget.models import load_model
     from reasonbudget.rewards import factory
@@ -127,8 +214,14 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     _, _, _, labelled = labels
     smol = load_model("smollm2-135m")
     monkeypatch.setattr(factory, "_loaded", {})
-    assert type(factory.load_prm("auto", smol)).__name__ == "SelfJudge"  # no head: the judge
     monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path))
+    no_head = factory.load_prm("auto", smol)  # no head: the policy's lowest token probability (measured > the judge)
+    assert type(no_head).__name__ == "PolicyLogProb" and no_head.aggregate == "min"
+    from types import SimpleNamespace
+
+    unknown = SimpleNamespace(name="remote:http://127.0.0.1:9#not-here", served_model="not-here", profile=smol.profile,
+                              judge=lambda: "the server's judge")
+    assert factory.load_prm("auto", unknown) == "the server's judge"  # its model is not available here
     from reasonbudget.models.registry import companion_dir
 
     where = companion_dir(smol.name, "prm")
@@ -138,8 +231,6 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     prm = factory.load_prm("auto", smol)
     assert type(prm).__name__ == "HeadPRM" and prm.base.name == "testbed-target"
     # a remote policy serving that model gets the same head (it scores text; its base model runs here)
-    from types import SimpleNamespace
-
     remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
                              profile=smol.profile)
     assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"
@@ -159,6 +250,22 @@ def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels
                                    StepSequence(labelled[0].question, s.steps[:2])])
     assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole <= 1)).all())
     assert torch.allclose(whole[:2], part, atol=1e-5)
+
+
+def test_policy_min_confidence_is_the_least_likely_token_so_far(labels, target):
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.rewards.logprob import PolicyLogProb, prefix_min_confidence
+
+    f = torch.tensor([[-1.0 / 20, -0.5 / 20, -1.0 / 20], [-0.5 / 20, -0.2 / 20, -1.0 / 20],
+                      [-3.0 / 20, -1.0 / 20, -3.0 / 20]])  # running minimum -1, -1, -3
+    assert torch.allclose(prefix_min_confidence(f), torch.tensor([math.exp(-1), math.exp(-1), math.exp(-3)]))
+    _, _, _, labelled = labels
+    prm = load_prm("logprob-min", target)
+    s = labelled[0].solutions[0]
+    (scores,) = prm.score_steps([StepSequence(labelled[0].question, s.steps)])
+    assert bool((scores[1:] <= scores[:-1]).all()) and bool(((scores > 0) & (scores <= 1)).all())
+    with pytest.raises(ValueError, match="accepted are mean, min"):
+        PolicyLogProb(target, "max")
 
 
 def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_path):

@@ -78,7 +78,7 @@ def test_train_router_refuses_a_pair_it_cannot_label(smollm):
     from reasonbudget.cli import app
 
     res = CliRunner().invoke(app, ["train-router", "--draft", "smollm2-135m", "--target", "smollm2-135m"])
-    assert res.exit_code != 0 and "testbed pairs" in res.output and "Traceback" not in res.output
+    assert res.exit_code != 0 and "no trained PRM" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["train-router", "--problems", "0"])
     assert res.exit_code != 0 and "--problems" in res.output
 
@@ -96,3 +96,54 @@ def test_bucketed_batches_and_schedule():
     assert sorted(x for b in batches for x in b) == items  # every item once
     assert all(len({x // 10 for x in b}) == 1 for b in batches)  # one length bucket per batch
     assert [warmup_linear(s, 10, 2, 1.0) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path, monkeypatch):
+    """The router of real pairs (too large to fine-tune here): a head over the frozen draft's hidden states,
+    trained on oracle labels, loaded by `router=DIR` like the fine-tuned one, refused for another pair."""
+    import torch
+
+    from reasonbudget.engine import Engine, SamplingConfig
+    from reasonbudget.methods import make_method
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards.factory import testbed_prm_dir
+    from reasonbudget.rewards.router import load_router_dir
+    from reasonbudget.rewards.testbed_prm import TestbedPRM
+    from reasonbudget.tasks import get_task
+    from reasonbudget.training.router import HeadRouterConfig, generate_labels, train_head_router
+
+    draft, target = load_model("testbed-draft"), load_model("testbed-target")
+    task = get_task("testbed:d=6")
+    questions = [p.question for p in task.problems(12)]
+    examples = generate_labels(draft, target, TestbedPRM(testbed_prm_dir(target)), questions)
+    assert len(examples) > 24 and 0 < sum(e.label for e in examples) < len(examples)
+    report = train_head_router(examples, draft, tmp_path, HeadRouterConfig(epochs=20, hidden=16, val_fraction=0.25),
+                               separator="\n", pair={"draft": "testbed-draft", "target": "testbed-target"})
+    assert {"spearman_rho", "acc0", "acc1"} <= set(report["held_out"]) and report["train_examples"] > 0
+    router = load_router_dir(tmp_path)
+    assert type(router).__name__ == "HeadRouter"
+    y = router.predict([e.item for e in examples[:5]])
+    assert len(y) == 5 and all(0.0 <= v <= 1.0 for v in y) and router.tokens_read > 0
+    prompts = [task.prompt(target, p) for p in task.problems(2)]
+    results = make_method(f"arbitrage:draft=testbed-draft,router={tmp_path},threshold=0.5", SamplingConfig()).run(
+        Engine(target), prompts, budget=None, generator=torch.Generator().manual_seed(0))
+    assert all(r.trace["router_calls"] == r.trace["rounds"] > 0 and r.usage.prm_tokens > 0 for r in results)
+    with pytest.raises(ValueError, match="trained on testbed-draft"):
+        type(router)(tmp_path, base=target)
+    # router=auto finds a router that train-router wrote to the user cache for a target the registry does not know
+    from types import SimpleNamespace
+
+    from reasonbudget.methods.drafting.arbitrage import load_router
+    from reasonbudget.models.registry import companion_dir
+
+    monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path / "cache"))
+    other = SimpleNamespace(name="my-target")
+    with pytest.raises(ValueError, match="no router for my-target.*train-router"):
+        load_router("auto", "testbed-draft", other)
+    where = companion_dir("my-target", "router")
+    where.mkdir(parents=True)
+    for f in (f for f in tmp_path.iterdir() if f.is_file()):
+        (where / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((where / "router.json").read_text())
+    (where / "router.json").write_text(json.dumps(cfg | {"pair": {"draft": "testbed-draft", "target": "my-target"}}))
+    assert type(load_router("auto", "testbed-draft", other)).__name__ == "HeadRouter"

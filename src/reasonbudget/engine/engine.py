@@ -205,7 +205,7 @@ class Engine:
         copy or a re-prefill (a judge's question appended to a partial solution). -> [R, V]"""
         if rows.numel() != len(suffixes):
             raise ValueError(f"{rows.numel()} rows, {len(suffixes)} suffixes")
-        return self._feed(rows, [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)])
+        return self._feed(rows, [[self.history[r][-1], *s] for r, s in zip(rows.tolist(), suffixes)])[0]
 
     @torch.inference_mode()
     def append(self, rows: Tensor, suffixes: Sequence[TokenIds]) -> int:
@@ -229,19 +229,34 @@ class Engine:
         self.cache.lengths[todo_rows] += torch.tensor([len(s) for _, s in todo])
         return len(todo)
 
-    def _feed(self, rows: Tensor, feeds: Sequence[Sequence[int]]) -> Tensor:
-        """Forward feeds[i] at row i's next positions (lengths unchanged); logits at each feed's last token."""
+    @torch.inference_mode()
+    def look(self, rows: Tensor, feeds: Sequence[TokenIds], layers: Sequence[int]) -> dict[int, Tensor]:
+        """Hidden states of `layers` (HF numbering: num_layers = the final normed state) at the last token of
+        feeds[i], fed from row i's pending position on (so feeds[i] starts with the row's pending last token, or
+        replaces it), leaving the row as it was, like `peek`. A PRM head over the policy's own states reads a
+        step's end this way for the cost of one token. -> {layer: [R, d]}"""
+        if rows.numel() != len(feeds):
+            raise ValueError(f"{rows.numel()} rows, {len(feeds)} feeds")
+        return self._feed(rows, feeds, layers)[1]
+
+    def _feed(self, rows: Tensor, feeds: Sequence[Sequence[int]],
+              layers: Sequence[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+        """Forward feeds[i] at row i's next positions (lengths unchanged). -> (logits [R, V], {layer: [R, d]}
+        hidden states of `layers`), both at each feed's last token."""
         longest = max(len(self.history[r]) for r in rows.tolist()) + max(map(len, feeds))
         per_chunk = max(1, self.prefill_chunk_tokens // longest)  # bounds the K/V gathered per call
-        out = []
+        logits, hidden = [], {k: [] for k in layers}
         for i in range(0, len(feeds), per_chunk):
             chunk = feeds[i : i + per_chunk]
             x = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
             for j, f in enumerate(chunk):
                 x[j, : len(f)] = torch.tensor(f)
             at = torch.tensor([len(f) - 1 for f in chunk])
-            out.append(self._forward(x, rows[i : i + per_chunk], at, ()).logits)
-        return torch.cat(out)
+            fo = self._forward(x, rows[i : i + per_chunk], at, layers)
+            logits.append(fo.logits)
+            for k in layers:
+                hidden[k].append(fo.hidden[k][torch.arange(len(chunk)), at.to(fo.hidden[k].device)])
+        return torch.cat(logits), {k: torch.cat(v) for k, v in hidden.items()}
 
     def _step_forward(self, act_rows: Tensor, zeros: Tensor, layers: Sequence[int]):
         """Feed each active row its last token. Rows scattered over a range at least half full are fed as the

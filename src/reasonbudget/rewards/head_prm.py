@@ -1,15 +1,21 @@
 """A process reward model for any model our runtime loads: a small trained head over a frozen base LM.
 
 The base model reads the problem (in its chat template) and the steps so far, each step followed by the step
-separator. At the last token of every step the head sees the base model's hidden states of a few layers and
-three numbers from its own log-probabilities of the step's tokens (the lowest, the mean, and the lowest over
-the trace so far); an MLP maps them to P(the trace still reaches the right answer). It is trained with
+separator. At the last token of every step the head sees the base model's hidden states of a few layers
+(optionally also three numbers from its log-probabilities of the step's tokens: the lowest, the mean, and the
+lowest over the trace so far); an MLP maps them to P(the trace still reaches the right answer). It is trained with
 binary cross-entropy on soft step labels from rollouts (`training.step_labels`, `training.head_prm`) and
 calibrated on held-out problems (Platt scaling of its logit).
 
 A directory holds `prm_head.safetensors` and `prm_head.json`: the base model's registry name and the shape it
 was trained on (refused when the base model loaded now differs), the layers read, feature scaling and
 calibration. The base model is loaded once per process, or shared with a policy that is the same model.
+
+Scored as text (`score_steps`), a call re-reads the problem and every step so far. When the head reads hidden
+states only (no log-probability features) and its base is the policy itself, it can instead read the policy's
+own KV rows (`score_rows`, `reads_rows`): the state at a step's end is one token's forward past the row (the
+pending last token, `Engine.look`), so scoring costs one token per particle and step instead of the whole
+prefix. Both read the same states when the row holds the tokens the text encodes to.
 """
 
 from __future__ import annotations
@@ -102,6 +108,23 @@ def logprob_features(token_logprobs: Tensor, ends: Sequence[int], first: int) ->
     return torch.tensor(rows).reshape(-1, LOGPROB_FEATURES) / -LOGPROB_FLOOR
 
 
+def padded_batches(seqs: Sequence[Sequence[int]], max_batch_tokens: int):
+    """Yield (indices, right-padded [B, width] ids) over `seqs` sorted by length, each batch within
+    `max_batch_tokens` padded positions (at least one sequence per batch)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j - i + 1) * len(seqs[order[j]]) <= max_batch_tokens:
+            j += 1
+        chunk = order[i:j]
+        x = torch.zeros((len(chunk), max(len(seqs[k]) for k in chunk)), dtype=torch.long)
+        for b, k in enumerate(chunk):
+            x[b, : len(seqs[k])] = torch.tensor(list(seqs[k]), dtype=torch.long)
+        yield chunk, x
+        i = j
+
+
 @torch.inference_mode()
 def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Sequence[int], *, separator: str,
                   logprobs: bool = True, max_batch_tokens: int = 4096) -> list[Tensor]:
@@ -110,19 +133,8 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
     encoded = [encode_steps(model, q, s, separator) for q, s in items]
     limit = model.context_length
     out: list[Tensor] = [torch.zeros(0)] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(encoded[i][0]))
-    i = 0
-    while i < len(order):
-        width = min(len(encoded[order[i]][0]), limit)
-        j = i + 1
-        while j < len(order) and (j - i + 1) * min(len(encoded[order[j]][0]), limit) <= max_batch_tokens:
-            j += 1
-        chunk = order[i:j]
-        width = max(min(len(encoded[k][0]), limit) for k in chunk)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, k in enumerate(chunk):
-            ids = encoded[k][0][:limit]
-            x[b, : len(ids)] = torch.tensor(ids)
+    for chunk, x in padded_batches([e[0][:limit] for e in encoded], max_batch_tokens):
+        width = x.shape[1]
         cache = backend.new_cache(len(chunk), width)
         wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ())}))
         fo = backend(x, cache, torch.arange(len(chunk)), logits_at=torch.zeros(len(chunk), dtype=torch.long),
@@ -142,14 +154,14 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
                 lp[first:] = torch.log_softmax(logits, -1).gather(-1, target)[:, 0].cpu()
                 hid = torch.cat([logprob_features(lp, ends, first), hid.cpu()], dim=-1)
             out[k] = hid.cpu()
-        i = j
     return out
 
 
 class HeadPRM:
     """`ProcessRewardModel` over a head directory (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, base=None) -> None:
+    def __init__(self, path: str | Path, *, base=None, rows: bool = False) -> None:
+        """`rows`: score the policy's KV rows (`score_rows`; `base` must be the policy's model) instead of text."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -171,6 +183,12 @@ class HeadPRM:
         self.head = StepHeadMLP(state["mean"].numel(), self.spec.hidden).eval()
         self.head.load_state_dict(state)
         self.tokens_read = 0
+        if rows and self.spec.logprobs:
+            raise ValueError(f"the PRM head in {path} reads log-probabilities of the whole step: it scores text, "
+                             "not KV rows (train it with --no-logprobs to score rows)")
+        self.reads_rows = rows
+        self.separator_ids = list(base.encode(self.spec.separator))
+        self.lookahead_tokens = len(self.separator_ids) if rows else 0
 
     def logits(self, items: Sequence[StepSequence]) -> list[Tensor]:
         feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
@@ -183,3 +201,29 @@ class HeadPRM:
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         a, b = self.spec.calibration
         return [torch.sigmoid(a * z + b) for z in self.logits(items)]
+
+    @torch.inference_mode()
+    def score_rows(self, engine, rows: Sequence[int]) -> list[Tensor]:
+        """The current step's score of each row, one [1] tensor each (NaN for a row with no room left): the head
+        at the row's pending last token, a step's end. A row that ended its turn (end of sequence pending) is
+        read as its text is, with the separator in place of the end-of-sequence token."""
+        if engine.model is not self.base:
+            raise ValueError(f"the PRM head reads the rows of its base model {self.spec.base}, not of {engine.model.name}")
+        out: list[Tensor] = [torch.tensor([float("nan")]) for _ in rows]
+        fits, feeds = [], []
+        for i, r in enumerate(rows):
+            h = engine.tokens(r)
+            feed = self.separator_ids if h[-1] in self.base.eos_ids else [h[-1]]
+            if len(h) - 1 + len(feed) <= engine.cache.capacity:
+                fits.append(i)
+                feeds.append(feed)
+        if fits:
+            hidden = engine.look(torch.tensor([rows[i] for i in fits]), feeds, self.spec.layers)
+            x = torch.cat([hidden[layer].float().cpu() for layer in self.spec.layers], dim=-1)
+            a, b = self.spec.calibration
+            with torch.no_grad():
+                p = torch.sigmoid(a * self.head(x) + b)
+            for k, i in enumerate(fits):
+                out[i] = p[k : k + 1]
+            self.tokens_read += sum(map(len, feeds))
+        return out

@@ -52,6 +52,7 @@ class SelfJudge:
 
     step_separator = "\n\n"
     reads_rows = True
+    trained = False  # a prompted judge, not a scorer trained on step labels
 
     def __init__(self, model) -> None:
         self.model = model
@@ -98,6 +99,7 @@ class SelfJudge:
 
 class LLMJudge:
     step_separator = "\n\n"
+    trained = False
 
     def __init__(self, model, *, batch_size: int = 8) -> None:
         self.model, self.batch_size = model, batch_size

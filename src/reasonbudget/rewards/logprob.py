@@ -1,7 +1,9 @@
-"""The policy's own confidence as a step scorer, for models with no trained PRM (`prm=logprob`): the
-geometric-mean probability the model gave the tokens of the trace so far, exp(mean log p). Self-certainty
-scorers of this kind are what its_hub's newer particle filtering falls back to without a PRM; here it is the
-`prm=auto` default for such models because it measured better than the LLM judge (README, issue 21).
+"""The policy's own confidence as a step scorer, for models with no trained PRM. Two readings of the same
+token log-probabilities:
+    logprob      exp(mean log p) over the trace so far: the geometric-mean probability of its tokens
+    logprob-min  exp(min log p) over the trace so far: the least likely token yet (one slip marks the trace)
+Self-certainty scorers of this kind are what its_hub's newer particle filtering falls back to without a PRM.
+Which of them `prm=auto` hands a model with no trained head is decided by measurement (`rewards.factory`).
 
 One forward of the policy over the problem and the steps per call (text in, so it also serves a remote
 policy when the same model is loaded here)."""
@@ -26,9 +28,22 @@ def prefix_confidence(step_features: Tensor, step_lengths: Sequence[int]) -> Ten
     return torch.exp(torch.cumsum(mean_lp * n, 0) / torch.cumsum(n, 0))
 
 
+def prefix_min_confidence(step_features: Tensor) -> Tensor:
+    """Per step: exp of the lowest token log-probability up to the step's end (column 2 of
+    `head_prm.logprob_features`, floored at LOGPROB_FLOOR); pure."""
+    return torch.exp(step_features[:, 2] * -LOGPROB_FLOOR)
+
+
+AGGREGATES = ("mean", "min")
+
+
 class PolicyLogProb:
-    def __init__(self, model) -> None:
+    trained = False  # the policy's own confidence, not a scorer trained on step labels
+    def __init__(self, model, aggregate: str = "mean") -> None:
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate={aggregate!r}: accepted are {', '.join(AGGREGATES)}")
         self.model = model
+        self.aggregate = aggregate
         self.step_separator = model.profile.step_delimiter
         self.tokens_read = 0
 
@@ -39,5 +54,8 @@ class PolicyLogProb:
         for it, f in zip(items, feats):
             lengths = [len(self.model.encode(s + self.step_separator)) for s in it.steps[: f.shape[0]]]
             self.tokens_read += sum(lengths)
-            out.append(prefix_confidence(f, lengths) if f.numel() else torch.zeros(0))
+            if not f.numel():
+                out.append(torch.zeros(0))
+            else:
+                out.append(prefix_confidence(f, lengths) if self.aggregate == "mean" else prefix_min_confidence(f))
         return out

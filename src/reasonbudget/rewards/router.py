@@ -88,3 +88,14 @@ class StepRouter:
             self.tokens_read += int(last.sum()) + len(last)
         self.calls += len(items)
         return out
+
+
+def load_router_dir(path: str | Path):
+    """The router in a directory: a fine-tuned classifier (`StepRouter`) or a head over a frozen base model
+    (`rewards.head_router.HeadRouter`, `"kind": "head"` in its config)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).exists() and json.loads((path / CONFIG_FILE).read_text()).get("kind") == "head":
+        from reasonbudget.rewards.head_router import HeadRouter
+
+        return HeadRouter(path)
+    return StepRouter(path)

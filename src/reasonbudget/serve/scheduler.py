@@ -48,6 +48,8 @@ class SchedulerConfig:
     join_rows: int = 8
     """KV-cache rows a running batch keeps free for requests that join it (continuous batching), within
     `max_kv_gib` and `max_batch`; each costs a row of the batch's length whether a request comes or not."""
+    join_chunk_tokens: int = 256
+    """Prompt tokens of joining requests prefilled between two decode steps (chunked prefill)."""
 
 
 class Scheduler:
@@ -225,6 +227,7 @@ class _Admission:
     def __init__(self, scheduler: Scheduler, key: tuple, method, spare_rows: int,
                  watcher: Callable[[Job], RowWatcher]) -> None:
         self.scheduler, self.key, self.method, self.spare_rows, self.watcher = scheduler, key, method, spare_rows, watcher
+        self.chunk_tokens = scheduler.config.join_chunk_tokens
 
     def poll(self, fits, free_rows: int) -> list[tuple]:
         s = self.scheduler

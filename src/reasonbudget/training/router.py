@@ -25,7 +25,7 @@ import torch
 from reasonbudget.eval.report import auroc, spearman
 from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, encode_batch, escalate_logits, router_text
 from reasonbudget.steps.draft_target import Decision, Proposal
-from reasonbudget.training.batching import bucketed_batches, warmup_linear
+from reasonbudget.training.batching import bce_epoch, bucketed_batches, warmup_linear
 from reasonbudget.types import StepSequence
 
 logger = logging.getLogger(__name__)
@@ -228,3 +228,75 @@ def load_examples(path: Path) -> list[RouterExample]:
                                             tuple(r["draft_response"])), tuple(r["target_response"]),
                                  r["draft_score"], r["target_score"]))
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadRouterConfig:
+    """A router head over a frozen base model (`rewards.head_router`): what the fine-tuned router's recipe becomes
+    when the LM is too large to fine-tune here."""
+
+    hidden: int = 128
+    layers: tuple[int, ...] = ()
+    """Base-model layers read; () = a middle one and the last."""
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    balance: str = "downsample"
+    val_fraction: float = 0.15
+    annotate: bool = True
+    seed: int = 0
+
+
+def train_head_router(examples: Sequence[RouterExample], base, out: Path, cfg: HeadRouterConfig, *, separator: str,
+                      pair: dict | None = None) -> dict:
+    """Train a router head over the frozen `base` (a LoadedModel) on `examples`; saved to `out`."""
+    from safetensors.torch import save_file
+
+    from reasonbudget.rewards.head_prm import StepHeadMLP, base_shape, default_layers
+    from reasonbudget.rewards.head_router import HEAD_FILE, text_features
+
+    torch.manual_seed(cfg.seed)  # entry point of a training run: the head's initial weights
+    rng = random.Random(cfg.seed)
+    t0 = time.time()
+    if cfg.balance not in ("downsample", "none"):
+        raise ValueError(f"balance={cfg.balance!r}: accepted are downsample, none")
+    layers = cfg.layers or default_layers(base_shape(base)[1])
+    train_set, val_set = split_by_problem(examples, cfg.val_fraction, rng)
+    one_class = len({e.label for e in train_set}) < 2
+    used = balanced(train_set, rng) if cfg.balance == "downsample" and not one_class else list(train_set)
+    if not used:
+        raise ValueError("router training got no labelled rounds")
+    feats = text_features(base, [router_text(e.item, separator, annotate=cfg.annotate) for e in (*used, *val_set)],
+                          layers)
+    x, xv = feats[: len(used)], feats[len(used) :]
+    y = torch.tensor([float(e.label) for e in used])
+    head = StepHeadMLP(x.shape[1], cfg.hidden)
+    head.mean.copy_(x.mean(0))
+    head.std.copy_(x.std(0).clamp(min=1e-4) if len(x) > 1 else torch.ones(x.shape[1]))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        loss, step = bce_epoch(head, opt, x, y, cfg.batch_size, step)
+        if epoch % 10 == 9 or epoch == cfg.epochs - 1:
+            head.eval()
+            with torch.no_grad():
+                m = router_metrics(torch.sigmoid(head(xv)).tolist(), val_set) if val_set else {}
+            history.append({"epoch": epoch, "loss": round(loss, 4),
+                            **{k: round(v, 4) for k, v in m.items() if isinstance(v, float)}})
+    head.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(head.state_dict(), str(out / HEAD_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps({"kind": "head", "base": base.name, "base_shape": list(base_shape(base)),
+                                               "layers": list(layers), "hidden": cfg.hidden, "separator": separator,
+                                               "annotate": cfg.annotate, **({"pair": pair} if pair else {})}, indent=2))
+    with torch.no_grad():
+        held = router_metrics(torch.sigmoid(head(xv)).tolist(), val_set) if val_set else None
+    report = {"config": asdict(cfg), "examples": len(examples), "train_examples": len(used),
+              "single_class": len({e.label for e in used}) < 2,
+              "train_positive_share_before_balancing": sum(e.label for e in train_set) / max(1, len(train_set)),
+              "held_out": held, "history": history, "train_seconds": round(time.time() - t0, 1)}
+    (out / "router_training.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,12 +1,13 @@
 """Step labels from outcomes (Math-Shepherd, Wang et al. 2024): how often the policy still reaches the gold
 answer when it continues from the end of a step.
 
-For each problem the policy samples `samples` solutions. Each solution is cut into steps where the profile's
-step delimiter ends a step that has text (the step runner's rule). From the end of every step but the last,
-`rollouts - 1` fresh completions are sampled; the solution's own continuation is one more completion from that
-prefix (it was sampled at the same temperature), so each intermediate step gets `rollouts` outcomes:
-its soft label is their share reaching the gold answer, its hard label whether any did. The last step's
-outcome is the solution's own. A prefix is prefilled once and forked into its rollout rows.
+For each problem the policy samples `samples` solutions (end-of-sequence tokens dropped, as the step runner
+drops them). Each solution is cut into steps by the step runner's rule (`step_boundaries`). From the ends of up
+to `max_prefixes` steps (evenly spread, always the last-but-one), `rollouts - 1` fresh completions are
+sampled; the solution's own continuation is one more completion from that prefix (it was sampled at the same
+temperature), so each rolled-out step gets `rollouts` outcomes: its soft label is their share reaching the gold
+answer, its hard label whether any did. The last step's outcome is the solution's own; the other steps stay
+unlabelled. A prefix is prefilled once and forked into its rollout rows.
 
 Work is written per problem to a JSONL file and skipped on a rerun, so a killed run resumes where it stopped;
 every draw comes from a generator seeded by (seed, problem, solution, step, rollout), so a resumed run
@@ -77,13 +78,20 @@ class LabelledProblem:
         return LabelledProblem(d["problem_id"], d["question"], d["gold"], sols)
 
 
-def step_boundaries(pieces: Sequence[str], delimiter: str) -> list[int]:
-    """Token counts at which steps end: after the token that completes a delimiter following some text (the
-    step runner's rule); the last step runs to the end. `pieces` are the tokens' texts; pure."""
-    ends, current = [], ""
+def step_boundaries(pieces: Sequence[str], delimiter: str, close: str = "", max_step_tokens: int = 256) -> list[int]:
+    """Token counts at which steps end, by the step runner's rule: after the token that completes a delimiter
+    when an earlier token of the step had text, or after `max_step_tokens` tokens; once the text holds the
+    end-of-thinking marker `close`, the rest is one step. The last step runs to the end. `pieces` are the
+    tokens' texts; pure."""
+    ends, current, text, closed = [], "", "", False
     for i, piece in enumerate(pieces):
+        had_text = bool(current.strip())
         current += piece
-        if current.endswith(delimiter) and current.strip():
+        text += piece
+        closed = closed or bool(close) and close in text
+        if closed:
+            continue
+        if (current.endswith(delimiter) and had_text) or i + 1 - (ends[-1] if ends else 0) >= max_step_tokens:
             ends.append(i + 1)
             current = ""
     if current.strip() or not ends:
@@ -127,7 +135,10 @@ class StepLabeller:
     def _gen(self, *key: object) -> torch.Generator:
         from reasonbudget.eval.runner import problem_seed
 
-        return torch.Generator().manual_seed(problem_seed(self.cfg.seed, "#".join(map(str, key))))
+        # "#"-joined, with "#" and "\\" escaped inside the parts, so that no two keys share a seed (ids without
+        # either character keep the seeds they had)
+        parts = (str(k).replace("\\", "\\\\").replace("#", "\\#") for k in key)
+        return torch.Generator().manual_seed(problem_seed(self.cfg.seed, "#".join(parts)))
 
     def _decode(self, prefixes: Sequence[Sequence[int]], gens: Sequence[torch.Generator], max_new: Sequence[int]) -> list[list[int]]:
         """Sample a completion of each prefix (one row each), in chunks of batch_rows; identical prefixes are
@@ -135,7 +146,8 @@ class StepLabeller:
         from reasonbudget.engine import SamplingConfig
 
         out: list[list[int]] = [[] for _ in prefixes]
-        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        # rows of one budget together (a chunk decodes to its largest budget), then by prefix length
+        order = sorted(range(len(prefixes)), key=lambda i: (-max_new[i], len(prefixes[i])))
         sampling = SamplingConfig(temperature=self.cfg.temperature)
         for c in range(0, len(order), self.batch_rows):
             idx = order[c : c + self.batch_rows]
@@ -158,8 +170,9 @@ class StepLabeller:
                                              generator=[gens[i] for i in which])
             finally:
                 self.engine.release(rows_t)
+            eos = self.model.eos_ids
             for i, d in zip(which, decoded):
-                toks = list(d.tokens)[: max_new[i]]
+                toks = [t for t in list(d.tokens)[: max_new[i]] if t not in eos]  # as the step runner drops them
                 out[i] = toks
                 self.tokens_generated += len(toks)
         return out
@@ -180,7 +193,8 @@ class StepLabeller:
         texts = [self._text(t) for t in sols]
         correct = grade_many([(t, problems[pi].gold, self.task) for t, (pi, _) in zip(texts, jobs)])
         # step ends of every solution, and the prefixes to roll out
-        ends = [step_boundaries([self._text([t]) for t in toks], self.delimiter) for toks in sols]
+        ends = [step_boundaries([self._text([t]) for t in toks], self.delimiter, self.model.profile.think_close)
+                for toks in sols]
         roll: list[tuple[int, int]] = []  # (job, step)
         for j, e in enumerate(ends):
             roll += [(j, k) for k in spread(len(e) - 1, cfg.max_prefixes)] if len(e) > 1 else []
@@ -239,6 +253,9 @@ def label_task(model, problems: Sequence, out: Path, cfg: LabelConfig, *, task: 
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", desc="step labels",
                disable=not progress, dynamic_ncols=True)
     t0 = time.time()
+    if out.exists() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+        with out.open("a") as f:  # a line cut by a killed run: the next record starts on a line of its own
+            f.write("\n")
     with out.open("a") as f:
         for i in range(0, len(todo), chunk):
             batch = labeller.label(todo[i : i + chunk])

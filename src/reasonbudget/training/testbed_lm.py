@@ -55,7 +55,10 @@ class TrainConfig:
     """Draw this many batches' examples at once, sort them by length and cut them into batches (in shuffled
     order), so that a batch pads to its own longest example rather than to the longest of a random draw:
     measured on the 1..49 world, 65% of a random batch's positions were padding and a step took 1.55x as
-    long. 1 keeps the unbucketed stream (the one the committed checkpoints were trained on)."""
+    long. 1 keeps the unbucketed stream (the one the committed checkpoints were trained on). Not used by the
+    recipes: the v2 draft recipe trained with 8 buckets reached greedy 0.69 at d=1 and 0.19 at d=8 against 0.83
+    and 0.49 unbucketed (same run, default sets): a batch of one length is a batch of one difficulty, and the
+    optimiser sees them in runs."""
 
 
 # Testbed v2 (add/sub operands 1..49). Calibrated on fresh problems (60 per difficulty, greedy, d = 1..8):

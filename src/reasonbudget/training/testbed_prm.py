@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from reasonbudget.eval.report import auroc
+from reasonbudget.training.batching import bce_epoch
 from reasonbudget.rewards.testbed_prm import HEAD_CONFIG, HEAD_FILE, SCALAR_FEATURES, StepHead, step_features
 
 logger = logging.getLogger(__name__)
@@ -67,21 +67,13 @@ def train_prm(data: Sequence[LabelledTrace], cfg: PRMTrainConfig, lm_dir: Path) 
     steps_per_epoch = math.ceil(len(yt) / cfg.batch_size)
     total, step, history = cfg.epochs * steps_per_epoch, 0, []
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(yt))
-        for i in range(0, len(yt), cfg.batch_size):
-            sel = perm[i : i + cfg.batch_size]
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = nn.functional.binary_cross_entropy_with_logits(head(xt[sel]), yt[sel])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+        loss, step = bce_epoch(head, opt, xt, yt, cfg.batch_size, step,
+                               lambda k: cfg.lr * 0.5 * (1 + math.cos(math.pi * k / total)))
         if epoch % 10 == 9 or epoch == cfg.epochs - 1:
             with torch.no_grad():
                 val = auroc(head(xv).tolist(), yv.bool().tolist()) if n_val else float("nan")
-            history.append({"epoch": epoch, "loss": round(loss.item(), 4), "val_auroc": round(val, 4)})
-            logger.info("prm head epoch %d loss %.4f held-out step AUROC %.4f", epoch, loss.item(), val)
+            history.append({"epoch": epoch, "loss": round(loss, 4), "val_auroc": round(val, 4)})
+            logger.info("prm head epoch %d loss %.4f held-out step AUROC %.4f", epoch, loss, val)
     save_file(head.state_dict(), str(lm_dir / HEAD_FILE))
     (lm_dir / HEAD_CONFIG).write_text(json.dumps({"d_model": lm.config.hidden_size, "hidden": cfg.hidden}))
     stats = {"config": asdict(cfg), "examples": len(data), "steps": len(yt) + len(yv),

@@ -28,7 +28,8 @@ class ArbitrageConfig(StepDraftConfig):
     threshold: float = 0.5
     """tau: keep the draft's step iff y_hat <= tau (oracle: take the target's iff s_target - s_draft > tau)."""
     router: str = "auto"
-    """A router directory (`reasonbudget train-router`); auto: the target's registered companion."""
+    """A router directory (`reasonbudget train-router`); auto: the target's companion (its registry entry's, else
+    the user cache, where `train-router` writes)."""
     oracle: bool = False
     prm: str = "auto"
     """The oracle's PRM."""
@@ -37,14 +38,14 @@ class ArbitrageConfig(StepDraftConfig):
 def load_router(spec: str, draft: str, target) -> object:
     """The router for (draft, target): `spec` or the target's companion; refused when trained for another pair.
     Served models (remote:URL#MODEL) are known by the names they are served under."""
-    from reasonbudget.models.registry import registered_companion
+    from reasonbudget.models.registry import companion_dir
     from reasonbudget.remote.model import is_remote, parse_remote_name
-    from reasonbudget.rewards.router import CONFIG_FILE, StepRouter
+    from reasonbudget.rewards.router import CONFIG_FILE, load_router_dir
 
     draft = parse_remote_name(draft)[1] if is_remote(draft) else draft
     target_name = getattr(target, "served_model", target.name)
-    path = Path(spec) if spec != "auto" else registered_companion(target_name, "router")
-    if path is None or not (path / CONFIG_FILE).exists():
+    path = Path(spec) if spec != "auto" else companion_dir(target_name, "router")
+    if not (path / CONFIG_FILE).exists():
         raise ValueError(f"no router for {target_name} (router={spec}): train one with `reasonbudget train-router "
                          f"--draft {draft} --target {target_name}` or pass router=DIR")
     pair = json.loads((path / CONFIG_FILE).read_text()).get("pair", {})
@@ -53,7 +54,7 @@ def load_router(spec: str, draft: str, target) -> object:
                          f"{draft} -> {target_name}; train one for this pair with `reasonbudget train-router`")
     key = str(path.resolve())
     if key not in _ROUTERS:
-        _ROUTERS[key] = StepRouter(path)
+        _ROUTERS[key] = load_router_dir(path)
     return _ROUTERS[key]
 
 

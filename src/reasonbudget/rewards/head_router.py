@@ -1,0 +1,75 @@
+"""Arbitrage's router as a head over a frozen base model, for pairs whose models are too large to fine-tune here
+(the Qwen pair on CPU): the router text (`rewards.router.router_text`: problem, annotated history, the draft's
+current step) is read by the base model (the draft: the router decides before the target runs), and a small
+MLP over the hidden states of a middle and the last layer at its last token predicts y_hat = P(the target's
+step would score higher). It is trained like the fine-tuned router (`training.router`: oracle labels, the
+majority class downsampled) and stored in a directory with `router.json` (`"kind": "head"`, the base model and
+its shape, the pair) and `router_head.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from reasonbudget.rewards.head_prm import StepHeadMLP, base_shape, padded_batches
+from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, router_text
+
+HEAD_FILE = "router_head.safetensors"
+
+
+@torch.inference_mode()
+def text_features(model, texts: Sequence[str], layers: Sequence[int], *, max_batch_tokens: int = 4096) -> Tensor:
+    """[len(texts), len(layers) * d]: the base model's hidden states at each text's last token."""
+    backend = model.backend
+    encoded = [list(model.encode(t))[-(model.context_length - 1) :] or [0] for t in texts]
+    out = torch.zeros(len(texts), len(layers) * backend.cfg.hidden_size)
+    for chunk, x in padded_batches(encoded, max_batch_tokens):
+        width = x.shape[1]
+        fo = backend(x, backend.new_cache(len(chunk), width), torch.arange(len(chunk)),
+                     logits_at=torch.zeros(len(chunk), dtype=torch.long), hidden_layers=tuple(layers))
+        last = torch.tensor([len(encoded[k]) - 1 for k in chunk])
+        feats = torch.cat([fo.hidden[layer][torch.arange(len(chunk)), last.to(fo.hidden[layer].device)].float()
+                           for layer in layers], dim=-1)
+        out[chunk] = feats.cpu()
+    return out
+
+
+class HeadRouter:
+    """A head router directory (see the module docstring); `predict` like `rewards.router.StepRouter`."""
+
+    def __init__(self, path: str | Path, *, base=None) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        self.config = json.loads((path / CONFIG_FILE).read_text())
+        if base is None:
+            from reasonbudget.models.registry import load_model
+
+            base = load_model(self.config["base"], dtype="bfloat16")
+        if list(base_shape(base)) != list(self.config["base_shape"]):
+            raise ValueError(f"the router head in {path} was trained on {self.config['base']} (hidden, layers, "
+                             f"vocabulary = {tuple(self.config['base_shape'])}); the base model given is {base.name} "
+                             f"({base_shape(base)})")
+        self.base = base
+        state = load_file(str(path / HEAD_FILE))
+        self.head = StepHeadMLP(state["mean"].numel(), self.config["hidden"]).eval()
+        self.head.load_state_dict(state)
+        self.calls = self.tokens_read = 0
+        self.num_params = base.num_params + sum(p.numel() for p in self.head.parameters())
+
+    @property
+    def separator(self) -> str:
+        return self.config["separator"]
+
+    def predict(self, items: Sequence[RouterItem]) -> list[float]:
+        texts = [router_text(it, self.separator, annotate=self.config.get("annotate", True)) for it in items]
+        feats = text_features(self.base, texts, self.config["layers"])
+        self.calls += len(items)
+        self.tokens_read += sum(len(self.base.encode(t)) for t in texts)
+        with torch.no_grad():
+            return torch.sigmoid(self.head(feats)).tolist() if len(items) else []
