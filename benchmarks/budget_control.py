@@ -29,24 +29,27 @@ from pathlib import Path
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 SCOPES = ("difficulty", "global")
-TALE_LAYOUT = "ours"
-"""The committed testbed target learned TALE's prompts in our layout; the retrained world learns both, and then
-the reference layout (TALE's default) is the one to report."""
+TALE_LAYOUT = "reference"
+"""The v2 testbed target learned TALE's prompts in both layouts (the reference's and ours); the reference
+layout, TALE's default, is the one to report."""
 UNBUDGETED = ("plain", "nothinking", f"tale:prompts={TALE_LAYOUT}")
 # Guidance as the reference runs it (strength 1, soft), and with strength 2 (chosen on a dev set, fresh problems
 # of seed 11: same accuracy, overshoot 41% -> 8% at half the natural length), soft and with the hard cap.
 BUDGETED = ("budget-forcing", "budget-forcing:style=final-answer", "budget-guidance", "budget-guidance:strength=2",
             "budget-guidance:strength=2,hard_cap=true")
 MODEL = "testbed-target"
+TALE_PT_MODEL = "testbed-target-tale-pt"
+"""TALE-PT: the target fine-tuned on the budget-optimal answers that TALE's budget search found; it runs plain
+(no budget in the prompt), so its row is `plain` on this model, reported as `tale-pt`."""
 ESTIMATOR_SEED = 4_000_000  # training problems for the learned estimator: disjoint from test and dev sets
 
 
-def sweep(task: str, methods, budgets, args, out: Path) -> list[dict]:
+def sweep(task: str, methods, budgets, args, out: Path, model: str = MODEL) -> list[dict]:
     from reasonbudget.eval import SweepConfig, run_sweep
     from reasonbudget.eval.records import ResultsFile
 
     cfg = SweepConfig(task=task, methods=tuple(methods), budgets=tuple(budgets), seeds=tuple(range(args.seeds)),
-                      limit=args.per_difficulty, model=MODEL, temperature=args.temperature, top_p=args.top_p,
+                      limit=args.per_difficulty, model=model, temperature=args.temperature, top_p=args.top_p,
                       batch_size=args.per_difficulty)
     run_sweep(cfg, out, progress=False)
     keep = set(cfg.methods)
@@ -97,7 +100,7 @@ def fit_estimator(where: Path) -> Path:
 def measure(args) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.out)
     check_weights(out)
@@ -108,6 +111,10 @@ def measure(args) -> dict:
         base = sweep(task_of(d, args.task_seed), unbudgeted, (), args, out / f"d{d}")
         natural[d] = statistics.mean(r["usage"]["thinking_tokens"] for r in base if r["method"] == "plain")
         records += [dict(r, difficulty=d, fraction=None, scope=None) for r in base]
+        if args.tale_pt:
+            records += [dict(r, method="tale-pt", difficulty=d, fraction=None, scope=None)
+                        for r in sweep(task_of(d, args.task_seed), ("plain",), (), args, out / f"d{d}-tale-pt",
+                                       model=TALE_PT_MODEL)]
         _log(args, f"d={d}: natural thinking {natural[d]:.1f} tokens ({time.time() - t0:.0f}s)")
     pooled = statistics.mean(natural.values())
     for scope in SCOPES if args.scope == "both" else (args.scope,):
@@ -121,12 +128,13 @@ def measure(args) -> dict:
                         records.append(dict(r, difficulty=d, fraction=f, scope=scope))
             _log(args, f"{scope} scope, d={d}: budgets {sorted(set(budgets.values()))} done ({time.time() - t0:.0f}s)")
     report = summarize(records, natural, args)
+    report["paired"] = paired_rows(records)
     report["seconds"] = round(time.time() - t0, 1)
     return report
 
 
 def summarize(records: list[dict], natural: dict[int, float], args) -> dict:
-    from reasonbudget.eval.report import wilson
+    from reasonbudget.eval.stats import bootstrap_interval
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -135,7 +143,7 @@ def summarize(records: list[dict], natural: dict[int, float], args) -> dict:
     for (scope, method, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][2] or 0,
                                                                                 kv[0][1])):
         k, n = sum(bool(r["correct"]) for r in rs), len(rs)
-        lo, hi = wilson(k, n)
+        lo, hi = bootstrap_interval(by_problem(rs))  # problems resampled with all their seeds
         limit = [r["budget"] if r["budget"] is not None else r["trace"].get("estimate") for r in rs]
         over = [r["usage"]["thinking_tokens"] > b for r, b in zip(rs, limit) if b is not None]
         rows.append({"method": display_name(method), "budget_fraction": fraction, "scope": scope,
@@ -151,6 +159,37 @@ def summarize(records: list[dict], natural: dict[int, float], args) -> dict:
             "settings": {"scope": args.scope, "seeds": args.seeds, "per_difficulty": args.per_difficulty,
                          "temperature": args.temperature, "top_p": args.top_p, "task_seed": args.task_seed,
                          "model": MODEL, "tale_prompts": TALE_LAYOUT}}
+
+
+def by_problem(rs: list[dict]) -> dict[str, list[bool]]:
+    out: dict[str, list[bool]] = defaultdict(list)
+    for r in rs:
+        out[f"d{r['difficulty']}/{r['problem_id']}"].append(bool(r["correct"]))
+    return out
+
+
+def paired_rows(records: list[dict]) -> list[dict]:
+    """The headline comparisons, each over the problems both sides ran (per-problem accuracy difference over the
+    seeds, bootstrap interval over problems, sign-flip p): every guidance variant against budget forcing at 50%
+    and against plain CoT at 75% (difficulty scope), and TALE-EP / TALE-PT against plain CoT."""
+    from reasonbudget.eval.stats import paired_difference, verdict
+
+    def pick(method: str, fraction: float | None, scope: str | None) -> list[dict]:
+        return [r for r in records if display_name(r["method"]) == method and r["fraction"] == fraction
+                and r["scope"] == scope]
+
+    guided = sorted({display_name(r["method"]) for r in records if r["method"].startswith("budget-guidance")})
+    cases = [((g, 0.5, "difficulty"), ("budget-forcing", 0.5, "difficulty")) for g in guided]
+    cases += [((g, 0.75, "difficulty"), ("plain", None, None)) for g in guided]
+    cases += [((m, None, None), ("plain", None, None)) for m in ("tale", "tale-pt")]
+    cases.append((("tale-pt", None, None), ("tale", None, None)))
+    rows = []
+    for a, b in cases:
+        ra, rb = pick(*a), pick(*b)
+        if ra and rb:
+            d = paired_difference(by_problem(ra), by_problem(rb))
+            rows.append({"a": list(a), "b": list(b), **d, "verdict": verdict(d, (a[0], b[0]))})
+    return rows
 
 
 def display_name(method: str) -> str:
@@ -196,13 +235,19 @@ def print_table(report: dict) -> None:
     print("natural thinking tokens by difficulty: "
           + " ".join(f"{d}:{v:.0f}" for d, v in report["natural_thinking_tokens"].items()))
     print(f"{'scope':10} {'method':30} {'frac':>5} {'budget':>7} {'acc':>6} {'95% CI':>14} {'think':>7} "
-          f"{'overshoot':>9}")
+          f"{'output':>7} {'overshoot':>9}")
     for r in report["rows"]:
         frac = f"{r['budget_fraction']:.2f}" if r["budget_fraction"] is not None else "-"
         budget = f"{r['budget']:.1f}" if r["budget"] is not None else "-"
         over = f"{r['overshoot_rate']:.3f}" if r["overshoot_rate"] is not None else "-"
         print(f"{r['scope'] or '-':10} {r['method']:30} {frac:>5} {budget:>7} {r['accuracy']:6.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-              f" {r['mean_thinking_tokens']:7.1f} {over:>9}")
+              f" {r['mean_thinking_tokens']:7.1f} {r['mean_output_tokens']:7.1f} {over:>9}")
+    if report.get("paired"):
+        print("\npaired over problems (A - B, per-problem accuracy over the seeds; 95% bootstrap interval; sign-flip p):")
+        for p in report["paired"]:
+            a, b = (f"{x[0]}" + (f" @{x[1]:.0%}" if x[1] is not None else "") for x in (p["a"], p["b"]))
+            print(f"  {a:38} - {b:24} {p['diff']:+.3f} [{p['diff_ci_low']:+.3f}, {p['diff_ci_high']:+.3f}] "
+                  f"p={p['p']:.3f} ({p['problems']} problems): {p['verdict']}")
     o = report["predictor_overhead"]
     if o:
         print(f"predictor overhead: {o['fraction']:.3f} of the guided runs' other wall time "
@@ -250,6 +295,7 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--quick", action="store_true", help="25 problems per difficulty (else 50)")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--out", default=None, help="sweep directories (default runs/budget_control[-quick])")
@@ -264,6 +310,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(BUDGETED), help="budgeted methods (method specs)")
     ap.add_argument("--no-learned-estimator", dest="learned_estimator", action="store_false",
                     help="skip TALE with the learned budget estimator")
+    ap.add_argument("--no-tale-pt", dest="tale_pt", action="store_false",
+                    help=f"skip TALE-PT (plain CoT on {TALE_PT_MODEL})")
     args = ap.parse_args()
     if args.load and not Path(args.load).is_file():
         ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")

@@ -111,7 +111,7 @@ def voted_outcome(record: dict, task: str = "testbed") -> dict:
 def measure(args) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     out = Path(args.out)
     cells: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
@@ -266,6 +266,7 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--quick", action="store_true", help="10 problems per difficulty, 1 seed, N up to 16")
     ap.add_argument("--json", action="store_true", help="print the JSON document only")
     ap.add_argument("--out", default=None, help="sweep directories (default runs/scaling[-quick])")

@@ -182,6 +182,7 @@ def plot(report: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--fresh-seeds", default="7,8", help="Unseen test seeds (comma-separated).")
     ap.add_argument("--bon", type=int, default=16)
     ap.add_argument("--bon-problems", type=int, default=100)
@@ -207,7 +208,7 @@ def main() -> None:
 
 
 def measure(args) -> dict:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     target, draft = load_model("testbed-target"), load_model("testbed-draft")
     prm = TestbedPRM(CHECKPOINTS / "prm")

@@ -7,7 +7,9 @@ the 140 records (a particle-filter@8 particle that ended its turn while thinking
 2) and one more completion and processed token; every other field of every record is unchanged. Rewritten a
 second time by a deliberate change of the sampler (inverse-CDF draws instead of the exponential race, issue 19's
 decode profile): with the old sampler patched back in, the code of that commit still writes all 140 records of
-the previous fixture byte for byte (checked at 2 threads); with the new one, sampled tokens differ."""
+the previous fixture byte for byte (checked at 2 threads); with the new one, sampled tokens differ. Rewritten a third time for the testbed v2 checkpoints (issue 18): a
+different target model (and the default d=6 set, regenerated for the new operand range) writes different
+records; the code that wrote it is the merge of main into world-v2."""
 
 import gzip
 import json

@@ -42,7 +42,7 @@ def test_greedy_counts_once_and_paired_rows_are_per_problem(monkeypatch):
 
     monkeypatch.setattr(scaling, "sweep", fake_sweep)
     args = SimpleNamespace(seeds=3, per_difficulty=3, ns=(1, 4), search_max=4, temperature=0.8, out="/tmp/x",
-                           prms={"trained": "prm=testbed"}, json=True, batch_size=3)
+                           prms={"trained": "prm=testbed"}, json=True, batch_size=3, threads=2)
     report = scaling.measure(args)
     greedy = next(r for r in report["rows"] if r["method"] == "greedy")
     assert greedy["count"] == greedy["problems"] == 6  # 3 problems x 2 difficulties, not x 3 seeds
