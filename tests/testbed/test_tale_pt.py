@@ -3,7 +3,7 @@
 import pytest
 
 from reasonbudget.models import load_model
-from reasonbudget.models.registry import testbed_checkpoints
+from reasonbudget.models.registry import testbed_checkpoints as checkpoints_dir  # not test_*: pytest would collect it
 from reasonbudget.testbed.problems import generate
 from reasonbudget.testbed.traces import final_answer
 
@@ -24,7 +24,7 @@ def test_budget_optimal_answers_and_sft(tmp_path):
         assert e.tokens <= e.vanilla_tokens and (e.budget < e.vanilla_tokens) == (e.tokens < e.vanilla_tokens)
         shorter += e.tokens < e.vanilla_tokens
     assert shorter >= 1
-    stats = sft(testbed_checkpoints() / "target", examples, tmp_path, SFTConfig(epochs=1, batch_size=4))
+    stats = sft(checkpoints_dir() / "target", examples, tmp_path, SFTConfig(epochs=1, batch_size=4))
     assert stats["examples"] == len(examples) and len(stats["history"]) == 1
     tuned = load_model(str(tmp_path))
     assert tuned.profile.name == "testbed" and (tmp_path / "model.safetensors").stat().st_size < 4_000_000  # bf16
@@ -34,4 +34,4 @@ def test_sft_without_examples_says_why(tmp_path):
     from reasonbudget.training.tale_pt import SFTConfig, sft
 
     with pytest.raises(ValueError, match="nothing to train on"):
-        sft(testbed_checkpoints() / "target", [], tmp_path, SFTConfig())
+        sft(checkpoints_dir() / "target", [], tmp_path, SFTConfig())
