@@ -3,7 +3,9 @@
 Methods: plain CoT (unbounded), NoThinking, TALE-EP (its own estimate), and at budgets of 25/50/75/100% of
 the natural thinking length: budget forcing in both styles (`sentence`: the profile's forcing string, s1's;
 `final-answer`: the Budget Guidance paper's baseline, the one its "+26 points" claim is measured against),
-budget guidance (soft) and budget guidance with a hard cap.
+budget guidance (soft) and budget guidance with a hard cap; TALE-PT (plain CoT on `testbed-target-tale-pt`).
+The report's `paired` rows compare the headline cells per problem (guidance vs forcing at 50%, guidance vs plain
+at 75%, TALE-EP / TALE-PT vs plain).
 Mixed difficulties (the default test sets of d = 1..8), several seeds, sampled decoding. Everything runs
 through the evaluation harness: one sweep directory per difficulty (results.jsonl, summary.md, plots),
 resumable; this script pools them into one table, a JSON document and a plot.
