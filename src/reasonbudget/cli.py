@@ -230,16 +230,22 @@ app.add_typer(testbed_app, name="testbed")
 
 
 @testbed_app.command("train")
-def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint directory (default: the package's).")) -> None:
+def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint directory (default: the package's)."),
+                  jobs: int = typer.Option(0, help="Stages run side by side (0: 2 on a machine with 2 or more cores, "
+                                                   "each with half the cores; 1: one after another).")) -> None:
     """Regenerate data and retrain the testbed target, draft, PRM, length predictor, router and TALE-PT variant."""
     import json
     import logging
+    import os
     from pathlib import Path
 
     from reasonbudget.training.testbed import CHECKPOINTS, retrain_all
 
+    if jobs < 0:
+        raise typer.BadParameter(f"{jobs}: accepted are 0 (auto) or a positive number of stages", param_hint="--jobs")
+    jobs = jobs or (2 if (os.cpu_count() or 1) >= 2 else 1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    report = retrain_all(Path(out) if out else CHECKPOINTS)
+    report = retrain_all(Path(out) if out else CHECKPOINTS, jobs=jobs)
     prm = report["prm"]
     typer.echo(json.dumps({"target_seconds": report["target"]["train_seconds"],
                            "target_prompt_tuning_seconds": report["target_prompt_tuning"]["train_seconds"],
@@ -252,6 +258,7 @@ def testbed_train(out: Optional[str] = typer.Option(None, help="Checkpoint direc
                            "router_seconds": report["router"]["train_seconds"],
                            "tale_pt_search_seconds": report["tale_pt"]["search_seconds"],
                            "tale_pt_sft_seconds": report["tale_pt"]["sft"]["train_seconds"],
+                           "stage_seconds": report["stage_seconds"], "jobs": report["jobs"],
                            "total_seconds": report["total_seconds"]}))
 
 

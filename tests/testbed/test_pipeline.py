@@ -27,7 +27,14 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     from reasonbudget.rewards import StepSequence
     from reasonbudget.training.testbed import retrain_all
 
-    report = retrain_all(tmp_path, smoke=True)
+    from reasonbudget.training.testbed import STAGES
+
+    report = retrain_all(tmp_path, smoke=True, jobs=2)  # stages side by side in worker processes
+    spans = report["stage_spans"]
+    assert set(spans) == set(STAGES)
+    for name, (needs, _) in STAGES.items():  # no stage started before what it reads was written
+        assert all(spans[need][1] <= spans[name][0] for need in needs), (name, spans)
+    assert spans["draft"][0] < spans["target"][1]  # the draft trained while the target did
     assert report["target"]["steps_done"] == 3 and report["draft"]["steps_done"] == 3
     tuned = report["target_prompt_tuning"]  # the prompt-tuning stage starts from the trained target
     assert tuned["steps_done"] == 3 and tuned["initial_training"]["name"] == "target"

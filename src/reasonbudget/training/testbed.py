@@ -97,23 +97,99 @@ def train_prm_stage(out: Path, *, per_difficulty: int = 60, samples: int = 4, sm
     return stats
 
 
-def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False) -> dict:
-    """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only)."""
-    from reasonbudget.models import load_model
-    from reasonbudget.training.length_predictor import train_predictor_for
+def _lm_stage(out: Path, smoke: bool, which: str) -> dict:
     from reasonbudget.training.testbed_lm import DRAFT, PROMPT_TUNING, TARGET, train
 
+    cfg = {"target": TARGET, "target_prompt_tuning": PROMPT_TUNING, "draft": DRAFT}[which]
+    if smoke:
+        cfg = replace(cfg, steps=3, warmup_steps=1)
+    if which == "target_prompt_tuning":
+        return train(cfg, out / "target", name="target-prompts", init=out / "target")
+    return train(cfg, out / which, name=which)
+
+
+def _predictor_stage(out: Path, smoke: bool) -> dict:
+    from reasonbudget.models import load_model
+    from reasonbudget.training.length_predictor import train_predictor_for
+
+    return train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR, data="testbed",
+                               **(dict(traces=16, epochs=1) if smoke else {}))
+
+
+def _prm_stage(out: Path, smoke: bool) -> dict:
+    return train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {}))
+
+
+# Stage -> (what it needs, how it runs). The draft trains alongside the target; the PRM, the length predictor and
+# TALE-PT all start from the tuned target and run side by side; the router needs the PRM and both models.
+STAGES = {
+    "target": ((), lambda out, smoke: _lm_stage(out, smoke, "target")),
+    "draft": ((), lambda out, smoke: _lm_stage(out, smoke, "draft")),
+    "target_prompt_tuning": (("target",), lambda out, smoke: _lm_stage(out, smoke, "target_prompt_tuning")),
+    "prm": (("target_prompt_tuning", "draft"), _prm_stage),
+    "length_predictor": (("target_prompt_tuning",), _predictor_stage),
+    "tale_pt": (("target_prompt_tuning",), lambda out, smoke: train_tale_pt_stage(out, smoke=smoke)),
+    "router": (("prm", "draft"), lambda out, smoke: train_router_stage(out, smoke=smoke)),
+}
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(message)s")
+
+
+def run_stage(name: str, out: Path, smoke: bool, threads: int | None = None) -> tuple[dict, float, float]:
+    """One stage (in a worker process when stages run in parallel): its report, start and end (epoch seconds)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.time()
+    report = STAGES[name][1](out, smoke)
+    return report, start, time.time()
+
+
+def retrain_all(out: Path = CHECKPOINTS, *, smoke: bool = False, jobs: int = 1) -> dict:
+    """Everything, from data generation to checkpoints. `smoke`: a few steps of each stage (tests only).
+    `jobs` > 1 runs independent stages side by side in worker processes, each with cpu_count // jobs threads.
+    Every stage seeds itself, so the order stages run in does not change what they produce."""
     t0 = time.time()
-    target, tuning, draft = ((replace(c, steps=3, warmup_steps=1) for c in (TARGET, PROMPT_TUNING, DRAFT)) if smoke
-                             else (TARGET, PROMPT_TUNING, DRAFT))
-    report = {"target": train(target, out / "target", name="target"),
-              "target_prompt_tuning": train(tuning, out / "target", name="target-prompts", init=out / "target"),
-              "draft": train(draft, out / "draft", name="draft"),
-              "prm": train_prm_stage(out, **(dict(per_difficulty=1, samples=1, smoke=True) if smoke else {})),
-              "length_predictor": train_predictor_for(load_model(str(out / "target")), out / PREDICTOR_DIR,
-                                                      data="testbed", **(dict(traces=16, epochs=1) if smoke else {})),
-              "router": train_router_stage(out, smoke=smoke),
-              "tale_pt": train_tale_pt_stage(out, smoke=smoke)}
+    report: dict = {}
+    spans: dict[str, list[float]] = {}  # stage -> [start, end], seconds since the retrain began
+
+    def finish(name: str, result: tuple[dict, float, float]) -> None:
+        report[name], start, end = result
+        spans[name] = [round(start - t0, 1), round(end - t0, 1)]
+        logger.info("stage %s done in %.0fs (%.0fs since the start)", name, end - start, end - t0)
+
+    pending = dict(STAGES)
+
+    def ready() -> list[str]:
+        return [n for n, (needs, _) in pending.items() if all(d in report for d in needs)]
+
+    if jobs <= 1:
+        while pending:
+            name = ready()[0]
+            del pending[name]
+            finish(name, run_stage(name, out, smoke))
+    else:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_logging) as pool:
+            running: dict = {}
+            while pending or running:
+                for name in ready():
+                    del pending[name]
+                    running[pool.submit(run_stage, name, out, smoke, threads)] = name
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future), future.result())
+    report["stage_seconds"] = {name: round(end - start, 1) for name, (start, end) in spans.items()}
+    report["stage_spans"] = spans
+    report["jobs"] = jobs
     report["total_seconds"] = round(time.time() - t0, 1)
     (out / "retrain.json").write_text(json.dumps(report, indent=2))
     return report
