@@ -327,13 +327,17 @@ def train_router_cmd(
     task: str = typer.Option("gsm8k:split=train", help="Label-generation problems of a real pair (a task spec)."),
     prm: str = typer.Option("auto", help="The PRM that scores both models' steps (a real pair: its trained PRM head "
                                          "directory, or auto)."),
-    epochs: Optional[int] = typer.Option(None, help="Default: 3 (fine-tuned router), 60 (router head)."),
-    lr: Optional[float] = typer.Option(None, help="Default: 3e-4 (fine-tuned router), 1e-3 (router head)."),
+    epochs: Optional[int] = typer.Option(None, help="Default: 3 (fine-tuned router), 60 (router heads)."),
+    lr: Optional[float] = typer.Option(None, help="Default: 3e-4 (fine-tuned router), 1e-3 (router heads)."),
     balance: str = typer.Option("downsample", help="downsample (majority class to 1:1, the paper's default) | none"),
+    kind: str = typer.Option("prm-features", help="Testbed: prm-features (a head over the PRM's step features, "
+                                                  "started from its step head) | classifier (fine-tuned from the "
+                                                  "PRM's LM, the paper's recipe)."),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
-    scores both, the better continues), then a classifier: on the testbed fine-tuned from the PRM's LM, for a
-    real pair a head over the frozen draft model (too large to fine-tune here)."""
+    scores both, the better continues), then a classifier: on the testbed a head over the PRM's step features
+    (or, --kind classifier, fine-tuned from the PRM's LM), for a real pair a head over the frozen draft model
+    (too large to fine-tune here)."""
     import json
     import logging
     from pathlib import Path
@@ -346,17 +350,22 @@ def train_router_cmd(
         _fail("--problems and --epochs must be >= 1 and --lr > 0")
     if balance not in ("downsample", "none"):
         _fail(f"--balance {balance!r}: accepted are downsample, none")
+    if kind not in ("prm-features", "classifier"):
+        _fail(f"--kind {kind!r}: accepted are prm-features, classifier")
     try:
         d, t = load_model(draft), load_model(target)
         check_shared_tokenizer(d, t)
         where = Path(out) if out else companion_dir(t.name, "router")
         if t.profile.name == "testbed":
             from reasonbudget.rewards.factory import testbed_prm_dir
+            from reasonbudget.training.prm_router import PRMRouterConfig
             from reasonbudget.training.router import RouterTrainConfig
             from reasonbudget.training.testbed import train_testbed_router
 
-            report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems,
-                                          cfg=RouterTrainConfig(epochs=epochs or 3, lr=lr or 3e-4, balance=balance))
+            cfg = (PRMRouterConfig(epochs=epochs or 60, lr=lr or 1e-3, balance=balance) if kind == "prm-features"
+                   else RouterTrainConfig(epochs=epochs or 3, lr=lr or 3e-4, balance=balance))
+            report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems, cfg=cfg,
+                                          kind=kind)
         else:
             report = _train_real_router(d, t, where, task=task, limit=problems, prm=prm, epochs=epochs, lr=lr,
                                         balance=balance)

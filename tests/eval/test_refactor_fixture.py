@@ -9,7 +9,12 @@ second time by a deliberate change of the sampler (inverse-CDF draws instead of 
 decode profile): with the old sampler patched back in, the code of that commit still writes all 140 records of
 the previous fixture byte for byte (checked at 2 threads); with the new one, sampled tokens differ. Rewritten a third time for the testbed v2 checkpoints (issue 18): a
 different target model (and the default d=6 set, regenerated for the new operand range) writes different
-records; the code that wrote it is the merge of main into world-v2."""
+records; the code that wrote it is the merge of main into world-v2. Rewritten a fourth time for the testbed PRM's
+prefix cache (each token read once, `rewards.segment_kv`): with the cache off that code still writes the previous
+fixture byte for byte; with it on, the 40 particle-filter records change: `prm_tokens` in all (301380 -> 16110
+in total), and the trajectory in about half, because the verifier reads in bfloat16 and a score from an
+incremental read differs from a padded batch read by rounding (equal to 1e-5 in float32, see
+`tests/search/test_segment_kv.py`). Particle filtering still answers 34 of its 40 right."""
 
 import gzip
 import json

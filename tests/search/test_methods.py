@@ -170,7 +170,7 @@ def test_gibbs_reference_is_weighted_by_its_own_score_at_the_same_step():
 def test_the_trained_prm_is_the_default_for_testbed_models_and_its_reading_is_counted(testbed):
     results = _run(testbed, "particle-filter", 2)
     for r in results:
-        assert r.usage.prm_calls >= 2 and r.usage.prm_tokens > r.usage.prm_calls * 10
+        assert r.usage.prm_calls >= 2 and r.usage.prm_tokens >= r.usage.prm_calls * 3  # at least a step each
 
 
 def test_the_self_judge_scores_particles_on_their_rows_at_a_fixed_cost_per_call(smollm):

@@ -46,8 +46,8 @@ def test_smoke_retrain_writes_loadable_checkpoints(tmp_path):
     assert (tmp_path / PREDICTOR_DIR / "length_predictor.safetensors").is_file()
     scores = PRM(tmp_path / "prm").score_steps([StepSequence("1 + 2 mod 100", ("1 + 2 = 3",))])
     assert scores[0].shape == (1,) and 0.0 <= float(scores[0][0]) <= 1.0
-    from reasonbudget.rewards.router import RouterItem, StepRouter
+    from reasonbudget.rewards.router import RouterItem, load_router_dir
 
     assert report["router"]["examples"] >= 8  # one problem per difficulty, at least one round each
-    (y,) = StepRouter(tmp_path / "router").predict([RouterItem("1 + 2 mod 100", (), ("1 + 2 = 3",))])
+    (y,) = load_router_dir(tmp_path / "router").predict([RouterItem("1 + 2 mod 100", (), ("1 + 2 = 3",))])
     assert 0.0 <= y <= 1.0

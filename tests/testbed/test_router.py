@@ -1,10 +1,12 @@
-"""Arbitrage's router: its input text, label generation, balancing, metrics, and the trained classifier."""
+"""Arbitrage's router: its input text, label generation, balancing, metrics, the trained classifier and the head
+over the PRM's step features."""
 
 import json
 import math
 import random
 
 import pytest
+import torch
 
 from reasonbudget.rewards.router import RouterItem, StepRouter, router_text
 from reasonbudget.training.router import (
@@ -15,6 +17,7 @@ from reasonbudget.training.router import (
     save_examples,
     split_by_problem,
 )
+from reasonbudget.training.testbed import CHECKPOINTS
 
 
 def _ex(problem: str, d: float, t: float) -> RouterExample:
@@ -54,22 +57,61 @@ def test_label_dump_round_trips(tmp_path):
         "problem", "prev_responses", "draft_response", "target_response"}
 
 
-def test_train_router_command_labels_trains_and_loads(tmp_path):
-    """Two problems per difficulty through the real pipeline (committed draft, target and PRM): the router
+@pytest.mark.parametrize("kind", ["prm-features", "classifier"])
+def test_train_router_command_labels_trains_and_loads(tmp_path, kind):
+    """Three problems per difficulty through the real pipeline (committed draft, target and PRM): the router
     loads and predicts one probability per item; its report has the paper's metrics."""
     from typer.testing import CliRunner
 
     from reasonbudget.cli import app
+    from reasonbudget.rewards.router import load_router_dir
 
-    res = CliRunner().invoke(app, ["train-router", "--problems", "3", "--epochs", "1", "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["train-router", "--problems", "3", "--epochs", "1", "--kind", kind,
+                                   "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["examples"] >= 24 and {"spearman_rho", "acc0", "acc1"} <= set(out["held_out"])
-    router = StepRouter(tmp_path)
+    router = load_router_dir(tmp_path)
+    assert isinstance(router, StepRouter) == (kind == "classifier")
     assert json.loads((tmp_path / "router.json").read_text())["pair"] == {"draft": "testbed-draft",
                                                                            "target": "testbed-target"}
     y = router.predict([RouterItem("1 + 2 mod 100", (), ("1 + 2 = 3",)), RouterItem("1 + 2 mod 100", (), ("1 + 2 = 9",))])
     assert len(y) == 2 and all(0.0 <= v <= 1.0 for v in y) and router.calls == 2
+    if kind == "prm-features":  # it starts as 1 - PRM(step): a wrong step is escalated ahead of a right one
+        assert y[1] > y[0]
+
+
+def test_prm_feature_router_starts_as_the_negated_prm_and_refuses_another_prm(tmp_path):
+    import shutil
+
+    from reasonbudget.rewards.prm_router import PRMFeatureHead, annotation_features, router_inputs
+    from reasonbudget.rewards.testbed_prm import TestbedPRM
+    from reasonbudget.training.prm_router import PRMRouterConfig, train_prm_feature_router
+    from reasonbudget.training.router import RouterExample
+
+    assert annotation_features(()) == [0.0, 0.0, 0.0]
+    assert annotation_features((("a", 0), ("b", 1), ("c", 1), ("d", 0))) == [0.5, 0.0, 4 / 24]
+    prm = TestbedPRM(CHECKPOINTS / "prm")
+    items = [RouterItem("1 + 2 mod 100", (("1 + 2 = 3", 1),), ("3 + 4 = 7",)),
+             RouterItem("1 + 2 mod 100", (), ("1 + 2 = 9",))]
+    x, a = router_inputs(prm, items)
+    head = PRMFeatureHead.from_prm_head(prm.head)
+    with torch.no_grad():
+        assert torch.allclose(head(x, a), -prm.head(x), atol=1e-6)
+    prm_dir = tmp_path / "prm"
+    shutil.copytree(CHECKPOINTS / "prm", prm_dir)
+    examples = [RouterExample(it, ("x",), d, t) for it, d, t in zip(items * 4, [0.9, 0.1] * 4, [0.8, 0.9] * 4)]
+    train_prm_feature_router(examples, prm_dir, tmp_path / "router", PRMRouterConfig(epochs=1, val_fraction=0.0),
+                             separator="\n")
+    from reasonbudget.rewards.router import load_router_dir
+
+    assert len(load_router_dir(tmp_path / "router").predict(items)) == 2
+    (prm_dir / "step_head.safetensors").write_bytes((prm_dir / "step_head.safetensors").read_bytes()[:-4] + b"\0" * 4)
+    with pytest.raises(ValueError, match="another PRM.*train-router"):
+        load_router_dir(tmp_path / "router")
+    shutil.rmtree(prm_dir)
+    with pytest.raises(FileNotFoundError, match="missing.*train-router"):
+        load_router_dir(tmp_path / "router")
 
 
 def test_train_router_refuses_a_pair_it_cannot_label(smollm):

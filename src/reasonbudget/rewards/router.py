@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from reasonbudget.rewards.segment_kv import SegmentKV
+
 CONFIG_FILE = "router.json"
 DRAFT_TAG, TARGET_TAG = "Model 0: ", "Model 1: "
 
@@ -30,13 +32,24 @@ class RouterItem:
     """The draft's current step (two in the round where thinking closes: its last line and the answer)."""
 
 
-def router_text(item: RouterItem, separator: str, *, annotate: bool = True) -> str:
-    """The router's input text (no chat template: the reference feeds the PRM tokenizer's plain ids)."""
+def router_segments(item: RouterItem, separator: str, *, annotate: bool = True) -> list[str]:
+    """The router's input text in segments: the problem, then each step with its writer's tag."""
     tag = (lambda w: TARGET_TAG if w else DRAFT_TAG) if annotate else (lambda w: "")
     parts = [item.problem.strip() + "\n"]
     parts += [f"{tag(w)}{s}{separator}" for s, w in item.history]
     parts += [f"{tag(0)}{s}{separator}" for s in item.draft]
-    return "".join(parts)
+    return parts
+
+
+def router_text(item: RouterItem, separator: str, *, annotate: bool = True) -> str:
+    """The router's input text (no chat template: the reference feeds the PRM tokenizer's plain ids)."""
+    return "".join(router_segments(item, separator, annotate=annotate))
+
+
+def segment_keys(item: RouterItem) -> list[tuple]:
+    """One key per segment naming the prefix it ends: a draft step that is kept later reads as history."""
+    steps = item.history + tuple((s, 0) for s in item.draft)
+    return [(item.problem,)] + [(item.problem, steps[: j + 1]) for j in range(len(steps))]
 
 
 def encode_batch(tok, texts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +70,10 @@ def escalate_logits(model, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
 
 class StepRouter:
     """A trained router directory: the classifier's weights, its tokenizer and `router.json` (separator,
-    annotation, the pair it was trained for)."""
+    annotation, the pair it was trained for). With `prefix_cache` (segments kept; 0: none) the LM's keys and
+    values are kept per (problem, steps so far), so each round reads only the draft's new step."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, prefix_cache: int = 4096) -> None:
         from transformers import AutoTokenizer, LlamaForSequenceClassification
 
         path = Path(path)
@@ -72,6 +86,7 @@ class StepRouter:
         self.calls = 0
         self.tokens_read = 0
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.segments = SegmentKV(prefix_cache) if prefix_cache else None
 
     @property
     def separator(self) -> str:
@@ -80,22 +95,57 @@ class StepRouter:
     @torch.inference_mode()
     def predict(self, items: Sequence[RouterItem], batch_size: int = 64) -> list[float]:
         """y_hat in [0, 1] per item: P(the target's step would score higher)."""
-        out: list[float] = []
-        texts = [router_text(it, self.separator, annotate=self.config.get("annotate", True)) for it in items]
-        for i in range(0, len(texts), batch_size):
-            x, last = encode_batch(self.tok, texts[i : i + batch_size], self.tok.pad_token_id)
-            out += torch.softmax(escalate_logits(self.model, x, last).float(), -1)[:, 1].tolist()
+        annotate = self.config.get("annotate", True)
+        out: list[float | None] = [None] * len(items)
+        if self.segments is not None:
+            for i, it in enumerate(items):
+                out[i] = self._cached(it, router_segments(it, self.separator, annotate=annotate))
+        rest = [i for i, y in enumerate(out) if y is None]
+        texts = [router_text(items[i], self.separator, annotate=annotate) for i in rest]
+        for b in range(0, len(texts), batch_size):
+            x, last = encode_batch(self.tok, texts[b : b + batch_size], self.tok.pad_token_id)
+            ys = torch.softmax(escalate_logits(self.model, x, last).float(), -1)[:, 1].tolist()
+            for i, y in zip(rest[b : b + batch_size], ys):
+                out[i] = y
             self.tokens_read += int(last.sum()) + len(last)
         self.calls += len(items)
         return out
 
+    def _cached(self, item: RouterItem, texts: list[str]) -> float | None:
+        """y_hat reading only the segments past the longest prefix read before; None when the tokenizer does
+        not split the text at segment boundaries (then the whole text is read)."""
+        pieces = [self.tok.encode(t, add_special_tokens=False) for t in texts]
+        if [t for p in pieces for t in p] != self.tok.encode("".join(texts), add_special_tokens=False):
+            return None
+        keys = segment_keys(item)
+        path = self.segments.lookup(keys)
+        if len(path) < len(keys):
+            feed = pieces[len(path) :]
+            cache = self.segments.past(path)
+            start = cache.get_seq_length()
+            hidden = self.model.model(input_ids=torch.tensor([t for p in feed for t in p])[None], cache=cache,
+                                      use_cache=True).last_hidden_state[0]
+            ends = torch.tensor([len(p) for p in feed]).cumsum(0) - 1
+            self.segments.add(keys[len(path) :], cache, start, [len(p) for p in feed], list(hidden[ends]))
+            self.tokens_read += int(ends[-1]) + 1
+            last = hidden[ends[-1]]
+        else:
+            last = path[-1].extra
+        return float(torch.softmax(self.model.score(last).float(), -1)[1])
+
 
 def load_router_dir(path: str | Path):
-    """The router in a directory: a fine-tuned classifier (`StepRouter`) or a head over a frozen base model
-    (`rewards.head_router.HeadRouter`, `"kind": "head"` in its config)."""
+    """The router in a directory: a fine-tuned classifier (`StepRouter`), a head over a frozen base model
+    (`rewards.head_router.HeadRouter`, `"kind": "head"` in its config) or a head over a testbed PRM's step
+    features (`rewards.prm_router.PRMFeatureRouter`, `"kind": "prm-features"`)."""
     path = Path(path)
-    if (path / CONFIG_FILE).exists() and json.loads((path / CONFIG_FILE).read_text()).get("kind") == "head":
+    kind = json.loads((path / CONFIG_FILE).read_text()).get("kind") if (path / CONFIG_FILE).exists() else None
+    if kind == "head":
         from reasonbudget.rewards.head_router import HeadRouter
 
         return HeadRouter(path)
+    if kind == "prm-features":
+        from reasonbudget.rewards.prm_router import PRMFeatureRouter
+
+        return PRMFeatureRouter(path)
     return StepRouter(path)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from reasonbudget.rewards.base import StepSequence
+from reasonbudget.rewards.segment_kv import SegmentKV
 
 HEAD_FILE, HEAD_CONFIG = "step_head.safetensors", "step_head.json"
 SCALAR_FEATURES = 3  # line min log-prob, line mean log-prob, running min log-prob
@@ -52,16 +53,21 @@ def _batch(tok, items: Sequence[tuple[str, Sequence[str]]]) -> tuple[Tensor, Ten
     return x, mask, [ends for _, ends in encoded]
 
 
+def line_features(line_logprobs: Tensor, running: float) -> list[float]:
+    """One step's unscaled scalar features from its characters' log-probs (not its newline's) and the running
+    minimum before it; pure. -> [line min, line mean, running min after it]"""
+    line = line_logprobs.clamp(min=LOGPROB_FLOOR)
+    low = float(line.min()) if line.numel() else 0.0
+    return [low, float(line.mean()) if line.numel() else 0.0, min(running, low)]
+
+
 def features_from_logprobs(token_logprobs: Tensor, ends: Sequence[int], first: int) -> Tensor:
     """Scalar features per step; pure. token_logprobs[t]: log p(token t | tokens < t); the steps' tokens
     start at `first` and step i ends with its newline at ends[i]. -> [num_steps, SCALAR_FEATURES]"""
     rows, running, start = [], 0.0, first
     for end in ends:
-        line = token_logprobs[start:end].clamp(min=LOGPROB_FLOOR)  # the step's characters, not its newline
-        low = float(line.min()) if line.numel() else 0.0
-        running = min(running, low)
-        rows.append([low, float(line.mean()) if line.numel() else 0.0, running])
-        start = end + 1
+        rows.append(line_features(token_logprobs[start:end], running))
+        running, start = rows[-1][2], end + 1
     return torch.tensor(rows) / -LOGPROB_FLOOR
 
 
@@ -95,9 +101,13 @@ class StepHead(nn.Module):
 
 
 class TestbedPRM:
-    """`ProcessRewardModel` over a checkpoint directory: the verifier LM plus `step_head.safetensors`."""
+    """`ProcessRewardModel` over a checkpoint directory: the verifier LM plus `step_head.safetensors`.
 
-    def __init__(self, path: str | Path) -> None:
+    With `prefix_cache` (segments kept, default 4096; 0: none) the verifier LM's keys and values are kept per
+    (question, steps so far): a trace that extends one scored before feeds only its new steps, so scoring every
+    step of a search or drafting run reads each token once instead of once per later step."""
+
+    def __init__(self, path: str | Path, *, prefix_cache: int = 4096) -> None:
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -108,12 +118,57 @@ class TestbedPRM:
         self.head = StepHead(cfg["d_model"], cfg["hidden"]).eval()
         self.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         self.tokens_read = 0
+        self.segments = SegmentKV(prefix_cache) if prefix_cache else None
 
     def count_tokens(self, items: Sequence[StepSequence]) -> int:
         return sum(len(encode_item(self.tok, it.problem, it.steps)[0]) for it in items)
 
     @torch.inference_mode()
     def score_steps(self, items: Sequence[StepSequence], batch_size: int = 64) -> list[Tensor]:
-        feats = step_features(self.lm, self.tok, [(it.problem, it.steps) for it in items], batch_size)
-        self.tokens_read += self.count_tokens(items)
+        feats = self.score_features([(it.problem, tuple(it.steps)) for it in items], batch_size)
         return [torch.sigmoid(self.head(f)) for f in feats]
+
+    @torch.inference_mode()
+    def score_features(self, items: Sequence[tuple[str, tuple[str, ...]]], batch_size: int = 64) -> list[Tensor]:
+        """Per (question, steps): the step head's input, [num_steps, SCALAR_FEATURES + d_model]."""
+        if self.segments is not None:
+            return [self._cached_features(q, tuple(steps)) for q, steps in items]
+        self.tokens_read += sum(len(encode_item(self.tok, q, s)[0]) for q, s in items)
+        return step_features(self.lm, self.tok, items, batch_size)
+
+    @torch.inference_mode()
+    def _cached_features(self, question: str, steps: tuple[str, ...]) -> Tensor:
+        """[num_steps, SCALAR_FEATURES + d_model], as `step_features` computes them, feeding only the steps
+        past the longest prefix read before."""
+        keys = [(question,)] + [(question, steps[: j + 1]) for j in range(len(steps))]
+        path = self.segments.lookup(keys)
+        known = [seg.extra["feature"] for seg in path[1:]]
+        if len(path) == len(keys):
+            return torch.stack(known) if known else torch.zeros(0, SCALAR_FEATURES + self.lm.config.hidden_size)
+        pieces = [encode_item(self.tok, question, ())[0] if len(path) == 0 else None]
+        pieces += [self.tok.encode(step + "\n", add_special_tokens=False) for step in steps]
+        feed = pieces[len(path) :]
+        x = torch.tensor([t for piece in feed for t in piece])
+        cache = self.segments.past(path)
+        start = cache.get_seq_length()
+        res = self.lm(input_ids=x[None], cache=cache, use_cache=True, output_hidden_states=True)
+        logp = torch.log_softmax(res.logits[0].float(), dim=-1)
+        hidden = res.hidden_states[-1][0].float()
+        first = path[-1].extra["next"][x[0]] if path else torch.tensor(0.0)  # position 0 has no context
+        token_lp = torch.cat([first.view(1), logp[:-1].gather(-1, x[1:, None])[:, 0]])
+        self.tokens_read += len(x)
+        extras, pos = [], 0
+        running = path[-1].extra["running"] if path else 0.0
+        for k, piece in enumerate(feed, start=len(path)):
+            end = pos + len(piece) - 1  # the segment's last token: the prompt's, or the step's newline
+            extra = {"next": logp[end].clone(), "running": running, "feature": None}  # not a view of logp
+            if k > 0:
+                row = line_features(token_lp[pos:end], running)
+                running = row[2]
+                extra.update(running=running,
+                             feature=torch.cat([torch.tensor(row) / -LOGPROB_FLOOR, hidden[end]]))
+                known.append(extra["feature"])
+            extras.append(extra)
+            pos = end + 1
+        self.segments.add(keys[len(path) :], cache, start, [len(p) for p in feed], extras)
+        return torch.stack(known) if known else torch.zeros(0, SCALAR_FEATURES + hidden.shape[-1])

@@ -33,20 +33,29 @@ def router_training_problems(per_difficulty: int):
 
 
 def train_testbed_router(draft, target, prm_dir: Path, router_out: Path, *, per_difficulty: int = 100,
-                         cfg=None, pair: dict | None = None, **generation) -> dict:
+                         cfg=None, pair: dict | None = None, kind: str = "prm-features", **generation) -> dict:
     """Oracle labels of a testbed (draft, target) pair of LoadedModels scored by the PRM in `prm_dir`, then the
-    router (initialised from that PRM's verifier LM) into `router_out`."""
+    router into `router_out`: a head over that PRM's step features (`kind="prm-features"`, started from its step
+    head) or a classifier fine-tuned from its verifier LM (`"classifier"`, the paper's recipe)."""
     from reasonbudget.rewards.testbed_prm import TestbedPRM
     from reasonbudget.training.router import RouterTrainConfig, generate_labels, train_router
 
+    if kind not in ("prm-features", "classifier"):
+        raise ValueError(f"router kind {kind!r}: accepted are prm-features, classifier")
     t0 = time.time()
     questions = [p.question for p in router_training_problems(per_difficulty)]
     examples = generate_labels(draft, target, TestbedPRM(prm_dir), questions, **generation,
                                progress=lambda k, n: logger.info("router labels: %d/%d problems", k, n))
     labelling = round(time.time() - t0, 1)
-    report = train_router(examples, prm_dir, router_out, cfg or RouterTrainConfig(),
-                          separator=target.profile.step_delimiter,
-                          pair=pair or {"draft": draft.name, "target": target.name})
+    pair = pair or {"draft": draft.name, "target": target.name}
+    if kind == "prm-features":
+        from reasonbudget.training.prm_router import PRMRouterConfig, train_prm_feature_router
+
+        report = train_prm_feature_router(examples, prm_dir, router_out, cfg or PRMRouterConfig(),
+                                          separator=target.profile.step_delimiter, pair=pair)
+    else:
+        report = train_router(examples, prm_dir, router_out, cfg or RouterTrainConfig(),
+                              separator=target.profile.step_delimiter, pair=pair)
     return {"labelling_seconds": labelling, "problems": len(questions), **report}
 
 
@@ -69,10 +78,10 @@ def train_tale_pt_stage(out: Path, *, per_difficulty: int = 100, smoke: bool = F
 
 def train_router_stage(out: Path, *, smoke: bool = False) -> dict:
     from reasonbudget.models import load_model
-    from reasonbudget.training.router import RouterTrainConfig
+    from reasonbudget.training.prm_router import PRMRouterConfig
 
     draft, target = load_model(str(out / "draft")), load_model(str(out / "target"))
-    smoke_args = dict(per_difficulty=1, cfg=RouterTrainConfig(epochs=1), max_steps=3, max_tokens=48) if smoke else {}
+    smoke_args = dict(per_difficulty=1, cfg=PRMRouterConfig(epochs=1), max_steps=3, max_tokens=48) if smoke else {}
     pair = {"draft": "testbed-draft", "target": "testbed-target"}  # what the checkpoints are registered as
     return train_testbed_router(draft, target, out / "prm", out / ROUTER_DIR, pair=pair, **smoke_args)
 
