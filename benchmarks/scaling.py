@@ -41,6 +41,7 @@ PRMS = {"trained": "prm=testbed", "noisy-oracle": "prm=oracle,prm_noise=0.2",
         "calibrated-noisy-oracle": "prm=oracle,prm_noise=0.2,prm_calibrated=true"}
 STEPS = "max_tokens=320"  # testbed traces stay under ~250 tokens; this bounds the KV cache rows
 SUBSAMPLED = ("best-of-n", "weighted-best-of-n", "majority-vote")
+NO_PRM = ("majority-vote", "pass@n")  # read from the same samples without the PRM: one row, whatever the PRM
 TEMPERATURE = 0.8
 BEAM_WIDTH = 4  # beam search and DVTS start at N = beam width
 
@@ -76,8 +77,9 @@ def outcome(record: dict, **over) -> dict:
 
 
 def subsample(record: dict, n: int, task: str = "testbed") -> dict[str, dict]:
-    """best-of-n, weighted-best-of-n and majority-vote on the first n samples of a many-sample record; the
-    cost is the share of the record's that n samples take."""
+    """best-of-n, weighted-best-of-n and majority-vote on the first n samples of a many-sample record, and
+    pass@n (one of them is right: what a perfect selector would get); the cost is the share of the record's
+    that n samples take."""
     from reasonbudget.methods.scaling.common import finite
     from reasonbudget.search.voting import answer_groups, vote
     from reasonbudget.tasks import grade
@@ -97,6 +99,9 @@ def subsample(record: dict, n: int, task: str = "testbed") -> dict[str, dict]:
                               generated_tokens=share * u["completion_tokens"], prm_calls=n if scored else 0,
                               prm_tokens=share * u["prm_tokens"] if scored else 0,
                               wall_seconds=share * u["wall_seconds"])
+    out["pass@n"] = outcome(record, correct=any(grade(a, record["gold"], task=task) for a in answers),
+                            generated_tokens=share * u["completion_tokens"], prm_calls=0, prm_tokens=0,
+                            wall_seconds=share * u["wall_seconds"])
     return out
 
 
@@ -134,9 +139,9 @@ def measure(args) -> dict:
                         continue
                     for n in args.ns:
                         for method, cell in subsample(r, n).items():
-                            if method == "majority-vote" and prm != next(iter(args.prms)):
+                            if method in NO_PRM and prm != next(iter(args.prms)):
                                 continue  # no PRM: one row is enough
-                            cells[(method, "-" if method == "majority-vote" else prm, n)].append(cell)
+                            cells[(method, "-" if method in NO_PRM else prm, n)].append(cell)
                     continue
                 cells[(name, prm, r["budget"])].append(outcome(r))
                 if name == "particle-filter" and "picks" in r["trace"]:  # the same run, weighted-vote selection

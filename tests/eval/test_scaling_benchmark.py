@@ -50,7 +50,19 @@ def test_greedy_counts_once_and_paired_rows_are_per_problem(monkeypatch):
     pf = next(r for r in report["rows"] if r["method"] == "particle-filter" and r["n"] == 1)
     assert pf["count"] == 18 and pf["problems"] == 6 and pf["ci_low"] <= pf["accuracy"] <= pf["ci_high"]
     assert {"mean_prm_calls", "mean_prm_tokens", "mean_generated_tokens"} <= pf.keys()
+    passed = next(r for r in report["rows"] if r["method"] == "pass@n" and r["n"] == 4)
+    assert passed["prm"] == "-" and passed["accuracy"] == 2 / 3 and passed["mean_prm_calls"] == 0
     against = {tuple(p["b"][:1]) for p in report["paired"] if p["a"][0] == "particle-filter"}
     assert against == {("weighted-best-of-n",), ("dvts",), ("greedy",)}
     for p in report["paired"]:
         assert {"a", "b", "diff", "diff_ci_low", "diff_ci_high", "p"} <= p.keys()
+
+
+def test_pass_at_n_is_right_when_any_of_the_first_n_samples_is():
+    scaling = load_scaling()
+    r = record("best-of-n", 4, 0, "p0", correct=False)
+    r["trace"]["answers"] = ["The answer is 3.", "The answer is 3.", "The answer is 7.", "The answer is 3."]
+    assert not scaling.subsample(r, 2)["pass@n"]["correct"]
+    four = scaling.subsample(r, 4)
+    assert four["pass@n"]["correct"] and not four["majority-vote"]["correct"]
+    assert four["pass@n"]["prm_tokens"] == 0
