@@ -16,7 +16,10 @@ tiny models' wall time is mostly Python).
 
 --json prints {"rows": [{"pair", "method", "threshold", "accuracy", "acceptance", "latency_s", "flops",
 "target_calls", ...}...], "matched": [{"pair", "accuracy", "rsd_latency_s", "arbitrage_latency_s", "speedup",
-...}...]}. Plots (--plot-dir, default OUT): accuracy vs acceptance, accuracy vs latency (and vs FLOPs).
+...}...], "paired": [{"pair", "arbitrage_threshold", "rsd_threshold", "arbitrage_acceptance",
+"rsd_acceptance", "diff", "diff_ci_low", "diff_ci_high", "p", "verdict"}...]} (paired: each Arbitrage
+threshold against RSD at the nearest acceptance, per-problem differences on the same problems). Plots
+(--plot-dir, default OUT): accuracy vs acceptance, accuracy vs latency (and vs FLOPs).
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows, notes = [], []
+    per_cell: dict[tuple, dict[str, list[bool]]] = {}  # (pair, method, threshold) -> problem -> correct
     for pair_name in args.pairs:
         pair = PAIRS[pair_name]
         tasks = pair["tasks"] if pair_name == "testbed" else ["gsm8k"]
@@ -128,6 +132,7 @@ def measure(args) -> dict:
                 cells[("draft-only", None)].append(cell(r, 0) | {"acceptance": 1.0})
             _log(args, f"{pair_name} {task} done ({time.time() - t0:.0f}s)")
         for (method, thr), cs in cells.items():
+            per_cell[(pair_name, method, thr)] = {c["problem_id"]: [c["correct"]] for c in cs}
             if method == "target-only":
                 for c in cs:
                     c["acceptance"] = 0.0
@@ -140,7 +145,8 @@ def measure(args) -> dict:
                          "latency_s": statistics.mean(c["latency_s"] for c in cs), "flops": flops,
                          "target_equivalent_tokens": flops / (2.0 * target_params),
                          "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs)})
-    return {"rows": rows, "matched": matched(rows), "notes": notes, "seconds": round(time.time() - t0, 1),
+    return {"rows": rows, "matched": matched(rows), "paired": paired_at_acceptance(rows, per_cell),
+            "notes": notes, "seconds": round(time.time() - t0, 1),
             "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
                          "per_difficulty": args.per_difficulty, "qwen_limit": args.qwen_limit,
                          "max_tokens": args.max_tokens, "threads": args.threads, "quick": args.quick}}
@@ -175,6 +181,26 @@ def matched(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_at_acceptance(rows: list[dict], per_cell: dict) -> list[dict]:
+    """Per pair, every Arbitrage threshold against the RSD threshold whose step acceptance is nearest: the
+    per-problem accuracy difference over the same problems (bootstrap interval, sign-flip p), so that "the
+    router's curve lies above RSD's" is a test and not a reading of two curves."""
+    from reasonbudget.eval.stats import paired_difference, verdict
+
+    out = []
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        rsd = [r for r in rows if r["pair"] == pair and r["method"] == "rsd"]
+        for a in (r for r in rows if r["pair"] == pair and r["method"] == "arbitrage"):
+            if not rsd:
+                break
+            b = min(rsd, key=lambda r: (abs(r["acceptance"] - a["acceptance"]), r["threshold"]))
+            d = paired_difference(per_cell[(pair, "arbitrage", a["threshold"])], per_cell[(pair, "rsd", b["threshold"])])
+            out.append({"pair": pair, "arbitrage_threshold": a["threshold"], "rsd_threshold": b["threshold"],
+                        "arbitrage_acceptance": a["acceptance"], "rsd_acceptance": b["acceptance"], **d,
+                        "verdict": verdict(d, ("Arbitrage", "RSD"))})
+    return out
+
+
 def _log(args, msg: str) -> None:
     if not args.json:
         print(msg, file=sys.stderr, flush=True)
@@ -195,6 +221,13 @@ def print_table(report: dict) -> None:
                   f"speedup {m['speedup']:.2f}x  (tau {m['arbitrage_threshold']}, delta {m['rsd_threshold']})")
     else:
         print("\nno matched-accuracy comparison: no RSD point reaches an Arbitrage point's accuracy, or no router rows")
+    if report.get("paired"):
+        print("\nat matched acceptance (Arbitrage - RSD at the nearest acceptance, same problems; 95% bootstrap "
+              "interval over problems, sign-flip p):")
+        for p in report["paired"]:
+            print(f"{p['pair']:8} tau {p['arbitrage_threshold']:.1f} ({p['arbitrage_acceptance']:.3f}) vs delta "
+                  f"{p['rsd_threshold']:.1f} ({p['rsd_acceptance']:.3f}): {p['diff']:+.3f} "
+                  f"[{p['diff_ci_low']:+.3f}, {p['diff_ci_high']:+.3f}] p={p['p']:.2f}  {p['verdict']}")
     for n in report.get("notes", []):
         print("note:", n)
     print(f"\ntotal {report['seconds']} s")

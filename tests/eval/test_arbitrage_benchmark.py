@@ -1,0 +1,40 @@
+"""The step-level drafting benchmark's comparisons (synthetic rows, no model)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("arbitrage_bench", BENCH / "arbitrage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(method, thr, acc, acceptance, flops):
+    return {"pair": "testbed", "method": method, "threshold": thr, "accuracy": acc, "acceptance": acceptance,
+            "flops": flops, "latency_s": flops / 100}
+
+
+def test_each_arbitrage_threshold_meets_rsd_at_the_nearest_acceptance_on_the_same_problems():
+    bench = load()
+    rows = [row("rsd", 0.2, 0.5, 0.9, 10), row("rsd", 0.8, 1.0, 0.5, 20),
+            row("arbitrage", 0.3, 1.0, 0.85, 12), row("arbitrage", 0.7, 0.5, 0.55, 15)]
+    problems = [f"p{i}" for i in range(40)]
+    per_cell = {("testbed", "rsd", 0.2): {p: [i % 2 == 0] for i, p in enumerate(problems)},
+                ("testbed", "rsd", 0.8): {p: [True] for p in problems},
+                ("testbed", "arbitrage", 0.3): {p: [True] for p in problems},
+                ("testbed", "arbitrage", 0.7): {p: [i % 2 == 0] for i, p in enumerate(problems)}}
+    paired = bench.paired_at_acceptance(rows, per_cell)
+    assert [(p["arbitrage_threshold"], p["rsd_threshold"]) for p in paired] == [(0.3, 0.2), (0.7, 0.8)]
+    first, second = paired
+    assert first["diff"] == 0.5 and first["diff_ci_low"] > 0 and first["verdict"] == "Arbitrage better"
+    assert second["diff"] == -0.5 and second["verdict"] == "RSD better"
+    assert first["problems"] == 40
+    # matched accuracy: the cheapest RSD point at least as accurate as each Arbitrage frontier point
+    (m,) = bench.matched(rows)  # Arbitrage's frontier is tau 0.3 alone (tau 0.7 costs more and is less accurate)
+    assert m["arbitrage_threshold"] == 0.3 and m["rsd_threshold"] == 0.8 and m["speedup"] == 20 / 12
