@@ -118,16 +118,19 @@ def test_a_prm_server_that_is_down_fails_the_run_in_one_line(remote, questions):
 
 
 def test_step_drafting_over_two_servers_equals_the_in_process_run(target, remote, questions):
-    """Arbitrage's oracle and RSD with the testbed pair served by two loopback servers (greedy): the same steps,
-    writers and answers as on the engine; a local draft beside a served target is refused in one line."""
+    """Arbitrage (its router and its oracle) and RSD with the testbed pair served by two loopback servers
+    (greedy): the same steps, writers and answers as on the engine; a local draft beside a served target is
+    refused in one line."""
     draft = load_model("testbed-draft")
     with serving(create_app(draft, ServeConfig(default_max_tokens=64))) as draft_url:
-        for spec in ("arbitrage:oracle=true,threshold=0", "rsd:threshold=0.7"):
+        for spec in ("arbitrage:threshold=0.5", "arbitrage:oracle=true,threshold=0", "rsd:threshold=0.7"):
             local = solve(Engine(target), f"{spec},draft=testbed-draft", questions, generator=_gen())
             served = solve(remote, f"{spec},draft=remote:{draft_url}#testbed-draft", questions, generator=_gen())
             for a, b in zip(local, served):
                 assert (a.thinking, a.answer) == (b.thinking, b.answer), spec
                 assert a.trace["writers"] == b.trace["writers"] and a.trace["target_calls"] == b.trace["target_calls"]
+                if "oracle" not in spec and spec.startswith("arbitrage"):  # the router decided every round
+                    assert b.trace["router_calls"] == b.trace["rounds"] > 0
                 assert set(b.usage.tokens_by_model) == {remote.name, f"remote:{draft_url}#testbed-draft"}
     with pytest.raises(ValueError, match="the draft must be too"):
         solve(remote, "rsd:draft=testbed-draft", questions[:1], generator=_gen())
