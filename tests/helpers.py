@@ -94,3 +94,19 @@ class ScriptedBackend(nn.Module):
 
 def scripted_model(policy: Callable[[Sequence[int]], int], profile: ReasoningProfile = THINKING) -> LoadedModel:
     return LoadedModel("scripted", ScriptedBackend(policy), char_tokenizer(), profile, 1000, 4096, frozenset({0}))
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package; their own imports resolve beside
+    them)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

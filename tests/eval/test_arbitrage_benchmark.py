@@ -1,18 +1,6 @@
 """The step-level drafting benchmark's comparisons (synthetic rows, no model)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("arbitrage_bench", BENCH / "arbitrage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def row(method, thr, acc, acceptance, flops):
@@ -21,7 +9,7 @@ def row(method, thr, acc, acceptance, flops):
 
 
 def test_each_arbitrage_threshold_meets_rsd_at_the_nearest_acceptance_on_the_same_problems():
-    bench = load()
+    bench = load_benchmark("arbitrage")
     rows = [row("rsd", 0.2, 0.5, 0.9, 10), row("rsd", 0.8, 1.0, 0.5, 20),
             row("arbitrage", 0.3, 1.0, 0.85, 12), row("arbitrage", 0.7, 0.5, 0.55, 15)]
     problems = [f"p{i}" for i in range(40)]

@@ -1,17 +1,7 @@
 """The budget-control benchmark's statistics (synthetic records, no model): rows carry problem-level intervals
 (a problem's seeds resampled together), and `paired` compares the headline cells per problem."""
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("budget_control_bench", BENCH / "budget_control.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def record(method, fraction, scope, d, pid, seed, correct, thinking=10):
@@ -22,7 +12,7 @@ def record(method, fraction, scope, d, pid, seed, correct, thinking=10):
 
 
 def test_paired_rows_compare_per_problem_and_name_the_winner():
-    bench = load_bench()
+    bench = load_benchmark("budget_control")
     records = []
     for d in (1, 2):
         for i in range(20):
@@ -41,7 +31,7 @@ def test_paired_rows_compare_per_problem_and_name_the_winner():
 
 
 def test_intervals_resample_problems_with_their_seeds():
-    bench = load_bench()
+    bench = load_benchmark("budget_control")
     # 10 problems, each right on all 3 seeds or wrong on all 3: the interval is that of 10 draws, not 30
     records = [record("plain", None, None, 1, f"p{i}", seed, correct=i < 5) for i in range(10) for seed in range(3)]
 

@@ -1,20 +1,9 @@
 """The scaling benchmark's statistics (on synthetic records, no model): greedy counts once per problem, rows
 carry problem-level intervals and cost, and `paired` holds the per-problem comparisons."""
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_scaling():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("scaling_bench", BENCH / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_benchmark
 
 
 def record(method, budget, seed, pid, correct, n_samples=4):
@@ -26,7 +15,7 @@ def record(method, budget, seed, pid, correct, n_samples=4):
 
 
 def test_greedy_counts_once_and_paired_rows_are_per_problem(monkeypatch):
-    scaling = load_scaling()
+    scaling = load_benchmark("scaling")
     calls = []
 
     def fake_sweep(task, methods, budgets, args, out, temperature=0.8, **kw):
@@ -59,7 +48,7 @@ def test_greedy_counts_once_and_paired_rows_are_per_problem(monkeypatch):
 
 
 def test_pass_at_n_is_right_when_any_of_the_first_n_samples_is():
-    scaling = load_scaling()
+    scaling = load_benchmark("scaling")
     r = record("best-of-n", 4, 0, "p0", correct=False)
     r["trace"]["answers"] = ["The answer is 3.", "The answer is 3.", "The answer is 7.", "The answer is 3."]
     assert not scaling.subsample(r, 2)["pass@n"]["correct"]
