@@ -133,7 +133,7 @@ class TestbedPRM:
         """Per (question, steps): the step head's input, [num_steps, SCALAR_FEATURES + d_model]."""
         if self.segments is not None:
             return [self._cached_features(q, tuple(steps)) for q, steps in items]
-        self.tokens_read += sum(len(encode_item(self.tok, q, s)[0]) for q, s in items)
+        self.tokens_read += self.count_tokens([StepSequence(q, s) for q, s in items])
         return step_features(self.lm, self.tok, items, batch_size)
 
     @torch.inference_mode()
