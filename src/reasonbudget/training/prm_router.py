@@ -75,12 +75,13 @@ def train_prm_feature_router(examples: Sequence[RouterExample], prm_dir: Path, o
     head = PRMFeatureHead.from_prm_head(prm.head)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    val_inputs = router_inputs(prm, [e.item for e in val_set]) if val_set else None  # read once, scored twice
+
     def held_out(model) -> dict | None:
-        if not val_set:
+        if val_inputs is None:
             return None
         with torch.no_grad():
-            return router_metrics(torch.sigmoid(model(*router_inputs(prm, [e.item for e in val_set]))).tolist(),
-                                  val_set)
+            return router_metrics(torch.sigmoid(model(*val_inputs)).tolist(), val_set)
 
     before = held_out(head)
     history = []
