@@ -54,10 +54,16 @@ def greedy_table(model, spec_fmt: str):
 
 def prm_quality(prm, models, per_difficulty=25, samples=4):
     problems = [p for d in range(1, 9) for p in generate(per_difficulty, difficulty=d, seed=HELD_OUT_SEED + d)]
-    data = [t for m in models for t in sample_labelled_traces(m, problems, samples=samples, temperature=1.0, seed=5)]
+    traced = [(m.name, t) for m in models
+              for t in sample_labelled_traces(m, problems, samples=samples, temperature=1.0, seed=5)]
+    data = [t for _, t in traced]
     scores = prm.score_steps([StepSequence(t.question, t.steps) for t in data])
     step_scores = [float(s) for sc in scores for s in sc]
     step_labels = [lab for t in data for lab in t.labels]
+    by_model = {}  # the goal holds per model: AUROC over each model's own traces
+    for name in dict.fromkeys(n for n, _ in traced):
+        mine = [(float(s), lab) for (n, t), sc in zip(traced, scores) if n == name for s, lab in zip(sc, t.labels)]
+        by_model[name] = {"auroc": auroc([s for s, _ in mine], [lab for _, lab in mine]), "steps": len(mine)}
     by_q: dict[str, list[tuple[float, bool]]] = {}
     for t, sc in zip(data, scores):
         by_q.setdefault(t.question, []).append((aggregate(sc, "min"), all(t.labels)))
@@ -70,7 +76,7 @@ def prm_quality(prm, models, per_difficulty=25, samples=4):
                 wins += (g > b) + 0.5 * (g == b)
     return {"auroc": auroc(step_scores, step_labels), "steps": len(step_labels),
             "positive_share": sum(step_labels) / len(step_labels), "pair_accuracy": wins / max(1, pairs),
-            "pairs": pairs}
+            "pairs": pairs, "by_model": by_model}
 
 
 def best_of_n(model, prm, d: int, n: int, num_problems: int):
