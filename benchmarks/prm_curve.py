@@ -1,0 +1,156 @@
+"""Learning curve of a trained PRM head, and the step AUROC its labels allow.
+
+Trains the committed head's recipe (`HeadTrainConfig`: 128 hidden units, 60 epochs; no early stopping, as AUROC
+needs no calibration) on the first n labelled problems of a train label file, for several seeds, and scores
+the held-out labels of another file (step AUROC, final-answer AUROC, right-vs-wrong pair accuracy). Features
+come from, and extend, the per-solution caches beside the label files (`training.head_prm.cached_data`).
+
+The ceiling: intermediate steps are labelled by k rollouts, so even a scorer that knew each step's true value
+would not rank them perfectly. Fit v ~ Beta(a, b) to the test steps' rollout counts (beta-binomial maximum
+likelihood), then simulate steps with those values and fresh any-of-k labels, scored by their values; final
+steps keep their labels and are scored by their correctness (their true value).
+
+    python benchmarks/prm_curve.py --train runs/prm/labels-0.5b-train.jsonl --test runs/prm/labels-0.5b-test64.jsonl \
+        --bases qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --sizes 68,136,204
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.distributions import Beta
+
+from reasonbudget.training.head_prm import HeadTrainConfig, prm_metrics
+
+METRICS = ("step_auroc", "final_auroc", "pair_accuracy")
+
+
+def fit_beta_binomial(counts: torch.Tensor, k: int, iters: int = 2000) -> tuple[float, float]:
+    """(a, b) maximising the beta-binomial likelihood of `counts` successes out of k each; pure."""
+    c = counts.float()
+    log_a, log_b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([log_a, log_b], lr=0.05)
+    for _ in range(iters):
+        a, b = log_a.exp(), log_b.exp()
+        ll = (torch.lgamma(a + c) + torch.lgamma(b + k - c) - torch.lgamma(a + b + k)
+              - torch.lgamma(a) - torch.lgamma(b) + torch.lgamma(a + b)).sum()
+        opt.zero_grad()
+        (-ll).backward()
+        opt.step()
+    return float(log_a.detach().exp()), float(log_b.detach().exp())
+
+
+def label_noise_ceiling(data, k: int, draws: int = 200, seed: int = 0) -> dict:
+    """Step AUROC of a scorer that knows each step's true value, against any-of-k rollout labels (see above)."""
+    labelled = ~torch.isnan(data.y)
+    inter, final = labelled & ~data.last, labelled & data.last
+    a, b = fit_beta_binomial(torch.round(data.y[inter] * k), k)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # Beta.sample draws from the global generator
+    y0, aucs = data.y.clone(), []
+    n = int(inter.sum())
+    for _ in range(draws):
+        v = Beta(torch.full((n,), a), torch.full((n,), b)).sample() if n else torch.zeros(0)
+        s = torch.zeros(len(y0))
+        s[inter] = v
+        s[final] = y0[final] + 1e-6 * torch.rand(int(final.sum()), generator=g)  # ties broken at random
+        data.y[inter] = (torch.rand(n, k, generator=g) < v[:, None]).float().mean(1)
+        aucs.append(prm_metrics(s, data, torch.ones(len(s), dtype=torch.bool))["step_auroc"])
+    data.y.copy_(y0)
+    t = torch.tensor(aucs)
+    return {"beta": [round(a, 3), round(b, 3)], "mean_value": round(a / (a + b), 3),
+            "intermediate_steps": n, "final_steps": int(final.sum()),
+            "step_auroc": round(float(t.mean()), 4), "range": [round(float(t.min()), 4), round(float(t.max()), 4)]}
+
+
+def train_and_score(train, test, keep: torch.Tensor, cfg: HeadTrainConfig, seed: int) -> dict:
+    from reasonbudget.rewards.head_prm import StepHeadMLP
+    from reasonbudget.training.batching import bce_epoch
+
+    x, y = train.x[keep], train.y[keep]
+    torch.manual_seed(seed)
+    head = StepHeadMLP(x.shape[1], cfg.hidden)
+    head.mean.copy_(x.mean(0))
+    head.std.copy_(x.std(0).clamp(min=1e-4))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, total = 0, cfg.epochs * math.ceil(len(y) / cfg.batch_size)
+    for _ in range(cfg.epochs):
+        head.train()
+        _, step = bce_epoch(head, opt, x, y, cfg.batch_size, step,
+                            lambda i: cfg.lr * 0.5 * (1 + math.cos(math.pi * i / total)))
+    head.eval()
+    with torch.no_grad():
+        m = prm_metrics(head(test.x), test, torch.ones(len(test.y), dtype=torch.bool))
+    return {k: m[k] for k in (*METRICS, "pairs")}
+
+
+def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str) -> tuple[dict, object]:
+    """(the curve of one base, the test steps' table)."""
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards.head_prm import base_shape, default_layers
+    from reasonbudget.training.head_prm import cached_data
+    from reasonbudget.training.step_labels import load_labels
+
+    model = load_model(base, dtype=dtype)
+    cfg = HeadTrainConfig()
+    layers = default_layers(base_shape(model)[1])
+    train_labels, test_labels = load_labels(train_file), load_labels(test_file)
+    t0 = time.time()
+    tables = [cached_data(model, labels, layers, separator=model.profile.step_delimiter, logprobs=cfg.logprobs,
+                          path=f.with_suffix(f".features-{base}.pt"))
+              for labels, f in ((train_labels, train_file), (test_labels, test_file))]
+    train, test = tables
+    order = list(dict.fromkeys(lp.problem_id for lp in train_labels))
+    step_problem = [train.problem[int(s)] for s in train.solution]
+    labelled = ~torch.isnan(train.y)
+    rows = []
+    for n in sizes:
+        first = set(order[:n])
+        keep = labelled & torch.tensor([p in first for p in step_problem])
+        runs = [train_and_score(train, test, keep, cfg, seed) for seed in range(seeds)]
+        rows.append({"problems": min(n, len(order)), "steps": int(keep.sum()), "seeds": runs,
+                     **{k: round(sum(r[k] for r in runs) / len(runs), 4) for k in METRICS}})
+        print(f"{base:22s} {rows[-1]['problems']:5d} {rows[-1]['steps']:6d}  "
+              + "  ".join(f"{rows[-1][k]:.3f}" for k in METRICS), flush=True)
+    return {"base": base, "features_seconds": round(time.time() - t0, 1), "test_problems": len(test_labels),
+            "test_steps": len(test.y), "rows": rows}, test
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train", required=True, help="train label file (training.step_labels)")
+    ap.add_argument("--test", required=True, help="held-out label file")
+    ap.add_argument("--bases", default="qwen2.5-coder-0.5b", help="comma-separated base models of the head")
+    ap.add_argument("--sizes", default="68,136,204", help="numbers of train problems, comma-separated")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rollouts", type=int, default=3, help="rollouts per step of the test labels (the ceiling)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/prm_curve.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for f in (args.train, args.test):
+        if not Path(f).exists():
+            raise SystemExit(f"no label file at {f}: make one with `reasonbudget train-prm` (it labels first)")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{'base':22s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc")
+    report: dict = {"train": args.train, "test": args.test, "curves": []}
+    test = None
+    for base in args.bases.split(","):
+        result, test = curve(base, Path(args.train), Path(args.test), sizes, args.seeds, args.dtype)
+        report["curves"].append(result)
+    report["ceiling"] = label_noise_ceiling(test, args.rollouts)
+    print(f"a scorer knowing each step's true value: step AUROC {report['ceiling']['step_auroc']:.3f} "
+          f"({report['ceiling']['range'][0]:.3f}-{report['ceiling']['range'][1]:.3f} over 200 draws of labels)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The PRM learning-curve benchmark's pure parts: the beta-binomial fit and the label-noise ceiling."""
+
+import torch
+
+from reasonbudget.training.head_prm import StepData
+from tests.helpers import load_benchmark
+
+
+def test_beta_binomial_fit_recovers_the_values_distribution():
+    bench = load_benchmark("prm_curve")
+    torch.manual_seed(0)
+    v = torch.distributions.Beta(torch.full((4000,), 0.5), torch.full((4000,), 2.0)).sample()
+    counts = (torch.rand(4000, 3) < v[:, None]).sum(1)
+    a, b = bench.fit_beta_binomial(counts, 3)
+    assert abs(a / (a + b) - 0.2) < 0.02 and 0.35 < a < 0.7 and 1.4 < b < 2.8
+
+
+def data(y, last):
+    n = len(y)
+    return StepData(x=torch.zeros(n, 1), y=torch.tensor(y), solution=torch.arange(n), last=torch.tensor(last),
+                    problem=[f"p{i}" for i in range(n)], correct=[v == 1.0 for v in y])
+
+
+def test_ceiling_is_high_when_values_are_near_0_or_1_and_near_chance_when_all_alike():
+    bench = load_benchmark("prm_curve")
+    # U-shaped values (counts 0 or 3 only): the true value nearly decides an any-of-3 label
+    u = data([0.0] * 150 + [1.0] * 50 + [1.0, 0.0], [False] * 200 + [True, True])
+    assert bench.label_noise_ceiling(u, 3, draws=20)["step_auroc"] > 0.95
+    # every step 1 of 3: values all about 1/3, the label is a coin flip the value cannot foresee
+    flat = data([1 / 3] * 600 + [1.0, 0.0], [False] * 600 + [True, True])
+    res = bench.label_noise_ceiling(flat, 3, draws=20)
+    assert res["step_auroc"] < 0.75 and torch.allclose(flat.y[:600], torch.full((600,), 1 / 3))  # labels restored
