@@ -23,9 +23,10 @@ def data(y, last):
 
 def test_ceiling_is_high_when_values_are_near_0_or_1_and_near_chance_when_all_alike():
     bench = load_benchmark("prm_curve")
-    # U-shaped values (counts 0 or 3 only): the true value nearly decides an any-of-3 label
-    u = data([0.0] * 150 + [1.0] * 50 + [1.0, 0.0], [False] * 200 + [True, True])
-    assert bench.label_noise_ceiling(u, 3, draws=20)["step_auroc"] > 0.95
+    # U-shaped values (counts mostly 0 or 3): the true value nearly decides an any-of-3 label
+    u = data([0.0] * 300 + [1 / 3] * 20 + [2 / 3] * 20 + [1.0] * 60 + [1.0, 0.0], [False] * 400 + [True, True])
+    res = bench.label_noise_ceiling(u, 3, draws=20)
+    assert res["beta"][0] < 0.2 and res["beta"][1] < 0.5 and res["step_auroc"] > 0.95
     # every step 1 of 3: values all about 1/3, the label is a coin flip the value cannot foresee
     flat = data([1 / 3] * 600 + [1.0, 0.0], [False] * 600 + [True, True])
     res = bench.label_noise_ceiling(flat, 3, draws=20)
