@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -69,20 +68,16 @@ def label_noise_ceiling(data, k: int, draws: int = 200, seed: int = 0) -> dict:
 
 
 def train_and_score(train, test, keep: torch.Tensor, cfg: HeadTrainConfig, seed: int) -> dict:
-    from reasonbudget.rewards.head_prm import StepHeadMLP
     from reasonbudget.training.batching import bce_epoch
+    from reasonbudget.training.head_prm import fresh_head
 
     x, y = train.x[keep], train.y[keep]
     torch.manual_seed(seed)
-    head = StepHeadMLP(x.shape[1], cfg.hidden)
-    head.mean.copy_(x.mean(0))
-    head.std.copy_(x.std(0).clamp(min=1e-4))
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, total = 0, cfg.epochs * math.ceil(len(y) / cfg.batch_size)
+    head, opt, lr_at = fresh_head(x, cfg)
+    step = 0
     for _ in range(cfg.epochs):
         head.train()
-        _, step = bce_epoch(head, opt, x, y, cfg.batch_size, step,
-                            lambda i: cfg.lr * 0.5 * (1 + math.cos(math.pi * i / total)))
+        _, step = bce_epoch(head, opt, x, y, cfg.batch_size, step, lr_at)
     head.eval()
     with torch.no_grad():
         m = prm_metrics(head(test.x), test, torch.ones(len(test.y), dtype=torch.bool))

@@ -179,6 +179,17 @@ def prm_metrics(scores: Tensor, data: StepData, steps: Tensor) -> dict:
             "positive_share": round(sum(v > 0 for v in y) / len(y), 4) if y else None}
 
 
+def fresh_head(x: Tensor, cfg: HeadTrainConfig):
+    """A head whose inputs are normalised by the training features `x`, its optimizer, and the learning rate at
+    each optimizer step (cosine over cfg.epochs passes over x)."""
+    head = StepHeadMLP(x.shape[1], cfg.hidden)
+    head.mean.copy_(x.mean(0))
+    head.std.copy_(x.std(0).clamp(min=1e-4))
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * max(1, math.ceil(len(x) / cfg.batch_size))
+    return head, opt, lambda k: cfg.lr * 0.5 * (1 + math.cos(math.pi * k / total))
+
+
 def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadTrainConfig, *,
                base: str | None = None, features_cache: Path | None = None) -> dict:
     """Train and save a head over `model` (a LoadedModel) into `out`; returns the training report."""
@@ -201,19 +212,13 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
     if not bool(tr.any()):
         raise ValueError(f"no labelled steps left to train on ({len(set(data.problem))} problem(s), "
                          f"val_fraction={cfg.val_fraction} holds out {len(held)}): label more problems")
-    head = StepHeadMLP(data.x.shape[1], cfg.hidden)
-    head.mean.copy_(data.x[tr].mean(0))
-    head.std.copy_(data.x[tr].std(0).clamp(min=1e-4))
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xt, yt = data.x[tr], data.y[tr]
+    head, opt, lr_at = fresh_head(xt, cfg)
     best, best_state, history = math.inf, None, []
-    steps_per_epoch = max(1, math.ceil(len(yt) / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
     step = 0
     for epoch in range(cfg.epochs):
         head.train()
-        loss, step = bce_epoch(head, opt, xt, yt, cfg.batch_size, step,
-                               lambda k: cfg.lr * 0.5 * (1 + math.cos(math.pi * k / total)))
+        loss, step = bce_epoch(head, opt, xt, yt, cfg.batch_size, step, lr_at)
         head.eval()
         with torch.no_grad():
             z = head(data.x)
