@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,16 +52,16 @@ def label_noise_ceiling(data, k: int, draws: int = 200, seed: int = 0) -> dict:
     a, b = fit_beta_binomial(torch.round(data.y[inter] * k), k)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # Beta.sample draws from the global generator
-    y0, aucs = data.y.clone(), []
+    y0, aucs = data.y, []
+    sim = replace(data, y=data.y.clone())  # the caller's labels stay as they are
     n = int(inter.sum())
     for _ in range(draws):
         v = Beta(torch.full((n,), a), torch.full((n,), b)).sample() if n else torch.zeros(0)
         s = torch.zeros(len(y0))
         s[inter] = v
         s[final] = y0[final] + 1e-6 * torch.rand(int(final.sum()), generator=g)  # ties broken at random
-        data.y[inter] = (torch.rand(n, k, generator=g) < v[:, None]).float().mean(1)
-        aucs.append(prm_metrics(s, data, torch.ones(len(s), dtype=torch.bool))["step_auroc"])
-    data.y.copy_(y0)
+        sim.y[inter] = (torch.rand(n, k, generator=g) < v[:, None]).float().mean(1)
+        aucs.append(prm_metrics(s, sim, torch.ones(len(s), dtype=torch.bool))["step_auroc"])
     t = torch.tensor(aucs)
     return {"beta": [round(a, 3), round(b, 3)], "mean_value": round(a / (a + b), 3),
             "intermediate_steps": n, "final_steps": int(final.sum()),
@@ -96,10 +97,9 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
     layers = default_layers(base_shape(model)[1])
     train_labels, test_labels = load_labels(train_file), load_labels(test_file)
     t0 = time.time()
-    tables = [cached_data(model, labels, layers, separator=model.profile.step_delimiter, logprobs=cfg.logprobs,
+    train, test = [cached_data(model, labels, layers, separator=model.profile.step_delimiter, logprobs=cfg.logprobs,
                           path=f.with_suffix(f".features-{base}.pt"))
               for labels, f in ((train_labels, train_file), (test_labels, test_file))]
-    train, test = tables
     order = list(dict.fromkeys(lp.problem_id for lp in train_labels))
     step_problem = [train.problem[int(s)] for s in train.solution]
     labelled = ~torch.isnan(train.y)
@@ -132,7 +132,10 @@ def main() -> None:
     for f in (args.train, args.test):
         if not Path(f).exists():
             raise SystemExit(f"no label file at {f}: make one with `reasonbudget train-prm` (it labels first)")
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes {args.sizes!r}: give numbers of problems, comma-separated (e.g. 68,136,204)")
     print(f"{'base':22s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc")
     report: dict = {"train": args.train, "test": args.test, "curves": []}
     test = None
