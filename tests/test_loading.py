@@ -70,3 +70,34 @@ def test_gguf_cache_key_survives_reinstall_but_not_other_content(tmp_path):
     assert gguf_cache_key(a) == gguf_cache_key(b)
     b.write_bytes(bytes(range(256)) * 8999 + bytes(255) + b"x")
     assert gguf_cache_key(a) != gguf_cache_key(b)
+
+
+def test_a_cpu_without_the_packed_bf16_kernel_falls_back_to_plain_linear(monkeypatch):
+    """oneDNN's bf16 weight reorder raises on CPUs without AVX-512 / AVX-NE-CONVERT: packing must not crash the
+    load, and the layer must still compute x W^T."""
+    from reasonbudget.models.llama import Linear
+
+    def refuse(*_):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx512bw")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    w = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    lin = Linear(w)
+    lin.pack()
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    assert lin._kind == "" and torch.equal(lin(x), torch.nn.functional.linear(x, w))
+
+
+@pytest.mark.parametrize("capability,device,want", [("AVX2", "cpu", "float32"), ("AVX512", "cpu", "bfloat16"),
+                                                    ("AVX2", "cuda", "bfloat16")])
+def test_auto_dtype_is_bf16_only_where_its_matmuls_are_native(monkeypatch, capability, device, want):
+    from reasonbudget.models.registry import resolve_dtype
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert resolve_dtype("auto", device) == want
+    assert resolve_dtype("float32", device) == "float32"
+
+
+def test_an_unknown_dtype_is_refused_naming_the_choices(checkpoint):
+    with pytest.raises(ValueError, match="float16.*float32, bfloat16, auto"):
+        load_model(str(checkpoint[0]), dtype="float16")

@@ -60,7 +60,7 @@ def run(
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     seed: int = typer.Option(0, help="Seed of this request's torch.Generator."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | auto"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
     quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
                                            "on load."),
@@ -421,7 +421,8 @@ def train_prm_cmd(
                                          "fresh completions from the step's end."),
     max_tokens: int = typer.Option(320, help="Token cap of a solution and of a rollout."),
     temperature: float = typer.Option(0.8),
-    dtype: str = typer.Option("bfloat16", help="float32 | bfloat16"),
+    dtype: str = typer.Option("auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native: "
+                                           "a GPU or an AVX-512 CPU)"),
     label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
     epochs: int = typer.Option(60),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
@@ -506,7 +507,7 @@ def serve(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Registry name, local path or hub id."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | auto"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
     quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
                                            "on load."),

@@ -33,10 +33,13 @@ class Linear(nn.Module):
         w = self.weight.data
         if w.device.type != "cpu":
             return
-        if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-            self._packed, self._kind = torch.ops.mkldnn._reorder_linear_weight(w, 1), "mkldnn"
-        elif w.dtype == torch.float32 and torch.backends.mkl.is_available():
-            self._packed, self._kind = torch.ops.mkl._mkl_reorder_linear_weight(w, 1), "mkl"
+        try:
+            if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+                self._packed, self._kind = torch.ops.mkldnn._reorder_linear_weight(w, 1), "mkldnn"
+            elif w.dtype == torch.float32 and torch.backends.mkl.is_available():
+                self._packed, self._kind = torch.ops.mkl._mkl_reorder_linear_weight(w, 1), "mkl"
+        except RuntimeError:  # e.g. oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT: plain F.linear then
+            self._packed, self._kind = None, ""
 
     def forward(self, x: Tensor) -> Tensor:
         if self._kind == "mkldnn":

@@ -123,7 +123,7 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
         from reasonbudget.models.registry import load_model
         from reasonbudget.rewards.logprob import PolicyLogProb
 
-        model = policy if hasattr(policy, "backend") else load_model(policy.served_model, dtype="bfloat16")
+        model = policy if hasattr(policy, "backend") else load_model(policy.served_model, dtype="auto")
         return PolicyLogProb(model, "min" if name == "logprob-min" else "mean")
     if name.startswith("pool:"):
         from reasonbudget.rewards.pooling import PooledPRM

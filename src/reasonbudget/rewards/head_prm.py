@@ -172,7 +172,7 @@ class HeadPRM:
         if base is None:
             from reasonbudget.models.registry import load_model
 
-            base = load_model(self.spec.base, dtype="bfloat16")
+            base = load_model(self.spec.base, dtype="auto")
         if base_shape(base) != self.spec.base_shape:
             raise ValueError(f"the PRM head in {path} was trained on {self.spec.base} (hidden, layers, vocabulary "
                              f"= {self.spec.base_shape}); the base model given is {base.name} "

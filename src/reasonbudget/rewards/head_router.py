@@ -50,7 +50,7 @@ class HeadRouter:
         if base is None:
             from reasonbudget.models.registry import load_model
 
-            base = load_model(self.config["base"], dtype="bfloat16")
+            base = load_model(self.config["base"], dtype="auto")
         if list(base_shape(base)) != list(self.config["base_shape"]):
             raise ValueError(f"the router head in {path} was trained on {self.config['base']} (hidden, layers, "
                              f"vocabulary = {tuple(self.config['base_shape'])}); the base model given is {base.name} "
