@@ -424,8 +424,12 @@ def train_prm_cmd(
     dtype: str = typer.Option("auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native: "
                                            "a GPU or an AVX-512 CPU)"),
     label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
-    epochs: int = typer.Option(60),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the labels (default: 60 for a head alone, 8 with "
+                                                     "--tune-layers)."),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+    tune_layers: int = typer.Option(0, help="Also train LoRA adapters on this many top blocks of the base (the "
+                                            "head then scores text only)."),
+    lora_rank: int = typer.Option(8, help="Rank of the adapters (with --tune-layers)."),
     logprobs: bool = typer.Option(False, help="Also feed the head the base model's log-probabilities of each step "
                                               "(such a head scores text only; one without scores the policy's own "
                                               "KV rows for one token per step)."),
@@ -441,8 +445,11 @@ def train_prm_cmd(
     from reasonbudget.models.registry import cache_root, user_companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1:
-        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs and --hidden >= 1")
+    epochs = epochs if epochs is not None else 8 if tune_layers else 60
+    if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1 or lora_rank < 1:
+        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs, --hidden and --lora-rank >= 1")
+    if tune_layers < 0:
+        _fail(f"--tune-layers {tune_layers}: must be >= 0 (0: a head over the frozen base)")
     if temperature <= 0:
         _fail(f"--temperature {temperature}: rollout labels need sampling (> 0)")
     try:
@@ -462,8 +469,15 @@ def train_prm_cmd(
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
         target = Path(out) if out else user_companion_dir(policy.name, "prm")  # found before a committed head
-        report = train_head(head_base, labelled, target, HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs),
-                            features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
+        head_cfg = HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs, tuned_layers=tune_layers,
+                                   lora_rank=lora_rank)
+        if tune_layers:
+            from reasonbudget.training.tuned_prm import train_tuned_head
+
+            report = train_tuned_head(head_base, labelled, target, head_cfg)
+        else:
+            report = train_head(head_base, labelled, target, head_cfg,
+                                features_cache=where.with_suffix(f".features-{head_base.name.replace('/', '--')}.pt"))
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return

@@ -14,13 +14,19 @@ prefix cache (each token read once, `rewards.segment_kv`): with the cache off th
 fixture byte for byte; with it on, the 40 particle-filter records change: `prm_tokens` in all (301380 -> 16110
 in total), and the trajectory in about half, because the verifier reads in bfloat16 and a score from an
 incremental read differs from a padded batch read by rounding (equal to 1e-5 in float32, see
-`tests/search/test_segment_kv.py`). Particle filtering still answers 34 of its 40 right."""
+`tests/search/test_segment_kv.py`). Particle filtering still answers 34 of its 40 right.
+
+The particle-filter records depend on how the CPU rounds the verifier's bfloat16 matmuls: they were written on an
+AVX-512 CPU (oneDNN's native bf16 kernels). A CPU without AVX-512 runs plain `F.linear`, which rounds
+differently (seen on an AVX2 EPYC: all 100 records of the other methods equal, the 40 particle-filter records
+not), so those are compared only where bf16 matmuls are native."""
 
 import gzip
 import json
 from pathlib import Path
 
 from reasonbudget.eval import SweepConfig, run_sweep
+from reasonbudget.models.registry import resolve_dtype
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "sweep_before_refactor.jsonl.gz"
 WALL_CLOCK = {"wall_seconds", "predictor_seconds"}
@@ -40,5 +46,10 @@ def test_the_sweep_writes_the_records_it_wrote_before_the_refactor(tmp_path):
     with gzip.open(FIXTURE, "rt") as f:
         before = [line.rstrip("\n") for line in f]
     assert len(now) == len(before) == 140
+    exact_bf16 = resolve_dtype("auto") == "bfloat16"
+    compared = 0
     for a, b in zip(now, before):
-        assert a == b
+        if exact_bf16 or json.loads(b)["method"] != "particle-filter":
+            assert a == b
+            compared += 1
+    assert compared == (140 if exact_bf16 else 100)

@@ -196,6 +196,50 @@ def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels
             epochs=1, hidden=8, val_fraction=0.25, logprobs=True)) else None, base=target, rows=True)
 
 
+def test_untrained_adapters_give_the_frozen_models_final_state_and_train_through_autograd(target):
+    from reasonbudget.rewards.lora_top import LoraTop
+
+    backend = target.backend
+    ids = torch.tensor([target.encode("3 + 4 = 7\n\n7 * 2 = 14")] * 2)
+    ids[1, -3:] = 0  # a row with different tail tokens: causal, so its first positions match row 0's
+    top = LoraTop(backend, 2, rank=4, alpha=8.0)
+    with torch.inference_mode():
+        fo = backend(ids, backend.new_cache(2, ids.shape[1]), torch.arange(2), hidden_layers=(top.start, top.start + 2))
+    entering, final = fo.hidden[top.start].clone(), fo.hidden[top.start + 2]
+    assert torch.allclose(top(entering), final, atol=1e-4)
+    top(entering).square().mean().backward()
+    grads = [p.grad for n, p in top.named_parameters() if n.endswith(".b")]
+    assert len(grads) == 2 * 4 and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(not p.requires_grad for p in backend.parameters())  # the base stays frozen
+    with pytest.raises(ValueError, match="tuned layers"):
+        LoraTop(backend, backend.cfg.num_layers + 1, rank=4, alpha=8.0)
+
+
+def test_a_tuned_head_trains_saves_its_adapters_and_scores_text_only(labels, target, tmp_path):
+    from reasonbudget.training.head_prm import HeadTrainConfig
+    from reasonbudget.training.tuned_prm import train_tuned_head
+
+    _, _, _, labelled = labels
+    out = tmp_path / "tuned"
+    cfg = HeadTrainConfig(epochs=4, hidden=16, val_fraction=0.25, tuned_layers=1, lora_rank=4, lora_lr=1e-3)
+    report = train_tuned_head(target, labelled, out, cfg)
+    assert report["adapter_parameters"] > 0 and report["steps"] > report["held_out"]["steps"] > 0
+    assert report["train"]["step_auroc"] > 0.6
+    spec = HeadSpec.load(out)
+    assert spec.tuned_layers == 1 and not spec.reads_rows
+    prm = HeadPRM(out, base=target)
+    assert any(float(v.abs().sum()) > 0 for k, v in prm.top.state_dict().items() if k.endswith(".b"))
+    s = labelled[0].solutions[0]
+    whole, part = prm.score_steps([StepSequence(labelled[0].question, s.steps),
+                                   StepSequence(labelled[0].question, s.steps[:2])])
+    assert whole.shape == (len(s.steps),) and bool(((whole > 0) & (whole < 1)).all())
+    assert torch.allclose(whole[:2], part, atol=1e-4)
+    with pytest.raises(ValueError, match="scores text"):
+        HeadPRM(out, base=target, rows=True)
+    with pytest.raises(ValueError, match="--logprobs"):
+        HeadTrainConfig(tuned_layers=2, logprobs=True)
+
+
 def test_the_qwen_draft_has_a_committed_prm_head():
     from reasonbudget.models.registry import registered_companion
     from reasonbudget.rewards.head_prm import HeadSpec
@@ -282,6 +326,14 @@ def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_pat
     r = run(*args)  # resumes: nothing left to label, then trains
     assert r.exit_code == 0, r.output
     assert (tmp_path / "h" / HEAD_FILE).exists() and json.loads((tmp_path / "h" / "training.json").read_text())["steps"] > 0
+    r = run(*args[:-2], "--out", str(tmp_path / "t"), "--tune-layers", "1", "--lora-rank", "2")
+    assert r.exit_code == 0, r.output
+    assert HeadSpec.load(tmp_path / "t").tuned_layers == 1
+    assert json.loads((tmp_path / "t" / "training.json").read_text())["adapter_parameters"] > 0
+    r = run(*args, "--tune-layers", "-1")
+    assert r.exit_code == 2 and "--tune-layers -1" in r.output
+    r = run(*args, "--tune-layers", "1", "--logprobs")
+    assert r.exit_code == 2 and "hidden states only" in r.output
     r = run(*args[:-4], "--labels", str(tmp_path / "l.jsonl"), "--samples", "3")
     assert r.exit_code == 2 and "other settings" in r.output
     r = run("--model", "testbed-target", "--temperature", "0")

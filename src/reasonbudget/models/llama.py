@@ -168,6 +168,12 @@ class Transformer(nn.Module):
         return KVCache(num_layers=c.num_layers, num_rows=num_rows, capacity=capacity,
                        num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=self.dtype, device=self.device)
 
+    def rope(self, sel: RowSelection) -> tuple[Tensor, Tensor]:
+        """cos, sin of the selected rows' new positions: [R, 1, T, D] each, in the model's dtype."""
+        freqs = sel.positions_dev[:, None, :, None].float() * self.inv_freq  # [R, 1, T, D/2]
+        freqs = torch.cat((freqs, freqs), dim=-1)
+        return freqs.cos().to(self.dtype), freqs.sin().to(self.dtype)
+
     @torch.inference_mode()
     def forward(
         self,
@@ -180,9 +186,7 @@ class Transformer(nn.Module):
     ) -> ForwardOutput:
         """Run `tokens` at positions cache.lengths[rows] + t. Writes K/V; does not advance the lengths."""
         sel = RowSelection(cache, rows, tokens.shape[1], self.device)
-        freqs = sel.positions_dev[:, None, :, None].float() * self.inv_freq  # [R, 1, T, D/2]
-        freqs = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = freqs.cos().to(self.dtype), freqs.sin().to(self.dtype)
+        cos, sin = self.rope(sel)
         x = F.embedding(tokens.to(self.device), self.embed)
         hidden: dict[int, Tensor] = {}
         if 0 in hidden_layers:

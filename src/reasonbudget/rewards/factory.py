@@ -138,7 +138,7 @@ def _build(name: str, policy, noise: float, calibrated: bool, seed: int, judge_m
         spec = HeadSpec.load(path)
         same = spec.base == policy.name and hasattr(policy, "backend")
         # the policy's own weights, when it is the base; then also its own rows, when the head reads states only
-        return HeadPRM(path, base=policy if same else None, rows=same and not spec.logprobs)
+        return HeadPRM(path, base=policy if same else None, rows=same and spec.reads_rows)
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise ValueError(f"prm={name!r}: not a directory; accepted are {', '.join(NAMES)}, a local PRM "
                          "directory or a hub id such as Qwen/Qwen2.5-Math-PRM-7B")

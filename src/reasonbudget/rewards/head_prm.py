@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from reasonbudget.types import StepSequence
 
 HEAD_FILE, HEAD_CONFIG = "prm_head.safetensors", "prm_head.json"
+LORA_PREFIX = "lora."
+"""Tensors of a tuned head's adapters, saved beside the head's own in HEAD_FILE."""
 LOGPROB_FEATURES = 3
 LOGPROB_FLOOR = -20.0
 
@@ -49,6 +51,16 @@ class HeadSpec:
     logprobs: bool = True
     calibration: tuple[float, float] = (1.0, 0.0)
     """Platt scaling: P = sigmoid(a * logit + b)."""
+    tuned_layers: int = 0
+    """> 0: the top blocks carry LoRA adapters (`rewards.lora_top`), trained with the head, and the final layer's
+    state is the adapted one. Such a head scores text only: the adapted blocks have no KV rows of their own."""
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+
+    @property
+    def reads_rows(self) -> bool:
+        """Can it score the policy's own KV rows (one token per step)? Only a head over frozen hidden states."""
+        return not self.logprobs and not self.tuned_layers
 
     @staticmethod
     def load(path: Path) -> HeadSpec:
@@ -127,8 +139,9 @@ def padded_batches(seqs: Sequence[Sequence[int]], max_batch_tokens: int):
 
 @torch.inference_mode()
 def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Sequence[int], *, separator: str,
-                  logprobs: bool = True, max_batch_tokens: int = 4096) -> list[Tensor]:
-    """Per item: [num_steps, len(layers) * d (+ 3)] from one forward of the base model over its text."""
+                  logprobs: bool = True, max_batch_tokens: int = 4096, top=None) -> list[Tensor]:
+    """Per item: [num_steps, len(layers) * d (+ 3)] from one forward of the base model over its text. `top`: a
+    `LoraTop` whose adapted final state stands in for the final layer's."""
     backend = model.backend
     encoded = [encode_steps(model, q, s, separator) for q, s in items]
     limit = model.context_length
@@ -136,9 +149,12 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
     for chunk, x in padded_batches([e[0][:limit] for e in encoded], max_batch_tokens):
         width = x.shape[1]
         cache = backend.new_cache(len(chunk), width)
-        wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ())}))
+        wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ()),
+                               *((top.start,) if top is not None else ())}))
         fo = backend(x, cache, torch.arange(len(chunk)), logits_at=torch.zeros(len(chunk), dtype=torch.long),
                      hidden_layers=wanted)
+        if top is not None:
+            fo.hidden[backend.cfg.num_layers] = top(fo.hidden[top.start])
         final = fo.hidden.get(backend.cfg.num_layers)
         for b, k in enumerate(chunk):
             ids, ends, first = encoded[k]
@@ -180,19 +196,26 @@ class HeadPRM:
         self.base = base
         self.step_separator = self.spec.separator
         state = load_file(str(path / HEAD_FILE))
+        self.top = None
+        if self.spec.tuned_layers:
+            from reasonbudget.rewards.lora_top import LoraTop
+
+            self.top = LoraTop(base.backend, self.spec.tuned_layers, self.spec.lora_rank, self.spec.lora_alpha).eval()
+            self.top.load_state_dict({k[len(LORA_PREFIX):]: v for k, v in state.items() if k.startswith(LORA_PREFIX)})
+            state = {k: v for k, v in state.items() if not k.startswith(LORA_PREFIX)}
         self.head = StepHeadMLP(state["mean"].numel(), self.spec.hidden).eval()
         self.head.load_state_dict(state)
         self.tokens_read = 0
-        if rows and self.spec.logprobs:
-            raise ValueError(f"the PRM head in {path} reads log-probabilities of the whole step: it scores text, "
-                             "not KV rows (train it with --no-logprobs to score rows)")
+        if rows and not self.spec.reads_rows:
+            raise ValueError(f"the PRM head in {path} reads log-probabilities of the whole step or LoRA-adapted "
+                             "states: it scores text, not KV rows")
         self.reads_rows = rows
         self.separator_ids = list(base.encode(self.spec.separator))
         self.lookahead_tokens = len(self.separator_ids) if rows else 0
 
     def logits(self, items: Sequence[StepSequence]) -> list[Tensor]:
         feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
-                              separator=self.spec.separator, logprobs=self.spec.logprobs)
+                              separator=self.spec.separator, logprobs=self.spec.logprobs, top=self.top)
         self.tokens_read += sum(len(encode_steps(self.base, it.problem, it.steps, self.spec.separator)[0])
                                 for it in items)
         with torch.no_grad():

@@ -42,6 +42,19 @@ class HeadTrainConfig:
     val_fraction: float = 0.2
     """Problems held out for early stopping, calibration and the report."""
     seed: int = 0
+    tuned_layers: int = 0
+    """> 0: also train LoRA adapters on this many top blocks of the base (`training.tuned_prm`)."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_lr: float = 2e-4
+    solutions_per_batch: int = 8
+    """Solutions per optimizer step when the adapters train (each is a forward of the adapted blocks)."""
+
+    def __post_init__(self) -> None:
+        if self.tuned_layers < 0 or self.lora_rank < 1 or self.solutions_per_batch < 1:
+            raise ValueError("tuned_layers must be >= 0, lora_rank and solutions_per_batch >= 1")
+        if self.tuned_layers and self.logprobs:
+            raise ValueError("a tuned head reads hidden states only: drop --logprobs or --tune-layers")
 
 
 @dataclass
@@ -193,8 +206,6 @@ def fresh_head(x: Tensor, cfg: HeadTrainConfig):
 def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadTrainConfig, *,
                base: str | None = None, features_cache: Path | None = None) -> dict:
     """Train and save a head over `model` (a LoadedModel) into `out`; returns the training report."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(cfg.seed)  # entry point of a training run: the head's initial weights
     t0 = time.time()
     num_layers = base_shape(model)[1]
@@ -234,21 +245,39 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
     head.eval()
     with torch.no_grad():
         z = head(data.x)
-    calibration = fit_platt(z[va], data.y[va]) if bool(va.any()) else (1.0, 0.0)
-    p = torch.sigmoid(calibration[0] * z + calibration[1])
     spec = HeadSpec(base=base or model.name, base_shape=base_shape(model), layers=tuple(layers), hidden=cfg.hidden,
-                    separator=separator, logprobs=cfg.logprobs, calibration=calibration)
+                    separator=separator, logprobs=cfg.logprobs)
+    report = save_calibrated(out, spec, head.state_dict(), z, data, in_val, cfg, history)
+    return {**report, "features_seconds": features_seconds, "train_seconds": round(time.time() - t0, 1)}
+
+
+def save_calibrated(out: Path, spec: HeadSpec, state: dict[str, Tensor], z: Tensor, data: StepData, in_val: Tensor,
+                    cfg: HeadTrainConfig, history: list[dict], **extra) -> dict:
+    """Platt-calibrate the chosen head's logits `z` (one per step of `data`) on the held-out steps, save the head
+    (`state`: its tensors, adapters included) and its spec into `out`, and return the training report."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    labelled_step = ~torch.isnan(data.y)
+    va = labelled_step & in_val
+    calibration = fit_platt(z[va], data.y[va]) if bool(va.any()) else (1.0, 0.0)
+    spec = replace(spec, calibration=calibration)
+    p = torch.sigmoid(calibration[0] * z + calibration[1])
     out.mkdir(parents=True, exist_ok=True)
-    save_file(head.state_dict(), str(out / HEAD_FILE))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / HEAD_FILE))
     spec.save(out)
-    report = {"config": asdict(cfg), "base": spec.base, "layers": list(layers), "problems": len(set(data.problem)),
-              "held_out_problems": len(held), "solutions": len(data.problem), "steps": int(len(data.y)),
-              "labelled_steps": int(labelled_step.sum()), "head_parameters": sum(t.numel() for t in head.parameters()),
+    held = bool(in_val.any())
+    report = {"config": asdict(cfg), "base": spec.base, "layers": list(spec.layers),
+              "problems": len(set(data.problem)), "held_out_problems": len({data.problem[int(k)]
+                                                                           for k in data.solution[in_val]}),
+              "solutions": len(data.problem), "steps": int(len(data.y)), "labelled_steps": int(labelled_step.sum()),
+              "head_parameters": sum(t.numel() for k, t in state.items() if k not in ("mean", "std")),
               "train": prm_metrics(p, data, ~in_val), "held_out": prm_metrics(p, data, in_val) if held else None,
-              "calibration": list(calibration), "features_seconds": features_seconds,
+              "calibration": list(calibration),
               "held_out_note": "the epoch and the Platt calibration were chosen on the held-out problems: their "
                                "AUROC and pair accuracy are unaffected (the calibration is monotone), their ECE is "
                                "optimistic; a separate label file (GSM8K test) gives the honest figures",
-              "train_seconds": round(time.time() - t0, 1), "history": history}
+              "history": history, **extra}
     logger.info("PRM head: held-out %s", report["held_out"])
     return report
