@@ -81,6 +81,7 @@ def test_cached_states_train_the_same_predictor_as_recomputed_ones():
     (cached, stats_c), (recomputed, stats_r) = runs
     assert [h["nll"] for h in stats_c["history"]] == pytest.approx([h["nll"] for h in stats_r["history"]], rel=1e-4)
     # States of a trace differ in the last float bits with the batch's padding width; Adam turns that into
-    # differences far below one step (lr 1e-2 moves a weight by ~1e-2 per step).
+    # differences far below one step (lr 1e-2 moves a weight by ~1e-2 per step): a tenth of a step at most. (How
+    # far below depends on the CPU's kernels: under 2e-4 on the AVX-512 machines, 3.1e-4 on an AVX2 one.)
     for a, b in zip(cached.parameters(), recomputed.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-4)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
