@@ -192,6 +192,19 @@ def prm_metrics(scores: Tensor, data: StepData, steps: Tensor) -> dict:
             "positive_share": round(sum(v > 0 for v in y) / len(y), 4) if y else None}
 
 
+def held_out_split(data: StepData, cfg: HeadTrainConfig) -> tuple[set[str], Tensor, Tensor, Tensor]:
+    """The held-out problems and, per step of `data`: held out?, a labelled training step?, a labelled held-out
+    step? Refuses data with no labelled training step."""
+    held = split_problems(data.problem, cfg.val_fraction, random.Random(cfg.seed))
+    in_val = torch.tensor([data.problem[int(k)] in held for k in data.solution])
+    labelled_step = ~torch.isnan(data.y)
+    tr, va = labelled_step & ~in_val, labelled_step & in_val
+    if not bool(tr.any()):
+        raise ValueError(f"no labelled steps left to train on ({len(set(data.problem))} problem(s), "
+                         f"val_fraction={cfg.val_fraction} holds out {len(held)}): label more problems")
+    return held, in_val, tr, va
+
+
 def fresh_head(x: Tensor, cfg: HeadTrainConfig):
     """A head whose inputs are normalised by the training features `x`, its optimizer, and the learning rate at
     each optimizer step (cosine over cfg.epochs passes over x)."""
@@ -216,13 +229,7 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
     else:
         data = build_data(model, labelled, layers, separator=separator, logprobs=cfg.logprobs)
     features_seconds = round(time.time() - t0, 1)
-    held = split_problems(data.problem, cfg.val_fraction, random.Random(cfg.seed))
-    in_val = torch.tensor([data.problem[int(k)] in held for k in data.solution])
-    labelled_step = ~torch.isnan(data.y)
-    tr, va = labelled_step & ~in_val, labelled_step & in_val
-    if not bool(tr.any()):
-        raise ValueError(f"no labelled steps left to train on ({len(set(data.problem))} problem(s), "
-                         f"val_fraction={cfg.val_fraction} holds out {len(held)}): label more problems")
+    held, in_val, tr, va = held_out_split(data, cfg)
     xt, yt = data.x[tr], data.y[tr]
     head, opt, lr_at = fresh_head(xt, cfg)
     best, best_state, history = math.inf, None, []

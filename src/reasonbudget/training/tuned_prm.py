@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from reasonbudget.rewards.head_prm import LORA_PREFIX, HeadSpec, base_shape, default_layers, encode_steps, padded_batches
 from reasonbudget.rewards.lora_top import LoraTop
-from reasonbudget.training.head_prm import (HeadTrainConfig, fresh_head, prm_metrics, save_calibrated, solutions_of,
-                                            split_problems, step_table)
+from reasonbudget.training.head_prm import (HeadTrainConfig, fresh_head, held_out_split, prm_metrics, save_calibrated,
+                                            solutions_of, step_table)
 from reasonbudget.training.step_labels import LabelledProblem
 
 
@@ -101,12 +101,8 @@ def train_tuned_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg:
         initial = [adapted_features(top, inputs, [k], layers, final) for k in range(n)]
     data = step_table(labelled, initial)
     features_seconds = round(time.time() - t0, 1)
-    held = split_problems(data.problem, cfg.val_fraction, random.Random(cfg.seed))
-    in_val = torch.tensor([data.problem[int(k)] in held for k in data.solution])
+    held, in_val, tr, va = held_out_split(data, cfg)
     labelled_step = ~torch.isnan(data.y)
-    tr, va = labelled_step & ~in_val, labelled_step & in_val
-    if not bool(tr.any()):
-        raise ValueError(f"no labelled steps left to train on ({len(set(data.problem))} problem(s)): label more")
     head, opt, lr_at = fresh_head(data.x[tr], cfg)
     lora_opt = torch.optim.AdamW(top.parameters(), lr=cfg.lora_lr, weight_decay=0.0)
     scored = [k for k in range(n) if inputs.ends[k]]  # solutions with a step inside the context, in data's order
