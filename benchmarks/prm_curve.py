@@ -11,7 +11,11 @@ likelihood), then simulate steps with those values and fresh any-of-k labels, sc
 steps keep their labels and are scored by their correctness (their true value).
 
     python benchmarks/prm_curve.py --train runs/prm/labels-0.5b-train.jsonl --test runs/prm/labels-0.5b-test64.jsonl \
-        --bases qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --sizes 68,136,204
+        --bases qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --sizes 68,136,204 [--tune-layers 4]
+
+With `--tune-layers K` each point trains the tuned recipe instead (`train-prm --tune-layers K`: LoRA adapters on
+the base's top K blocks with the head, early stopping on a fifth of the train problems) and scores the test
+labels through the saved head, as `prm=DIR` would.
 """
 
 from __future__ import annotations
@@ -85,7 +89,27 @@ def train_and_score(train, test, keep: torch.Tensor, cfg: HeadTrainConfig, seed:
     return {k: m[k] for k in (*METRICS, "pairs")}
 
 
-def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str) -> tuple[dict, object]:
+def tuned_and_score(model, train_labels, test_labels, cfg: HeadTrainConfig, seed: int) -> dict:
+    """The tuned recipe (`train-prm --tune-layers`: adapters and head, early stopping on held-out train
+    problems) on `train_labels`, scored on `test_labels`."""
+    import tempfile
+
+    from reasonbudget.rewards.head_prm import HeadPRM
+    from reasonbudget.training.head_prm import solutions_of, step_table
+    from reasonbudget.training.tuned_prm import train_tuned_head
+    from reasonbudget.types import StepSequence
+
+    with tempfile.TemporaryDirectory() as out:
+        train_tuned_head(model, train_labels, Path(out), replace(cfg, seed=seed))
+        prm = HeadPRM(out, base=model)
+        z = prm.logits([StepSequence(lp.question, s.steps) for lp, s in solutions_of(test_labels)])
+    test = step_table(test_labels, z)
+    m = prm_metrics(test.x[:, 0], test, torch.ones(len(test.y), dtype=torch.bool))
+    return {k: m[k] for k in (*METRICS, "pairs")}
+
+
+def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str,
+          tune_layers: int = 0) -> tuple[dict, object]:
     """(the curve of one base, the test steps' table)."""
     from reasonbudget.models import load_model
     from reasonbudget.rewards.head_prm import base_shape, default_layers
@@ -93,7 +117,7 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
     from reasonbudget.training.step_labels import load_labels
 
     model = load_model(base, dtype=dtype)
-    cfg = HeadTrainConfig()
+    cfg = HeadTrainConfig(tuned_layers=tune_layers, epochs=8) if tune_layers else HeadTrainConfig()
     layers = default_layers(base_shape(model)[1])
     train_labels, test_labels = load_labels(train_file), load_labels(test_file)
     t0 = time.time()
@@ -107,12 +131,17 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
     for n in sizes:
         first = set(order[:n])
         keep = labelled & torch.tensor([p in first for p in step_problem])
-        runs = [train_and_score(train, test, keep, cfg, seed) for seed in range(seeds)]
+        if tune_layers:
+            subset = [lp for lp in train_labels if lp.problem_id in first]
+            runs = [tuned_and_score(model, subset, test_labels, cfg, seed) for seed in range(seeds)]
+        else:
+            runs = [train_and_score(train, test, keep, cfg, seed) for seed in range(seeds)]
         rows.append({"problems": min(n, len(order)), "steps": int(keep.sum()), "seeds": runs,
                      **{k: round(sum(r[k] for r in runs) / len(runs), 4) for k in METRICS}})
         print(f"{base:22s} {rows[-1]['problems']:5d} {rows[-1]['steps']:6d}  "
               + "  ".join(f"{rows[-1][k]:.3f}" for k in METRICS), flush=True)
-    return {"base": base, "features_seconds": round(time.time() - t0, 1), "test_problems": len(test_labels),
+    return {"base": base, "tuned_layers": tune_layers, "seconds": round(time.time() - t0, 1),
+            "test_problems": len(test_labels),
             "test_steps": len(test.y), "rows": rows}, test
 
 
@@ -124,7 +153,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="68,136,204", help="numbers of train problems, comma-separated")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rollouts", type=int, default=3, help="rollouts per step of the test labels (the ceiling)")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 where native)")
+    ap.add_argument("--tune-layers", type=int, default=0,
+                    help="> 0: the tuned recipe (LoRA adapters on this many top blocks, 8 epochs, early stopping)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/prm_curve.json")
     args = ap.parse_args()
@@ -140,7 +171,7 @@ def main() -> None:
     report: dict = {"train": args.train, "test": args.test, "curves": []}
     test = None
     for base in args.bases.split(","):
-        result, test = curve(base, Path(args.train), Path(args.test), sizes, args.seeds, args.dtype)
+        result, test = curve(base, Path(args.train), Path(args.test), sizes, args.seeds, args.dtype, args.tune_layers)
         report["curves"].append(result)
     report["ceiling"] = label_noise_ceiling(test, args.rollouts)
     print(f"a scorer knowing each step's true value: step AUROC {report['ceiling']['step_auroc']:.3f} "

@@ -338,3 +338,14 @@ def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_pat
     assert r.exit_code == 2 and "other settings" in r.output
     r = run("--model", "testbed-target", "--temperature", "0")
     assert r.exit_code == 2 and "need sampling" in r.output
+
+
+def test_the_learning_curve_benchmark_scores_the_tuned_recipe_through_the_saved_head(labels, tmp_path):
+    from tests.helpers import load_benchmark
+
+    _, path, _, labelled = labels
+    bench = load_benchmark("prm_curve")
+    result, test = bench.curve("testbed-target", path, path, [8], 1, "float32", tune_layers=1)
+    (row,) = result["rows"]
+    assert result["tuned_layers"] == 1 and row["problems"] == 8 and len(row["seeds"]) == 1
+    assert 0.0 <= row["step_auroc"] <= 1.0 and len(test.y) > 0
