@@ -12,7 +12,6 @@ from reasonbudget.training.head_prm import expected_calibration_error, fit_platt
 from reasonbudget.training.step_labels import (
     LabelConfig,
     LabelledProblem,
-    LabelledSolution,
     label_task,
     load_labels,
     spread,
