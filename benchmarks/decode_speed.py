@@ -47,13 +47,16 @@ def measure_bandwidth(gib: float = 1.0, reps: int = 5) -> dict[str, float]:
     x = torch.ones(int(gib * 2**30) // 4)
     out["f32_sum"] = x.numel() * 4 / min(_timed(lambda: x.sum()) for _ in range(reps))
     del x
+    from reasonbudget.models.llama import Linear
+
     k = 4096
-    w = torch.ones(int(gib * 2**30) // (2 * k), k, dtype=torch.bfloat16)
+    for name, dtype in (("bf16_matvec", torch.bfloat16), ("f32_matvec", torch.float32)):
+        lin = Linear(torch.ones(int(gib * 2**30) // (dtype.itemsize * k), k, dtype=dtype))
+        lin.pack()  # the runtime's own kernel: oneDNN / MKL where the CPU takes it, else F.linear
+        v = torch.ones(1, k, dtype=dtype)
+        out[name] = lin.weight.numel() * dtype.itemsize / min(_timed(lambda: lin(v)) for _ in range(reps))
+        del lin
     v = torch.ones(1, k, dtype=torch.bfloat16)
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
-    out["bf16_matvec"] = w.numel() * 2 / min(
-        _timed(lambda: torch.ops.mkldnn._linear_pointwise(v, packed, None, "none", [], "")) for _ in range(reps))
-    del w, packed
     q = torch.ones(int(gib * 2**30) // k, k, dtype=torch.int8)
     s = torch.ones(q.shape[0], dtype=torch.bfloat16)
     out["int8_matvec"] = q.numel() / min(_timed(lambda: torch._weight_int8pack_mm(v, q, s)) for _ in range(reps))
