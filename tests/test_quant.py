@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from reasonbudget.models.quant import (
+    KERNEL_DTYPE,
     Int4Linear,
     Int8Linear,
     check_quant,
@@ -40,19 +41,22 @@ def test_int4_round_trip_is_within_half_a_step_per_group():
 def test_kernels_compute_x_times_the_dequantized_weight(dtype, n):
     g = torch.Generator().manual_seed(2)
     w, b, x = torch.randn(n, 192, generator=g), torch.randn(n, generator=g), torch.randn(2, 3, 192, generator=g)
-    xr = x.to(dtype).float()  # the kernels read x and the scales in the model's dtype
-    r = lambda t: t.to(dtype).float()  # noqa: E731
-    # float32: accumulation order only; bfloat16: plus the output's own rounding (8 bits of mantissa)
-    tol = dict(atol=0.15, rtol=1e-2) if dtype == torch.bfloat16 else dict(atol=1e-3, rtol=1e-3)
+    xr = x.to(KERNEL_DTYPE).float()  # the kernels read x and the scales in bfloat16, whatever the model's dtype
+    r = lambda t: t.to(KERNEL_DTYPE).float()  # noqa: E731
+    bias = lambda t: t.to(dtype).float()  # noqa: E731  (the bias is added in the model's dtype)
+    # the accumulation order and the kernels' bfloat16 output (8 bits of mantissa)
+    tol = dict(atol=0.15, rtol=1e-2)
     q, s = quantize_int8(w)
-    ref8 = xr @ (q.float() * r(s)[:, None]).T + r(b)
-    torch.testing.assert_close(Int8Linear(w, b, dtype)(x.to(dtype)).float(), ref8, **tol)
+    ref8 = xr @ (q.float() * r(s)[:, None]).T + bias(b)
+    out8 = Int8Linear(w, b, dtype)(x.to(dtype))
+    assert out8.dtype == dtype
+    torch.testing.assert_close(out8.float(), ref8, **tol)
     q, s, lo = quantize_int4(w, 64)
-    off = lo + 8 * s  # the kernel's offset, rounded to the model's dtype like the scale
-    ref4 = xr @ (((q.float() - 8).reshape(n, 3, 64) * r(s)[..., None] + r(off)[..., None]).reshape(n, 192)).T + r(b)
-    out4 = Int4Linear(w, b, dtype, 64)(x.to(dtype)).float()
-    assert out4.shape == (2, 3, n)
-    torch.testing.assert_close(out4, ref4, **tol)
+    off = lo + 8 * s  # the kernel's offset, rounded to bfloat16 like the scale
+    ref4 = xr @ (((q.float() - 8).reshape(n, 3, 64) * r(s)[..., None] + r(off)[..., None]).reshape(n, 192)).T + bias(b)
+    out4 = Int4Linear(w, b, dtype, 64)(x.to(dtype))
+    assert out4.shape == (2, 3, n) and out4.dtype == dtype
+    torch.testing.assert_close(out4.float(), ref4, **tol)
     # and both stay near the unquantized product: relative RMS error (int8: 255 levels per row, int4: 16 per group
     # of 64 gaussian weights, a step of ~0.3 sigma)
     exact = x @ w.T + b
