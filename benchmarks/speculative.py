@@ -51,14 +51,20 @@ def run_method(engine, spec: str, prompts, batch: int, temperature: float, seed:
     from reasonbudget.methods import make_method
 
     method = make_method(spec, SamplingConfig(temperature=temperature))
-    out, t0 = [], time.perf_counter()
+    out, seconds = [], []
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(prompts[i : i + batch]))]
+        t0 = time.perf_counter()
         out += method.run(engine, prompts[i : i + batch], budget=None, generator=gens)
-    return out, time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
+    return out, seconds
 
 
-def summarize(results, seconds: float, grade) -> dict:
+def summarize(results, batch_seconds: list[float], batch: int, grade) -> dict:
+    """One method's row; `batch_seconds`: the wall time of each batch of `batch` problems, in order."""
+    from reasonbudget.eval.stats import bootstrap_interval
+
+    seconds = sum(batch_seconds)
     tokens = sum(len(r.tokens) for r in results)
     drafted = sum(r.usage.drafted_tokens for r in results)
     accepted = sum(r.usage.accepted_tokens for r in results)
@@ -74,17 +80,23 @@ def summarize(results, seconds: float, grade) -> dict:
                     pos_a.append(0)
                 pos_d[k] += d
                 pos_a[k] += a
+    correct = {str(i): [bool(grade(i, r))] for i, r in enumerate(results)}
+    acc_lo, acc_hi = bootstrap_interval(correct)
     return {"tok_s": round(tokens / seconds, 2), "tokens": tokens, "seconds": round(seconds, 2),
+            "batch_seconds": [round(x, 3) for x in batch_seconds],
+            "batch_tokens": [sum(len(r.tokens) for r in results[i : i + batch]) for i in range(0, len(results), batch)],
+            "accuracy_ci": [round(acc_lo, 4), round(acc_hi, 4)],
             "acceptance": round(accepted / drafted, 4) if drafted else None,
             "block_efficiency": round(tokens / max(1, target_passes), 3),
             "position_acceptance": [round(a / d, 3) for a, d in zip(pos_a, pos_d) if d],
             "energy_proxy": sum(r.usage.energy_flops for r in results),
-            "accuracy": round(sum(grade(i, r) for i, r in enumerate(results)) / len(results), 4)}
+            "accuracy": round(sum(v[0] for v in correct.values()) / len(results), 4)}
 
 
 def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) -> list[dict]:
     from reasonbudget.engine import Engine
     from reasonbudget.engine.verify import expected_speedup
+    from reasonbudget.eval.stats import rate_ratio_interval
     from reasonbudget.models import load_model
 
     draft_name, draft_quant, target_name, target_quant, task, items = pair["draft"], pair["draft_quant"], \
@@ -105,17 +117,20 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
     for batch in batches:
         for temperature in temperatures:
             base_res, base_s = run_method(engine, "plain", prompts, batch, temperature)
-            base = summarize(base_res, base_s, grade)
+            base = summarize(base_res, base_s, batch, grade)
             print(f"  target-only {target_name} b={batch} T={temperature}: {base['tok_s']} tok/s", file=sys.stderr)
             rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
                          "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
             for name, spec in (("speculative", f"speculative:draft={draft_name},gamma={gamma}{dq}"),
                                ("mtad", f"mtad:draft={draft_name},gamma={gamma}{dq}")):
                 res, secs = run_method(engine, spec, prompts, batch, temperature)
-                s = summarize(res, secs, grade)
+                s = summarize(res, secs, batch, grade)
+                # tok/s over target-only's, with an interval that resamples the batches (the same problems)
+                ratio, lo, hi = rate_ratio_interval(s["batch_tokens"], s["batch_seconds"], base["batch_tokens"],
+                                                    base["batch_seconds"])
                 row = {"method": name, "draft": f"{draft_name} {draft_quant}", "target": f"{target_name} {target_quant}",
                        "batch": batch, "temperature": temperature, "c": round(c, 3),
-                       "speedup_vs_target": round(s["tok_s"] / base["tok_s"], 3), **s}
+                       "speedup_vs_target": round(ratio, 3), "speedup_ci": [round(lo, 3), round(hi, 3)], **s}
                 if s["acceptance"] is not None:
                     row["predicted_speedup"] = round(expected_speedup(s["acceptance"], gamma, c), 3)
                 if name == "speculative" and temperature == 0:
@@ -147,7 +162,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gamma", type=int, default=4)
     ap.add_argument("--pairs", default="", help="Qwen pairs to run, as DRAFT:QUANT>TARGET:QUANT, comma-separated "
                     "(default: all: " + ", ".join(f"{d}:{dq}>{t}:{tq}" for d, dq, t, tq in QWEN_PAIRS) + ")")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="the Qwen models' dtype: bfloat16 | float32 | auto (bfloat16 where "
+                    "its matmuls are native: a GPU or an AVX-512 CPU; else float32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
@@ -160,7 +176,9 @@ def main(argv=None) -> None:
                      "e.g. qwen2.5-coder-0.5b:int4>qwen2.5-coder-1.5b:none")
     torch.set_num_threads(args.threads)
 
-    from reasonbudget.models.registry import REGISTRY
+    from reasonbudget.models.registry import REGISTRY, resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     from reasonbudget.tasks import get_task
 
     n = 10 if args.quick else args.problems
@@ -185,14 +203,21 @@ def main(argv=None) -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{'method':12s} {'draft':26s} {'target':26s} {'b':>2s} {'T':>3s} {'tok/s':>7s} {'speedup':>7s} {'pred':>5s} "
-          f"{'accept':>6s} {'block':>5s} {'acc':>5s}")
+    print(f"Qwen models in {args.dtype}; intervals: 95% bootstrap over the {n} problems (speed-up: paired batches)")
+    print(f"{'method':12s} {'draft':26s} {'target':26s} {'b':>2s} {'T':>3s} {'tok/s':>7s} {'speedup':>7s} "
+          f"{'95% CI':>13s} {'pred':>5s} {'accept':>6s} {'block':>5s} {'acc':>5s} {'95% CI':>12s}")
+    unclear = []
     for r in rows:
         pred = f"{r['predicted_speedup']:.2f}" if "predicted_speedup" in r else "-"
         acc = f"{r['acceptance']:.2f}" if r.get("acceptance") is not None else "-"
+        ci = f"[{r['speedup_ci'][0]:.2f}, {r['speedup_ci'][1]:.2f}]" if "speedup_ci" in r else ""
         print(f"{r['method']:12s} {str(r['draft']):26s} {r['target']:26s} {r['batch']:2d} {r['temperature']:3.1f} "
-              f"{r['tok_s']:7.1f} {r['speedup_vs_target']:7.2f} {pred:>5s} {acc:>6s} {r['block_efficiency']:5.2f} "
-              f"{r['accuracy']:5.2f}")
+              f"{r['tok_s']:7.1f} {r['speedup_vs_target']:7.2f} {ci:>13s} {pred:>5s} {acc:>6s} "
+              f"{r['block_efficiency']:5.2f} {r['accuracy']:5.2f} [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}]")
+        if "speedup_ci" in r and r["speedup_ci"][0] <= 1.0 <= r["speedup_ci"][1]:
+            unclear.append(f"{r['method']} ({r['target']}, b={r['batch']}, T={r['temperature']:g})")
+    if unclear:
+        print("cannot tell apart from target-only at this size (the interval holds 1.0x): " + "; ".join(unclear))
 
 
 if __name__ == "__main__":

@@ -88,6 +88,32 @@ def test_a_cpu_without_the_packed_bf16_kernel_falls_back_to_plain_linear(monkeyp
     assert lin._kind == "" and torch.equal(lin(x), torch.nn.functional.linear(x, w))
 
 
+def test_float32_packs_large_weights_for_onednn_small_ones_stay_plain_and_mkl_is_the_fallback(monkeypatch):
+    """Large float32 weights go to oneDNN's packed kernel (faster than MKL's on the AMD CPUs measured), small ones
+    stay with F.linear (oneDNN's per-call cost exceeds their matmul); when oneDNN refuses, MKL's packed GEMM takes
+    the large ones. Every choice computes x W^T."""
+    from reasonbudget.models.llama import Linear
+
+    g = torch.Generator().manual_seed(0)
+    big, small = torch.randn(1024, Linear.ONEDNN_MIN_FP32 // 1024, generator=g), torch.randn(16, 8, generator=g)
+    for w, want in ((big, "mkldnn" if torch.backends.mkldnn.is_available() else "mkl"), (small, "")):
+        x = torch.randn(3, w.shape[1], generator=g)
+        lin = Linear(w)
+        lin.pack()
+        assert lin._kind == want
+        torch.testing.assert_close(lin(x), x @ w.T, atol=1e-3, rtol=1e-4)
+
+    def refuse(*_):
+        raise RuntimeError("no oneDNN kernel here")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    lin = Linear(big)
+    lin.pack()
+    assert lin._kind == ("mkl" if torch.backends.mkl.is_available() else "")
+    x = torch.randn(3, big.shape[1], generator=g)
+    torch.testing.assert_close(lin(x), x @ big.T, atol=1e-3, rtol=1e-4)
+
+
 @pytest.mark.parametrize("capability,device,want", [("AVX2", "cpu", "float32"), ("AVX512", "cpu", "bfloat16"),
                                                     ("AVX2", "cuda", "bfloat16")])
 def test_auto_dtype_is_bf16_only_where_its_matmuls_are_native(monkeypatch, capability, device, want):

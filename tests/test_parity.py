@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reasonbudget.engine import Engine, SamplingConfig
+from reasonbudget.models.llama import Linear
 from tests.helpers import runtime_from_hf, tiny_hf_model
 
 CONFIGS = [
@@ -68,7 +69,19 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm):
     ids = torch.tensor([smollm.encode("Natalia sold clips to 48 of her friends in April.")])
     ref = hf(ids).logits
     got = smollm.backend(ids, smollm.backend.new_cache(1, 64), torch.tensor([0])).logits
-    assert (got - ref).abs().max().item() < 1e-4
+    # the packed oneDNN kernels sum in another order than transformers' F.linear: 1.2e-4 on logits up to 28
+    # (float32 rounding through 30 layers); the loader itself is checked tighter through F.linear below
+    assert (got - ref).abs().max().item() < 1e-3
+    linears = [m for m in smollm.backend.modules() if isinstance(m, Linear)]
+    kinds = [m._kind for m in linears]
+    try:
+        for m in linears:
+            m._kind = ""
+        plain = smollm.backend(ids, smollm.backend.new_cache(1, 64), torch.tensor([0])).logits
+    finally:
+        for m, k in zip(linears, kinds):
+            m._kind = k
+    assert (plain - ref).abs().max().item() < 1e-4
 
     hf.generation_config.eos_token_id = None
     want = hf.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
