@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from reasonbudget.models.registry import DTYPES, resolve_dtype
 from reasonbudget.rewards.base import StepSequence
 from reasonbudget.rewards.segment_kv import SegmentKV
 
@@ -114,7 +115,8 @@ class TestbedPRM:
 
         path = Path(path)
         self.tok = AutoTokenizer.from_pretrained(str(path))
-        self.lm = LlamaForCausalLM.from_pretrained(str(path)).eval()
+        # bfloat16 as stored where its matmuls are native, else float32 (an AVX2 CPU converts bf16 on every matmul)
+        self.lm = LlamaForCausalLM.from_pretrained(str(path), dtype=DTYPES[resolve_dtype("auto")]).eval()
         cfg = json.loads((path / HEAD_CONFIG).read_text())
         self.head = StepHead(cfg["d_model"], cfg["hidden"]).eval()
         self.head.load_state_dict(load_file(str(path / HEAD_FILE)))
