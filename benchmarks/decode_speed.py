@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -45,8 +46,8 @@ def measure_bandwidth(gib: float = 1.0, reps: int = 5) -> dict[str, float]:
     """Read bandwidth (bytes/s) of three reads over buffers much larger than the last-level cache."""
     out = {}
     x = torch.ones(int(gib * 2**30) // 4)
-    out["f32_sum"] = x.numel() * 4 / min(_timed(lambda: x.sum()) for _ in range(reps))
-    del x
+    out["f32_sum"] = x.numel() * 4 / min(_timed(x.sum) for _ in range(reps))
+    x = None  # free the buffer before the next one
     from reasonbudget.models.llama import Linear
 
     k = 4096
@@ -54,8 +55,8 @@ def measure_bandwidth(gib: float = 1.0, reps: int = 5) -> dict[str, float]:
         lin = Linear(torch.ones(int(gib * 2**30) // (dtype.itemsize * k), k, dtype=dtype))
         lin.pack()  # the runtime's own kernel: oneDNN / MKL where the CPU takes it, else F.linear
         v = torch.ones(1, k, dtype=dtype)
-        out[name] = lin.weight.numel() * dtype.itemsize / min(_timed(lambda: lin(v)) for _ in range(reps))
-        del lin
+        out[name] = lin.weight.numel() * dtype.itemsize / min(_timed(partial(lin, v)) for _ in range(reps))
+        lin = None
     v = torch.ones(1, k, dtype=torch.bfloat16)
     q = torch.ones(int(gib * 2**30) // k, k, dtype=torch.int8)
     s = torch.ones(q.shape[0], dtype=torch.bfloat16)
