@@ -38,13 +38,16 @@ class Linear(nn.Module):
     def pack(self) -> None:
         w = self.weight.data
         self._packed, self._kind = None, ""
-        if w.device.type != "cpu" or (w.dtype == torch.float32 and w.numel() < self.ONEDNN_MIN_FP32):
+        small_fp32 = w.dtype == torch.float32 and w.numel() < self.ONEDNN_MIN_FP32
+        if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float32) or small_fp32:
             return
-        kinds = [k for k, ok in (("mkldnn", w.dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available()),
-                                 ("mkl", w.dtype == torch.float32 and torch.backends.mkl.is_available())) if ok]
-        for kind in kinds:
+        kernels = []
+        if torch.backends.mkldnn.is_available():
+            kernels.append(("mkldnn", torch.ops.mkldnn._reorder_linear_weight))
+        if w.dtype == torch.float32 and torch.backends.mkl.is_available():
+            kernels.append(("mkl", torch.ops.mkl._mkl_reorder_linear_weight))
+        for kind, reorder in kernels:
             try:
-                reorder = torch.ops.mkldnn._reorder_linear_weight if kind == "mkldnn" else torch.ops.mkl._mkl_reorder_linear_weight
                 self._packed, self._kind = reorder(w, 1), kind
                 return
             except RuntimeError:  # e.g. oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT: the next, else F.linear
