@@ -17,8 +17,10 @@ tiny models' wall time is mostly Python).
 --json prints {"rows": [{"pair", "method", "threshold", "accuracy", "acceptance", "latency_s", "flops",
 "target_calls", ...}...], "matched": [{"pair", "accuracy", "rsd_latency_s", "arbitrage_latency_s", "speedup",
 ...}...], "paired": [{"pair", "arbitrage_threshold", "rsd_threshold", "arbitrage_acceptance",
-"rsd_acceptance", "diff", "diff_ci_low", "diff_ci_high", "p", "verdict"}...]} (paired: each Arbitrage
-threshold against RSD at the nearest acceptance, per-problem differences on the same problems). Plots
+"rsd_acceptance", "diff", "diff_ci_low", "diff_ci_high", "p", "verdict"}...], "ceiling": [{"pair", "cost",
+"rsd_max", "arbitrage_min", "ceiling", ...}...]} (paired: each Arbitrage threshold against RSD at the nearest
+acceptance, per-problem differences on the same problems; ceiling: the largest matched-accuracy speedup the
+measured costs allow, the costliest point of RSD's frontier over Arbitrage's cheapest). Plots
 (--plot-dir, default OUT): accuracy vs acceptance, accuracy vs latency (and vs FLOPs).
 """
 
@@ -93,7 +95,8 @@ def cell(record: dict, scorer: int) -> dict:
     u, t = record["usage"], record.get("trace") or {}
     return {"problem_id": f"{record['task']}/{record['problem_id']}", "correct": bool(record["correct"]),
             "acceptance": t.get("step_acceptance"), "target_calls": t.get("target_calls", 0),
-            "latency_s": u["wall_seconds"], "flops": u["energy_flops"] + 2.0 * scorer * u["prm_tokens"]}
+            "latency_s": u["wall_seconds"], "flops": u["energy_flops"] + 2.0 * scorer * u["prm_tokens"],
+            "scorer_flops": 2.0 * scorer * u["prm_tokens"]}
 
 
 def measure(args) -> dict:
@@ -144,8 +147,10 @@ def measure(args) -> dict:
                          "acceptance": statistics.mean(c["acceptance"] for c in cs if c["acceptance"] is not None),
                          "latency_s": statistics.mean(c["latency_s"] for c in cs), "flops": flops,
                          "target_equivalent_tokens": flops / (2.0 * target_params),
-                         "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs)})
-    return {"rows": rows, "matched": matched(rows), "paired": paired_at_acceptance(rows, per_cell),
+                         "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs),
+                         "scorer_share": statistics.mean(c["scorer_flops"] for c in cs) / flops if flops else 0.0})
+    return {"rows": rows, "matched": matched(rows), "ceiling": speedup_ceiling(rows),
+            "paired": paired_at_acceptance(rows, per_cell),
             "notes": notes, "seconds": round(time.time() - t0, 1),
             "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
                          "per_difficulty": args.per_difficulty, "qwen_limit": args.qwen_limit,
@@ -178,6 +183,26 @@ def matched(rows: list[dict]) -> list[dict]:
                         "rsd_latency_s": b["latency_s"], "arbitrage_latency_s": a["latency_s"],
                         "rsd_flops": b["flops"], "arbitrage_flops": a["flops"], "cost": cost,
                         "speedup": b[cost] / a[cost] if a[cost] > 0 else float("nan")})
+    return out
+
+
+def speedup_ceiling(rows: list[dict]) -> list[dict]:
+    """Per pair, the largest matched-accuracy speedup the measured costs allow whatever accuracy Arbitrage
+    reaches: the costliest point of RSD's cost/accuracy frontier (the most accurate RSD point; a dominated
+    point is never the cheapest match) over Arbitrage's cheapest point. When the scorer (router or PRM) makes
+    most of both methods' cost, this is where a goal such as 1.6x stops being reachable; pure."""
+    out = []
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        cost = "latency_s" if pair == "qwen" else "flops"
+        rsd = frontier([r for r in rows if r["pair"] == pair and r["method"] == "rsd"], cost)
+        arb = [r for r in rows if r["pair"] == pair and r["method"] == "arbitrage"]
+        if not rsd or not arb:
+            continue
+        top, low = rsd[-1], min(arb, key=lambda r: r[cost])
+        out.append({"pair": pair, "cost": cost, "rsd_max": top[cost], "rsd_max_threshold": top["threshold"],
+                    "arbitrage_min": low[cost], "arbitrage_min_threshold": low["threshold"],
+                    "arbitrage_min_scorer_share": low.get("scorer_share"),
+                    "ceiling": top[cost] / low[cost] if low[cost] > 0 else float("nan")})
     return out
 
 
@@ -221,6 +246,11 @@ def print_table(report: dict) -> None:
                   f"speedup {m['speedup']:.2f}x  (tau {m['arbitrage_threshold']}, delta {m['rsd_threshold']})")
     else:
         print("\nno matched-accuracy comparison: no RSD point reaches an Arbitrage point's accuracy, or no router rows")
+    for c in report.get("ceiling") or speedup_ceiling(report["rows"]):  # reports saved before it was added
+        share = c.get("arbitrage_min_scorer_share")
+        print(f"{c['pair']:8} no matching can beat {c['ceiling']:.2f}x here: RSD's most accurate point (delta "
+              f"{c['rsd_max_threshold']}) over Arbitrage's cheapest (tau {c['arbitrage_min_threshold']}"
+              + (f", {share:.0%} of it the router's" if share is not None else "") + ")")
     if report.get("paired"):
         print("\nat matched acceptance (Arbitrage - RSD at the nearest acceptance, same problems; 95% bootstrap "
               "interval over problems, sign-flip p):")

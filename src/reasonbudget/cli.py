@@ -424,6 +424,8 @@ def train_prm_cmd(
     dtype: str = typer.Option("auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native: "
                                            "a GPU or an AVX-512 CPU)"),
     label_only: bool = typer.Option(False, help="Label (resumably) and stop before training the head."),
+    chunk: int = typer.Option(8, help="Problems labelled together and written at once (a stop loses at most one "
+                                      "chunk; the labels do not depend on it)."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the labels (default: 60 for a head alone, 8 with "
                                                      "--tune-layers)."),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
@@ -446,8 +448,10 @@ def train_prm_cmd(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     epochs = epochs if epochs is not None else 8 if tune_layers else 60
-    if limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1 or lora_rank < 1:
-        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs, --hidden and --lora-rank >= 1")
+    if (limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1 or lora_rank < 1
+            or chunk < 1):
+        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs, --hidden, --lora-rank and "
+              "--chunk >= 1")
     if tune_layers < 0:
         _fail(f"--tune-layers {tune_layers}: must be >= 0 (0: a head over the frozen base)")
     if temperature <= 0:
@@ -464,7 +468,7 @@ def train_prm_cmd(
         where = Path(labels) if labels else cache_root() / "step-labels" / f"{slug}.jsonl"
         cfg = LabelConfig(samples=samples, rollouts=rollouts, max_tokens=max_tokens, temperature=temperature)
         typer.echo(f"labelling {len(problems)} problems into {where}", err=True)
-        labelled = label_task(policy, problems, where, cfg, task=the_task.name)
+        labelled = label_task(policy, problems, where, cfg, task=the_task.name, chunk=chunk)
         if label_only:
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)

@@ -26,3 +26,16 @@ def test_each_arbitrage_threshold_meets_rsd_at_the_nearest_acceptance_on_the_sam
     # matched accuracy: the cheapest RSD point at least as accurate as each Arbitrage frontier point
     (m,) = bench.matched(rows)  # Arbitrage's frontier is tau 0.3 alone (tau 0.7 costs more and is less accurate)
     assert m["arbitrage_threshold"] == 0.3 and m["rsd_threshold"] == 0.8 and m["speedup"] == 20 / 12
+
+
+def test_the_speedup_ceiling_is_rsds_costliest_frontier_point_over_arbitrages_cheapest():
+    bench = load_benchmark("arbitrage")
+    rows = [row("rsd", 0.2, 0.5, 0.9, 10), row("rsd", 0.8, 1.0, 0.5, 20), row("target-only", None, 0.6, 0.0, 30),
+            row("rsd", 0.0, 0.3, 1.0, 40),  # dearer and less accurate than both others: never a match
+            row("arbitrage", 0.3, 1.0, 0.85, 12), row("arbitrage", 1.0, 0.4, 1.0, 8)]
+    (c,) = bench.speedup_ceiling(rows)
+    assert (c["rsd_max_threshold"], c["arbitrage_min_threshold"]) == (0.8, 1.0)
+    assert c["ceiling"] == 20 / 8
+    # every matched-accuracy speedup lies below it
+    assert all(m["speedup"] <= c["ceiling"] for m in bench.matched(rows))
+    assert bench.speedup_ceiling([r for r in rows if r["method"] != "arbitrage"]) == []

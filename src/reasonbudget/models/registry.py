@@ -9,15 +9,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from reasonbudget.models.config import ModelConfig
 from reasonbudget.models.profiles import INSTRUCT, PROFILES, THINKING, ReasoningProfile
 from reasonbudget.models.tokenizer import cache_root, gguf_cache_key, load_tokenizer
 from reasonbudget.types import PromptIds
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only a loaded model needs it
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 

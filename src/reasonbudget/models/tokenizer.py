@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # transformers takes seconds to import: imported when a tokenizer is loaded
+    from transformers import PreTrainedTokenizerBase
 
 
 def cache_root() -> Path:
@@ -29,6 +31,8 @@ def gguf_cache_key(path: Path) -> str:
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """From an HF directory, or from the vocabulary inside a GGUF file."""
+    from transformers import AutoTokenizer
+
     if path.is_dir():
         return AutoTokenizer.from_pretrained(str(path))
     cached = cache_root() / "tokenizers" / gguf_cache_key(path)
