@@ -19,7 +19,8 @@ incremental read differs from a padded batch read by rounding (equal to 1e-5 in 
 The particle-filter records depend on how the CPU rounds the verifier's bfloat16 matmuls: they were written on an
 AVX-512 CPU (oneDNN's native bf16 kernels). A CPU without AVX-512 runs plain `F.linear`, which rounds
 differently (seen on an AVX2 EPYC: all 100 records of the other methods equal, the 40 particle-filter records
-not), so those are compared only where bf16 matmuls are native."""
+not), so those are run and compared only where bf16 matmuls are native (elsewhere they took 80% of the
+test's time for nothing)."""
 
 import gzip
 import json
@@ -38,18 +39,22 @@ def normalized(record: dict) -> str:
     return json.dumps(r, sort_keys=True)
 
 
+def _key(line: str) -> tuple:
+    r = json.loads(line)
+    return r["method"], r.get("budget"), r.get("seed"), r["problem_id"]
+
+
 def test_the_sweep_writes_the_records_it_wrote_before_the_refactor(tmp_path):
-    cfg = SweepConfig(task="testbed:d=6", methods=("plain", "budget-forcing", "budget-guidance", "particle-filter"),
-                      budgets=(4, 8), seeds=(0,), limit=20, model="testbed-target", temperature=1.0, batch_size=10)
+    # where bf16 matmuls are not native, the particle-filter records cannot match (above): they are not run there
+    exact_bf16 = resolve_dtype("auto") == "bfloat16"
+    methods = ("plain", "budget-forcing", "budget-guidance", "particle-filter")
+    cfg = SweepConfig(task="testbed:d=6", methods=methods if exact_bf16 else methods[:3], budgets=(4, 8), seeds=(0,),
+                      limit=20, model="testbed-target", temperature=1.0, batch_size=10)
     run_sweep(cfg, tmp_path, progress=False)
     now = [normalized(json.loads(line)) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     with gzip.open(FIXTURE, "rt") as f:
         before = [line.rstrip("\n") for line in f]
-    assert len(now) == len(before) == 140
-    exact_bf16 = resolve_dtype("auto") == "bfloat16"
-    compared = 0
-    for a, b in zip(now, before):
-        if exact_bf16 or json.loads(b)["method"] != "particle-filter":
-            assert a == b
-            compared += 1
-    assert compared == (140 if exact_bf16 else 100)
+    assert len(before) == 140
+    before = [b for b in before if json.loads(b)["method"] in cfg.methods]
+    assert len(now) == len(before) == (140 if exact_bf16 else 100)
+    assert sorted(now, key=_key) == sorted(before, key=_key)
