@@ -37,8 +37,10 @@ from pathlib import Path
 PAIRS = {
     "testbed": {"draft": "testbed-draft", "target": "testbed-target", "dtype": "float32",
                 "tasks": [f"testbed:d={d}" + (f",seed={s}" if s else "") for d in (6, 7, 8) for s in (0, 1, 2)]},
-    "qwen": {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b", "dtype": "bfloat16", "tasks": ["gsm8k"]},
+    "qwen": {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b", "dtype": "auto", "tasks": ["gsm8k"]},
 }
+"""dtype auto: bfloat16 where its matmuls are native (GPU, AVX-512), else float32; resolved before a sweep starts,
+so that its identity names the dtype it ran in."""
 METHODS = ("rsd", "arbitrage", "arbitrage-oracle")
 
 
@@ -104,13 +106,14 @@ def measure(args) -> dict:
 
     from reasonbudget.eval.stats import bootstrap_interval
     from reasonbudget.models import load_model
+    from reasonbudget.models.registry import resolve_dtype
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows, notes = [], []
     per_cell: dict[tuple, dict[str, list[bool]]] = {}  # (pair, method, threshold) -> problem -> correct
     for pair_name in args.pairs:
-        pair = PAIRS[pair_name]
+        pair = dict(PAIRS[pair_name], dtype=resolve_dtype(PAIRS[pair_name]["dtype"]))
         tasks = pair["tasks"] if pair_name == "testbed" else ["gsm8k"]
         limit = args.per_difficulty if pair_name == "testbed" else args.qwen_limit
         batch = args.batch_size if pair_name == "testbed" else 1  # the Qwen pair: batch-1 latency

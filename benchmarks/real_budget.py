@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="runs/real-budget/sweep")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--budgets", default="75,150")
-    ap.add_argument("--dtype", default="bfloat16", help="bfloat16 (about 2x faster on CPUs with bf16 units) | float32")
+    ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native (GPU, AVX-512), else float32; resolved before the run, so that a sweep's identity names the dtype it ran in)")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--extra", action="store_true", help="Also " + ", ".join(EXTRA) + ".")
     ap.add_argument("--only", default="", help="Comma-separated subset of the methods (e.g. to run the ones that "
@@ -139,6 +139,9 @@ def main(argv=None) -> None:
     ap.add_argument("--save", default="docs/real_budget.json", help="Where the JSON document is written.")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    from reasonbudget.models.registry import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     args.only = tuple(m for m in args.only.split(",") if m)
     if args.quick:
         args.limit = min(args.limit, 20)

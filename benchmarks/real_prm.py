@@ -99,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--labels", required=True)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native (GPU, AVX-512), else float32; resolved before the run, so that a sweep's identity names the dtype it ran in)")
     ap.add_argument("--limit", type=int, default=0, help="the first K labelled problems only (0: all)")
     ap.add_argument("--head", help="PRM head directory (default: the model's companion; none: no head)")
     ap.add_argument("--judge-solutions", type=int, default=0, help="also judge the first K solutions (final steps)")
@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/real_prm")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    from reasonbudget.models.registry import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     if not Path(args.labels).is_file():
         ap.error(f"--labels {args.labels}: no such file (make one with reasonbudget train-prm --label-only)")
     report = measure(args)

@@ -218,7 +218,7 @@ def plot(report: dict, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--dtype", default="bfloat16", help="bfloat16 decodes ~3x faster than float32 on AMX CPUs")
+    ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bfloat16 where its matmuls are native (GPU, AVX-512), else float32; resolved before the run, so that a sweep's identity names the dtype it ran in)")
     ap.add_argument("--limit", type=int, default=50, help="first N GSM8K test problems")
     ap.add_argument("--ns", default="4,8", help="comma-separated N values")
     ap.add_argument("--prm", default="auto", help="step scorer: auto (the model's trained PRM head, else the "
@@ -239,6 +239,9 @@ def main() -> None:
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
     ap.add_argument("--plot", help="accuracy-vs-tokens plot (default: OUT/real_scaling.png)")
     args = ap.parse_args()
+    from reasonbudget.models.registry import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
     args.ns = tuple(int(x) for x in args.ns.split(","))
     args.search_ns = tuple(int(x) for x in args.search_ns.split(",")) if args.search_ns else ()
     args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
