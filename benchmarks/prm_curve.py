@@ -31,7 +31,7 @@ from torch.distributions import Beta
 
 from reasonbudget.training.head_prm import HeadTrainConfig, prm_metrics
 
-METRICS = ("step_auroc", "final_auroc", "pair_accuracy")
+METRICS = ("step_auroc", "final_auroc", "pair_accuracy", "within_problem_auroc")
 
 
 def fit_beta_binomial(counts: torch.Tensor, k: int, iters: int = 2000) -> tuple[float, float]:
@@ -108,6 +108,12 @@ def tuned_and_score(model, train_labels, test_labels, cfg: HeadTrainConfig, seed
     return {k: m[k] for k in (*METRICS, "pairs")}
 
 
+def _mean(values) -> float | None:
+    """The mean of the values that exist (a metric is None where a test set has nothing to measure); pure."""
+    vals = [v for v in values if v is not None]
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
 def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str,
           tune_layers: int = 0) -> tuple[dict, object]:
     """(the curve of one base, the test steps' table)."""
@@ -137,9 +143,9 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
         else:
             runs = [train_and_score(train, test, keep, cfg, seed) for seed in range(seeds)]
         rows.append({"problems": min(n, len(order)), "steps": int(keep.sum()), "seeds": runs,
-                     **{k: round(sum(r[k] for r in runs) / len(runs), 4) for k in METRICS}})
+                     **{k: _mean(r[k] for r in runs) for k in METRICS}})
         print(f"{base:22s} {rows[-1]['problems']:5d} {rows[-1]['steps']:6d}  "
-              + "  ".join(f"{rows[-1][k]:.3f}" for k in METRICS), flush=True)
+              + "  ".join("  -  " if rows[-1][k] is None else f"{rows[-1][k]:.3f}" for k in METRICS), flush=True)
     return {"base": base, "tuned_layers": tune_layers, "seconds": round(time.time() - t0, 1),
             "test_problems": len(test_labels),
             "test_steps": len(test.y), "rows": rows}, test
@@ -167,7 +173,7 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         raise SystemExit(f"--sizes {args.sizes!r}: give numbers of problems, comma-separated (e.g. 68,136,204)")
-    print(f"{'base':22s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc")
+    print(f"{'base':22s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc  within_problem")
     report: dict = {"train": args.train, "test": args.test, "curves": []}
     test = None
     for base in args.bases.split(","):

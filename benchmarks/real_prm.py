@@ -7,9 +7,13 @@ scores every solution's steps with each scorer:
     logprob-min  the same by the lowest token log-probability so far (prm=logprob-min)
     judge     the policy as an LLM judge of the whole solution, final steps only (prm=judge-text; it re-reads
               the prefix for every step, so only `--judge-solutions` solutions are judged)
+    difficulty  a reference, not a scorer one could deploy: every step of a solution scored by the share of
+              positive labels among the steps of the problem's other solutions (how often the policy gets
+              this problem right). It knows the problem, nothing about the step.
 Metrics (training.head_prm.prm_metrics): step AUROC (intermediate steps by whether any rollout reached the
-answer, final steps by the answer), final-step AUROC against correctness, pair accuracy (right vs wrong
-solution of one problem), calibration error against the soft labels.
+answer, final steps by the answer), the same within each problem (what search compares), final-step AUROC
+against correctness, pair accuracy (right vs wrong solution of one problem), calibration error against the
+soft labels.
 
     python benchmarks/real_prm.py --labels FILE [--model qwen2.5-coder-0.5b] [--head DIR] [--judge-solutions 60]
                                   [--json] [--out runs/real_prm]
@@ -62,6 +66,7 @@ def measure(args) -> dict:
                for it, f in zip(items, feats)]
     measure_scores("logprob", [prefix_confidence(f, n) if f.numel() else f for f, n in zip(feats, lengths)], seconds)
     measure_scores("logprob-min", [prefix_min_confidence(f) if f.numel() else f for f in feats], seconds)
+    measure_scores("difficulty (reference)", difficulty_scores(labelled), 0.0)
     if args.judge_solutions:  # final steps only: one judge call per solution
         t0 = time.time()
         k = min(args.judge_solutions, len(items))
@@ -82,15 +87,33 @@ def measure(args) -> dict:
     return report
 
 
+def difficulty_scores(labelled) -> list:
+    """Per solution (in `solutions_of` order), every step scored by the share of positive labels (any rollout
+    right; the last step: the answer) among the steps of the problem's other solutions; 0.5 without any; pure."""
+    import torch
+
+    from reasonbudget.training.head_prm import solutions_of
+
+    def positives(sol) -> list[bool]:
+        return [v > 0 for v in sol.values[:-1] if v is not None] + [sol.correct]
+
+    out = []
+    for lp, sol in solutions_of(labelled):
+        others = [y for o in lp.solutions if o is not sol for y in positives(o)]
+        out.append(torch.full((len(sol.steps),), sum(others) / len(others) if others else 0.5))
+    return out
+
+
 def print_table(report: dict) -> None:
     d = report["data"]
     print(f"{d['model']}: {d['problems']} problems, {d['solutions']} solutions (accuracy {d['solution_accuracy']:.3f}),"
           f" labels {d['labels']}")
-    print(f"{'scorer':22} {'steps':>6} {'step AUROC':>10} {'final AUROC':>11} {'pairs':>6} {'pair acc':>8} "
-          f"{'ECE':>6} {'seconds':>8}")
+    print(f"{'scorer':22} {'steps':>6} {'step AUROC':>10} {'within problems':>15} {'final AUROC':>11} {'pairs':>6} "
+          f"{'pair acc':>8} {'ECE':>6} {'seconds':>8}")
     fmt = lambda v, w, p=3: f"{v:{w}.{p}f}" if isinstance(v, float) else f"{'-' if v is None else v:>{w}}"  # noqa: E731
     for name, m in report["scorers"].items():
-        print(f"{name:22} {fmt(m.get('steps'), 6)} {fmt(m.get('step_auroc'), 10)} {fmt(m.get('final_auroc'), 11)} "
+        print(f"{name:22} {fmt(m.get('steps'), 6)} {fmt(m.get('step_auroc'), 10)} "
+              f"{fmt(m.get('within_problem_auroc'), 15)} {fmt(m.get('final_auroc'), 11)} "
               f"{fmt(m.get('pairs'), 6)} {fmt(m.get('pair_accuracy'), 8)} {fmt(m.get('ece'), 6)} "
               f"{fmt(m.get('seconds'), 8, 1)}")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reasonbudget.rewards.head_prm import HEAD_CONFIG, HEAD_FILE, HeadPRM, HeadSpec, logprob_features
-from reasonbudget.training.head_prm import expected_calibration_error, fit_platt, split_problems
+from reasonbudget.training.head_prm import expected_calibration_error, fit_platt, split_problems, within_problem_auroc
 from reasonbudget.training.step_labels import (
     LabelConfig,
     LabelledProblem,
@@ -70,6 +70,18 @@ def labels(target, tmp_path_factory):
     cfg = LabelConfig(samples=2, rollouts=3, max_tokens=160, temperature=1.0)
     return task, out, cfg, label_task(target, task.problems()[:12], out, cfg, task=task.name, chunk=6,
                                       progress=False)
+
+
+def test_within_problem_auroc_ranks_steps_of_one_problem_only():
+    # problem a: ranked right; problem b: ranked backwards; c has one kind of label and does not count
+    scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.6]
+    labels = [True, False, True, False, True, True]
+    groups = ["a", "a", "b", "b", "c", "c"]
+    assert within_problem_auroc(scores, labels, groups) == (0.5, 2)
+    # a scorer that knows only which problem is easy: perfect pooled ranking, chance within problems
+    scores, labels, groups = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1], [True, True, False, False, False, True], list("aaabbb")
+    assert within_problem_auroc(scores, labels, groups) == (0.5, 2)
+    assert math.isnan(within_problem_auroc([0.3], [True], ["a"])[0])
 
 
 def test_labels_are_shares_of_rollouts_and_the_last_step_is_the_outcome(labels):

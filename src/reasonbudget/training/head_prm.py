@@ -174,9 +174,14 @@ def prm_metrics(scores: Tensor, data: StepData, steps: Tensor) -> dict:
       hard label), and final steps by their answer;
     - final_auroc: last steps against the solution's correctness (the PRM as an outcome verifier);
     - pair_accuracy: problems with a right and a wrong solution, the right one's last step scoring higher
-      (ties count half); ece: calibration against the soft labels."""
+      (ties count half); ece: calibration against the soft labels;
+    - within_problem_auroc: step_auroc's steps ranked within each problem (the mean over problems that have both
+      kinds). Search only ever compares steps of one problem. The pooled step AUROC also rewards knowing which
+      problems the policy solves: on the testbed's rollout labels a scorer that knows only that (from one other
+      sample of the problem) reaches 0.74, near the testbed PRM's 0.77, while ranking nothing within a problem."""
     lab = steps & ~torch.isnan(data.y)
     s, y = scores[lab].tolist(), data.y[lab].tolist()
+    within, n_within = within_problem_auroc(s, [v > 0 for v in y], [data.problem[int(k)] for k in data.solution[lab]])
     fin = steps & data.last
     fs = scores[fin].tolist()
     fc = [data.correct[int(k)] for k in data.solution[fin]]
@@ -189,7 +194,18 @@ def prm_metrics(scores: Tensor, data: StepData, steps: Tensor) -> dict:
             "pairs": len(pairs), "pair_accuracy": round(sum(1.0 if r > w else 0.5 if r == w else 0.0
                                                           for r, w in pairs) / len(pairs), 4) if pairs else None,
             "ece": round(expected_calibration_error(s, y), 4) if s else None,
-            "positive_share": round(sum(v > 0 for v in y) / len(y), 4) if y else None}
+            "positive_share": round(sum(v > 0 for v in y) / len(y), 4) if y else None,
+            "within_problem_auroc": round(within, 4) if n_within else None, "within_problems": n_within}
+
+
+def within_problem_auroc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[str]) -> tuple[float, int]:
+    """(mean AUROC within each group that has both labels, how many such groups); (nan, 0) when none; pure."""
+    by: dict[str, tuple[list[float], list[bool]]] = {}
+    for sc, lab, g in zip(scores, labels, groups, strict=True):
+        by.setdefault(g, ([], []))[0].append(sc)
+        by[g][1].append(lab)
+    aucs = [auroc(sc, lab) for sc, lab in by.values() if 0 < sum(lab) < len(lab)]
+    return (sum(aucs) / len(aucs), len(aucs)) if aucs else (math.nan, 0)
 
 
 def held_out_split(data: StepData, cfg: HeadTrainConfig) -> tuple[set[str], Tensor, Tensor, Tensor]:
