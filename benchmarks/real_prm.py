@@ -67,6 +67,8 @@ def measure(args) -> dict:
     measure_scores("logprob", [prefix_confidence(f, n) if f.numel() else f for f, n in zip(feats, lengths)], seconds)
     measure_scores("logprob-min", [prefix_min_confidence(f) if f.numel() else f for f in feats], seconds)
     measure_scores("difficulty (reference)", difficulty_scores(labelled), 0.0)
+    # within a problem it only tells the left-out solutions apart, inversely (each reads the others' labels)
+    report["scorers"]["difficulty (reference)"]["within_problem_auroc"] = None
     if args.judge_solutions:  # final steps only: one judge call per solution
         t0 = time.time()
         k = min(args.judge_solutions, len(items))
