@@ -97,6 +97,29 @@ def test_labels_are_shares_of_rollouts_and_the_last_step_is_the_outcome(labels):
     assert 0 < sum(values) / len(values) < 1  # the labels are not constant
 
 
+def test_more_rollouts_keep_the_labels_outcomes_first(labels, target):
+    """Rollout r draws the same tokens whatever `rollouts` is: a label made with 3 outcomes is the first 3 of a
+    run with 6 (what benchmarks/value_ceiling.py builds on)."""
+    from dataclasses import replace
+
+    from reasonbudget.training.step_labels import StepLabeller
+
+    task, _, cfg, labelled = labels
+    labeller = StepLabeller(target, replace(cfg, rollouts=6), task=task.name)
+    labeller.label(task.problems()[:3])
+    checked = 0
+    for lp in labelled[:3]:
+        for s, sol in enumerate(lp.solutions):
+            for k, v in enumerate(sol.values[:-1]):
+                outcomes = labeller.outcomes.get((lp.problem_id, s, k))
+                assert (outcomes is None) == (v is None)
+                if outcomes is not None:
+                    assert len(outcomes) == 6 and outcomes[0] == sol.correct
+                    assert sum(outcomes[:3]) / 3 == v
+                    checked += 1
+    assert checked >= 6
+
+
 def test_labelling_resumes_and_refuses_other_settings(labels, target, tmp_path):
     task, out, cfg, labelled = labels
     lines = out.read_text().splitlines()

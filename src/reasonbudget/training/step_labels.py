@@ -131,6 +131,10 @@ class StepLabeller:
         self.engine = Engine(model)
         self.delimiter = model.profile.step_delimiter
         self.tokens_generated = 0
+        self.outcomes: dict[tuple[str, int, int], list[bool]] = {}
+        """(problem id, solution, step) -> every outcome of a rolled-out step in seed order: the solution's own,
+        then rollout 0, 1, ... (rollout r draws the same tokens whatever `rollouts` is, so a label made with
+        fewer rollouts is a prefix of this list)."""
 
     def _gen(self, *key: object) -> torch.Generator:
         from reasonbudget.eval.runner import problem_seed
@@ -208,14 +212,17 @@ class StepLabeller:
                 gens.append(self._gen(problems[pi].id, s, k, r))
                 budgets.append(max(1, cfg.max_tokens - done))
                 owner.append((j, k))
-        wins: dict[tuple[int, int], int] = {jk: int(correct[jk[0]]) for jk in roll}  # the own continuation
+        outcomes: dict[tuple[int, int], list[bool]] = {jk: [bool(correct[jk[0]])] for jk in roll}  # own first
         if prefixes:
             completions = self._decode(prefixes, gens, budgets)
             heads = {jk: self._text(sols[jk[0]][: ends[jk[0]][jk[1]]]) for jk in roll}
             verdicts = grade_many([(heads[o] + self._text(c), problems[jobs[o[0]][0]].gold, self.task)
                                    for o, c in zip(owner, completions)])
             for o, v in zip(owner, verdicts):
-                wins[o] += int(v)
+                outcomes[o].append(bool(v))
+        for (j, k), v in outcomes.items():
+            self.outcomes[(problems[jobs[j][0]].id, jobs[j][1], k)] = v
+        wins = {jk: sum(v) for jk, v in outcomes.items()}
         out = []
         for pi, p in enumerate(problems):
             labelled = []
