@@ -96,8 +96,8 @@ def difficulty_scores(labelled) -> list:
 
     from reasonbudget.training.head_prm import solutions_of
 
-    def positives(sol) -> list[bool]:
-        return [v > 0 for v in sol.values[:-1] if v is not None] + [sol.correct]
+    def positives(sol) -> list[bool]:  # the last step's value is its answer's correctness
+        return [v > 0 for v in sol.values if v is not None]
 
     out = []
     for lp, sol in solutions_of(labelled):

@@ -83,8 +83,9 @@ def measure(args) -> dict:
         from reasonbudget.types import StepSequence
 
         prm = load_prm(args.prm, model)
-        per_solution = {(lp.problem_id, s): prm.score_steps([StepSequence(lp.question, sol.steps)])[0]
-                        for lp in labelled for s, sol in enumerate(lp.solutions)}
+        keys = [(lp.problem_id, s) for lp in labelled for s in range(len(lp.solutions))]
+        per_solution = dict(zip(keys, prm.score_steps([StepSequence(lp.question, sol.steps) for lp in labelled
+                                                       for sol in lp.solutions])))  # one batched call
         scores[f"PRM ({args.prm})"] = [float(per_solution[(r["problem"], r["solution"])][r["step"]]) for r in rows]
     report = ceiling_metrics(rows, scores)
     report["settings"] = {k: getattr(args, k) for k in ("model", "task", "limit", "samples", "rollouts", "extra",
