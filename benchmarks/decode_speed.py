@@ -71,8 +71,8 @@ def weight_bytes_per_token(backend: torch.nn.Module) -> int:
 
     seen, total = set(), 0
     for m in backend.modules():
-        tensors = ([m.weight] if isinstance(m, Linear) else [m.q, m.scale] if isinstance(m, Int8Linear)
-                   else [m.packed, m.scales_and_zeros] if isinstance(m, Int4Linear) else [])
+        tensors = ([m.weight] if isinstance(m, Linear) else list(m.buffers(recurse=False))
+                   if isinstance(m, (Int4Linear, Int8Linear)) else [])
         for t in tensors:
             if id(t) not in seen:
                 seen.add(id(t))
@@ -146,6 +146,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per row")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--act-dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                    help="activations of the int8/int4 rows (their weights are int8/int4 either way): auto = "
+                         "bfloat16 where the CPU computes it natively (AVX-512, AMX), else float32, where the "
+                         "AVX2 kernels and the fused decode ops run")
     ap.add_argument("--no-hf", action="store_true", help="Skip transformers generate.")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     ap.add_argument("--out", help="also write the JSON result to this file")
@@ -153,7 +157,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     from reasonbudget.models import build_prompt, load_model
-    from reasonbudget.models.registry import REGISTRY, resolve
+    from reasonbudget.models.registry import REGISTRY, resolve, resolve_dtype
+
+    act_dtype = resolve_dtype(args.act_dtype, "cpu")
 
     weights = [w for w in args.weights.split(",") if w]
     if bad := [w for w in weights if w not in QUANT]:
@@ -166,7 +172,7 @@ def main(argv=None) -> None:
     hf_runs, cpp_runs = {}, {}
     for name in names:
         for w in weights:
-            model = load_model(name, dtype="bfloat16", quant=QUANT[w])
+            model = load_model(name, dtype="bfloat16" if QUANT[w] == "none" else act_dtype, quant=QUANT[w])
             prompt = build_prompt(model, QUESTION)
             meta[(name, w)] = weight_bytes_per_token(model.backend)
             for b in batches:
@@ -223,7 +229,8 @@ def main(argv=None) -> None:
               "llama_cpp": [row(k) for k in tps if k[0] == "llama_cpp"], "bandwidth_gb_s": round(bandwidth / 1e9, 2),
               "bandwidth_reads_gb_s": {k: round(v / 1e9, 2) for k, v in bw.items()}, "forward": forwards,
               "step_cost_ratio": pairs,
-              "settings": {"threads": args.threads, "new_tokens": args.tokens, "reps": args.reps, "dtype": "bfloat16"}}
+              "settings": {"threads": args.threads, "new_tokens": args.tokens, "reps": args.reps, "dtype": "bfloat16",
+                           "quantized_activations": act_dtype}}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -38,7 +38,7 @@ def test_int4_round_trip_is_within_half_a_step_per_group():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [101, 128])  # 101: padded to the kernel's multiple of 16, then cut back
-def test_kernels_compute_x_times_the_dequantized_weight(dtype, n):
+def test_torch_kernels_compute_x_times_the_dequantized_weight(dtype, n):
     g = torch.Generator().manual_seed(2)
     w, b, x = torch.randn(n, 192, generator=g), torch.randn(n, generator=g), torch.randn(2, 3, 192, generator=g)
     xr = x.to(KERNEL_DTYPE).float()  # the kernels read x and the scales in bfloat16, whatever the model's dtype
@@ -48,13 +48,13 @@ def test_kernels_compute_x_times_the_dequantized_weight(dtype, n):
     tol = dict(atol=0.15, rtol=1e-2)
     q, s = quantize_int8(w)
     ref8 = xr @ (q.float() * r(s)[:, None]).T + bias(b)
-    out8 = Int8Linear(w, b, dtype)(x.to(dtype))
+    out8 = Int8Linear(w, b, dtype, kernel="torch")(x.to(dtype))
     assert out8.dtype == dtype
     torch.testing.assert_close(out8.float(), ref8, **tol)
     q, s, lo = quantize_int4(w, 64)
     off = lo + 8 * s  # the kernel's offset, rounded to bfloat16 like the scale
     ref4 = xr @ (((q.float() - 8).reshape(n, 3, 64) * r(s)[..., None] + r(off)[..., None]).reshape(n, 192)).T + bias(b)
-    out4 = Int4Linear(w, b, dtype, 64)(x.to(dtype))
+    out4 = Int4Linear(w, b, dtype, 64, kernel="torch")(x.to(dtype))
     assert out4.shape == (2, 3, n) and out4.dtype == dtype
     torch.testing.assert_close(out4.float(), ref4, **tol)
     # and both stay near the unquantized product: relative RMS error (int8: 255 levels per row, int4: 16 per group

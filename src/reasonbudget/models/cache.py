@@ -102,6 +102,7 @@ class RowSelection:
         if int(start.max()) + num_new > cache.capacity:
             raise RuntimeError(f"KV cache capacity {cache.capacity} exceeded")
         self.positions = start[:, None] + torch.arange(num_new)  # [R, T] host
+        self.starts = start.contiguous()  # [R] int64 host: each row's first new position
         self.kv_len = int(start.max()) + num_new
         lo, hi = int(rows[0]), int(rows[-1])
         contiguous = hi - lo + 1 == rows.numel() and bool((rows.diff() == 1).all()) if rows.numel() > 1 else True

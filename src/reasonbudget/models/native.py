@@ -1,0 +1,193 @@
+"""Our AVX2 kernels, compiled on first use and called through ctypes: the quantized matmuls of
+`kernels/qmatmul_avx2.c` and the fused float32 decode-step ops of `kernels/decode_avx2.c`.
+
+The sources are compiled once per source version and compiler into `<cache>/kernels/` (about a second) and loaded
+from there afterwards. Where it cannot be used (no AVX2/FMA, no C compiler, a failed build, or
+`REASONBUDGET_KERNELS=torch`), `available()` is False and the quantized linears use PyTorch's packed kernels, as
+before; the reason is kept in `unavailable_reason()` and reported once in the load report's log.
+
+ctypes releases the GIL during a call; a call costs a few microseconds, against the 0.1-10 ms of a matmul.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from reasonbudget.models.tokenizer import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
+FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+ABI_VERSION = 2
+BLOCK = 32
+"""Input channels per activation block (one int8 scale each): K must be a multiple of it."""
+
+_reason = ""
+
+
+def _cpu_has_avx2() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    text = b"".join(f.read_bytes() for f in SOURCES)
+    key = hashlib.sha256(text + " ".join((cc, *FLAGS, version)).encode()).hexdigest()[:16]
+    target = cache_root() / "kernels" / f"reasonbudget_avx2-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        done = subprocess.run([cc, *FLAGS, "-o", str(out), *map(str, SOURCES), "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
+        os.replace(out, target)  # atomic: a concurrent process sees the whole library or none
+    return target
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    global _reason
+    if os.environ.get("REASONBUDGET_KERNELS", "").lower() == "torch":
+        _reason = "REASONBUDGET_KERNELS=torch"
+        return None
+    if not _cpu_has_avx2():
+        _reason = f"the CPU has no AVX2 ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
+        return None
+    cc = _compiler()
+    if cc is None:
+        _reason = "no C compiler (set CC, or install gcc)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _reason = f"the AVX2 kernels did not build: {e}"
+        log.warning("%s; the quantized linears use PyTorch's kernels", _reason)
+        return None
+    if lib.rb_abi_version() != ABI_VERSION:
+        _reason = "a stale kernel library"
+        return None
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.rb_q4_matmul.argtypes = [p, i64, i64, p, p, p, p, i64, i64, p, i32]
+    lib.rb_q8_matmul.argtypes = [p, i64, i64, p, p, p, i64, p, i32]
+    lib.rb_f32_matmul.argtypes = [p, i64, i64, p, p, i64, p, i32]
+    lib.rb_rms_norm.argtypes = [p, i64, i64, p, f32, p]
+    lib.rb_silu_mul.argtypes = [p, i64, i64, p]
+    lib.rb_attn_decode.argtypes = [p, i64, i64, i64, i64, p, p, f32, p, p, p, p, i64, p, p, p, i32]
+    lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = i32
+    lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = None
+    return lib
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def unavailable_reason() -> str:
+    _library()
+    return _reason
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(rc: int) -> None:
+    if rc:
+        raise MemoryError("a native kernel could not allocate its scratch memory")
+
+
+def q4_matmul(x: Tensor, packed: Tensor, scale: Tensor, low: Tensor, bias: Tensor | None, group: int) -> Tensor:
+    """x float32 [M, K] -> [M, N]; formats as in the C source (`quant.pack_int4_blocks`)."""
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous()
+    (m, k), n = x.shape, packed.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    _check(lib.rb_q4_matmul(x.data_ptr(), m, k, packed.data_ptr(), scale.data_ptr(), low.data_ptr(), _ptr(bias), n,
+                            group, y.data_ptr(), torch.get_num_threads()))
+    return y
+
+
+def q8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """x float32 [M, K] -> [M, N]; q int8 [N, K], scale float32 [N]."""
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous()
+    (m, k), n = x.shape, q.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    _check(lib.rb_q8_matmul(x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), _ptr(bias), n, y.data_ptr(),
+                            torch.get_num_threads()))
+    return y
+
+
+def f32_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x float32 [M, K] (a few rows) -> [M, N] = x W^T (+ b), weight float32 [N, K] contiguous."""
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous()
+    (m, k), n = x.shape, weight.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    lib.rb_f32_matmul(x.data_ptr(), m, k, weight.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+# ---- the fused decode-step ops (float32, contiguous) --------------------------------------------------------
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    d = x.shape[-1]
+    lib.rb_rms_norm(x.data_ptr(), x.numel() // d, d, weight.data_ptr(), eps, y.data_ptr())
+    return y
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """[..., 2 I] (gate first) -> [..., I] = silu(gate) * up."""
+    lib = _library()
+    assert lib is not None
+    gate_up = gate_up.contiguous()
+    i = gate_up.shape[-1] // 2
+    y = gate_up.new_empty(*gate_up.shape[:-1], i)
+    lib.rb_silu_mul(gate_up.data_ptr(), gate_up.numel() // (2 * i), i, y.data_ptr())
+    return y
+
+
+def attn_decode(qkv: Tensor, *, heads: int, kv_heads: int, head_dim: int, q_norm: Tensor | None,
+                k_norm: Tensor | None, eps: float, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+                rows: Tensor, positions: Tensor) -> Tensor:
+    """One new token per row: qkv [R, (H + 2 Hkv) D]; cos, sin [R, D]; one layer's caches [rows, Hkv, S, D]
+    (contiguous; the new k, v are written at `positions`); rows, positions: int64 [R]. Returns [R, H D]."""
+    lib = _library()
+    assert lib is not None
+    r = qkv.shape[0]
+    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+    rows, positions = rows.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
+    out = torch.empty(r, heads * head_dim, dtype=torch.float32)
+    rc = lib.rb_attn_decode(qkv.data_ptr(), r, heads, kv_heads, head_dim, _ptr(q_norm), _ptr(k_norm), eps,
+                            cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[2],
+                            rows.data_ptr(), positions.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    _check(rc)
+    return out

@@ -1,0 +1,161 @@
+"""Our AVX2 kernels (`models.native`) against PyTorch references: the quantized matmuls reproduce x rounded to
+int8 blocks times the dequantized weight; the float32 matvec, norm, SwiGLU and decode attention match PyTorch's;
+every row's result is independent of the rows fed with it; a model decodes the same with and without them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonbudget.models import native
+from reasonbudget.models.quant import (
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    dequantize_int8,
+    pack_int4_blocks,
+    quantize_int4,
+    quantize_int8,
+    round_activations_int8,
+    unpack_int4_blocks,
+)
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"AVX2 kernels: {native.unavailable_reason()}")
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_int4_block_packing_round_trips_and_pairs_channel_j_with_j_plus_32():
+    q = torch.randint(0, 16, (5, 128), generator=_gen(0), dtype=torch.int32)
+    packed = pack_int4_blocks(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 64)
+    assert torch.equal(unpack_int4_blocks(packed), q)
+    assert int(packed[0, 0]) == int(q[0, 0]) | (int(q[0, 32]) << 4)
+
+
+def test_activation_rounding_keeps_each_block_within_half_a_level():
+    x = torch.randn(3, 96, generator=_gen(1)) * torch.linspace(0.01, 50, 96)
+    r = round_activations_int8(x)
+    step = x.reshape(3, 3, 32).abs().amax(-1, keepdim=True) / 127
+    assert bool(((r - x).reshape(3, 3, 32).abs() <= step / 2 + 1e-6).all())
+    assert torch.equal(round_activations_int8(torch.zeros(2, 32)), torch.zeros(2, 32))  # no division by zero
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 9])  # every tile shape: 1 -> 4 channels, 2 -> 2, more -> 4 rows
+def test_quantized_kernels_match_rounded_x_times_dequantized_weight(rows):
+    g = _gen(2)
+    n, k = 70, 256  # 70: not a multiple of the 4-channel tile
+    w, b, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(rows, k, generator=g)
+    xr = round_activations_int8(x).double()
+    q, s = quantize_int8(w)
+    ref8 = xr @ dequantize_int8(q, s).double().T + b.double()
+    torch.testing.assert_close(native.q8_matmul(x, q, s, b).double(), ref8, atol=1e-3, rtol=1e-5)
+    q, s, lo = quantize_int4(w, 128)
+    ref4 = xr @ dequantize_int4(q, s, lo, 128).double().T + b.double()
+    out4 = native.q4_matmul(x, pack_int4_blocks(q), s.contiguous(), lo.contiguous(), b, 128)
+    torch.testing.assert_close(out4.double(), ref4, atol=1e-3, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["int8", "int4", "f32"])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
+    g = _gen(3)
+    w, x = torch.randn(37, 192, generator=g), torch.randn(11, 192, generator=g)
+    if kind == "int8":
+        q, s = quantize_int8(w)
+        f = lambda t: native.q8_matmul(t, q, s, None)  # noqa: E731
+    elif kind == "int4":
+        q, s, lo = quantize_int4(w, 64)
+        p = pack_int4_blocks(q)
+        f = lambda t: native.q4_matmul(t, p, s, lo, None, 64)  # noqa: E731
+    else:
+        f = lambda t: native.f32_matmul(t, w, None)  # noqa: E731
+    together = f(x)
+    for i in range(x.shape[0]):
+        assert torch.equal(f(x[i : i + 1]), together[i : i + 1])
+    assert torch.equal(f(x[3:5]), together[3:5])
+
+
+@needs_native
+def test_modules_pick_the_avx2_kernel_where_the_shape_fits_and_keep_the_models_dtype():
+    w = torch.randn(40, 192, generator=_gen(4))
+    assert Int4Linear(w, None, torch.float32, 64).kernel == "avx2"
+    assert Int8Linear(w, None, torch.float32).kernel == "avx2"
+    assert Int4Linear(w[:, :96], None, torch.float32, 32).kernel == "torch"  # 96: no group of 64 fits
+    y = Int4Linear(w, torch.ones(40), torch.bfloat16, 64)(torch.randn(2, 3, 192).to(torch.bfloat16))
+    assert y.shape == (2, 3, 40) and y.dtype == torch.bfloat16
+
+
+@needs_native
+def test_float32_ops_match_pytorch():
+    g = _gen(5)
+    w, b, x = torch.randn(50, 136, generator=g), torch.randn(50, generator=g), torch.randn(6, 136, generator=g)
+    torch.testing.assert_close(native.f32_matmul(x, w, b), F.linear(x, w, b), atol=1e-4, rtol=1e-5)
+    h, nw = torch.randn(2, 3, 100, generator=g), torch.randn(100, generator=g)  # 100: a scalar tail after 96
+    torch.testing.assert_close(native.rms_norm(h, nw, 1e-6), F.rms_norm(h, (100,), nw, 1e-6), atol=1e-5, rtol=1e-5)
+    gu = torch.randn(4, 1, 2 * 24, generator=g) * 4
+    gate, up = gu.chunk(2, dim=-1)
+    torch.testing.assert_close(native.silu_mul(gu), F.silu(gate) * up, atol=1e-5, rtol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 24])  # 64: the 8-register value loop; 24: its 8-wide tail
+def test_decode_attention_matches_sdpa_on_ragged_rows(qk_norm, head_dim):
+    g = _gen(6)
+    H, Hkv, D, S = 6, 2, head_dim, 40
+    k_cache, v_cache = torch.randn(5, Hkv, S, D, generator=g), torch.randn(5, Hkv, S, D, generator=g)
+    rows, pos = torch.tensor([4, 1, 2]), torch.tensor([0, 7, 31])  # ragged: each row attends to 0..pos
+    qkv = torch.randn(3, (H + 2 * Hkv) * D, generator=g)
+    angle = pos[:, None].float() * torch.rand(D // 2, generator=g)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    qn, kn = (torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5) if qk_norm else (None, None)
+    kc, vc = k_cache.clone(), v_cache.clone()
+    out = native.attn_decode(qkv, heads=H, kv_heads=Hkv, head_dim=D, q_norm=qn, k_norm=kn, eps=1e-6, cos=cos, sin=sin,
+                             k_cache=kc, v_cache=vc, rows=rows, positions=pos)
+
+    def rope(t):  # t: [heads, D]
+        rotated = torch.cat([-t[:, D // 2 :], t[:, : D // 2]], -1)
+        return t * cos[i] + rotated * sin[i]
+
+    for i, (r, p) in enumerate(zip(rows.tolist(), pos.tolist())):
+        heads = qkv[i].view(H + 2 * Hkv, D)
+        q, k, v = heads[:H], heads[H : H + Hkv], heads[H + Hkv :]
+        if qk_norm:
+            q, k = F.rms_norm(q, (D,), qn, 1e-6), F.rms_norm(k, (D,), kn, 1e-6)
+        q, k = rope(q), rope(k)
+        torch.testing.assert_close(kc[r, :, p], k, atol=1e-5, rtol=1e-5)  # the new k, v written at p
+        torch.testing.assert_close(vc[r, :, p], v)
+        keys, values = kc[r, :, : p + 1], vc[r, :, : p + 1]
+        ref = F.scaled_dot_product_attention(q.view(Hkv, H // Hkv, D), keys, values)  # [Hkv, g, D]
+        torch.testing.assert_close(out[i].view(Hkv, H // Hkv, D), ref, atol=1e-5, rtol=1e-4)
+    untouched = torch.ones(5, S, dtype=torch.bool)
+    untouched[rows, pos] = False
+    assert torch.equal(kc.transpose(1, 2)[untouched], k_cache.transpose(1, 2)[untouched])
+
+
+@needs_native
+def test_a_model_decodes_the_same_tokens_with_and_without_the_fused_step(monkeypatch):
+    """The testbed target (float32): greedy continuations of a ragged batch equal the unfused ones; logits close."""
+    from reasonbudget.engine import Engine, SamplingConfig
+    from reasonbudget.models import llama, load_model
+
+    model = load_model("testbed-target", dtype="float32")
+    engine = Engine(model)
+    prompts = [model.tokenizer.encode(t) for t in ("Q: 3 + 4 * 2 = ?", "Q: a long question about 12 and 30 = ?")]
+
+    def run():
+        rows = engine.prefill(prompts, max_new_tokens=12)
+        out = engine.decode(rows, max_new_tokens=12, sampling=SamplingConfig(), stop_on_eos=False)
+        engine.release(rows)
+        return [list(o.tokens) for o in out]
+
+    calls = []
+    attn = native.attn_decode
+    monkeypatch.setattr(native, "attn_decode", lambda *a, **k: calls.append(1) or attn(*a, **k))
+    fused = run()
+    assert len(calls) >= 11 * model.backend.cfg.num_layers  # every decode step, every layer
+    monkeypatch.setattr(llama, "fused_decode_applies", lambda *a: False)
+    assert run() == fused
