@@ -30,7 +30,8 @@ import torch
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")
-QUANT = {"bf16": "none", "int8": "int8", "int4": "int4"}
+QUANT = {"bf16": "none", "int8": "int8", "int4": "int4", "f32": "none"}
+"""Weight formats. f32 (not in the default set) is what `--dtype auto` loads on a CPU without native bf16."""
 PAIRS = (("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "bf16"),
          ("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "int8"),
          ("qwen2.5-coder-1.5b", "int4", "qwen2.5-coder-1.5b", "bf16"))
@@ -172,7 +173,8 @@ def main(argv=None) -> None:
     hf_runs, cpp_runs = {}, {}
     for name in names:
         for w in weights:
-            model = load_model(name, dtype="bfloat16" if QUANT[w] == "none" else act_dtype, quant=QUANT[w])
+            dtype = {"bf16": "bfloat16", "f32": "float32"}.get(w, act_dtype)
+            model = load_model(name, dtype=dtype, quant=QUANT[w])
             prompt = build_prompt(model, QUESTION)
             meta[(name, w)] = weight_bytes_per_token(model.backend)
             for b in batches:
@@ -183,17 +185,20 @@ def main(argv=None) -> None:
         if not args.no_hf:
             from transformers import AutoModelForCausalLM
 
-            hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.bfloat16).eval()
-            hf.generation_config.eos_token_id = None  # always generate exactly --tokens
-            hf.generation_config.pad_token_id = 0
-            for b in batches:
-                hf_runs[(name, b)] = hf_runner(hf, prompt, b, args.tokens)
+            for w, dtype in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+                if w == "f32" and "f32" not in weights:
+                    continue  # HF in bf16 always (the issue's reference), in f32 beside our f32 rows
+                hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
+                hf.generation_config.eos_token_id = None  # always generate exactly --tokens
+                hf.generation_config.pad_token_id = 0
+                for b in batches:
+                    hf_runs[(name, w, b)] = hf_runner(hf, prompt, b, args.tokens)
         cpp = llama_cpp_runner(path, prompt, args.tokens, args.threads)
         if cpp is not None:
             cpp_runs[(name, 1)] = cpp
 
     everything = {("engine", *k): v for k, v in runners.items()}
-    everything.update({("hf", n, "bf16", b): v for (n, b), v in hf_runs.items()})
+    everything.update({("hf", n, w, b): v for (n, w, b), v in hf_runs.items()})
     everything.update({("llama_cpp", n, "gguf", b): v for (n, b), v in cpp_runs.items()})
     from tqdm import tqdm
 
