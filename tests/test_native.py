@@ -159,3 +159,18 @@ def test_a_model_decodes_the_same_tokens_with_and_without_the_fused_step(monkeyp
     assert len(calls) >= 11 * model.backend.cfg.num_layers  # every decode step, every layer
     monkeypatch.setattr(llama, "fused_decode_applies", lambda *a: False)
     assert run() == fused
+
+
+@needs_native
+def test_nan_activations_propagate_and_wrong_inputs_are_refused():
+    g = _gen(7)
+    w, x = torch.randn(8, 64, generator=g), torch.randn(2, 64, generator=g)
+    x[0, 5] = float("nan")
+    q, s = quantize_int8(w)
+    q4, s4, lo = quantize_int4(w, 64)
+    for y in (native.q8_matmul(x, q, s, None), native.q4_matmul(x, pack_int4_blocks(q4), s4, lo, None, 64)):
+        assert bool(y[0].isnan().all()) and not bool(y[1].isnan().any())
+    with pytest.raises(TypeError, match="float32"):
+        native.f32_matmul(x.double(), w, None)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        native.q4_matmul(x[:, :32], pack_int4_blocks(q4)[:, :16], s4, lo, None, 32)

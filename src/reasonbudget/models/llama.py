@@ -63,7 +63,8 @@ class Linear(nn.Module):
                 continue
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._native and x.numel() <= self.NATIVE_MAX_ROWS * x.shape[-1] and not torch.is_grad_enabled():
+        if (self._native and x.numel() <= self.NATIVE_MAX_ROWS * x.shape[-1] and x.dtype == torch.float32
+                and x.device.type == "cpu" and not torch.is_grad_enabled()):
             from reasonbudget.models import native
 
             return native.f32_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias).reshape(*x.shape[:-1], -1)
@@ -153,7 +154,8 @@ def fused_decode_applies(x: Tensor, cache: KVCache, head_dim: int) -> bool:
     from reasonbudget.models import native
 
     return (x.dtype == torch.float32 and x.device.type == "cpu" and type(cache) is KVCache
-            and cache.k.dtype == torch.float32 and head_dim % 8 == 0 and not torch.is_grad_enabled()
+            and cache.k.dtype == torch.float32 and cache.k.is_contiguous() and head_dim % 8 == 0
+            and not torch.is_grad_enabled()
             and native.available())
 
 

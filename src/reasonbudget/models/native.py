@@ -4,7 +4,11 @@
 The sources are compiled once per source version and compiler into `<cache>/kernels/` (about a second) and loaded
 from there afterwards. Where it cannot be used (no AVX2/FMA, no C compiler, a failed build, or
 `REASONBUDGET_KERNELS=torch`), `available()` is False and the quantized linears use PyTorch's packed kernels, as
-before; the reason is kept in `unavailable_reason()` and reported once in the load report's log.
+before; the reason is kept in `unavailable_reason()`. They were measured on AVX2-only CPUs, so an AVX-512 CPU keeps
+PyTorch's kernels unless `REASONBUDGET_KERNELS=avx2`.
+
+The wrappers check dtypes and layouts that a caller could get wrong cheaply (float32, contiguous); the callers
+(`models.quant`, `models.llama`) guarantee the rest: shapes, row ids inside the cache, distinct rows.
 
 ctypes releases the GIL during a call; a call costs a few microseconds, against the 0.1-10 ms of a matmul.
 """
@@ -69,11 +73,16 @@ def _build(cc: str) -> Path:
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     global _reason
-    if os.environ.get("REASONBUDGET_KERNELS", "").lower() == "torch":
+    choice = os.environ.get("REASONBUDGET_KERNELS", "auto").lower()
+    if choice == "torch":
         _reason = "REASONBUDGET_KERNELS=torch"
         return None
     if not _cpu_has_avx2():
         _reason = f"the CPU has no AVX2 ({platform.machine()}, {torch.backends.cpu.get_cpu_capability()})"
+        return None
+    if choice != "avx2" and torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        # measured on AVX2-only CPUs; an AVX-512 CPU keeps PyTorch's kernels (its bf16 paths are native there)
+        _reason = "an AVX-512 CPU keeps PyTorch's kernels (REASONBUDGET_KERNELS=avx2 uses ours)"
         return None
     cc = _compiler()
     if cc is None:
@@ -113,6 +122,12 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _float32(*tensors: Tensor | None) -> None:
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()):
+            raise TypeError(f"native kernels take contiguous float32 CPU tensors (got {t.dtype}, {t.device})")
+
+
 def _check(rc: int) -> None:
     if rc:
         raise MemoryError("a native kernel could not allocate its scratch memory")
@@ -123,8 +138,13 @@ def q4_matmul(x: Tensor, packed: Tensor, scale: Tensor, low: Tensor, bias: Tenso
     lib = _library()
     assert lib is not None
     x = x.contiguous()
+    _float32(x, scale, low, bias)
     (m, k), n = x.shape, packed.shape[0]
+    if k % 64 or group % 64 or packed.shape[1] * 2 != k:
+        raise ValueError(f"int4 kernel: input dimension {k} and group {group} must be multiples of 64")
     y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
     _check(lib.rb_q4_matmul(x.data_ptr(), m, k, packed.data_ptr(), scale.data_ptr(), low.data_ptr(), _ptr(bias), n,
                             group, y.data_ptr(), torch.get_num_threads()))
     return y
@@ -135,8 +155,13 @@ def q8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> Tenso
     lib = _library()
     assert lib is not None
     x = x.contiguous()
+    _float32(x, scale, bias)
     (m, k), n = x.shape, q.shape[0]
+    if k % 32 or q.shape[1] != k:
+        raise ValueError(f"int8 kernel: input dimension {k} must be a multiple of 32")
     y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
     _check(lib.rb_q8_matmul(x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), _ptr(bias), n, y.data_ptr(),
                             torch.get_num_threads()))
     return y
@@ -147,8 +172,11 @@ def f32_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     lib = _library()
     assert lib is not None
     x = x.contiguous()
+    _float32(x, weight, bias)
     (m, k), n = x.shape, weight.shape[0]
     y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
     lib.rb_f32_matmul(x.data_ptr(), m, k, weight.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
     return y
 
@@ -158,6 +186,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     lib = _library()
     assert lib is not None
     x = x.contiguous()
+    _float32(x, weight)
     y = torch.empty_like(x)
     d = x.shape[-1]
     lib.rb_rms_norm(x.data_ptr(), x.numel() // d, d, weight.data_ptr(), eps, y.data_ptr())
@@ -169,6 +198,7 @@ def silu_mul(gate_up: Tensor) -> Tensor:
     lib = _library()
     assert lib is not None
     gate_up = gate_up.contiguous()
+    _float32(gate_up)
     i = gate_up.shape[-1] // 2
     y = gate_up.new_empty(*gate_up.shape[:-1], i)
     lib.rb_silu_mul(gate_up.data_ptr(), gate_up.numel() // (2 * i), i, y.data_ptr())
@@ -185,6 +215,7 @@ def attn_decode(qkv: Tensor, *, heads: int, kv_heads: int, head_dim: int, q_norm
     r = qkv.shape[0]
     qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
     rows, positions = rows.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
+    _float32(qkv, cos, sin, k_cache, v_cache, q_norm, k_norm)
     out = torch.empty(r, heads * head_dim, dtype=torch.float32)
     rc = lib.rb_attn_decode(qkv.data_ptr(), r, heads, kv_heads, head_dim, _ptr(q_norm), _ptr(k_norm), eps,
                             cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[2],

@@ -35,7 +35,7 @@ INLINE float dot(const float *a, const float *b, int64_t n) { /* n a multiple of
 /* e^x for x <= 0 (softmax after subtracting the maximum): x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor
    polynomial of degree 7 (relative error < 1e-8 before rounding), 2^n through the exponent bits. */
 INLINE __m256 exp_nonpositive(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x); /* x second: a NaN passes through (maxps returns operand 2) */
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -119,7 +119,7 @@ static void weighted_values(const float *w, const float *v, int64_t n, int64_t D
 /* One decode token per row.
    qkv [R, (H + 2 Hkv) D]: the fused projection's output (q heads, then k heads, then v heads).
    q_norm, k_norm: [D] per-head RMSNorm weights (Qwen3) or NULL.  cos, sin [R, D]: the row's RoPE.
-   k_cache, v_cache: one layer's cache, [rows_total, Hkv, S, D]; row ids rows[R]; pos[R]: the new token's
+   k_cache, v_cache: one layer's cache, [rows_total, Hkv, S, D]; distinct row ids rows[R]; pos[R]: the new token's
    position (it attends to positions 0..pos). The new k, v are written at pos. out [R, H D]. */
 int rb_attn_decode(const float *qkv, int64_t R, int64_t H, int64_t Hkv, int64_t D, const float *q_norm,
                    const float *k_norm, float eps, const float *cos, const float *sin, float *k_cache, float *v_cache,
@@ -127,7 +127,7 @@ int rb_attn_decode(const float *qkv, int64_t R, int64_t H, int64_t Hkv, int64_t 
     const int64_t g = H / Hkv, width = (H + 2 * Hkv) * D;
     const float scale = 1.0f / sqrtf((float)D);
     int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(| : failed)
     for (int64_t task = 0; task < R * Hkv; task++) {
         const int64_t r = task / Hkv, j = task % Hkv, p = pos[r];
         const float *row = qkv + r * width, *c = cos + r * D, *s = sin + r * D;

@@ -41,8 +41,13 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int8_
         for (int64_t b = 0; b < nb; b++) {
             const float *v = xr + b * QK;
             float amax = 0.0f;
-            for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
-            const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int nan = 0;
+            for (int j = 0; j < QK; j++) {
+                amax = fmaxf(amax, fabsf(v[j]));
+                nan |= v[j] != v[j];
+            }
+            /* a NaN in the block makes its scale NaN, so the outputs are NaN as PyTorch's would be */
+            const float d = nan ? NAN : amax / 127.0f, inv = !nan && amax > 0.0f ? 127.0f / amax : 0.0f;
             int sum = 0;
             for (int j = 0; j < QK; j++) {
                 const int8_t q = (int8_t)lrintf(v[j] * inv);
