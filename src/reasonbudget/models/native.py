@@ -34,6 +34,7 @@ from reasonbudget.models.tokenizer import cache_root
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
+HEADER = Path(__file__).parent / "kernels" / "avx2_common.h"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 ABI_VERSION = 2
 BLOCK = 32
@@ -54,7 +55,7 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    text = b"".join(f.read_bytes() for f in SOURCES)
+    text = b"".join(f.read_bytes() for f in (*SOURCES, HEADER))
     key = hashlib.sha256(text + " ".join((cc, *FLAGS, version)).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"reasonbudget_avx2-{key}.so"
     if target.exists():

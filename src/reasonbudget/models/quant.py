@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reasonbudget.models import native
+
 Quant = Literal["none", "int8", "int4"]
 QUANTS: tuple[str, ...] = get_args(Quant)
 INT4_GROUPS = (128, 64, 32)
@@ -107,8 +109,6 @@ Kernel = Literal["avx2", "torch"]
 
 def choose_kernel(k: int, group: int = 64) -> Kernel:
     """Our AVX2 kernels (`models.native`) where they built and the shape fits them, else PyTorch's."""
-    from reasonbudget.models import native
-
     return "avx2" if native.available() and k % 64 == 0 and group % 64 == 0 else "torch"
 
 
@@ -125,8 +125,6 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
-            from reasonbudget.models import native
-
             return native.q8_matmul(x2.float(), self.q, self.scale, self._bias32).reshape(*x.shape[:-1], -1).to(x.dtype)
         y = torch._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.q, self.scale)
         y = y.reshape(*x.shape[:-1], -1).to(x.dtype)
@@ -160,8 +158,6 @@ class Int4Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
-            from reasonbudget.models import native
-
             y = native.q4_matmul(x2.float(), self.packed, self.scale, self.low, self._bias32, self.group)
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), self.packed, self.group,

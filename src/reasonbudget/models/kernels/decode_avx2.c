@@ -7,19 +7,12 @@
 
    Every row is computed from its own inputs only (no batch-wide reduction), so batched equals alone. */
 
+#include "avx2_common.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-#define INLINE static inline __attribute__((always_inline))
-
-INLINE float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 INLINE float dot(const float *a, const float *b, int64_t n) { /* n a multiple of 8 */
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();

@@ -20,6 +20,7 @@
    the other rows fed with it: batched equals alone, bit for bit. Threads split the output channels (OpenMP;
    the shared libgomp is PyTorch's own when it is already loaded). */
 
+#include "avx2_common.h"
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -28,7 +29,6 @@
 
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
-#define INLINE static inline __attribute__((always_inline))
 
 int rb_abi_version(void) { return 2; }
 
@@ -61,13 +61,6 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int8_
             }
         }
     }
-}
-
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* sum over a block's 32 channels of u[j] * s[j] (u unsigned bytes, s signed), as 8 floats to add up. */
@@ -119,7 +112,7 @@ INLINE void q4_tile(const int NR, const int MC, int64_t n0, int64_t m0, int64_t 
         for (int i = 0; i < MC; i++) {
             float lowsum = 0.0f;
             for (int64_t g = 0; g < ng; g++) lowsum += lr[g] * xs[(m0 + i) * ng + g];
-            y[(m0 + i) * N + n] = hsum(acc[r][i]) + lowsum + (bias ? bias[n] : 0.0f);
+            y[(m0 + i) * N + n] = hsum8(acc[r][i]) + lowsum + (bias ? bias[n] : 0.0f);
         }
     }
 }
@@ -146,7 +139,7 @@ INLINE void q8_tile(const int NR, const int MC, int64_t n0, int64_t m0, int64_t 
     }
     for (int r = 0; r < NR; r++)
         for (int i = 0; i < MC; i++)
-            y[(m0 + i) * N + n0 + r] = hsum(acc[r][i]) * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
+            y[(m0 + i) * N + n0 + r] = hsum8(acc[r][i]) * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
 }
 
 /* Tiles over the output (parallel) and over the rows of x. Shapes as compile-time constants, so that the
