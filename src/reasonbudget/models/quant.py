@@ -120,7 +120,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", q)
         self.register_buffer("scale", scale if self.kernel == "avx2" else scale.to(KERNEL_DTYPE))
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
-        self._bias32 = None if bias is None else bias.float()
+        # the AVX2 kernel adds the bias itself, in float32
+        self._bias32 = None if bias is None or self.kernel != "avx2" else bias.float()
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
@@ -139,7 +140,8 @@ class Int4Linear(nn.Module):
         self.kernel = kernel or choose_kernel(k, group)
         self.out_features, self.group = n, group
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
-        self._bias32 = None if bias is None else bias.float()
+        # the AVX2 kernel adds the bias itself, in float32
+        self._bias32 = None if bias is None or self.kernel != "avx2" else bias.float()
         if self.kernel == "avx2":
             q, scale, low = quantize_int4(weight.float(), group)
             self.register_buffer("packed", pack_int4_blocks(q))

@@ -25,7 +25,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
