@@ -160,7 +160,7 @@ def main(argv=None) -> None:
     from reasonbudget.models import build_prompt, load_model
     from reasonbudget.models.registry import REGISTRY, resolve, resolve_dtype
 
-    act_dtype = resolve_dtype(args.act_dtype, "cpu")
+    act_dtype = resolve_dtype(args.act_dtype, "cpu", "int4")
 
     weights = [w for w in args.weights.split(",") if w]
     if bad := [w for w in weights if w not in QUANT]:

@@ -124,6 +124,19 @@ def test_auto_dtype_is_bf16_only_where_its_matmuls_are_native(monkeypatch, capab
     assert resolve_dtype("float32", device) == "float32"
 
 
+@pytest.mark.parametrize("ours", [True, False])
+def test_auto_dtype_of_a_quantized_cpu_model_is_float32_where_our_kernels_run(monkeypatch, ours):
+    from reasonbudget.models import native
+    from reasonbudget.models.registry import resolve_dtype
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(native, "available", lambda: ours)
+    assert resolve_dtype("auto", "cpu", "int4") == ("float32" if ours else "bfloat16")
+    assert resolve_dtype("auto", "cpu", "none") == "bfloat16"
+    assert resolve_dtype("auto", "cuda", "int8") == "bfloat16"
+    assert resolve_dtype("bfloat16", "cpu", "int4") == "bfloat16"  # asked for, kept
+
+
 def test_an_unknown_dtype_is_refused_naming_the_choices(checkpoint):
     with pytest.raises(ValueError, match="float16.*float32, bfloat16, auto"):
         load_model(str(checkpoint[0]), dtype="float16")

@@ -12,7 +12,10 @@ from reasonbudget.models.quant import (
     Int8Linear,
     dequantize_int4,
     dequantize_int8,
+    deinterleave_tiles,
+    interleave_tiles,
     pack_int4_blocks,
+    pack_int8_tiles,
     quantize_int4,
     quantize_int8,
     round_activations_int8,
@@ -29,9 +32,24 @@ def _gen(seed: int) -> torch.Generator:
 def test_int4_block_packing_round_trips_and_pairs_channel_j_with_j_plus_32():
     q = torch.randint(0, 16, (5, 128), generator=_gen(0), dtype=torch.int32)
     packed = pack_int4_blocks(q)
-    assert packed.dtype == torch.uint8 and packed.shape == (5, 64)
-    assert torch.equal(unpack_int4_blocks(packed), q)
-    assert int(packed[0, 0]) == int(q[0, 0]) | (int(q[0, 32]) << 4)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 2, 4, 32)  # 5 channels padded to 2 tiles of 4
+    assert torch.equal(unpack_int4_blocks(packed, 5), q)
+    assert int(packed[0, 0, 0, 0]) == int(q[0, 0]) | (int(q[0, 32]) << 4)
+    assert int(packed[0, 1, 2, 3]) == int(q[2, 64 + 3]) | (int(q[2, 96 + 3]) << 4)  # channel 2, second run
+    assert not bool(packed[1, :, 1:].any())  # the padding channels are zero
+
+
+def test_tile_interleaving_puts_a_tiles_units_side_by_side_and_round_trips():
+    units = torch.arange(6 * 64, dtype=torch.int32).remainder(251).to(torch.uint8).reshape(6, 64)
+    tiles = interleave_tiles(units)
+    flat = tiles.flatten()
+    # unit u of channel n at byte ((n // 4) * U + u) * 128 + (n % 4) * 32, U = 2 units per channel
+    for n, u in ((0, 0), (3, 1), (5, 0), (5, 1)):
+        start = ((n // 4) * 2 + u) * 128 + (n % 4) * 32
+        assert torch.equal(flat[start : start + 32], units[n, u * 32 : (u + 1) * 32])
+    assert torch.equal(deinterleave_tiles(tiles, 6), units)
+    q = torch.randint(-127, 128, (3, 64), generator=_gen(9), dtype=torch.int32).to(torch.int8)
+    assert torch.equal(deinterleave_tiles(pack_int8_tiles(q), 3).view(torch.int8), q)
 
 
 def test_activation_rounding_keeps_each_block_within_half_a_level():
@@ -51,7 +69,7 @@ def test_quantized_kernels_match_rounded_x_times_dequantized_weight(rows):
     xr = round_activations_int8(x).double()
     q, s = quantize_int8(w)
     ref8 = xr @ dequantize_int8(q, s).double().T + b.double()
-    torch.testing.assert_close(native.q8_matmul(x, q, s, b).double(), ref8, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(native.q8_matmul(x, pack_int8_tiles(q), s, b).double(), ref8, atol=1e-3, rtol=1e-5)
     q, s, lo = quantize_int4(w, 128)
     ref4 = xr @ dequantize_int4(q, s, lo, 128).double().T + b.double()
     out4 = native.q4_matmul(x, pack_int4_blocks(q), s.contiguous(), lo.contiguous(), b, 128)
@@ -65,7 +83,8 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
     w, x = torch.randn(37, 192, generator=g), torch.randn(11, 192, generator=g)
     if kind == "int8":
         q, s = quantize_int8(w)
-        f = lambda t: native.q8_matmul(t, q, s, None)  # noqa: E731
+        p = pack_int8_tiles(q)
+        f = lambda t: native.q8_matmul(t, p, s, None)  # noqa: E731
     elif kind == "int4":
         q, s, lo = quantize_int4(w, 64)
         p = pack_int4_blocks(q)
@@ -168,9 +187,11 @@ def test_nan_activations_propagate_and_wrong_inputs_are_refused():
     x[0, 5] = float("nan")
     q, s = quantize_int8(w)
     q4, s4, lo = quantize_int4(w, 64)
-    for y in (native.q8_matmul(x, q, s, None), native.q4_matmul(x, pack_int4_blocks(q4), s4, lo, None, 64)):
+    for y in (native.q8_matmul(x, pack_int8_tiles(q), s, None), native.q4_matmul(x, pack_int4_blocks(q4), s4, lo, None, 64)):
         assert bool(y[0].isnan().all()) and not bool(y[1].isnan().any())
     with pytest.raises(TypeError, match="float32"):
         native.f32_matmul(x.double(), w, None)
     with pytest.raises(ValueError, match="multiples of 64"):
-        native.q4_matmul(x[:, :32], pack_int4_blocks(q4)[:, :16], s4, lo, None, 32)
+        native.q4_matmul(x[:, :32], pack_int4_blocks(q4), s4, lo, None, 32)
+    with pytest.raises(ValueError, match="tiles"):
+        native.q8_matmul(x, q, s, None)  # row-major int8, not the kernel's layout

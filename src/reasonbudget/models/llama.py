@@ -29,9 +29,13 @@ class Linear(nn.Module):
 
     ONEDNN_MIN_FP32 = 1 << 20
     NATIVE_MAX_ROWS = 8
-    """Up to this many rows, a float32 weight goes through `native.f32_matmul` (AVX2 machines): it streams the
+    """Up to this many rows, a float32 weight goes through `native.f32_matmul` on AVX2-only CPUs: it streams the
     weight once for all rows, where oneDNN's cost doubled from one row to two (Qwen2.5-0.5B's gate/up, 2 threads:
     1.8 against 3.7 ms at two rows, 2.9 against 4.4 at eight; one row 1.5 against 1.9). At 16 rows they tie."""
+    NATIVE_MAX_ROWS_AVX512 = 1
+    """With AVX-512, oneDNN's few-row kernel is the faster one beyond one row (Qwen2.5-1.5B float32 forward on a
+    Zen 4 EPYC, 2 threads: 5 tokens 287 ms with one native row against 393 with eight; 1 token 201 against 216 ms
+    with none)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
@@ -39,13 +43,15 @@ class Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self._packed: Tensor | None = None
         self._kind = ""
-        self._native = False
+        self._native_rows = 0
 
     def pack(self) -> None:
         w = self.weight.data
         self._packed, self._kind = None, ""
-        self._native = (w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous()
-                        and w.shape[1] % 8 == 0 and native.available())
+        native_ok = (w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous()
+                     and w.shape[1] % 8 == 0 and native.available())
+        avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        self._native_rows = (self.NATIVE_MAX_ROWS_AVX512 if avx512 else self.NATIVE_MAX_ROWS) if native_ok else 0
         small_fp32 = w.dtype == torch.float32 and w.numel() < self.ONEDNN_MIN_FP32
         if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float32) or small_fp32:
             return
@@ -62,7 +68,7 @@ class Linear(nn.Module):
                 continue
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self._native and x.numel() <= self.NATIVE_MAX_ROWS * x.shape[-1] and x.dtype == torch.float32
+        if (x.numel() <= self._native_rows * x.shape[-1] and x.dtype == torch.float32
                 and x.device.type == "cpu" and not torch.is_grad_enabled()):
             return native.f32_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias).reshape(*x.shape[:-1], -1)
         if self._kind == "mkldnn":

@@ -88,19 +88,43 @@ def round_activations_int8(x: Tensor, block: int = 32) -> Tensor:
     return (torch.round(v * inv) * (amax / 127.0)).reshape(x.shape)
 
 
+TILE_N = 4
+"""Output channels whose 32-byte weight units the AVX2 kernels store side by side (`interleave_tiles`)."""
+
+
+def interleave_tiles(units: Tensor) -> Tensor:
+    """Bytes [N, B] (B a multiple of 32) -> [ceil(N/4), B/32, 4, 32]: unit u of channels 4t..4t+3 side by side,
+    N padded with zero channels. The AVX2 kernels read a 4-channel tile as one contiguous stream (row-major, a
+    tile read 4 short rows at once and streamed from DRAM at 0.6x the speed)."""
+    n, b = units.shape
+    pad = (-n) % TILE_N
+    u = torch.cat([units, units.new_zeros(pad, b)]) if pad else units
+    return u.reshape(-1, TILE_N, b // 32, 32).transpose(1, 2).contiguous()
+
+
+def deinterleave_tiles(tiles: Tensor, n: int) -> Tensor:
+    t, units, _, _ = tiles.shape
+    return tiles.transpose(1, 2).reshape(t * TILE_N, units * 32)[:n]
+
+
+def pack_int8_tiles(q: Tensor) -> Tensor:
+    """q int8 [N, K] -> the AVX2 kernel's layout (`interleave_tiles`, as bytes)."""
+    return interleave_tiles(q.contiguous().view(torch.uint8))
+
+
 def pack_int4_blocks(q: Tensor) -> Tensor:
-    """q in 0..15 [N, K] -> uint8 [N, K/2], the AVX2 kernel's layout: in each run of 64 input channels, byte j
-    holds channel j in its low nibble and channel j + 32 in its high one (one 32-byte load, a shift and two masks
-    give two blocks of 32)."""
+    """q in 0..15 [N, K] -> the AVX2 kernel's layout: in each run of 64 input channels, byte j holds channel j in its
+    low nibble and channel j + 32 in its high one (one 32-byte load, a shift and two masks give two blocks of 32);
+    those 32-byte runs interleaved by tiles of 4 channels (`interleave_tiles`)."""
     n, k = q.shape
     b = q.to(torch.uint8).reshape(n, k // 64, 2, 32)
-    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2)
+    return interleave_tiles((b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2))
 
 
-def unpack_int4_blocks(packed: Tensor) -> Tensor:
-    n, half = packed.shape
-    b = packed.reshape(n, half // 32, 1, 32)
-    return torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, 2 * half).to(torch.int32)
+def unpack_int4_blocks(packed: Tensor, n: int) -> Tensor:
+    rows = deinterleave_tiles(packed, n)
+    b = rows.reshape(n, rows.shape[1] // 32, 1, 32)
+    return torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, 2 * rows.shape[1]).to(torch.int32)
 
 
 # ---- modules ---------------------------------------------------------------------------------------------
@@ -117,7 +141,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.kernel = kernel or choose_kernel(weight.shape[1])
         q, scale = quantize_int8(weight)
-        self.register_buffer("q", q)
+        self.register_buffer("q", pack_int8_tiles(q) if self.kernel == "avx2" else q)
         self.register_buffer("scale", scale if self.kernel == "avx2" else scale.to(KERNEL_DTYPE))
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
         # the AVX2 kernel adds the bias itself, in float32
