@@ -77,6 +77,25 @@ def test_quantized_kernels_match_rounded_x_times_dequantized_weight(rows):
 
 
 @needs_native
+@pytest.mark.skipif(not native.vnni(), reason="the CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_vnni_tiles_equal_the_avx2_tiles_bit_for_bit(rows):
+    g = _gen(10)
+    w, b, x = torch.randn(70, 256, generator=g), torch.randn(70, generator=g), torch.randn(rows, 256, generator=g)
+    q8, s8 = quantize_int8(w)
+    q4, s4, lo = quantize_int4(w, 128)
+    p8, p4 = pack_int8_tiles(q8), pack_int4_blocks(q4)
+    both = []
+    try:
+        for on in (True, False):
+            assert native.vnni(on) is on
+            both.append((native.q8_matmul(x, p8, s8, b), native.q4_matmul(x, p4, s4, lo, b, 128)))
+    finally:
+        native.vnni(True)
+    assert torch.equal(both[0][0], both[1][0]) and torch.equal(both[0][1], both[1][1])
+
+
+@needs_native
 @pytest.mark.parametrize("kind", ["int8", "int4", "f32"])
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
     g = _gen(3)

@@ -35,9 +35,9 @@ from reasonbudget.models.tokenizer import cache_root
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
-HEADER = Path(__file__).parent / "kernels" / "avx2_common.h"
+HEADERS = tuple(Path(__file__).parent / "kernels" / f for f in ("avx2_common.h", "qmatmul_tiles.h"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
-ABI_VERSION = 3
+ABI_VERSION = 4
 BLOCK = 32
 """Input channels per activation block (one int8 scale each): K must be a multiple of it."""
 
@@ -63,7 +63,7 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    text = b"".join(f.read_bytes() for f in (*SOURCES, HEADER))
+    text = b"".join(f.read_bytes() for f in (*SOURCES, *HEADERS))
     key = hashlib.sha256(text + " ".join((cc, *FLAGS, version)).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"reasonbudget_avx2-{key}.so"
     if target.exists():
@@ -113,7 +113,8 @@ def _library() -> ctypes.CDLL | None:
     lib.rb_rms_norm.argtypes = [p, i64, i64, p, f32, p]
     lib.rb_silu_mul.argtypes = [p, i64, i64, p]
     lib.rb_attn_decode.argtypes = [p, i64, i64, i64, i64, p, p, f32, p, p, p, p, i64, p, p, p, i32]
-    lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = i32
+    lib.rb_vnni.argtypes = [i32]
+    lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = lib.rb_vnni.restype = i32
     lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = None
     return lib
 
@@ -125,6 +126,13 @@ def available() -> bool:
 def unavailable_reason() -> str:
     _library()
     return _reason
+
+
+def vnni(on: bool | None = None) -> bool:
+    """Whether the quantized matmuls use their AVX512-VNNI tiles (chosen where the CPU has AVX512-VNNI and VL; the
+    same results bit for bit, one instruction fewer per 32 weights and row). `on` turns them off or back on."""
+    lib = _library()
+    return bool(lib is not None and lib.rb_vnni(-1 if on is None else int(on)))
 
 
 def _ptr(t: Tensor | None) -> int | None:

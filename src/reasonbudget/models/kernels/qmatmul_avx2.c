@@ -34,7 +34,7 @@
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
 
-int rb_abi_version(void) { return 3; }
+int rb_abi_version(void) { return 4; }
 
 #define TILE_N 4 /* output channels interleaved per 128 bytes of a 32-byte unit (see above) */
 
@@ -74,105 +74,32 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int8_
     }
 }
 
-/* sum over a block's 32 channels of u[j] * s[j] (u unsigned bytes, s signed), as 8 floats to add up. */
-INLINE __m256 dot_block(__m256i u, __m256i s) {
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-}
+/* AVX2: maddubs multiplies byte pairs into int16 (no saturation here: |u s| <= 127 * 127, two per lane), madd
+   adds those pairs into int32. VNNI's dpbusd does both in one instruction; the int32 sums are the same integers,
+   so both variants give the same results bit for bit. */
+#define SUFFIX avx2
+#define DOT_BLOCK(u, s) _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+#include "qmatmul_tiles.h"
+#undef SUFFIX
+#undef DOT_BLOCK
 
-/* A tile of NR output channels x MC rows of x: NR x MC independent accumulator chains, so that one row of x
-   (decode) does not wait on the latency of a single chain (NR = 4 made a one-row matvec ~2x faster). */
-INLINE void q4_tile(const int NR, const int MC, int64_t n0, int64_t m0, int64_t K, int64_t G, int64_t N,
-                    const uint8_t *w, const float *scale, const float *low, const int8_t *xq, const float *xd,
-                    const float *xs, const float *bias, float *y) {
-    const int64_t nb = K / QK, ng = K / G;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[4][ROWS];
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MC; i++) acc[r][i] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++) {
-        __m256 gacc[4][ROWS];
-        for (int r = 0; r < NR; r++)
-            for (int i = 0; i < MC; i++) gacc[r][i] = _mm256_setzero_ps();
-        for (int64_t b = g * (G / QK); b < (g + 1) * (G / QK); b += 2) {
-            __m256i x0[ROWS], x1[ROWS];
-            __m256 d0[ROWS], d1[ROWS];
-            for (int i = 0; i < MC; i++) {
-                const int8_t *xr = xq + (m0 + i) * K + b * QK;
-                x0[i] = _mm256_loadu_si256((const __m256i *)xr);
-                x1[i] = _mm256_loadu_si256((const __m256i *)(xr + QK));
-                d0[i] = _mm256_broadcast_ss(xd + (m0 + i) * nb + b);
-                d1[i] = _mm256_broadcast_ss(xd + (m0 + i) * nb + b + 1);
-            }
-            for (int r = 0; r < NR; r++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)unit(w, n0 + r, b / 2, K / 64));
-                const __m256i u0 = _mm256_and_si256(v, m4), u1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                for (int i = 0; i < MC; i++) {
-                    gacc[r][i] = _mm256_fmadd_ps(dot_block(u0, x0[i]), d0[i], gacc[r][i]);
-                    gacc[r][i] = _mm256_fmadd_ps(dot_block(u1, x1[i]), d1[i], gacc[r][i]);
-                }
-            }
-        }
-        for (int r = 0; r < NR; r++) {
-            const __m256 s = _mm256_broadcast_ss(scale + (n0 + r) * ng + g);
-            for (int i = 0; i < MC; i++) acc[r][i] = _mm256_fmadd_ps(gacc[r][i], s, acc[r][i]);
-        }
-    }
-    for (int r = 0; r < NR; r++) {
-        const int64_t n = n0 + r;
-        const float *lr = low + n * ng;
-        for (int i = 0; i < MC; i++) {
-            float lowsum = 0.0f;
-            for (int64_t g = 0; g < ng; g++) lowsum += lr[g] * xs[(m0 + i) * ng + g];
-            y[(m0 + i) * N + n] = hsum8(acc[r][i]) + lowsum + (bias ? bias[n] : 0.0f);
-        }
-    }
-}
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#define SUFFIX vnni
+#define DOT_BLOCK(u, s) _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s))
+#include "qmatmul_tiles.h"
+#undef SUFFIX
+#undef DOT_BLOCK
+#pragma GCC pop_options
 
-INLINE void q8_tile(const int NR, const int MC, int64_t n0, int64_t m0, int64_t K, int64_t N, const int8_t *w,
-                    const float *scale, const int8_t *xq, const float *xd, const float *bias, float *y) {
-    const int64_t nb = K / QK;
-    __m256 acc[4][ROWS];
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MC; i++) acc[r][i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i xv[ROWS];
-        __m256 d[ROWS];
-        for (int i = 0; i < MC; i++) {
-            xv[i] = _mm256_loadu_si256((const __m256i *)(xq + (m0 + i) * K + b * QK));
-            d[i] = _mm256_broadcast_ss(xd + (m0 + i) * nb + b);
-        }
-        for (int r = 0; r < NR; r++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)unit(w, n0 + r, b, nb));
-            const __m256i aw = _mm256_sign_epi8(wv, wv); /* |w|: maddubs wants its first operand unsigned */
-            for (int i = 0; i < MC; i++)
-                acc[r][i] = _mm256_fmadd_ps(dot_block(aw, _mm256_sign_epi8(xv[i], wv)), d[i], acc[r][i]);
-        }
-    }
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < MC; i++)
-            y[(m0 + i) * N + n0 + r] = hsum8(acc[r][i]) * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
-}
+static int use_vnni = -1; /* -1: not decided yet */
 
-/* Tiles over the output (parallel) and over the rows of x. Shapes as compile-time constants, so that the
-   accumulators live in registers: one row -> 4 output channels at a time, two rows -> 2, more -> 1 x 4 rows.
-   A thread takes whole 4-channel tiles, so it reads the weight in one stream. */
-#define TILED(TILE)                                                                                              \
-    const int64_t nr = TILE_N;                                                                                 \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                          \
-    for (int64_t t = 0; t < (N + nr - 1) / nr; t++) {                                                          \
-        const int64_t n0 = t * nr;                                                                             \
-        if (M == 1 && n0 + 4 <= N) { TILE(4, 1, n0, 0); continue; }                                            \
-        if (M == 2 && n0 + 4 <= N) { TILE(2, 2, n0, 0); TILE(2, 2, n0 + 2, 0); continue; }                     \
-        for (int64_t n = n0; n < n0 + nr && n < N; n++)                                                        \
-            for (int64_t m0 = 0; m0 < M; m0 += ROWS) {                                                         \
-                switch (M - m0 < ROWS ? M - m0 : ROWS) {                                                       \
-                case 1: TILE(1, 1, n, m0); break;                                                              \
-                case 2: TILE(1, 2, n, m0); break;                                                              \
-                case 3: TILE(1, 3, n, m0); break;                                                              \
-                default: TILE(1, 4, n, m0); break;                                                             \
-                }                                                                                              \
-            }                                                                                                  \
-    }
+/* 1 when the VNNI tiles run; `on` = 0 turns them off, 1 turns them on where the CPU has them, -1 only asks. */
+int rb_vnni(int on) {
+    const int has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    if (on >= 0 || use_vnni < 0) use_vnni = on != 0 && has;
+    return use_vnni;
+}
 
 /* Returns 0, or -1 when scratch memory could not be allocated. */
 int rb_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *scale, const float *low,
@@ -184,8 +111,7 @@ int rb_q4_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const f
         return -1;
     }
     quantize_rows(x, M, K, G, xq, xd, xs);
-#define Q4(NR, MC, n0, m0) q4_tile(NR, MC, n0, m0, K, G, N, w, scale, low, xq, xd, xs, bias, y)
-    TILED(Q4)
+    (rb_vnni(-1) ? q4_tiles_vnni : q4_tiles_avx2)(M, K, w, scale, low, bias, N, G, xq, xd, xs, y, threads);
     free(xq), free(xd), free(xs);
     return 0;
 }
@@ -199,8 +125,7 @@ int rb_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const fl
         return -1;
     }
     quantize_rows(x, M, K, 0, xq, xd, NULL);
-#define Q8(NR, MC, n0, m0) q8_tile(NR, MC, n0, m0, K, N, w, scale, xq, xd, bias, y)
-    TILED(Q8)
+    (rb_vnni(-1) ? q8_tiles_vnni : q8_tiles_avx2)(M, K, w, scale, bias, N, xq, xd, y, threads);
     free(xq), free(xd);
     return 0;
 }
