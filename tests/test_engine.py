@@ -106,6 +106,23 @@ def test_fork_and_reorder_continue_like_their_sources(tiny):
     assert [d.tokens for d in out] == [ref[1], ref[1], ref[0], ref[2], ref[0]]
 
 
+def test_forward_last_forked_then_rewound_leaves_the_row_as_it_was(tiny):
+    prompt = _prompts(1, seed=8)[0]
+    e = Engine(tiny)
+    e.reserve(4, 96)
+    row = e.prefill([prompt], max_new_tokens=30)
+    logits = e.forward_last(row)  # MTAD's depth 0: the row's own next-token logits, then beams fork from it
+    fork = e.fork(row)
+    e.rewind_last(row)
+    with pytest.raises(ValueError, match="rewind_last"):
+        e.rewind_last(row)  # its last token is no longer in the cache
+    e.history[int(fork[0])].append(int(logits[0].argmax()))
+    beam = e.decode(fork, max_new_tokens=9, sampling=GREEDY, stop_on_eos=False)[0].tokens
+    own = e.decode(row, max_new_tokens=10, sampling=GREEDY, stop_on_eos=False)[0].tokens
+    ref = _alone(tiny, prompt, 10)
+    assert tuple(own) == tuple(ref) == (int(logits[0].argmax()), *beam)
+
+
 def test_multi_token_append_equals_token_by_token(tiny):
     prompt = _prompts(1, seed=4)[0]
     extra = (5, 17, 42, 8)

@@ -168,6 +168,13 @@ class Engine:
         self.cache.lengths[rows] += 1
         return fo.logits
 
+    def rewind_last(self, rows: Tensor) -> None:
+        """Undo `forward_last` on rows whose history did not grow: their last token's K/V leave the cache (it is
+        fed again next time), as after `prefill`."""
+        if any(self.cache.lengths[r] != len(self.history[r]) for r in rows.tolist()):
+            raise ValueError("rewind_last: a row whose last token is not in the cache")
+        self.cache.lengths[rows] -= 1
+
     # ---- forward ----------------------------------------------------------------------------------------
     def _forward(self, tokens: Tensor, rows: Tensor, logits_at: Tensor, hidden_layers: Sequence[int]):
         return self.backend(tokens, self.cache, rows, logits_at=logits_at, hidden_layers=hidden_layers)

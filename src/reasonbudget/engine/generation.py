@@ -69,7 +69,7 @@ def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forwa
         dm, spec = draft
         tokens[model.name] += spec.drafted - spec.accepted
         energy += 2.0 * getattr(model, "num_params", 0) * (spec.drafted - spec.accepted)
-        d_processed = prompt_tokens + spec.drafted * spec.draft_width + spec.draft_fed
+        d_processed = prompt_tokens + spec.drafted + spec.draft_beam_tokens + spec.draft_fed
         tokens[dm.name] = tokens.get(dm.name, 0) + d_processed
         passes[dm.name] = passes.get(dm.name, 0) + spec.draft_passes + 1
         energy += 2.0 * getattr(dm, "num_params", 0) * d_processed

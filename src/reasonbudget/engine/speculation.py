@@ -39,8 +39,8 @@ class RowSpeculation:
     rounds: int = 0
     gamma: int = 0
     """This row's current draft length (adaptive speculation)."""
-    draft_width: int = 1
-    """Rows the draft decodes per proposed block (MTAD's beams): its compute is drafted x width."""
+    draft_beam_tokens: int = 0
+    """Tokens MTAD's beams fed beyond one row per drafted token (the draft's compute is drafted + these)."""
     position_drafted: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
     """Per position k of a round's block: how often a k-th token was proposed, and kept."""
@@ -203,20 +203,25 @@ class Speculation:
         depth = min(self.gamma, min(d.cache.capacity - len(d.tokens(dr)) for dr in rows))
         if depth < 1:
             return [([], []) for _ in rows]
-        src = torch.tensor([dr for dr in rows for _ in range(width)], dtype=torch.long)
-        beams = d.fork(src).view(len(rows), width)  # [n, W]
+        # depth 0 runs on the rows themselves (the W beams would be equal); the beams fork after it, and the rows
+        # take their last token back out of the cache, so that they stay as the next round expects them
+        own = torch.tensor(rows, dtype=torch.long)
+        first = d.forward_last(own)
+        try:
+            beams = d.fork(own.repeat_interleave(width)).view(len(rows), width)  # [n, W]
+        finally:
+            d.rewind_last(own)
         score = [torch.zeros(width, dtype=torch.float64) for _ in rows]  # log Q of each beam's block so far
         blocks: list[list[list[int]]] = [[[] for _ in range(width)] for _ in rows]
         logqs: list[list[list[float]]] = [[[] for _ in range(width)] for _ in rows]
         try:
             for k in range(depth):
-                logits = d.forward_last(beams.flatten())
+                logits = first if k == 0 else d.forward_last(beams.flatten())
                 dist = probabilities(logits, cfg) if not cfg.greedy else torch.softmax(logits.float(), -1)
-                logq = torch.log(dist).double().view(len(rows), width, -1)  # [n, W, V]
+                logq = torch.log(dist).double().view(len(rows), 1 if k == 0 else width, -1)  # [n, W or 1, V]
                 for i in range(len(rows)):
-                    # depth 0: the W forks are equal, so draw from the first one only
-                    parent, tok, score[i] = beam_step(score[i][:1] if k == 0 else score[i], logq[i, :1] if k == 0
-                                                      else logq[i], width, greedy=cfg.greedy,
+                    parent, tok, score[i] = beam_step(score[i][:1] if k == 0 else score[i], logq[i], width,
+                                                      greedy=cfg.greedy,
                                                       replacement=m.replacement,
                                                       generator=generators[i] if generators else None)
                     d.reorder(beams[i], beams[i][parent])
@@ -232,7 +237,7 @@ class Speculation:
             best = int(score[i].argmax())
             st = self.stats[r]
             st.drafted += depth
-            st.draft_width = width
+            st.draft_beam_tokens += (depth - 1) * (width - 1)
             st.draft_passes += depth
             st.rounds += 1
             out.append((blocks[i][best], logqs[i][best]))
