@@ -9,8 +9,9 @@
 
 Two kernels for each format, chosen per layer on load (`choose_kernel`):
 - `avx2`: ours (`models.native`, C through ctypes), where it builds and the input dimension is a multiple of 64:
-  x rounded to int8 per block of 32 (`round_activations_int8`), byte dot products, float32 out. On a 2-core AVX2
-  EPYC it made Qwen2.5-0.5B int4 decoding 1.5x faster than PyTorch's kernels.
+  x rounded to int8 per block of 32 (`round_activations_int8`), byte dot products, float32 out, the weights
+  interleaved by tiles of 4 output channels (`interleave_tiles`). On a 2-core AVX2 EPYC it made Qwen2.5-0.5B int4
+  decoding 1.5x faster than PyTorch's kernels; on a Zen 4 EPYC a Qwen2.5-1.5B int4 step took 34 against 51 ms.
 - `torch`: PyTorch's packed kernels. They read x and the scales in bfloat16 (`KERNEL_DTYPE`), whatever the
   model's dtype: a float32 model's quantized linears cast x in and their output back.
 
