@@ -96,8 +96,8 @@ static int use_vnni = -1; /* -1: not decided yet */
 
 /* 1 when the VNNI tiles run; `on` = 0 turns them off, 1 turns them on where the CPU has them, -1 only asks. */
 int rb_vnni(int on) {
-    const int has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
-    if (on >= 0 || use_vnni < 0) use_vnni = on != 0 && has;
+    if (on >= 0 || use_vnni < 0)
+        use_vnni = on != 0 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
     return use_vnni;
 }
 

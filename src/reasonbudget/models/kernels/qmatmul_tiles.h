@@ -5,7 +5,6 @@
 #define CAT(a, b) CAT_(a, b)
 #define NAME(x) CAT(x, SUFFIX)
 
-
 /* A tile of NR output channels x MC rows of x: NR x MC independent accumulator chains, so that one row of x
    (decode) does not wait on the latency of a single chain (NR = 4 made a one-row matvec ~2x faster). */
 INLINE void NAME(q4_tile)(const int NR, const int MC, int64_t n0, int64_t m0, int64_t K, int64_t G, int64_t N,
