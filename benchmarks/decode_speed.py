@@ -20,6 +20,7 @@ SmolLM2 is always measured; the Qwen pair when `make real-models` has fetched it
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -169,16 +170,18 @@ def main(argv=None) -> None:
     names = [m for m in args.models.split(",") if m] or ["smollm2-135m"] + [
         n for n in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b") if REGISTRY[n].locate() is not None]
 
-    runners, meta, forwards = {}, {}, []
-    hf_runs, cpp_runs = {}, {}
-    for name in names:
+    meta, forwards = {}, []
+
+    def runners_for(name: str) -> dict[tuple, object]:
+        """Every runner of one model: ours per weight format and batch, HF generate, llama.cpp."""
+        runs = {}
         for w in weights:
             dtype = {"bf16": "bfloat16", "f32": "float32"}.get(w, act_dtype)
             model = load_model(name, dtype=dtype, quant=QUANT[w])
             prompt = build_prompt(model, QUESTION)
             meta[(name, w)] = weight_bytes_per_token(model.backend)
             for b in batches:
-                runners[(name, w, b)] = engine_runner(model, prompt, b, args.tokens)
+                runs[("engine", name, w, b)] = engine_runner(model, prompt, b, args.tokens)
             forwards.append({"model": name, "weights": w,
                              **{f"forward_ms_{k}": round(forward_ms(model, prompt, k), 2) for k in (1, 4, 8)}})
         path = resolve(name)
@@ -192,27 +195,34 @@ def main(argv=None) -> None:
                 hf.generation_config.eos_token_id = None  # always generate exactly --tokens
                 hf.generation_config.pad_token_id = 0
                 for b in batches:
-                    hf_runs[(name, w, b)] = hf_runner(hf, prompt, b, args.tokens)
+                    runs[("hf", name, w, b)] = hf_runner(hf, prompt, b, args.tokens)
         cpp = llama_cpp_runner(path, prompt, args.tokens, args.threads)
         if cpp is not None:
-            cpp_runs[(name, 1)] = cpp
+            runs[("llama_cpp", name, "gguf", 1)] = cpp
+        return runs
 
-    everything = {("engine", *k): v for k, v in runners.items()}
-    everything.update({("hf", n, w, b): v for (n, w, b), v in hf_runs.items()})
-    everything.update({("llama_cpp", n, "gguf", b): v for (n, b), v in cpp_runs.items()})
     from tqdm import tqdm
 
-    bar = tqdm(total=(args.reps + 1) * len(everything), unit="run", desc="decode runs", disable=args.json)
-    for k, run in everything.items():  # warm-up
-        bar.set_postfix_str(" ".join(map(str, k)))
-        run()
-        bar.update()
-    times: dict[tuple, list[float]] = {k: [] for k in everything}
-    for _ in range(args.reps):
-        for k, run in everything.items():
+    # One model at a time, its runners interleaved over the repetitions (so that a drift of the machine hits them
+    # alike), then freed: all three models in every format, with HF's and llama.cpp's copies, held at once took
+    # 20.5 GB and were killed on a 24 GB machine.
+    bar = tqdm(total=0, unit="run", desc="decode runs", disable=args.json)
+    times: dict[tuple, list[float]] = {}
+    for name in names:
+        runs = runners_for(name)
+        bar.total += (args.reps + 1) * len(runs)
+        bar.refresh()
+        for k, run in runs.items():  # warm-up
             bar.set_postfix_str(" ".join(map(str, k)))
-            times[k].append(_timed(run))
+            run()
             bar.update()
+        for _ in range(args.reps):
+            for k, run in runs.items():
+                bar.set_postfix_str(" ".join(map(str, k)))
+                times.setdefault(k, []).append(_timed(run))
+                bar.update()
+        del runs
+        gc.collect()
     bar.close()
     bw = measure_bandwidth()
     bandwidth = max(bw.values())
