@@ -97,14 +97,14 @@ class Engine:
 
     def draft_engine(self, draft: str, quant: str = "none") -> Engine:
         """An engine on the draft model `draft` (a registry name or path) in this engine's dtype and device
-        (`quant`: its linears quantized, in the dtype their kernels want: `resolve_dtype`): the weights loaded once per process, the rows this engine's own.
-        Refused when its tokenizer differs from this model's; a larger draft is allowed with a warning."""
+        (`quant`: its linears quantized, in the dtype their kernels want: `resolve_dtype`): the weights loaded once
+        per process, the rows this engine's own. Refused when its tokenizer differs from this model's; a larger
+        draft is allowed with a warning."""
         from reasonbudget.models.registry import DTYPES, check_shared_tokenizer, load_model, resolve_dtype
 
         device = str(getattr(self.backend, "device", "cpu"))
-        dtype = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
-        if quant != "none":
-            dtype = resolve_dtype("auto", device, quant)  # a quantized draft's kernels pick their own activations
+        own = next((k for k, v in DTYPES.items() if v == getattr(self.backend, "dtype", None)), "float32")
+        dtype = own if quant == "none" else resolve_dtype("auto", device, quant)
         key = (draft, quant, dtype, device)
         if key not in _DRAFTS:
             _DRAFTS[key] = load_model(draft, dtype=dtype, device=device, quant=quant)
