@@ -1,4 +1,4 @@
-"""Decode speed of our engine per model x weights (bf16, int8, int4) x batch (1, 16), against a memory bound,
+"""Decode speed of our engine per model x weights (bf16, bf16w, int8, int4) x batch (1, 16), against a memory bound,
 `transformers` generate (bf16) and llama.cpp (when `llama-cpp-python` is installed) in the same run.
 
 - tok/s: greedy decoding of `--tokens` new tokens after the same GSM8K prompt (prefill included), median of
@@ -31,8 +31,11 @@ import torch
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May?")
-QUANT = {"bf16": "none", "int8": "int8", "int4": "int4", "f32": "none"}
-"""Weight formats. f32 (not in the default set) is what `--dtype auto` loads on a CPU without native bf16."""
+QUANT = {"bf16": "none", "bf16w": "bf16", "int8": "int8", "int4": "int4", "f32": "none"}
+"""Weight formats. bf16: a bfloat16 model (PyTorch's kernels); bf16w: bf16 weights under float32 activations
+(`--quant bf16`: our kernel and the fused float32 decode step); f32 (not in the default set) is what `--dtype
+auto` loads on a CPU without native bf16."""
+ACTIVATIONS = {"bf16": "bfloat16", "bf16w": "float32", "f32": "float32"}
 PAIRS = (("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "bf16"),
          ("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "int8"),
          ("qwen2.5-coder-1.5b", "int4", "qwen2.5-coder-1.5b", "bf16"))
@@ -69,12 +72,12 @@ def measure_bandwidth(gib: float = 1.0, reps: int = 5) -> dict[str, float]:
 def weight_bytes_per_token(backend: torch.nn.Module) -> int:
     """Bytes of every linear's weights (quantized or not) and scales, each tensor once."""
     from reasonbudget.models.llama import Linear
-    from reasonbudget.models.quant import Int4Linear, Int8Linear
+    from reasonbudget.models.quant import Bf16Linear, Int4Linear, Int8Linear
 
     seen, total = set(), 0
     for m in backend.modules():
         tensors = ([m.weight] if isinstance(m, Linear) else list(m.buffers(recurse=False))
-                   if isinstance(m, (Int4Linear, Int8Linear)) else [])
+                   if isinstance(m, (Bf16Linear, Int4Linear, Int8Linear)) else [])
         for t in tensors:
             if id(t) not in seen:
                 seen.add(id(t))
@@ -143,7 +146,7 @@ def forward_ms(model, prompt, fed: int, reps: int = 10) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="", help="Comma-separated (default: SmolLM2, plus the Qwen pair if present).")
-    ap.add_argument("--weights", default="bf16,int8,int4")
+    ap.add_argument("--weights", default="bf16,bf16w,int8,int4")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per row")
     ap.add_argument("--reps", type=int, default=3)
@@ -176,7 +179,7 @@ def main(argv=None) -> None:
         """Every runner of one model: ours per weight format and batch, HF generate, llama.cpp."""
         runs = {}
         for w in weights:
-            dtype = {"bf16": "bfloat16", "f32": "float32"}.get(w, act_dtype)
+            dtype = ACTIVATIONS.get(w, act_dtype)
             model = load_model(name, dtype=dtype, quant=QUANT[w])
             prompt = build_prompt(model, QUESTION)
             meta[(name, w)] = weight_bytes_per_token(model.backend)
@@ -232,6 +235,7 @@ def main(argv=None) -> None:
         runner, name, w, b = k
         out = {"model": name, "weights": w, "batch": b, "tok_s": round(tps[k], 2)}
         if runner == "engine":
+            out["activations"] = ACTIVATIONS.get(w, act_dtype)
             bound = bandwidth / meta[(name, w)]
             out.update(fraction_of_bound=round(tps[k] / b / bound, 3), bound_tok_s=round(bound, 1),
                        weight_mb_per_token=round(meta[(name, w)] / 1e6, 1))

@@ -8,17 +8,20 @@ import torch.nn.functional as F
 
 from reasonbudget.models import native
 from reasonbudget.models.quant import (
+    Bf16Linear,
     Int4Linear,
     Int8Linear,
     dequantize_int4,
     dequantize_int8,
     deinterleave_tiles,
     interleave_tiles,
+    pack_bf16_tiles,
     pack_int4_blocks,
     pack_int8_tiles,
     quantize_int4,
     quantize_int8,
     round_activations_int8,
+    unpack_bf16_tiles,
     unpack_int4_blocks,
 )
 
@@ -77,6 +80,29 @@ def test_quantized_kernels_match_rounded_x_times_dequantized_weight(rows):
 
 
 @needs_native
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 17])  # the 4 x 2 (AVX2) and 4 x 4 (AVX-512) tiles and their tails
+@pytest.mark.parametrize("wide", [True, False])
+def test_bf16_kernel_matches_x_times_the_bf16_weights(rows, wide):
+    g = _gen(11)
+    n, k = 70, 208  # 70: not a multiple of the 4-channel tile; 208: a multiple of 16, not of 32
+    w, b, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(rows, k, generator=g)
+    tiles = pack_bf16_tiles(w)
+    assert torch.equal(unpack_bf16_tiles(tiles, n), w.to(torch.bfloat16))
+    ref = x.double() @ w.to(torch.bfloat16).double().T + b.double()
+    if wide and not native.vnni():
+        pytest.skip("the CPU has no AVX-512 variant")
+    try:
+        native.vnni(wide)
+        out = native.bf16_matmul(x, tiles, n, b)
+    finally:
+        native.vnni(True)
+    # float32 products and sums of exact bf16 weights: only the summation order differs from the reference
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native.bf16_matmul(torch.randn(1, 200), tiles, n, None)
+
+
+@needs_native
 @pytest.mark.skipif(not native.vnni(), reason="the CPU has no AVX512-VNNI")
 @pytest.mark.parametrize("rows", [1, 2, 5])
 def test_vnni_tiles_equal_the_avx2_tiles_bit_for_bit(rows):
@@ -96,7 +122,7 @@ def test_vnni_tiles_equal_the_avx2_tiles_bit_for_bit(rows):
 
 
 @needs_native
-@pytest.mark.parametrize("kind", ["int8", "int4", "f32"])
+@pytest.mark.parametrize("kind", ["int8", "int4", "f32", "bf16"])
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
     g = _gen(3)
     w, x = torch.randn(37, 192, generator=g), torch.randn(11, 192, generator=g)
@@ -108,6 +134,9 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
         q, s, lo = quantize_int4(w, 64)
         p = pack_int4_blocks(q)
         f = lambda t: native.q4_matmul(t, p, s, lo, None, 64)  # noqa: E731
+    elif kind == "bf16":
+        p = pack_bf16_tiles(w)
+        f = lambda t: native.bf16_matmul(t, p, 37, None)  # noqa: E731
     else:
         f = lambda t: native.f32_matmul(t, w, None)  # noqa: E731
     together = f(x)
@@ -122,6 +151,8 @@ def test_modules_pick_the_avx2_kernel_where_the_shape_fits_and_keep_the_models_d
     assert Int4Linear(w, None, torch.float32, 64).kernel == "avx2"
     assert Int8Linear(w, None, torch.float32).kernel == "avx2"
     assert Int4Linear(w[:, :96], None, torch.float32, 32).kernel == "torch"  # 96: no group of 64 fits
+    assert Bf16Linear(w, None, torch.float32).kernel == "avx2"
+    assert Bf16Linear(w[:, :40], None, torch.float32).kernel == "torch"  # 40: not a multiple of 16
     y = Int4Linear(w, torch.ones(40), torch.bfloat16, 64)(torch.randn(2, 3, 192).to(torch.bfloat16))
     assert y.shape == (2, 3, 40) and y.dtype == torch.bfloat16
 

@@ -62,8 +62,8 @@ def run(
     seed: int = typer.Option(0, help="Seed of this request's torch.Generator."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | auto"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
-    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
-                                           "on load."),
+    quant: str = typer.Option("none", help="none | int8 | int4 | bf16: weight-only quantized linears (CPU), "
+                                           "quantized on load (bf16: bf16 weights under float32 activations)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Solve one question under a thinking budget and print thinking, answer and usage."""
@@ -178,8 +178,8 @@ def eval_(
     top_p: float = typer.Option(1.0),
     dtype: str = typer.Option("float32"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N (the in-process engine's device)."),
-    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
-                                           "on load."),
+    quant: str = typer.Option("none", help="none | int8 | int4 | bf16: weight-only quantized linears (CPU), "
+                                           "quantized on load (bf16: bf16 weights under float32 activations)."),
     batch_size: int = typer.Option(16, help="Problems decoded together in one engine batch."),
     out: str = typer.Option(..., help="Output directory (results.jsonl, summary.json/md, plots)."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray: --ray (local) or --ray ADDRESS."),
@@ -527,8 +527,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | auto"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N"),
-    quant: str = typer.Option("none", help="none | int8 | int4: weight-only quantized linears (CPU), quantized "
-                                           "on load."),
+    quant: str = typer.Option("none", help="none | int8 | int4 | bf16: weight-only quantized linears (CPU), "
+                                           "quantized on load (bf16: bf16 weights under float32 activations)."),
     max_batch: int = typer.Option(64, help="Most requests decoded together in one engine batch."),
     max_queue: int = typer.Option(256, help="Requests waiting beyond this get 503 with Retry-After."),
     default_max_tokens: int = typer.Option(1024, help="max_tokens of requests that send none."),

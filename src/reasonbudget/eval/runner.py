@@ -40,7 +40,7 @@ class SweepConfig:
     batch_size: int = 16
     """Problems decoded together in one engine batch."""
     quant: str = "none"
-    """Weight-only quantized linears (none | int8 | int4): part of the run's identity, as the dtype is."""
+    """Weight-only quantized linears (none | int8 | int4 | bf16): part of the run's identity, as the dtype is."""
 
     def __post_init__(self) -> None:
         from reasonbudget.methods import METHODS

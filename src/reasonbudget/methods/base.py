@@ -105,7 +105,7 @@ class DraftSettings:
     """The draft model (registry name or path; it must share the target's tokenizer); empty: no speculation."""
     gamma: int = 4
     draft_quant: str = "none"
-    """Weight-only quantized draft (none | int8 | int4): a cheaper draft step."""
+    """Weight-only quantized draft (none | int8 | int4 | bf16): a cheaper draft step."""
     adaptive_gamma: bool = False
     """Each row's gamma moves after every round: +2 when all drafted tokens were kept, -1 otherwise (HF's
     heuristic), between 1 and 16."""

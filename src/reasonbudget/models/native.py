@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
 HEADERS = tuple(Path(__file__).parent / "kernels" / f for f in ("avx2_common.h", "qmatmul_tiles.h"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
-ABI_VERSION = 4
+ABI_VERSION = 5
 BLOCK = 32
 """Input channels per activation block (one int8 scale each): K must be a multiple of it."""
 
@@ -110,12 +110,13 @@ def _library() -> ctypes.CDLL | None:
     lib.rb_q4_matmul.argtypes = [p, i64, i64, p, p, p, p, i64, i64, p, i32]
     lib.rb_q8_matmul.argtypes = [p, i64, i64, p, p, p, i64, p, i32]
     lib.rb_f32_matmul.argtypes = [p, i64, i64, p, p, i64, p, i32]
+    lib.rb_bf16_matmul.argtypes = [p, i64, i64, p, p, i64, p, i32]
     lib.rb_rms_norm.argtypes = [p, i64, i64, p, f32, p]
     lib.rb_silu_mul.argtypes = [p, i64, i64, p]
     lib.rb_attn_decode.argtypes = [p, i64, i64, i64, i64, p, p, f32, p, p, p, p, i64, p, p, p, i32]
     lib.rb_vnni.argtypes = [i32]
     lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = lib.rb_vnni.restype = i32
-    lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = None
+    lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = lib.rb_bf16_matmul.restype = None
     return lib
 
 
@@ -191,6 +192,23 @@ def q8_matmul(x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> Tenso
         return y
     _check(lib.rb_q8_matmul(x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), _ptr(bias), n, y.data_ptr(),
                             torch.get_num_threads()))
+    return y
+
+
+def bf16_matmul(x: Tensor, tiles: Tensor, n: int, bias: Tensor | None) -> Tensor:
+    """x float32 [M, K] -> [M, n] = x W^T (+ b), W bf16 [n, K] as `quant.pack_bf16_tiles` builds it."""
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous()
+    _float32(x, bias)
+    m, k = x.shape
+    if k % 16:
+        raise ValueError(f"bf16 kernel: input dimension {k} must be a multiple of 16")
+    _check_tiles(tiles, n, 2 * k, "bf16")
+    y = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return y
+    lib.rb_bf16_matmul(x.data_ptr(), m, k, tiles.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
     return y
 
 

@@ -1,5 +1,7 @@
-"""Weight-only quantized linears (as gpt-fast does on GPU), through PyTorch's packed CPU kernels.
+"""Weight-only quantized linears (as gpt-fast does on GPU), through our kernels or PyTorch's packed CPU kernels.
 
+- bf16: the weights stored in bf16 under float32 activations (`Bf16Linear`): half of float32's bytes, exact
+  products; for a float32 model (the fused decode step), where a bfloat16 model would run PyTorch's op by op.
 - int8: symmetric, one scale per output channel; `torch._weight_int8pack_mm`.
 - int4: asymmetric, one scale and one offset per group of `group` input channels; the weight packed once by
   `_convert_weight_to_int4pack_for_cpu`, multiplied by `_weight_int4pack_mm_for_cpu`. The kernel needs the
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from reasonbudget.models import native
 
-Quant = Literal["none", "int8", "int4"]
+Quant = Literal["none", "int8", "int4", "bf16"]
 QUANTS: tuple[str, ...] = get_args(Quant)
 INT4_GROUPS = (128, 64, 32)
 _N_MULTIPLE = 16
@@ -122,6 +124,15 @@ def pack_int4_blocks(q: Tensor) -> Tensor:
     return interleave_tiles((b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2))
 
 
+def pack_bf16_tiles(w: Tensor) -> Tensor:
+    """w [N, K] -> bf16 weights in the kernels' layout (`interleave_tiles`, as bytes: 16 weights a unit)."""
+    return interleave_tiles(w.to(torch.bfloat16).contiguous().view(torch.uint8))
+
+
+def unpack_bf16_tiles(tiles: Tensor, n: int) -> Tensor:
+    return deinterleave_tiles(tiles, n).contiguous().view(torch.bfloat16)
+
+
 def unpack_int4_blocks(packed: Tensor, n: int) -> Tensor:
     rows = deinterleave_tiles(packed, n)
     b = rows.reshape(n, rows.shape[1] // 32, 1, 32)
@@ -193,6 +204,28 @@ class Int4Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+class Bf16Linear(nn.Module):
+    """bf16 weights under float32 activations: a float32 model reads half the weight bytes and keeps its float32
+    decode step (fused ops, float32 KV cache). Our kernel (`native.bf16_matmul`) where it runs, else the weights
+    widened per call."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features = weight.shape[0]
+        self.kernel: Kernel = "avx2" if native.available() and weight.shape[1] % 16 == 0 else "torch"
+        self.register_buffer("weight_bf16", pack_bf16_tiles(weight) if self.kernel == "avx2"
+                             else weight.to(torch.bfloat16).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        if self.kernel == "avx2":
+            y = native.bf16_matmul(x2, self.weight_bf16, self.out_features, self.bias)
+        else:
+            y = F.linear(x2, self.weight_bf16.float(), self.bias)
+        return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+
+
 def quantized_linear(weight: Tensor, bias: Tensor | None, quant: Quant, dtype: torch.dtype) -> nn.Module | None:
     """The quantized module for one linear, or None when its shape fits no kernel (int4 only)."""
     if quant == "int8":
@@ -200,4 +233,6 @@ def quantized_linear(weight: Tensor, bias: Tensor | None, quant: Quant, dtype: t
     if quant == "int4":
         group = int4_group(weight.shape[1])
         return None if group is None else Int4Linear(weight, bias, dtype, group)
+    if quant == "bf16":
+        return Bf16Linear(weight, bias, dtype)
     raise ValueError(f"quant={quant!r}: nothing to quantize")

@@ -34,7 +34,7 @@
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
 
-int rb_abi_version(void) { return 4; }
+int rb_abi_version(void) { return 5; }
 
 #define TILE_N 4 /* output channels interleaved per 128 bytes of a 32-byte unit (see above) */
 
@@ -87,7 +87,9 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t G, int8_
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
 #define SUFFIX vnni
 #define DOT_BLOCK(u, s) _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s))
+#define BF16_WIDE
 #include "qmatmul_tiles.h"
+#undef BF16_WIDE
 #undef SUFFIX
 #undef DOT_BLOCK
 #pragma GCC pop_options
@@ -128,4 +130,10 @@ int rb_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const fl
     (rb_vnni(-1) ? q8_tiles_vnni : q8_tiles_avx2)(M, K, w, scale, bias, N, xq, xd, y, threads);
     free(xq), free(xd);
     return 0;
+}
+
+/* y [M, N] = x [M, K] W^T (+ b), W bf16 in the tile layout (16 weights a unit), K a multiple of 16. */
+void rb_bf16_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *bias, int64_t N, float *y,
+                    int threads) {
+    (rb_vnni(-1) ? bf16_tiles_vnni : bf16_tiles_avx2)(M, K, w, x, bias, N, y, threads);
 }
