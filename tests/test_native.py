@@ -146,6 +146,42 @@ def test_a_rows_result_does_not_depend_on_the_rows_beside_it(kind):
 
 
 @needs_native
+def test_weights_written_back_as_bf16_equal_the_dequantized_weights_rounded():
+    g = _gen(12)
+    w = torch.randn(37, 256, generator=g)
+    q8, s8 = quantize_int8(w)
+    assert torch.equal(native.q8_to_bf16(pack_int8_tiles(q8), s8, 256), dequantize_int8(q8, s8).to(torch.bfloat16))
+    q4, s4, lo = quantize_int4(w, 128)
+    out = native.q4_to_bf16(pack_int4_blocks(q4), s4.contiguous(), lo.contiguous(), 256, 128)
+    assert torch.equal(out, dequantize_int4(q4, s4, lo, 128).to(torch.bfloat16))
+    assert torch.equal(native.bf16_untile(pack_bf16_tiles(w), 37, 256), w.to(torch.bfloat16))
+
+
+@needs_native
+@pytest.mark.parametrize("module", ["int8", "int4", "bf16"])
+def test_a_prefill_chunk_runs_a_dense_bf16_matmul_and_a_few_tokens_per_row_keep_the_kernel(module, monkeypatch):
+    from reasonbudget.models import quant
+
+    monkeypatch.setattr(native, "bf16_native", lambda: True)  # on a CPU without bf16 dot products: slow, same result
+    g = _gen(13)
+    w, b = torch.randn(40, 128, generator=g), torch.randn(40, generator=g)
+    lin = {"int8": lambda: Int8Linear(w, b, torch.float32), "int4": lambda: Int4Linear(w, b, torch.float32, 64),
+           "bf16": lambda: Bf16Linear(w, b, torch.float32)}[module]()
+    if module == "int8":
+        dense_w = dequantize_int8(*quantize_int8(w))
+    elif module == "int4":
+        dense_w = dequantize_int4(*quantize_int4(w, 64), 64)
+    else:
+        dense_w = w
+    chunk = torch.randn(2, quant.DENSE_MIN_TOKENS, 128, generator=g)
+    expect = (F.linear(chunk.to(torch.bfloat16), dense_w.to(torch.bfloat16)).float() + b)
+    assert torch.equal(lin(chunk), expect)
+    few = chunk[:, : quant.DENSE_MIN_TOKENS - 1]
+    assert torch.equal(lin(few).reshape(-1, 40), lin(few.reshape(-1, 1, 128)).reshape(-1, 40))  # kernel, row by row
+    assert not torch.equal(lin(few), expect[:, : quant.DENSE_MIN_TOKENS - 1])
+
+
+@needs_native
 def test_modules_pick_the_avx2_kernel_where_the_shape_fits_and_keep_the_models_dtype():
     w = torch.randn(40, 192, generator=_gen(4))
     assert Int4Linear(w, None, torch.float32, 64).kernel == "avx2"

@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
 HEADERS = tuple(Path(__file__).parent / "kernels" / f for f in ("avx2_common.h", "qmatmul_tiles.h"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
-ABI_VERSION = 5
+ABI_VERSION = 6
 BLOCK = 32
 """Input channels per activation block (one int8 scale each): K must be a multiple of it."""
 
@@ -111,6 +112,10 @@ def _library() -> ctypes.CDLL | None:
     lib.rb_q8_matmul.argtypes = [p, i64, i64, p, p, p, i64, p, i32]
     lib.rb_f32_matmul.argtypes = [p, i64, i64, p, p, i64, p, i32]
     lib.rb_bf16_matmul.argtypes = [p, i64, i64, p, p, i64, p, i32]
+    lib.rb_q8_to_bf16.argtypes = [p, p, i64, i64, p, i32]
+    lib.rb_q4_to_bf16.argtypes = [p, p, p, i64, i64, i64, p, i32]
+    lib.rb_bf16_untile.argtypes = [p, i64, i64, p, i32]
+    lib.rb_q8_to_bf16.restype = lib.rb_q4_to_bf16.restype = lib.rb_bf16_untile.restype = None
     lib.rb_rms_norm.argtypes = [p, i64, i64, p, f32, p]
     lib.rb_silu_mul.argtypes = [p, i64, i64, p]
     lib.rb_attn_decode.argtypes = [p, i64, i64, i64, i64, p, p, f32, p, p, p, p, i64, p, p, p, i32]
@@ -118,6 +123,16 @@ def _library() -> ctypes.CDLL | None:
     lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = lib.rb_vnni.restype = i32
     lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = lib.rb_bf16_matmul.restype = None
     return lib
+
+
+@lru_cache(maxsize=1)
+def bf16_native() -> bool:
+    """Whether the CPU has bf16 dot products (AVX512-BF16 or AMX), which oneDNN's bf16 GEMM uses."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def available() -> bool:
@@ -210,6 +225,51 @@ def bf16_matmul(x: Tensor, tiles: Tensor, n: int, bias: Tensor | None) -> Tensor
         return y
     lib.rb_bf16_matmul(x.data_ptr(), m, k, tiles.data_ptr(), _ptr(bias), n, y.data_ptr(), torch.get_num_threads())
     return y
+
+
+# ---- the many-row path: weights back to row-major bf16 [N, K] (`quant.DENSE_MIN_ROWS`) ------------------------
+_scratch = threading.local()
+
+
+def _bf16_scratch(n: int, k: int) -> Tensor:
+    """A reused [n, k] bf16 buffer (one per thread, grown as needed, valid until the next call): a fresh tensor
+    of a layer's size faulted its pages in on every call, 3-4x the cost of writing the weights out."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n * k:
+        buf = _scratch.buf = torch.empty(n * k, dtype=torch.bfloat16)
+    return buf[: n * k].view(n, k)
+
+
+def q8_to_bf16(q: Tensor, scale: Tensor, k: int) -> Tensor:
+    lib = _library()
+    assert lib is not None
+    _float32(scale)
+    n = scale.shape[0]
+    _check_tiles(q, n, k, "int8")
+    out = _bf16_scratch(n, k)
+    lib.rb_q8_to_bf16(q.data_ptr(), scale.data_ptr(), n, k, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def q4_to_bf16(packed: Tensor, scale: Tensor, low: Tensor, k: int, group: int) -> Tensor:
+    lib = _library()
+    assert lib is not None
+    _float32(scale, low)
+    n = scale.shape[0]
+    _check_tiles(packed, n, k // 2, "int4")
+    out = _bf16_scratch(n, k)
+    lib.rb_q4_to_bf16(packed.data_ptr(), scale.data_ptr(), low.data_ptr(), n, k, group, out.data_ptr(),
+                      torch.get_num_threads())
+    return out
+
+
+def bf16_untile(tiles: Tensor, n: int, k: int) -> Tensor:
+    lib = _library()
+    assert lib is not None
+    _check_tiles(tiles, n, 2 * k, "bf16")
+    out = _bf16_scratch(n, k)
+    lib.rb_bf16_untile(tiles.data_ptr(), n, k, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 def f32_matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

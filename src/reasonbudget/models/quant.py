@@ -142,6 +142,24 @@ def unpack_int4_blocks(packed: Tensor, n: int) -> Tensor:
 # ---- modules ---------------------------------------------------------------------------------------------
 Kernel = Literal["avx2", "torch"]
 
+DENSE_MIN_TOKENS = 16
+"""A call that feeds at least this many tokens per row (a prefill chunk) writes the weights out as row-major bf16
+(`native.q4_to_bf16` and co.) and runs oneDNN's dense bf16 GEMM, where the CPU has bf16 dot products. Our tiles
+are compute-bound in int8/float32 arithmetic past a few rows: Qwen2.5-1.5B's gate/up (17920 x 1536, Zen 4 EPYC,
+2 threads) at 128 rows took 36.9 ms in the int4 kernel against 3.6 ms to write the weights out plus 17.7 for the
+GEMM; at 32 rows they tie. Per row of tokens, not per call, so that decode steps and a speculative target's
+verification (a few tokens per row) keep the kernels, whose rows do not depend on each other."""
+
+
+def dense_path_applies(x: Tensor) -> bool:
+    return x.dim() >= 3 and x.shape[-2] >= DENSE_MIN_TOKENS and native.bf16_native()
+
+
+def _dense_bf16(x: Tensor, weight_bf16: Tensor, bias32: Tensor | None) -> Tensor:
+    """x [..., K] -> float32 [..., N] = bf16(x) W^T (+ b), W row-major bf16 (the scratch buffer: used at once)."""
+    y = F.linear(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight_bf16).float()
+    return (y if bias32 is None else y + bias32).reshape(*x.shape[:-1], -1)
+
 
 def choose_kernel(k: int, group: int = 64) -> Kernel:
     """Our AVX2 kernels (`models.native`) where they built and the shape fits them, else PyTorch's."""
@@ -162,6 +180,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
+            if dense_path_applies(x):
+                return _dense_bf16(x, native.q8_to_bf16(self.q, self.scale, x.shape[-1]), self._bias32).to(x.dtype)
             return native.q8_matmul(x2.float(), self.q, self.scale, self._bias32).reshape(*x.shape[:-1], -1).to(x.dtype)
         y = torch._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.q, self.scale)
         y = y.reshape(*x.shape[:-1], -1).to(x.dtype)
@@ -196,6 +216,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
+            if dense_path_applies(x):
+                w = native.q4_to_bf16(self.packed, self.scale, self.low, x.shape[-1], self.group)
+                return _dense_bf16(x, w, self._bias32).to(x.dtype)
             y = native.q4_matmul(x2.float(), self.packed, self.scale, self.low, self._bias32, self.group)
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), self.packed, self.group,
@@ -219,6 +242,9 @@ class Bf16Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1]).float()
+        if self.kernel == "avx2" and dense_path_applies(x):
+            w = native.bf16_untile(self.weight_bf16, self.out_features, x.shape[-1])
+            return _dense_bf16(x, w, self.bias).to(x.dtype)
         if self.kernel == "avx2":
             y = native.bf16_matmul(x2, self.weight_bf16, self.out_features, self.bias)
         else:

@@ -34,7 +34,7 @@
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
 
-int rb_abi_version(void) { return 5; }
+int rb_abi_version(void) { return 6; }
 
 #define TILE_N 4 /* output channels interleaved per 128 bytes of a 32-byte unit (see above) */
 
@@ -136,4 +136,59 @@ int rb_q8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, const fl
 void rb_bf16_matmul(const float *x, int64_t M, int64_t K, const uint8_t *w, const float *bias, int64_t N, float *y,
                     int threads) {
     (rb_vnni(-1) ? bf16_tiles_vnni : bf16_tiles_avx2)(M, K, w, x, bias, N, y, threads);
+}
+
+/* ---- the many-row path: the weights back to row-major bf16 [N, K], for a dense bf16 matmul ----------------
+   Past a few dozen rows (prefill) our tiles are compute-bound in int8/float32 arithmetic, where a CPU with
+   native bf16 dot products (AVX512-BF16, AMX) runs a dense bf16 GEMM about twice as fast; writing the weights
+   out once per call costs less than that. Rounding to bf16 is to nearest, ties to even. */
+/* 8 floats -> 8 bf16 at dst, rounded to nearest, ties to even (finite inputs: the weights here always are). */
+INLINE void store_bf16x8(uint16_t *dst, __m256 f) {
+    const __m256i b = _mm256_castps_si256(f);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    _mm_storeu_si128((__m128i *)dst, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+
+void rb_q8_to_bf16(const int8_t *w, const float *scale, int64_t N, int64_t K, uint16_t *out, int threads) {
+    const int64_t U = K / QK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const __m256 s = _mm256_set1_ps(scale[n]);
+        for (int64_t u = 0; u < U; u++) {
+            const uint8_t *src = unit(w, n, u, U);
+            for (int c = 0; c < QK; c += 8) {
+                const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src + c)));
+                store_bf16x8(out + n * K + u * QK + c, _mm256_mul_ps(_mm256_cvtepi32_ps(q), s));
+            }
+        }
+    }
+}
+
+void rb_q4_to_bf16(const uint8_t *w, const float *scale, const float *low, int64_t N, int64_t K, int64_t G,
+                   uint16_t *out, int threads) {
+    const int64_t U = K / 64, ng = K / G;
+    const __m256i m4 = _mm256_set1_epi32(0x0F);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t u = 0; u < U; u++) {
+            const uint8_t *src = unit(w, n, u, U);
+            const int64_t g = n * ng + u * 64 / G; /* G is a multiple of 64: one group per unit */
+            const __m256 s = _mm256_set1_ps(scale[g]), lo = _mm256_set1_ps(low[g]);
+            for (int c = 0; c < 32; c += 8) {
+                const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + c)));
+                const __m256 q0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, m4));
+                const __m256 q1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+                /* q s + low rounded twice, as quant.dequantize_int4 computes it (an FMA would round once) */
+                store_bf16x8(out + n * K + u * 64 + c, _mm256_add_ps(_mm256_mul_ps(q0, s), lo));
+                store_bf16x8(out + n * K + u * 64 + 32 + c, _mm256_add_ps(_mm256_mul_ps(q1, s), lo));
+            }
+        }
+}
+
+void rb_bf16_untile(const uint8_t *w, int64_t N, int64_t K, uint16_t *out, int threads) {
+    const int64_t U = K / 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t u = 0; u < U; u++) __builtin_memcpy(out + n * K + u * 16, unit(w, n, u, U), 32);
 }
