@@ -281,3 +281,57 @@ def test_nan_activations_propagate_and_wrong_inputs_are_refused():
         native.q4_matmul(x[:, :32], pack_int4_blocks(q4), s4, lo, None, 32)
     with pytest.raises(ValueError, match="tiles"):
         native.q8_matmul(x, q, s, None)  # row-major int8, not the kernel's layout
+
+
+def _steps_both_ways(backend, monkeypatch, hidden_layers=()):
+    """Greedy logits of 4 one-token steps on rows 0 and 2 of 3 (ragged), with the whole step in one C call and
+    block by block; and how many C calls the first way made."""
+    from reasonbudget.models import llama
+
+    calls = []
+    whole = native.decode_blocks
+    monkeypatch.setattr(native, "decode_blocks", lambda *a, **k: calls.append(1) or whole(*a, **k))
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(llama.Transformer, "native_step", flag)
+        cache = backend.new_cache(3, 48)
+        rows = torch.tensor([0, 2])
+        for r, n in ((0, 11), (2, 7)):
+            backend(torch.randint(3, 30, (1, n), generator=_gen(r)), cache, torch.tensor([r]))
+            cache.lengths[r] = n
+        tok, logits = torch.tensor([[5], [8]]), []
+        for _ in range(4):
+            out = backend(tok, cache, rows, hidden_layers=hidden_layers)
+            logits.append(out.logits)
+            cache.lengths[rows] += 1
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        outs.append(torch.stack(logits))
+    return outs, len(calls)
+
+
+@needs_native
+@pytest.mark.parametrize("quant", ["int8", "int4", "bf16"])
+def test_the_whole_decode_step_in_one_call_equals_block_by_block(quant, monkeypatch):
+    from reasonbudget.models import load_model
+
+    backend = load_model("testbed-target", dtype="float32", quant=quant).backend
+    assert backend.native_blocks() is not None
+    (whole, blockwise), calls = _steps_both_ways(backend, monkeypatch)
+    assert calls == 4 and torch.equal(whole, blockwise)
+    # an inner layer's hidden state asked for: block by block, same logits
+    (inner, _), calls = _steps_both_ways(backend, monkeypatch, hidden_layers=(1,))
+    assert calls == 0 and torch.equal(inner, whole)
+
+
+@needs_native
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])  # qkv bias; per-head q/k norms
+def test_the_whole_decode_step_handles_biases_and_head_norms(arch, monkeypatch):
+    from tests.helpers import runtime_from_hf, tiny_hf_model
+
+    backend = runtime_from_hf(tiny_hf_model(arch)).backend
+    assert backend.quantize("bf16")["quantized"] == 2 * 4 + 1
+    (whole, blockwise), calls = _steps_both_ways(backend, monkeypatch)
+    assert calls == 4 and torch.equal(whole, blockwise)
+    backend = runtime_from_hf(tiny_hf_model(arch)).backend
+    backend.quantize("int8")  # an int8 tile needs K % 64: the 96-wide MLP keeps PyTorch's kernel, so no C step
+    assert backend.native_blocks() is None

@@ -7,6 +7,7 @@ matmuls read the weights more efficiently in the memory-bound decode regime.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,6 +164,11 @@ class ForwardOutput:
 
 
 class Transformer(nn.Module):
+    native_step = True
+    """One-token steps of a float32 model whose block linears all run on our kernels go through every block in one
+    C call (`native.decode_blocks`): the same ops as `Block.decode_fused`, equal bit for bit, without ~10 Python
+    calls per block. False: block by block."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -172,6 +178,7 @@ class Transformer(nn.Module):
         self.lm_head = Linear(torch.zeros(cfg.vocab_size, cfg.hidden_size))
         self.register_buffer("inv_freq", torch.tensor(rope_inv_freq(cfg), dtype=torch.float32), persistent=False)
         self.quant = "none"
+        self._blocks: ctypes.Array | None | bool = False  # False: not built yet; None: not every linear is ours
 
     @property
     def dtype(self) -> torch.dtype:
@@ -206,7 +213,23 @@ class Transformer(nn.Module):
             setattr(owner, name, q.to(self.device))
             done += 1
         self.quant = quant
+        self._blocks = False
         return {"quantized": done, "kept": kept}
+
+    def native_blocks(self) -> ctypes.Array | None:
+        """Every block as `native.BlockSpec`, or None where a block linear does not run on our kernels."""
+        if self._blocks is False:
+            self._blocks = None
+            specs = []
+            for blk in self.layers:
+                lins = [getattr(blk, n) for n in ("wqkv", "wo", "w_gate_up", "w_down")]
+                lin_specs = [m.native_spec() if hasattr(m, "native_spec") else None for m in lins]
+                norms = (blk.attn_norm, blk.mlp_norm, blk.q_norm, blk.k_norm)
+                if any(sp is None for sp in lin_specs) or any(t is not None and t.dtype != torch.float32 for t in norms):
+                    return None
+                specs.append(native.BlockSpec(*(None if t is None else t.data_ptr() for t in norms), *lin_specs))
+            self._blocks = (native.BlockSpec * len(specs))(*specs)
+        return self._blocks
 
     def pack_weights(self) -> None:
         for m in self.modules():
@@ -242,7 +265,15 @@ class Transformer(nn.Module):
         if 0 in hidden_layers:
             hidden[0] = x
         fused = fused_decode_applies(x, cache, self.cfg.head_dim)  # decided once per forward, not per layer
-        for i, layer in enumerate(self.layers):
+        inner = any(0 < i < self.cfg.num_layers for i in hidden_layers)
+        blocks = self.native_blocks() if fused and self.native_step and not inner else None
+        if blocks is not None:
+            c, r = self.cfg, x.shape[0]
+            x = native.decode_blocks(x.reshape(r, -1), blocks, heads=c.num_heads, kv_heads=c.num_kv_heads,
+                                     head_dim=c.head_dim, intermediate=c.intermediate_size, eps=c.rms_norm_eps,
+                                     cos=cos.reshape(r, -1), sin=sin.reshape(r, -1), k_cache=cache.k,
+                                     v_cache=cache.v, rows=sel.rows_dev, positions=sel.starts).view(r, 1, -1)
+        for i, layer in enumerate(self.layers if blocks is None else ()):
             x = layer.decode_fused(x, cache, sel, cos, sin) if fused else layer(x, cache, sel, cos, sin)
             if i + 1 in hidden_layers and i + 1 < self.cfg.num_layers:
                 hidden[i + 1] = x

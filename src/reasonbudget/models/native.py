@@ -1,5 +1,6 @@
 """Our AVX2 kernels, compiled on first use and called through ctypes: the quantized matmuls of
-`kernels/qmatmul_avx2.c` and the fused float32 decode-step ops of `kernels/decode_avx2.c`.
+`kernels/qmatmul_avx2.c`, the fused float32 decode-step ops of `kernels/decode_avx2.c`, and the whole decode step
+of a model whose block linears all run on them (`kernels/decode_step.c`).
 
 The sources are compiled once per source version and compiler into `<cache>/kernels/` (about a second) and loaded
 from there afterwards. Where it cannot be used (no AVX2/FMA, no C compiler, a failed build, or
@@ -35,10 +36,10 @@ from reasonbudget.models.tokenizer import cache_root
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c"))
+SOURCES = tuple(Path(__file__).parent / "kernels" / f for f in ("qmatmul_avx2.c", "decode_avx2.c", "decode_step.c"))
 HEADERS = tuple(Path(__file__).parent / "kernels" / f for f in ("avx2_common.h", "qmatmul_tiles.h"))
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-std=c11")
-ABI_VERSION = 6
+ABI_VERSION = 7
 BLOCK = 32
 """Input channels per activation block (one int8 scale each): K must be a multiple of it."""
 
@@ -120,6 +121,8 @@ def _library() -> ctypes.CDLL | None:
     lib.rb_silu_mul.argtypes = [p, i64, i64, p]
     lib.rb_attn_decode.argtypes = [p, i64, i64, i64, i64, p, p, f32, p, p, p, p, i64, p, p, p, i32]
     lib.rb_vnni.argtypes = [i32]
+    lib.rb_decode_blocks.argtypes = [p, i64, i64, p, i64, i64, i64, i64, i64, f32, p, p, p, p, i64, i64, p, p, p, i32]
+    lib.rb_decode_blocks.restype = i32
     lib.rb_q4_matmul.restype = lib.rb_q8_matmul.restype = lib.rb_attn_decode.restype = lib.rb_vnni.restype = i32
     lib.rb_rms_norm.restype = lib.rb_silu_mul.restype = lib.rb_f32_matmul.restype = lib.rb_bf16_matmul.restype = None
     return lib
@@ -327,3 +330,49 @@ def attn_decode(qkv: Tensor, *, heads: int, kv_heads: int, head_dim: int, q_norm
                             rows.data_ptr(), positions.data_ptr(), out.data_ptr(), torch.get_num_threads())
     _check(rc)
     return out
+
+
+# ---- the whole decode step through every block (`kernels/decode_step.c`) ------------------------------------
+class LinearSpec(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("n", ctypes.c_int64), ("k", ctypes.c_int64), ("group", ctypes.c_int64),
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("low", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
+class BlockSpec(ctypes.Structure):
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p), ("q_norm", ctypes.c_void_p),
+                ("k_norm", ctypes.c_void_p), ("qkv", LinearSpec), ("o", LinearSpec), ("gate_up", LinearSpec),
+                ("down", LinearSpec)]
+
+
+LINEAR_KINDS = {"bf16": 1, "int8": 2, "int4": 3}
+
+
+def linear_spec(kind: str, n: int, k: int, w: Tensor, scale: Tensor | None = None, low: Tensor | None = None,
+                bias: Tensor | None = None, group: int = 0) -> LinearSpec:
+    """One linear for `decode_blocks`: the tensors must outlive the spec (the modules' own buffers)."""
+    _float32(scale, low, bias)
+    return LinearSpec(LINEAR_KINDS[kind], n, k, group, w.data_ptr(), _ptr(scale), _ptr(low), _ptr(bias))
+
+
+def decode_blocks(x: Tensor, blocks: ctypes.Array, *, heads: int, kv_heads: int, head_dim: int, intermediate: int,
+                  eps: float, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor,
+                  positions: Tensor) -> Tensor:
+    """x [R, d] float32 through every block of `blocks` (BlockSpec array), one new token per row; the caches are
+    the whole [L, rows_total, Hkv, S, D] tensors. Returns the new x (the input is not modified)."""
+    lib = _library()
+    assert lib is not None
+    x = x.contiguous().clone()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    rows, positions = rows.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
+    _float32(x, cos, sin, k_cache, v_cache)
+    r, d = x.shape
+    scratch = torch.empty(r * (3 * d + (2 * heads + 2 * kv_heads) * head_dim + 3 * intermediate))
+    rc = lib.rb_decode_blocks(x.data_ptr(), r, d, blocks, len(blocks), heads, kv_heads, head_dim, intermediate, eps,
+                              cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.shape[1],
+                              k_cache.shape[3], rows.data_ptr(), positions.data_ptr(), scratch.data_ptr(),
+                              torch.get_num_threads())
+    if rc == -2:
+        raise ValueError("decode_blocks: a linear of an unknown kind")
+    _check(rc)
+    return x

@@ -177,6 +177,12 @@ class Int8Linear(nn.Module):
         # the AVX2 kernel adds the bias itself, in float32
         self._bias32 = None if bias is None or self.kernel != "avx2" else bias.float()
 
+    def native_spec(self) -> native.LinearSpec | None:
+        if self.kernel != "avx2":
+            return None
+        return native.linear_spec("int8", self.scale.shape[0], self.q.shape[1] * 32, self.q, self.scale,
+                                  bias=self._bias32)
+
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
@@ -213,6 +219,12 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_and_zeros", torch.stack([scale, offset], -1).transpose(0, 1).contiguous()
                              .to(KERNEL_DTYPE))
 
+    def native_spec(self) -> native.LinearSpec | None:
+        if self.kernel != "avx2":
+            return None
+        return native.linear_spec("int4", self.out_features, self.packed.shape[1] * 64, self.packed, self.scale,
+                                  self.low, self._bias32, self.group)
+
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         if self.kernel == "avx2":
@@ -239,6 +251,12 @@ class Bf16Linear(nn.Module):
         self.register_buffer("weight_bf16", pack_bf16_tiles(weight) if self.kernel == "avx2"
                              else weight.to(torch.bfloat16).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.float(), requires_grad=False)
+
+    def native_spec(self) -> native.LinearSpec | None:
+        if self.kernel != "avx2":
+            return None
+        return native.linear_spec("bf16", self.out_features, self.weight_bf16.shape[1] * 16, self.weight_bf16,
+                                  bias=self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1]).float()

@@ -34,7 +34,7 @@
 #define QK 32
 #define ROWS 4 /* rows of x dotted against one weight block while it sits in a register */
 
-int rb_abi_version(void) { return 6; }
+int rb_abi_version(void) { return 7; }
 
 #define TILE_N 4 /* output channels interleaved per 128 bytes of a 32-byte unit (see above) */
 
