@@ -321,6 +321,12 @@ def test_the_whole_decode_step_in_one_call_equals_block_by_block(quant, monkeypa
     # an inner layer's hidden state asked for: block by block, same logits
     (inner, _), calls = _steps_both_ways(backend, monkeypatch, hidden_layers=(1,))
     assert calls == 0 and torch.equal(inner, whole)
+    # moving the tensors (here a dtype round trip) rebuilds the specs instead of keeping stale pointers
+    specs = backend.native_blocks()
+    backend.to(torch.float64).to(torch.float32)
+    assert backend.native_blocks() is not specs
+    (moved, _), calls = _steps_both_ways(backend, monkeypatch)
+    assert calls == 4 and torch.equal(moved, whole)
 
 
 @needs_native

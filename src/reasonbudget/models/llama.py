@@ -216,6 +216,10 @@ class Transformer(nn.Module):
         self._blocks = False
         return {"quantized": done, "kept": kept}
 
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ... may move the tensors the block specs point at
+        self._blocks = False
+        return super()._apply(fn, *args, **kwargs)
+
     def native_blocks(self) -> ctypes.Array | None:
         """Every block as `native.BlockSpec`, or None where a block linear does not run on our kernels."""
         if self._blocks is False:
