@@ -230,7 +230,7 @@ def bf16_matmul(x: Tensor, tiles: Tensor, n: int, bias: Tensor | None) -> Tensor
     return y
 
 
-# ---- the many-row path: weights back to row-major bf16 [N, K] (`quant.DENSE_MIN_ROWS`) ------------------------
+# ---- the many-row path: weights back to row-major bf16 [N, K] (`quant.DENSE_MIN_TOKENS`) ------------------------
 _scratch = threading.local()
 
 
