@@ -229,7 +229,8 @@ class Transformer(nn.Module):
                 lins = [getattr(blk, n) for n in ("wqkv", "wo", "w_gate_up", "w_down")]
                 lin_specs = [m.native_spec() if hasattr(m, "native_spec") else None for m in lins]
                 norms = (blk.attn_norm, blk.mlp_norm, blk.q_norm, blk.k_norm)
-                if any(sp is None for sp in lin_specs) or any(t is not None and t.dtype != torch.float32 for t in norms):
+                if any(sp is None for sp in lin_specs) or any(t is not None and t.dtype != torch.float32
+                                                                 for t in norms):
                     return None
                 specs.append(native.BlockSpec(*(None if t is None else t.data_ptr() for t in norms), *lin_specs))
             self._blocks = (native.BlockSpec * len(specs))(*specs)
