@@ -87,13 +87,11 @@ INLINE void NAME(q8_tile)(const int NR, const int MC, int64_t n0, int64_t m0, in
 #ifdef BF16_WIDE
 #define BF16_VEC __m512
 #define BF16_ZERO _mm512_setzero_ps
-#define BF16_FMA _mm512_fmadd_ps
 #define BF16_SUM _mm512_reduce_add_ps
 #define BF16_TILE_ROWS 4
 #else
 #define BF16_VEC __m256
 #define BF16_ZERO _mm256_setzero_ps
-#define BF16_FMA _mm256_fmadd_ps
 #define BF16_SUM hsum8
 #define BF16_TILE_ROWS 2
 #endif
@@ -194,6 +192,5 @@ static void NAME(bf16_tiles)(int64_t M, int64_t K, const uint8_t *w, const float
 }
 #undef BF16_VEC
 #undef BF16_ZERO
-#undef BF16_FMA
 #undef BF16_SUM
 #undef BF16_TILE_ROWS
