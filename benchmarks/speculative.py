@@ -10,7 +10,8 @@ processed, both models), accuracy, and the speed-up the formula predicts from th
 step-cost ratio c (`engine.verify.expected_speedup`). Greedy speculative decoding must reproduce the target's
 tokens: the script counts the problems where it does not.
 
-    python benchmarks/speculative.py [--quick] [--json] [--problems 50] [--batches 1,8] [--gamma 4] [--out FILE]
+    python benchmarks/speculative.py [--quick] [--json] [--problems 50] [--batches 1,8] [--gamma 4]
+        [--methods speculative,mtad] [--out FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 
 import torch
 
+METHODS = ("speculative", "mtad")  # measured against target-only, which always runs
 QWEN_PAIRS = (  # (draft, draft weights, target, target weights)
     ("qwen2.5-coder-0.5b", "none", "qwen2.5-coder-1.5b", "none"),
     ("qwen2.5-coder-0.5b", "int4", "qwen2.5-coder-1.5b", "none"),
@@ -93,7 +95,8 @@ def summarize(results, batch_seconds: list[float], batch: int, grade) -> dict:
             "accuracy": round(sum(v[0] for v in correct.values()) / len(results), 4)}
 
 
-def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) -> list[dict]:
+def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
+                 methods: tuple[str, ...] = METHODS) -> list[dict]:
     from reasonbudget.engine import Engine
     from reasonbudget.engine.verify import expected_speedup
     from reasonbudget.eval.stats import rate_ratio_interval
@@ -121,8 +124,9 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
             print(f"  target-only {target_name} b={batch} T={temperature}: {base['tok_s']} tok/s", file=sys.stderr)
             rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
                          "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
-            for name, spec in (("speculative", f"speculative:draft={draft_name},gamma={gamma}{dq}"),
-                               ("mtad", f"mtad:draft={draft_name},gamma={gamma}{dq}")):
+            speculative = None
+            for name in methods:
+                spec = f"{name}:draft={draft_name},gamma={gamma}{dq}"
                 res, secs = run_method(engine, spec, prompts, batch, temperature)
                 s = summarize(res, secs, batch, grade)
                 # tok/s over target-only's, with an interval that resamples the batches (the same problems)
@@ -133,8 +137,16 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str) 
                        "speedup_vs_target": round(ratio, 3), "speedup_ci": [round(lo, 3), round(hi, 3)], **s}
                 if s["acceptance"] is not None:
                     row["predicted_speedup"] = round(expected_speedup(s["acceptance"], gamma, c), 3)
-                if name == "speculative" and temperature == 0:
-                    row["greedy_mismatches"] = sum(a.tokens != b.tokens for a, b in zip(res, base_res))
+                if name == "speculative":
+                    speculative = s
+                    if temperature == 0:
+                        row["greedy_mismatches"] = sum(a.tokens != b.tokens for a, b in zip(res, base_res))
+                elif speculative is not None:  # MTAD's goal is stated against speculative decoding
+                    ratio, lo, hi = rate_ratio_interval(s["batch_tokens"], s["batch_seconds"],
+                                                        speculative["batch_tokens"], speculative["batch_seconds"])
+                    row["speedup_vs_speculative"] = round(ratio, 3)
+                    row["speedup_vs_speculative_ci"] = [round(lo, 3), round(hi, 3)]
+                    row["energy_vs_speculative"] = round(s["energy_proxy"] / speculative["energy_proxy"], 3)
                 rows.append(row)
                 print(f"  {name} {draft_name} {draft_quant} b={batch} T={temperature}: {s['tok_s']} tok/s "
                       f"({row['speedup_vs_target']}x)", file=sys.stderr)
@@ -161,19 +173,27 @@ def main(argv=None) -> None:
     ap.add_argument("--temperatures", default="0,1")
     ap.add_argument("--gamma", type=int, default=4)
     ap.add_argument("--pairs", default="", help="Qwen pairs to run, as DRAFT:QUANT>TARGET:QUANT, comma-separated "
-                    "(default: all: " + ", ".join(f"{d}:{dq}>{t}:{tq}" for d, dq, t, tq in QWEN_PAIRS) + ")")
+                    "(default: all: " + ", ".join(f"{d}:{dq}>{t}:{tq}" for d, dq, t, tq in QWEN_PAIRS) + "); "
+                    "'testbed': the testbed pair alone")
     ap.add_argument("--dtype", default="auto", help="the Qwen models' dtype: bfloat16 | float32 | auto (bfloat16 where "
                     "its matmuls are native: a GPU or an AVX-512 CPU; else float32)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="draft/target methods to measure against target-only, comma-separated (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     qwen_pairs = QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS
-    if args.pairs:
+    if args.pairs == "testbed":
+        qwen_pairs = ()
+    elif args.pairs:
         qwen_pairs = parse_pairs(args.pairs)
         if not qwen_pairs:
             ap.error(f"--pairs {args.pairs!r}: expected DRAFT:QUANT>TARGET:QUANT[,...], "
                      "e.g. qwen2.5-coder-0.5b:int4>qwen2.5-coder-1.5b:none")
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if not methods or any(m not in METHODS for m in methods):
+        ap.error(f"--methods {args.methods!r}: expected a comma-separated subset of {','.join(METHODS)}")
     torch.set_num_threads(args.threads)
 
     from reasonbudget.models.registry import REGISTRY, resolve_dtype
@@ -194,9 +214,10 @@ def main(argv=None) -> None:
                           "problems": gsm8k.problems(n), "dtype": args.dtype})
     rows = []
     report = {"rows": rows, "settings": {"problems": n, "gamma": args.gamma, "threads": args.threads,
-                                         "dtype_qwen": args.dtype, "quick": args.quick}}
+                                         "dtype_qwen": args.dtype, "quick": args.quick,
+                                         "methods": list(methods)}}
     for pair in pairs:
-        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"])
+        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"], methods)
         if args.out:  # after every pair, so that a long run stopped early keeps what it measured
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=2)
@@ -216,6 +237,12 @@ def main(argv=None) -> None:
               f"{r['block_efficiency']:5.2f} {r['accuracy']:5.2f} [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}]")
         if "speedup_ci" in r and r["speedup_ci"][0] <= 1.0 <= r["speedup_ci"][1]:
             unclear.append(f"{r['method']} ({r['target']}, b={r['batch']}, T={r['temperature']:g})")
+    for r in rows:
+        if "speedup_vs_speculative" in r:
+            lo, hi = r["speedup_vs_speculative_ci"]
+            print(f"{r['method']} over speculative ({r['draft']} > {r['target']}, b={r['batch']}, "
+                  f"T={r['temperature']:g}): {r['speedup_vs_speculative']:.2f}x [{lo:.2f}, {hi:.2f}], "
+                  f"energy proxy {r['energy_vs_speculative']:.2f}x")
     if unclear:
         print("cannot tell apart from target-only at this size (the interval holds 1.0x): " + "; ".join(unclear))
 
