@@ -11,7 +11,7 @@ likelihood), then simulate steps with those values and fresh any-of-k labels, sc
 steps keep their labels and are scored by their correctness (their true value).
 
     python benchmarks/prm_curve.py --train runs/prm/labels-0.5b-train.jsonl --test runs/prm/labels-0.5b-test64.jsonl \
-        --bases qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --sizes 68,136,204 [--tune-layers 4]
+        --bases qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --sizes 68,136,204 [--tune-layers 4] [--layer-sets '12,24;18']
 
 With `--tune-layers K` each point trains the tuned recipe instead (`train-prm --tune-layers K`: LoRA adapters on
 the base's top K blocks with the head, early stopping on a fifth of the train problems) and scores the test
@@ -24,6 +24,7 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -114,9 +115,15 @@ def _mean(values) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
+def layer_columns(data, read: Sequence[int], wanted: Sequence[int], width: int):
+    """`data` (features of the layers `read`, `width` columns each) with only the columns of the layers `wanted`."""
+    cols = torch.cat([torch.arange(width) + read.index(layer) * width for layer in wanted])
+    return replace(data, x=data.x[:, cols])
+
+
 def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str,
-          tune_layers: int = 0) -> tuple[dict, object]:
-    """(the curve of one base, the test steps' table)."""
+          tune_layers: int = 0, layer_sets: Sequence[Sequence[int]] = ()) -> tuple[list[dict], object]:
+    """(the curves of one base, one per layer set (default: the head's default layers), the test steps' table)."""
     from reasonbudget.models import load_model
     from reasonbudget.rewards.head_prm import base_shape, default_layers
     from reasonbudget.training.head_prm import cached_data
@@ -124,12 +131,30 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
 
     model = load_model(base, dtype=dtype)
     cfg = HeadTrainConfig(tuned_layers=tune_layers, epochs=8) if tune_layers else HeadTrainConfig()
-    layers = default_layers(base_shape(model)[1])
+    sets = [tuple(ls) for ls in layer_sets] or [default_layers(base_shape(model)[1])]
+    if tune_layers and (len(sets) > 1 or sets[0] != default_layers(base_shape(model)[1])):
+        raise SystemExit("--layer-sets is for the frozen head; the tuned recipe reads the default layers")
+    read = sorted({layer for ls in sets for layer in ls})  # one feature pass for every set
     train_labels, test_labels = load_labels(train_file), load_labels(test_file)
     t0 = time.time()
-    train, test = [cached_data(model, labels, layers, separator=model.profile.step_delimiter, logprobs=cfg.logprobs,
-                          path=f.with_suffix(f".features-{base}.pt"))
-              for labels, f in ((train_labels, train_file), (test_labels, test_file))]
+    suffix = "" if read == list(sets[0]) else "-layers" + "-".join(map(str, read))
+    train_all, test_all = [cached_data(model, labels, read, separator=model.profile.step_delimiter,
+                                       logprobs=cfg.logprobs, path=f.with_suffix(f".features-{base}{suffix}.pt"))
+                           for labels, f in ((train_labels, train_file), (test_labels, test_file))]
+    features_seconds = round(time.time() - t0, 1)
+    width = base_shape(model)[0]
+    curves = []
+    for layers in sets:
+        train, test = (layer_columns(d, read, layers, width) for d in (train_all, test_all))
+        rows = size_rows(base, layers, model, train, test, train_labels, test_labels, sizes, seeds, cfg, tune_layers)
+        curves.append({"base": base, "layers": list(layers), "tuned_layers": tune_layers,
+                       "features_seconds": features_seconds, "seconds": round(time.time() - t0, 1),
+                       "test_problems": len(test_labels), "test_steps": len(test.y), "rows": rows})
+    return curves, test_all
+
+
+def size_rows(base, layers, model, train, test, train_labels, test_labels, sizes, seeds, cfg, tune_layers) -> list:
+    """One row per number of train problems: the mean test metrics over `seeds` heads."""
     order = list(dict.fromkeys(lp.problem_id for lp in train_labels))
     step_problem = [train.problem[int(s)] for s in train.solution]
     labelled = ~torch.isnan(train.y)
@@ -144,11 +169,9 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
             runs = [train_and_score(train, test, keep, cfg, seed) for seed in range(seeds)]
         rows.append({"problems": min(n, len(order)), "steps": int(keep.sum()), "seeds": runs,
                      **{k: _mean(r[k] for r in runs) for k in METRICS}})
-        print(f"{base:22s} {rows[-1]['problems']:5d} {rows[-1]['steps']:6d}  "
+        print(f"{base:22s} {','.join(map(str, layers)):>9s} {rows[-1]['problems']:5d} {rows[-1]['steps']:6d}  "
               + "  ".join("  -  " if rows[-1][k] is None else f"{rows[-1][k]:.3f}" for k in METRICS), flush=True)
-    return {"base": base, "tuned_layers": tune_layers, "seconds": round(time.time() - t0, 1),
-            "test_problems": len(test_labels),
-            "test_steps": len(test.y), "rows": rows}, test
+    return rows
 
 
 def main() -> None:
@@ -162,6 +185,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | auto (bf16 where native)")
     ap.add_argument("--tune-layers", type=int, default=0,
                     help="> 0: the tuned recipe (LoRA adapters on this many top blocks, 8 epochs, early stopping)")
+    ap.add_argument("--layer-sets", default="",
+                    help="layers the frozen head reads, sets separated by ';' (e.g. '12,24;18;18,24'; HF numbering, "
+                         "num_layers = the final normed state): one curve per set, from one feature pass; "
+                         "default: the head's default (a middle layer and the final one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/prm_curve.json")
     args = ap.parse_args()
@@ -173,12 +200,21 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         raise SystemExit(f"--sizes {args.sizes!r}: give numbers of problems, comma-separated (e.g. 68,136,204)")
-    print(f"{'base':22s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc  within_problem")
+    try:
+        layer_sets = [[int(v) for v in ls.split(",")] for ls in args.layer_sets.split(";") if ls.strip()]
+    except ValueError:
+        raise SystemExit(f"--layer-sets {args.layer_sets!r}: give layer numbers, comma-separated, sets separated "
+                         "by ';' (e.g. '12,24;18')")
+    print(f"{'base':22s} {'layers':>9s} {'probs':>5s} {'steps':>6s}  step_auroc  final_auroc  pair_acc  within_problem")
     report: dict = {"train": args.train, "test": args.test, "curves": []}
     test = None
     for base in args.bases.split(","):
-        result, test = curve(base, Path(args.train), Path(args.test), sizes, args.seeds, args.dtype, args.tune_layers)
-        report["curves"].append(result)
+        try:
+            result, test = curve(base, Path(args.train), Path(args.test), sizes, args.seeds, args.dtype,
+                                 args.tune_layers, layer_sets)
+        except ValueError as e:  # a layer the base model does not have
+            raise SystemExit(f"{base}: {e}")
+        report["curves"] += result
     report["ceiling"] = label_noise_ceiling(test, args.rollouts)
     print(f"a scorer knowing each step's true value: step AUROC {report['ceiling']['step_auroc']:.3f} "
           f"({report['ceiling']['range'][0]:.3f}-{report['ceiling']['range'][1]:.3f} over 200 draws of labels)")
