@@ -379,7 +379,7 @@ def test_the_learning_curve_benchmark_scores_the_tuned_recipe_through_the_saved_
 
     _, path, _, labelled = labels
     bench = load_benchmark("prm_curve")
-    result, test = bench.curve("testbed-target", path, path, [8], 1, "float32", tune_layers=1)
+    (result,), test = bench.curve("testbed-target", path, path, [8], 1, "float32", tune_layers=1)
     (row,) = result["rows"]
     assert result["tuned_layers"] == 1 and row["problems"] == 8 and len(row["seeds"]) == 1
     assert 0.0 <= row["step_auroc"] <= 1.0 and len(test.y) > 0

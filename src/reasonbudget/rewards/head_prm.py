@@ -11,7 +11,9 @@ A directory holds `prm_head.safetensors` and `prm_head.json`: the base model's r
 was trained on (refused when the base model loaded now differs), the layers read, feature scaling and
 calibration. The base model is loaded once per process, or shared with a policy that is the same model.
 
-Scored as text (`score_steps`), a call re-reads the problem and every step so far. When the head reads hidden
+Scored as text (`score_steps`), a head over frozen states keeps the base's KV rows of the texts it read
+(`rewards.step_states`), so a text that extends one read before costs only its new tokens; a head with
+log-probability features or adapters re-reads the problem and every step so far. When the head reads hidden
 states only (no log-probability features) and its base is the policy itself, it can instead read the policy's
 own KV rows (`score_rows`, `reads_rows`): the state at a step's end is one token's forward past the row (the
 pending last token, `Engine.look`), so scoring costs one token per particle and step instead of the whole
@@ -176,8 +178,10 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
 class HeadPRM:
     """`ProcessRewardModel` over a head directory (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, base=None, rows: bool = False) -> None:
-        """`rows`: score the policy's KV rows (`score_rows`; `base` must be the policy's model) instead of text."""
+    def __init__(self, path: str | Path, *, base=None, rows: bool = False, prefix_rows: int = 32) -> None:
+        """`rows`: score the policy's KV rows (`score_rows`; `base` must be the policy's model) instead of text.
+        `prefix_rows`: KV rows the base keeps of texts it read, so that a text extending one read before feeds
+        only its new tokens (a head over frozen states; 0: re-read every text whole)."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -210,16 +214,32 @@ class HeadPRM:
             raise ValueError(f"the PRM head in {path} reads log-probabilities of the whole step or LoRA-adapted "
                              "states: it scores text, not KV rows")
         self.reads_rows = rows
+        self.states = None
+        if not rows and self.spec.reads_rows and getattr(base, "kind", "runtime") == "runtime":
+            from reasonbudget.rewards.step_states import StepStates
+
+            self.states = StepStates(base, self.spec.layers, rows=prefix_rows) if prefix_rows else None
         self.separator_ids = list(base.encode(self.spec.separator))
         self.lookahead_tokens = len(self.separator_ids) if rows else 0
 
     def logits(self, items: Sequence[StepSequence]) -> list[Tensor]:
-        feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
-                              separator=self.spec.separator, logprobs=self.spec.logprobs, top=self.top)
-        self.tokens_read += sum(len(encode_steps(self.base, it.problem, it.steps, self.spec.separator)[0])
-                                for it in items)
+        if self.states is not None:  # a head over frozen states: each prefix read once (`rewards.step_states`)
+            before = self.states.tokens_fed
+            feats = self.states.features([self._encoded(it) for it in items])
+            self.tokens_read += self.states.tokens_fed - before
+        else:
+            feats = step_features(self.base, [(it.problem, it.steps) for it in items], self.spec.layers,
+                                  separator=self.spec.separator, logprobs=self.spec.logprobs, top=self.top)
+            self.tokens_read += sum(len(encode_steps(self.base, it.problem, it.steps, self.spec.separator)[0])
+                                    for it in items)
         with torch.no_grad():
             return [self.head(f) if f.numel() else torch.zeros(0) for f in feats]
+
+    def _encoded(self, item: StepSequence) -> tuple[list[int], list[int]]:
+        """Token ids within the base's context and the ends of the steps that fit (as `step_features` reads)."""
+        ids, ends, _ = encode_steps(self.base, item.problem, item.steps, self.spec.separator)
+        limit = self.base.context_length
+        return ids[:limit], [e for e in ends if e < limit]
 
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         a, b = self.spec.calibration

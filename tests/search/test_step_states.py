@@ -1,0 +1,82 @@
+"""A text scorer's step states read each prefix once (`rewards.step_states`): equal to a fresh read of every
+text, only new tokens fed when a text extends one read before, and right when texts fork and rows run out."""
+
+import pytest
+import torch
+
+from reasonbudget.rewards.head_prm import step_features
+from reasonbudget.rewards.step_states import StepStates, common_prefix
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2 and common_prefix([], [1]) == 0 and common_prefix([5], [6]) == 0
+
+
+@pytest.fixture(scope="module")
+def target():
+    from reasonbudget.models import load_model
+
+    return load_model("testbed-target")
+
+
+def texts(target, n: int = 6, steps: int = 5):
+    """n texts of `steps` steps each: a shared question, steps that differ between texts from step 2 on."""
+    from reasonbudget.rewards.head_prm import encode_steps
+    from reasonbudget.tasks import get_task
+
+    q = get_task("testbed:d=5").problems()[0].question
+    out = []
+    for i in range(n):
+        st = [f"x = {k}" if k < 2 else f"y{i} = {k + i}" for k in range(steps)]
+        ids, ends, _ = encode_steps(target, q, st, "\n\n")
+        out.append((q, st, ids, ends))
+    return out
+
+
+def fresh(target, q, st, layers):
+    (f,) = step_features(target, [(q, st)], layers, separator="\n\n", logprobs=False)
+    return f
+
+
+def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(target):
+    layers = (2, 4)
+    ss = StepStates(target, layers, rows=4)
+    items = texts(target, n=3)
+    # round k: every text with its first k steps, as a search scores its particles
+    prev = 0
+    for k in (1, 3, 5):
+        before = ss.tokens_fed
+        got = ss.features([(ids[: ends[k - 1] + 1], ends[:k]) for _, _, ids, ends in items])
+        for (q, st, _, _), g in zip(items, got):
+            assert g.shape == (k, 2 * target.backend.cfg.hidden_size)
+            assert torch.allclose(g, fresh(target, q, st[:k], layers), atol=1e-4)
+        # the first round reads whole texts; later ones feed each text from where the previous round stopped
+        assert ss.tokens_fed - before == sum(ends[k - 1] + 1 - (ends[prev - 1] + 1 if prev else 0)
+                                             for _, _, _, ends in items)
+        prev = k
+    fed = ss.tokens_fed
+    ss.features([(ids, ends) for _, _, ids, ends in items])  # all read: nothing fed
+    assert ss.tokens_fed == fed
+
+
+def test_forked_texts_and_too_few_rows_still_read_right(target):
+    layers = (4,)
+    ss = StepStates(target, layers, rows=2)
+    items = texts(target, n=5)
+    # five texts share their first two steps, then diverge; two rows only: rows are copied and reused
+    got = ss.features([(ids, ends) for _, _, ids, ends in items])
+    for (q, st, _, _), g in zip(items, got):
+        assert torch.allclose(g, fresh(target, q, st, layers), atol=1e-4)
+    # a text that forks off one read before starts from the shared prefix, not from scratch
+    q, st, ids, ends = items[0]
+    from reasonbudget.rewards.head_prm import encode_steps
+
+    fork = [*st[:3], "z = 9"]
+    f_ids, f_ends, _ = encode_steps(target, q, fork, "\n\n")
+    before = ss.tokens_fed
+    (g,) = ss.features([(f_ids, f_ends)])
+    assert torch.allclose(g, fresh(target, q, fork, layers), atol=1e-4)
+    assert ss.tokens_fed - before <= len(f_ids) - (ends[1] + 1)  # at most what follows the shared two steps
+    with pytest.raises(ValueError, match="exceeds"):
+        ss.features([(list(range(target.context_length + 1)), [0])])
