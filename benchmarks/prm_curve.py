@@ -125,15 +125,16 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
           tune_layers: int = 0, layer_sets: Sequence[Sequence[int]] = ()) -> tuple[list[dict], object]:
     """(the curves of one base, one per layer set (default: the head's default layers), the test steps' table)."""
     from reasonbudget.models import load_model
-    from reasonbudget.rewards.head_prm import base_shape, default_layers
+    from reasonbudget.rewards.head_prm import base_shape, default_layers, probe_layer
     from reasonbudget.training.head_prm import cached_data
     from reasonbudget.training.step_labels import load_labels
 
     model = load_model(base, dtype=dtype)
     cfg = HeadTrainConfig(tuned_layers=tune_layers, epochs=8) if tune_layers else HeadTrainConfig()
-    sets = [tuple(ls) for ls in layer_sets] or [default_layers(base_shape(model)[1])]
-    if tune_layers and (len(sets) > 1 or sets[0] != default_layers(base_shape(model)[1])):
-        raise SystemExit("--layer-sets is for the frozen head; the tuned recipe reads the default layers")
+    if tune_layers and layer_sets:
+        raise SystemExit("--layer-sets is for the frozen head; the tuned recipe reads its default layers")
+    num_layers = base_shape(model)[1]
+    sets = [tuple(ls) for ls in layer_sets] or [default_layers(num_layers) if tune_layers else probe_layer(num_layers)]
     read = sorted({layer for ls in sets for layer in ls})  # one feature pass for every set
     train_labels, test_labels = load_labels(train_file), load_labels(test_file)
     t0 = time.time()
@@ -188,7 +189,7 @@ def main() -> None:
     ap.add_argument("--layer-sets", default="",
                     help="layers the frozen head reads, sets separated by ';' (e.g. '12,24;18;18,24'; HF numbering, "
                          "num_layers = the final normed state): one curve per set, from one feature pass; "
-                         "default: the head's default (a middle layer and the final one)")
+                         "default: the head's default (three quarters up: `rewards.head_prm.probe_layer`)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/prm_curve.json")
     args = ap.parse_args()

@@ -429,6 +429,9 @@ def train_prm_cmd(
     epochs: Optional[int] = typer.Option(None, help="Passes over the labels (default: 60 for a head alone, 8 with "
                                                      "--tune-layers)."),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+    layers: str = typer.Option("", help="Base-model layers the head reads, comma-separated (HF numbering: the "
+                                        "base's layer count = its final normed state); default: three quarters "
+                                        "of the way up (`benchmarks/prm_curve.py --layer-sets` compares sets)."),
     tune_layers: int = typer.Option(0, help="Also train LoRA adapters on this many top blocks of the base (the "
                                             "head then scores text only)."),
     lora_rank: int = typer.Option(8, help="Rank of the adapters (with --tune-layers)."),
@@ -454,6 +457,14 @@ def train_prm_cmd(
               "--chunk >= 1")
     if tune_layers < 0:
         _fail(f"--tune-layers {tune_layers}: must be >= 0 (0: a head over the frozen base)")
+    try:
+        read = tuple(int(v) for v in layers.split(",")) if layers.strip() else ()
+    except ValueError:
+        read = (-1,)
+    if any(v < 0 for v in read):
+        _fail(f"--layers {layers!r}: give layer numbers >= 0, comma-separated (e.g. 18 or 12,24)")
+    if read and tune_layers:
+        _fail("--layers is for a head over the frozen base; a tuned head reads the adapted final state")
     if temperature <= 0:
         _fail(f"--temperature {temperature}: rollout labels need sampling (> 0)")
     try:
@@ -473,8 +484,10 @@ def train_prm_cmd(
             return
         head_base = policy if base in (None, model) else load_model(base, dtype=dtype)
         target = Path(out) if out else user_companion_dir(policy.name, "prm")  # found before a committed head
+        if any(v > head_base.backend.cfg.num_layers for v in read):
+            raise ValueError(f"--layers {layers}: {head_base.name} has layers 0-{head_base.backend.cfg.num_layers}")
         head_cfg = HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs, tuned_layers=tune_layers,
-                                   lora_rank=lora_rank)
+                                   lora_rank=lora_rank, layers=read)
         if tune_layers:
             from reasonbudget.training.tuned_prm import train_tuned_head
 

@@ -155,6 +155,12 @@ def test_features_cache_computes_only_new_solutions_and_rebuilds_for_other_setti
     assert torch.allclose(grown.x, fresh.x, atol=1e-4) and torch.equal(grown.x[: len(first.x)], first.x)
     hp.cached_data(target, labelled, (2,), separator="\n", logprobs=True, path=path)  # other layers: all again
     assert asked[-1] == len(keys(labelled))
+    # a cache of more layers (states only) serves a subset without a forward
+    wide = tmp_path / "wide.pt"
+    both = hp.cached_data(target, labelled, (1, 3), separator="\n", logprobs=False, path=wide)
+    calls = len(asked)
+    three = hp.cached_data(target, labelled, (3,), separator="\n", logprobs=False, path=wide)
+    assert len(asked) == calls and torch.equal(three.x, both.x[:, both.x.shape[1] // 2 :])
     with pytest.raises(ValueError, match="nothing to train"):
         hp.step_table([], [])
 
@@ -312,6 +318,11 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     remote = SimpleNamespace(name="remote:http://127.0.0.1:9#smollm2-135m", served_model="smollm2-135m",
                              profile=smol.profile)
     assert type(factory.load_prm("auto", remote)).__name__ == "HeadPRM"
+    # a head whose base model is not installed here: prm=auto passes over it to the fallback
+    spec["base"] = "qwen-not-installed"
+    (where / HEAD_CONFIG).write_text(json.dumps(spec))
+    monkeypatch.setattr(factory, "_loaded", {})
+    assert type(factory.load_prm("auto", smol)).__name__ == "PolicyLogProb"
 
 
 def test_policy_confidence_is_the_geometric_mean_token_probability_so_far(labels, target):

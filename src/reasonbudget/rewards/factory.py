@@ -53,6 +53,8 @@ def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False,
     """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
         head = head_prm_dir(policy) if policy.profile.name != "testbed" else None
+        if head is not None and not _base_available(head):
+            head = None
         name = "testbed" if policy.profile.name == "testbed" else str(head) if head else _no_head_default(policy)
     if noise and name != "oracle":
         raise ValueError(f"prm_noise is only for the oracle PRM (prm={name!r})")
@@ -70,6 +72,24 @@ def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False,
     if key not in _loaded:
         _loaded[key] = _build(name, policy, noise, calibrated, seed, judge_model)
     return _loaded[key]
+
+
+def _base_available(head: Path) -> bool:
+    """Is the model a PRM head reads installed here? (`prm=auto` passes over a head whose base is missing, with a
+    warning, instead of failing: the 0.5B's head reads the 1.5B, which a user may not have fetched.)"""
+    import logging
+
+    from reasonbudget.models.registry import ModelNotFoundError, resolve
+    from reasonbudget.rewards.head_prm import HeadSpec
+
+    base = HeadSpec.load(head).base
+    try:
+        resolve(base)
+        return True
+    except ModelNotFoundError:
+        logging.getLogger(__name__).warning("prm=auto: the PRM head in %s reads %s, which is not installed here "
+                                            "(`make real-models` fetches it); using the fallback scorer", head, base)
+        return False
 
 
 def _no_head_default(policy) -> str:
