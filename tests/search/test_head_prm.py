@@ -280,14 +280,15 @@ def test_a_tuned_head_trains_saves_its_adapters_and_scores_text_only(labels, tar
         HeadTrainConfig(tuned_layers=2, logprobs=True)
 
 
-def test_the_qwen_draft_has_a_committed_prm_head():
+def test_the_qwen_pair_shares_a_committed_prm_head_over_the_target():
     from reasonbudget.models.registry import registered_companion
     from reasonbudget.rewards.head_prm import HeadSpec
 
     where = registered_companion("qwen2.5-coder-0.5b", "prm")
+    assert where == registered_companion("qwen2.5-coder-1.5b", "prm")
     spec = HeadSpec.load(where)
-    assert (where / HEAD_FILE).exists() and spec.base == "qwen2.5-coder-0.5b" and not spec.logprobs
-    assert spec.base_shape == (896, 24, 151936) and spec.calibration[0] > 0
+    assert (where / HEAD_FILE).exists() and spec.base == "qwen2.5-coder-1.5b" and spec.reads_rows
+    assert spec.base_shape == (1536, 28, 151936) and spec.calibration[0] > 0
 
 
 def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypatch):
