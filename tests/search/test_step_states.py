@@ -41,7 +41,7 @@ def fresh(target, q, st, layers):
 
 def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(target):
     layers = (2, 4)
-    ss = StepStates(target, layers, rows=4)
+    ss = StepStates(target, layers, rows=1)  # grows to the three texts of a call
     items = texts(target, n=3)
     # round k: every text with its first k steps, as a search scores its particles
     prev = 0
@@ -55,6 +55,7 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
         assert ss.tokens_fed - before == sum(ends[k - 1] + 1 - (ends[prev - 1] + 1 if prev else 0)
                                              for _, _, _, ends in items)
         prev = k
+    assert ss.num_rows == 3
     fed = ss.tokens_fed
     ss.features([(ids, ends) for _, _, ids, ends in items])  # all read: nothing fed
     assert ss.tokens_fed == fed
@@ -62,10 +63,13 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
 
 def test_forked_texts_and_too_few_rows_still_read_right(target):
     layers = (4,)
-    ss = StepStates(target, layers, rows=2)
+    ss = StepStates(target, layers, rows=1)
     items = texts(target, n=5)
-    # five texts share their first two steps, then diverge; two rows only: rows are copied and reused
+    # five texts share their first two steps, then diverge; rows for two only: rows are copied and reused
+    c = target.backend.cfg
+    ss.max_bytes = 2 * (2 * c.num_layers * c.num_kv_heads * c.head_dim * 256 * target.backend.dtype.itemsize)
     got = ss.features([(ids, ends) for _, _, ids, ends in items])
+    assert ss.num_rows == 2
     for (q, st, _, _), g in zip(items, got):
         assert torch.allclose(g, fresh(target, q, st, layers), atol=1e-4)
     # a text that forks off one read before starts from the shared prefix, not from scratch

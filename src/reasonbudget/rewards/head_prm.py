@@ -186,10 +186,10 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
 class HeadPRM:
     """`ProcessRewardModel` over a head directory (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, base=None, rows: bool = False, prefix_rows: int = 32) -> None:
+    def __init__(self, path: str | Path, *, base=None, rows: bool = False, reuse_prefixes: bool = True) -> None:
         """`rows`: score the policy's KV rows (`score_rows`; `base` must be the policy's model) instead of text.
-        `prefix_rows`: KV rows the base keeps of texts it read, so that a text extending one read before feeds
-        only its new tokens (a head over frozen states; 0: re-read every text whole)."""
+        `reuse_prefixes`: the base keeps KV rows of the texts it read, so that a text extending one read before
+        feeds only its new tokens (a head over frozen states; False: re-read every text whole)."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -226,7 +226,7 @@ class HeadPRM:
         if not rows and self.spec.reads_rows and getattr(base, "kind", "runtime") == "runtime":
             from reasonbudget.rewards.step_states import StepStates
 
-            self.states = StepStates(base, self.spec.layers, rows=prefix_rows) if prefix_rows else None
+            self.states = StepStates(base, self.spec.layers) if reuse_prefixes else None
         self.separator_ids = list(base.encode(self.spec.separator))
         self.lookahead_tokens = len(self.separator_ids) if rows else 0
 

@@ -34,7 +34,10 @@ def _key(ids: Sequence[int]) -> bytes:
 class StepStates:
     """States of `layers` (HF numbering) of a runtime model at the step ends of token sequences (see above)."""
 
-    def __init__(self, model, layers: Sequence[int], *, rows: int = 32, remembered: int = 16384) -> None:
+    def __init__(self, model, layers: Sequence[int], *, rows: int = 8, max_bytes: int = 4 << 30,
+                 remembered: int = 16384) -> None:
+        """`rows`: to start with; they grow to the texts of a call (a search's live particles: a particle whose
+        row was handed to another text is read again from its start), as long as all rows fit in `max_bytes`."""
         if getattr(model, "kind", "runtime") != "runtime":
             raise ValueError(f"{model.name}: step states need our runtime's KV rows (not the HF fallback)")
         self.model, self.layers = model, tuple(layers)
@@ -44,6 +47,7 @@ class StepStates:
         """Per row: the tokens whose K/V it holds (all of them: a row's length is len(held[r]))."""
         self.last_used = [0] * rows
         self.clock = 0
+        self.max_bytes = max_bytes
         self.states: OrderedDict[bytes, Tensor] = OrderedDict()
         """Features at a step's end, by the tokens up to and including it (least recently used dropped first)."""
         self.remembered = remembered
@@ -57,11 +61,11 @@ class StepStates:
     def features(self, items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Tensor]:
         """Per item (token ids, the index of each step's last token, ascending, within the context): the
         concatenated states of `layers` at each step end, [num_steps, len(layers) * d] (float32, CPU)."""
-        longest = max((len(ids) for ids, _ in items), default=0)
-        if longest > self.capacity:
-            self._grow(longest)
         keys = [[_key(ids[: e + 1]) for e in ends] for ids, ends in items]
         todo = [i for i, k in enumerate(keys) if any(x not in self.states for x in k)]
+        longest = max((len(items[i][0]) for i in todo), default=0)
+        if longest > self.capacity or len(todo) > self.num_rows:
+            self._grow(max(len(todo), self.num_rows), longest)
         for start in range(0, len(todo), self.num_rows):  # one row per text and round
             self._read([items[i] for i in todo[start : start + self.num_rows]],
                        [keys[i] for i in todo[start : start + self.num_rows]])
@@ -74,15 +78,27 @@ class StepStates:
             self.states.popitem(last=False)
         return out
 
-    def _grow(self, longest: int) -> None:
-        """Rows long enough for `longest` tokens (and some more); what the old rows held is forgotten."""
-        if longest > self.model.context_length:
-            raise ValueError(f"a text of {longest} tokens exceeds {self.model.name}'s context "
-                             f"({self.model.context_length}): cut it first")
-        self.capacity = min(self.model.context_length, -(-longest * 3 // 2 // 256) * 256)
-        self.cache = None  # free the old rows first
-        self.cache = self.model.backend.new_cache(self.num_rows, self.capacity)
-        self.held = [[] for _ in range(self.num_rows)]
+    def _grow(self, rows: int, longest: int) -> None:
+        """At least `rows` rows (as many as fit in max_bytes, at least the current ones) of at least `longest`
+        tokens (and some more); what the rows hold is kept."""
+        ctx = self.model.context_length
+        if longest > ctx:
+            raise ValueError(f"a text of {longest} tokens exceeds {self.model.name}'s context ({ctx}): cut it first")
+        capacity = max(self.capacity, min(ctx, -(-longest * 3 // 2 // 256) * 256))
+        c = self.model.backend.cfg
+        per_row = 2 * c.num_layers * c.num_kv_heads * c.head_dim * capacity * self.model.backend.dtype.itemsize
+        rows = max(self.num_rows, min(rows, self.max_bytes // per_row))
+        if (rows, capacity) == (self.num_rows, self.capacity):
+            return
+        old, n = self.cache, self.num_rows
+        self.cache = self.model.backend.new_cache(rows, capacity)
+        if old is not None:
+            self.cache.k[:, :n, :, : old.capacity] = old.k
+            self.cache.v[:, :n, :, : old.capacity] = old.v
+            self.cache.lengths[:n] = old.lengths
+        self.capacity = capacity
+        self.held += [[] for _ in range(rows - n)]
+        self.last_used += [0] * (rows - n)
 
     def _read(self, items, keys) -> None:
         """Feed each item's unread tokens on a row of its own and remember the states at its step ends."""
