@@ -78,3 +78,6 @@ def test_search_methods_run_from_the_cli_with_n_as_budget():
     out = json.loads(p.stdout)
     assert out["budget"] == 4 and out["answer"].startswith("The answer is")
     assert out["usage"]["prm_calls"] >= 4 and out["trace"]["n"] == 4
+    human = cli("run", question, "--model", "testbed-target", "--method", "particle-filter", "--budget", "4",
+                "--temperature", "0.8")
+    assert human.returncode == 0 and "tokens over 4 samples) ---" in human.stdout  # N, not a token budget

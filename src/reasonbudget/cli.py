@@ -81,7 +81,9 @@ def run(
                                "thinking": result.thinking, "finish_reason": result.finish_reason,
                                "usage": result.usage.to_dict(), "trace": dict(result.trace)}))
         return
-    _print_human(result, method, b, elapsed)
+    from reasonbudget.methods.spec import method_class
+
+    _print_human(result, method, b, elapsed, method_class(method).capabilities.budget)
 
 
 def _run(question, model_name, method, budget, min_budget, temperature, top_p, seed, dtype, device, quant="none"):
@@ -141,10 +143,14 @@ def check_device(device: str) -> str:
     return device
 
 
-def _print_human(result, method: str, budget: int | None, elapsed: float) -> None:
+def _print_human(result, method: str, budget: int | None, elapsed: float, unit: str = "thinking tokens") -> None:
     u = result.usage
-    limit = f" of {budget}" if budget is not None else ""
-    typer.echo(f"--- thinking ({u.thinking_tokens}{limit} tokens) ---")
+    if budget is None or unit == "none":
+        typer.echo(f"--- thinking ({u.thinking_tokens} tokens) ---")
+    elif unit == "samples":  # the budget is N samples or particles; usage counts all of their tokens
+        typer.echo(f"--- thinking ({u.thinking_tokens} tokens over {budget} samples) ---")
+    else:
+        typer.echo(f"--- thinking ({u.thinking_tokens} of {budget} tokens) ---")
     typer.echo(result.thinking or "(none)")
     typer.echo("--- answer ---")
     typer.echo(result.answer)
