@@ -63,7 +63,7 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
 
 def test_forked_texts_and_too_few_rows_still_read_right(target):
     layers = (4,)
-    ss = StepStates(target, layers, rows=1)
+    ss = StepStates(target, layers, rows=1, max_batch_tokens=64)  # and small forwards: several groups a call
     items = texts(target, n=5)
     # five texts share their first two steps, then diverge; rows for two only: rows are copied and reused
     c = target.backend.cfg

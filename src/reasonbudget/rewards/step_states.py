@@ -35,7 +35,7 @@ class StepStates:
     """States of `layers` (HF numbering) of a runtime model at the step ends of token sequences (see above)."""
 
     def __init__(self, model, layers: Sequence[int], *, rows: int = 8, max_bytes: int = 4 << 30,
-                 remembered: int = 16384) -> None:
+                 remembered: int = 16384, max_batch_tokens: int = 4096) -> None:
         """`rows`: to start with; they grow to the texts of a call (a search's live particles: a particle whose
         row was handed to another text is read again from its start), as long as all rows fit in `max_bytes`."""
         if getattr(model, "kind", "runtime") != "runtime":
@@ -48,6 +48,7 @@ class StepStates:
         self.last_used = [0] * rows
         self.clock = 0
         self.max_bytes = max_bytes
+        self.max_batch_tokens = max_batch_tokens
         self.states: OrderedDict[bytes, Tensor] = OrderedDict()
         """Features at a step's end, by the tokens up to and including it (least recently used dropped first)."""
         self.remembered = remembered
@@ -85,8 +86,8 @@ class StepStates:
         if longest > ctx:
             raise ValueError(f"a text of {longest} tokens exceeds {self.model.name}'s context ({ctx}): cut it first")
         capacity = max(self.capacity, min(ctx, -(-longest * 3 // 2 // 256) * 256))
-        c = self.model.backend.cfg
-        per_row = 2 * c.num_layers * c.num_kv_heads * c.head_dim * capacity * self.model.backend.dtype.itemsize
+        cfg = self.model.backend.cfg
+        per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * capacity * self.model.backend.dtype.itemsize
         rows = max(self.num_rows, min(rows, self.max_bytes // per_row))
         if (rows, capacity) == (self.num_rows, self.capacity):
             return
@@ -122,12 +123,14 @@ class StepStates:
             self._feed(group)
 
     def _groups(self, plan):
-        """Batches of the plan whose padded feeds fit the rows' capacity, shortest feeds together."""
+        """Batches of the plan whose padded feeds fit the rows' capacity and `max_batch_tokens` (one forward's
+        activations), shortest feeds together."""
         plan = sorted(plan, key=lambda p: len(p[2]) - p[1])
         group: list = []
         for p in plan:
             width = len(p[2]) - p[1]
-            if group and max(q[1] for q in (*group, p)) + width > self.capacity:
+            if group and (max(q[1] for q in (*group, p)) + width > self.capacity
+                          or (len(group) + 1) * width > self.max_batch_tokens):
                 yield group
                 group = []
             group.append(p)
@@ -141,11 +144,11 @@ class StepStates:
             x[b, : len(ids) - start] = torch.tensor(list(ids[start:]), dtype=torch.long)
         rows = torch.tensor([row for row, *_ in group])
         self.cache.lengths[rows] = torch.tensor([start for _, start, *_ in group])
-        fo = self.model.backend(x, self.cache, rows, logits_at=torch.zeros(len(group), dtype=torch.long),
-                                hidden_layers=self.layers)
+        forward = self.model.backend(x, self.cache, rows, logits_at=torch.zeros(len(group), dtype=torch.long),
+                                     hidden_layers=self.layers)
         for b, (row, start, ids, ends, ks) in enumerate(group):
             at = [e - start for e in ends if e >= start]
-            feats = torch.cat([fo.hidden[layer][b, at].float().cpu() for layer in self.layers], dim=-1)
+            feats = torch.cat([forward.hidden[layer][b, at].float().cpu() for layer in self.layers], dim=-1)
             for k, f in zip(ks[len(ends) - len(at):], feats):
                 self.states[k] = f
             self.held[row] = list(ids)
