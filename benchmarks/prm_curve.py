@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch.distributions import Beta
 
-from reasonbudget.training.head_prm import HeadTrainConfig, prm_metrics
+from reasonbudget.training.head_prm import HeadTrainConfig, layer_columns, prm_metrics
 
 METRICS = ("step_auroc", "final_auroc", "pair_accuracy", "within_problem_auroc")
 
@@ -115,10 +115,9 @@ def _mean(values) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
-def layer_columns(data, read: Sequence[int], wanted: Sequence[int], width: int):
+def layer_subset(data, read: Sequence[int], wanted: Sequence[int], width: int):
     """`data` (features of the layers `read`, `width` columns each) with only the columns of the layers `wanted`."""
-    cols = torch.cat([torch.arange(width) + read.index(layer) * width for layer in wanted])
-    return replace(data, x=data.x[:, cols])
+    return replace(data, x=data.x[:, layer_columns(read, wanted, width)])
 
 
 def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds: int, dtype: str,
@@ -146,7 +145,7 @@ def curve(base: str, train_file: Path, test_file: Path, sizes: list[int], seeds:
     width = base_shape(model)[0]
     curves = []
     for layers in sets:
-        train, test = (layer_columns(d, read, layers, width) for d in (train_all, test_all))
+        train, test = (layer_subset(d, read, layers, width) for d in (train_all, test_all))
         rows = size_rows(base, layers, model, train, test, train_labels, test_labels, sizes, seeds, cfg, tune_layers)
         curves.append({"base": base, "layers": list(layers), "tuned_layers": tune_layers,
                        "features_seconds": features_seconds, "seconds": round(time.time() - t0, 1),

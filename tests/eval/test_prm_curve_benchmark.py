@@ -33,13 +33,13 @@ def test_ceiling_is_high_when_values_are_near_0_or_1_and_near_chance_when_all_al
     assert res["step_auroc"] < 0.75 and torch.allclose(flat.y[:600], torch.full((600,), 1 / 3))  # labels restored
 
 
-def test_layer_columns_picks_each_wanted_layers_block_in_order():
+def test_layer_subset_picks_each_wanted_layers_block_in_order():
     bench = load_benchmark("prm_curve")
     width = 3
     # features of layers (6, 12, 24): each column holds its layer number
     x = torch.tensor([[6.0] * width + [12.0] * width + [24.0] * width] * 2)
     d = StepData(x=x, y=torch.zeros(2), solution=torch.arange(2), last=torch.tensor([False, True]),
                  problem=["p", "q"], correct=[True, False])
-    picked = bench.layer_columns(d, [6, 12, 24], [24, 6], width)
+    picked = bench.layer_subset(d, [6, 12, 24], [24, 6], width)
     assert picked.x.tolist() == [[24.0] * width + [6.0] * width] * 2
     assert d.x.shape == (2, 9)  # the caller's table is not changed

@@ -115,8 +115,8 @@ def cached_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int
                 logprobs: bool, path: Path) -> StepData:
     """`build_data`, with each solution's features kept in `path` (feature extraction is one forward of the base
     model per solution: minutes). A label file that grew, or a retrained head, computes only the solutions not
-    yet there; a cache made for more layers serves a subset of them; one made with another base model, dtype or
-    separator is rebuilt, not reused."""
+    yet there; a cache made for more layers serves a subset of them (and is rewritten with just those when it
+    grows); one made with another base model, dtype or separator is rebuilt, not reused."""
     meta = {"base": model.name, "shape": list(base_shape(model)), "dtype": str(model.backend.dtype),
             "layers": list(layers), "logprobs": logprobs, "separator": separator}
     sols = solutions_of(labelled)
@@ -143,9 +143,14 @@ def _layer_subset(saved: dict, meta: dict) -> dict[str, Tensor]:
     if (not old or old["logprobs"] or meta["logprobs"] or {**old, "layers": meta["layers"]} != meta
             or not set(meta["layers"]) <= set(old["layers"])):
         return {}
-    width = meta["shape"][0]
-    cols = torch.cat([torch.arange(width) + old["layers"].index(layer) * width for layer in meta["layers"]])
+    cols = layer_columns(old["layers"], meta["layers"], meta["shape"][0])
     return {k: f[:, cols] if f.numel() else f for k, f in saved["features"].items()}
+
+
+def layer_columns(read: Sequence[int], wanted: Sequence[int], width: int) -> Tensor:
+    """Indices of the feature columns of the layers `wanted` in features of the layers `read` (`width` columns
+    each, in that order); pure."""
+    return torch.cat([torch.arange(width) + list(read).index(layer) * width for layer in wanted])
 
 
 def split_problems(ids: Sequence[str], val_fraction: float, rng: random.Random) -> set[str]:
