@@ -378,6 +378,12 @@ def test_train_prm_command_labels_resumably_trains_and_refuses_bad_input(tmp_pat
     assert json.loads((tmp_path / "t" / "training.json").read_text())["adapter_parameters"] > 0
     r = run(*args, "--tune-layers", "-1")
     assert r.exit_code == 2 and "--tune-layers -1" in r.output
+    r = run(*args[:-2], "--out", str(tmp_path / "l3"), "--layers", "3")
+    assert r.exit_code == 0, r.output
+    assert HeadSpec.load(tmp_path / "l3").layers == (3,)
+    for bad, says in (("x", "layer numbers >= 0"), ("9", "has layers 0-4")):
+        r = run(*args, "--layers", bad)
+        assert r.exit_code == 2 and says in r.output, r.output
     r = run(*args, "--tune-layers", "1", "--logprobs")
     assert r.exit_code == 2 and "hidden states only" in r.output
     r = run(*args[:-4], "--labels", str(tmp_path / "l.jsonl"), "--samples", "3")
