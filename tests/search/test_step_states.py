@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from reasonbudget.rewards.head_prm import step_features
-from reasonbudget.rewards.step_states import StepStates, common_prefix
+from reasonbudget.rewards.step_states import StepStates, step_keys
 
 
-def test_common_prefix():
-    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
-    assert common_prefix([1, 2], [1, 2, 3]) == 2 and common_prefix([], [1]) == 0 and common_prefix([5], [6]) == 0
+def test_step_keys_name_prefixes_at_step_ends():
+    a = step_keys([1, 2, 3, 4, 5, 6], [1, 3, 5])
+    assert a[:2] == step_keys([1, 2, 3, 4, 9], [1, 3])  # the same prefixes, whatever follows
+    assert step_keys([1, 2, 3, 4], [3]) == [a[1]] and len(set(a)) == 3
+    assert step_keys([1, 7, 3, 4], [1, 3])[0] != a[0] and step_keys([], []) == []
 
 
 @pytest.fixture(scope="module")

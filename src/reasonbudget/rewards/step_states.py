@@ -2,15 +2,17 @@
 
 A text scorer (a PRM head scoring text, for a policy that is another model or a remote server) is asked for
 every step of a prefix each round of a search: re-reading each prefix makes its cost quadratic in the steps.
-Here the base model keeps a few KV rows holding token sequences it has read. A new text continues from the row
-that shares its longest prefix (copied when another text of the same call wants that row too, since particles
-fork), and only its new tokens are fed; the states at step ends already read are remembered. The states equal a
+Here the base model keeps KV rows holding texts it has read. A new text continues from a row that holds its
+longest prefix ending at a step end (found by digests of the prefixes, not by comparing tokens; copied when
+another text of the same call wants that row too, since particles fork), and only its new tokens are fed; the
+states at step ends already read are remembered. The states equal a
 fresh read's up to float rounding (a test).
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -18,17 +20,15 @@ import torch
 from torch import Tensor
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences; pure."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def _key(ids: Sequence[int]) -> bytes:
-    return hashlib.blake2b(torch.tensor(list(ids), dtype=torch.int64).numpy().tobytes(), digest_size=16).digest()
+def step_keys(ids: Sequence[int], ends: Sequence[int]) -> list[bytes]:
+    """Per step end e, a digest of ids[: e + 1]: equal for texts that share that prefix; pure."""
+    data = array("q", ids).tobytes()
+    h, keys, done = hashlib.blake2b(digest_size=16), [], 0
+    for e in ends:
+        h.update(data[8 * done : 8 * (e + 1)])
+        done = e + 1
+        keys.append(h.copy().digest())
+    return keys
 
 
 class StepStates:
@@ -43,8 +43,10 @@ class StepStates:
         self.model, self.layers = model, tuple(layers)
         self.capacity = 0  # grown to the longest text read (a full context per row would not fit in memory)
         self.cache = None
-        self.held: list[list[int]] = [[] for _ in range(rows)]
-        """Per row: the tokens whose K/V it holds (all of them: a row's length is len(held[r]))."""
+        self.row_keys: list[set[bytes]] = [set() for _ in range(rows)]
+        """Per row: the digests (`step_keys`) of the step-end prefixes whose K/V it holds."""
+        self.holder: dict[bytes, int] = {}
+        """A prefix digest -> the row that last held it (checked against row_keys: rows get overwritten)."""
         self.last_used = [0] * rows
         self.clock = 0
         self.max_bytes = max_bytes
@@ -56,13 +58,13 @@ class StepStates:
 
     @property
     def num_rows(self) -> int:
-        return len(self.held)
+        return len(self.row_keys)
 
     @torch.inference_mode()
     def features(self, items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Tensor]:
         """Per item (token ids, the index of each step's last token, ascending, within the context): the
         concatenated states of `layers` at each step end, [num_steps, len(layers) * d] (float32, CPU)."""
-        keys = [[_key(ids[: e + 1]) for e in ends] for ids, ends in items]
+        keys = [step_keys(ids, ends) for ids, ends in items]
         todo = [i for i, k in enumerate(keys) if any(x not in self.states for x in k)]
         longest = max((len(items[i][0]) for i in todo), default=0)
         if longest > self.capacity or len(todo) > self.num_rows:
@@ -98,7 +100,7 @@ class StepStates:
             self.cache.v[:, :n, :, : old.capacity] = old.v
             self.cache.lengths[:n] = old.lengths
         self.capacity = capacity
-        self.held += [[] for _ in range(rows - n)]
+        self.row_keys += [set() for _ in range(rows - n)]
         self.last_used += [0] * (rows - n)
 
     def _read(self, items, keys) -> None:
@@ -107,20 +109,35 @@ class StepStates:
         claimed: set[int] = set()
         for (ids, ends), ks in zip(items, keys):
             first_missing = next(e for e, x in zip(ends, ks) if x not in self.states)
-            # the row sharing the most of this text; at least the first unread step end is fed again
-            best = max(range(self.num_rows), key=lambda r: (common_prefix(self.held[r], ids), -r))
-            start = min(common_prefix(self.held[best], ids), first_missing)
-            if best in claimed or start == 0:
+            best, shared = self._longest_held(ends, ks)
+            # at least the first unread step end is fed again (its state may have been forgotten)
+            start = min(shared, first_missing)
+            if best is None or best in claimed or start == 0:
                 row = min((r for r in range(self.num_rows) if r not in claimed), key=lambda r: self.last_used[r])
+                self._forget(row)
                 if start and row != best:
                     self.cache.reorder(torch.tensor([row]), torch.tensor([best]))
-                    self.held[row] = list(self.held[best])  # a later text of this call may start from it
+                    self.row_keys[row] = set(self.row_keys[best])  # a later text of this call may start from it
             else:
                 row = best
             claimed.add(row)
             plan.append((row, start, ids, ends, ks))
         for group in self._groups(plan):
             self._feed(group)
+
+    def _longest_held(self, ends: Sequence[int], keys: Sequence[bytes]) -> tuple[int | None, int]:
+        """(a row holding the text's longest step-end prefix, that prefix's length); (None, 0) when none does."""
+        for e, k in zip(reversed(ends), reversed(keys)):
+            row = self.holder.get(k)
+            if row is not None and k in self.row_keys[row]:
+                return row, e + 1
+        return None, 0
+
+    def _forget(self, row: int) -> None:
+        for k in self.row_keys[row]:
+            if self.holder.get(k) == row:
+                del self.holder[k]
+        self.row_keys[row] = set()
 
     def _groups(self, plan):
         """Batches of the plan whose padded feeds fit the rows' capacity and `max_batch_tokens` (one forward's
@@ -151,7 +168,9 @@ class StepStates:
             feats = torch.cat([forward.hidden[layer][b, at].float().cpu() for layer in self.layers], dim=-1)
             for k, f in zip(ks[len(ends) - len(at):], feats):
                 self.states[k] = f
-            self.held[row] = list(ids)
+            self._forget(row)
+            self.row_keys[row] = set(ks)
+            self.holder.update(dict.fromkeys(ks, row))
             self.cache.lengths[row] = len(ids)  # the padding past it is stale: masked, then overwritten
             self.clock += 1
             self.last_used[row] = self.clock
