@@ -11,13 +11,18 @@ step-cost ratio c (`engine.verify.expected_speedup`). Greedy speculative decodin
 tokens: the script counts the problems where it does not.
 
     python benchmarks/speculative.py [--quick] [--json] [--problems 50] [--batches 1,8] [--gamma 4]
-        [--methods speculative,mtad] [--out FILE]
+        [--methods speculative,mtad] [--out FILE] [--resume JOURNAL]
+
+Methods take turns batch by batch on the same problems (target-only, then each draft/target method), so each
+paired speed-up is measured within seconds; `--resume` journals every finished batch group, so a 50-problem run
+(hours on a CPU) can be stopped and continued.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -48,87 +53,159 @@ def step_ms(model, prompt, reps: int = 10) -> float:
     return 1000 * statistics.median(times[1:])
 
 
-def run_method(engine, spec: str, prompts, batch: int, temperature: float, seed: int = 0):
+def compact(result) -> dict:
+    """What a row needs of one generation, small enough to journal: tokens, answer and the speculation counts."""
+    sp = result.trace.get("speculation") or {}
+    return {"tokens": [int(t) for t in result.tokens], "answer": result.answer,
+            "drafted": result.usage.drafted_tokens, "accepted": result.usage.accepted_tokens,
+            "target_passes": next(iter(result.usage.forward_passes_by_model.values()), 0),
+            "energy": result.usage.energy_flops, "position_drafted": list(sp.get("position_drafted", [])),
+            "position_accepted": list(sp.get("position_accepted", []))}
+
+
+def run_batch(engine, spec: str, prompts, start: int, temperature: float, seed: int = 0) -> tuple[list[dict], float]:
+    """One batch of problems (`prompts`, the first at index `start`) under one method -> (compact results, seconds)."""
     from reasonbudget.engine import SamplingConfig
     from reasonbudget.methods import make_method
 
     method = make_method(spec, SamplingConfig(temperature=temperature))
-    out, seconds = [], []
-    for i in range(0, len(prompts), batch):
-        gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(prompts[i : i + batch]))]
-        t0 = time.perf_counter()
-        out += method.run(engine, prompts[i : i + batch], budget=None, generator=gens)
-        seconds.append(time.perf_counter() - t0)
-    return out, seconds
+    gens = [torch.Generator().manual_seed(seed + start + k) for k in range(len(prompts))]
+    t0 = time.perf_counter()
+    out = method.run(engine, prompts, budget=None, generator=gens)
+    return [compact(r) for r in out], time.perf_counter() - t0
 
 
-def summarize(results, batch_seconds: list[float], batch: int, grade) -> dict:
-    """One method's row; `batch_seconds`: the wall time of each batch of `batch` problems, in order."""
+def summarize(results: list[dict], batch_seconds: list[float], batch: int, grade) -> dict:
+    """One method's row from its compact results; `batch_seconds`: the wall time of each batch of `batch` problems."""
     from reasonbudget.eval.stats import bootstrap_interval
 
     seconds = sum(batch_seconds)
-    tokens = sum(len(r.tokens) for r in results)
-    drafted = sum(r.usage.drafted_tokens for r in results)
-    accepted = sum(r.usage.accepted_tokens for r in results)
-    target_passes = sum(next(iter(r.usage.forward_passes_by_model.values())) for r in results)
+    tokens = sum(len(r["tokens"]) for r in results)
+    drafted = sum(r["drafted"] for r in results)
+    accepted = sum(r["accepted"] for r in results)
+    target_passes = sum(r["target_passes"] for r in results)
     pos_d: list[int] = []
     pos_a: list[int] = []
     for r in results:
-        sp = r.trace.get("speculation")
-        if sp:
-            for k, (d, a) in enumerate(zip(sp["position_drafted"], sp["position_accepted"])):
-                if k >= len(pos_d):
-                    pos_d.append(0)
-                    pos_a.append(0)
-                pos_d[k] += d
-                pos_a[k] += a
+        for k, (d, a) in enumerate(zip(r["position_drafted"], r["position_accepted"])):
+            if k >= len(pos_d):
+                pos_d.append(0)
+                pos_a.append(0)
+            pos_d[k] += d
+            pos_a[k] += a
     correct = {str(i): [bool(grade(i, r))] for i, r in enumerate(results)}
     acc_lo, acc_hi = bootstrap_interval(correct)
     return {"tok_s": round(tokens / seconds, 2), "tokens": tokens, "seconds": round(seconds, 2),
             "batch_seconds": [round(x, 3) for x in batch_seconds],
-            "batch_tokens": [sum(len(r.tokens) for r in results[i : i + batch]) for i in range(0, len(results), batch)],
+            "batch_tokens": [sum(len(r["tokens"]) for r in results[i : i + batch])
+                             for i in range(0, len(results), batch)],
             "accuracy_ci": [round(acc_lo, 4), round(acc_hi, 4)],
             "acceptance": round(accepted / drafted, 4) if drafted else None,
             "block_efficiency": round(tokens / max(1, target_passes), 3),
             "position_acceptance": [round(a / d, 3) for a, d in zip(pos_a, pos_d) if d],
-            "energy_proxy": sum(r.usage.energy_flops for r in results),
+            "energy_proxy": sum(r["energy"] for r in results),
             "accuracy": round(sum(v[0] for v in correct.values()) / len(results), 4)}
 
 
+class Journal:
+    """Finished batch groups (every method on one batch of problems), one JSON line each, so that a run stopped
+    early resumes where it stopped. A group is written whole: its paired timings were measured back to back."""
+
+    def __init__(self, path: str | None):
+        self.path, self.groups = path, {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:  # a line cut by a kill: its group runs again
+                            continue
+                        self.groups[rec["key"]] = rec
+
+    def get(self, key: str) -> dict | None:
+        return self.groups.get(key)
+
+    def add(self, key: str, record: dict) -> None:
+        record = {"key": key, **record}
+        self.groups[key] = record
+        if self.path:
+            with open(self.path, "ab+") as f:
+                cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+                f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")  # never extend a cut line
+
+
+def machine() -> str:
+    """The CPU (or GPU) a group ran on, journaled beside its timings."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "cpu")
+    except OSError:
+        name = "cpu"
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
 def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
-                 methods: tuple[str, ...] = METHODS) -> list[dict]:
+                 methods: tuple[str, ...] = METHODS, journal: Journal | None = None) -> list[dict]:
+    """Rows for one pair. Methods take turns batch by batch (target-only, then each method, on the same problems),
+    so that a drift in the machine's speed touches every method alike and each paired ratio is measured within
+    seconds; with a journal, finished batch groups are kept and a rerun skips them."""
     from reasonbudget.engine import Engine
     from reasonbudget.engine.verify import expected_speedup
     from reasonbudget.eval.stats import rate_ratio_interval
     from reasonbudget.models import load_model
 
+    journal = journal or Journal(None)
     draft_name, draft_quant, target_name, target_quant, task, items = pair["draft"], pair["draft_quant"], \
         pair["target"], pair["target_quant"], pair["task"], problems
     target = load_model(target_name, dtype=dtype, quant=target_quant)
     engine = Engine(target)
     prompts = [task.prompt(target, p) for p in items]
     draft = engine.speculation(draft_name, gamma, draft_quant).draft.model
-    c = step_ms(draft, prompts[0]) / step_ms(target, prompts[0])
+    c_key = f"{draft_name}:{draft_quant}>{target_name}:{target_quant} {dtype} step-cost ratio"
+    if journal.get(c_key) is None:  # kept with the timings it explains
+        journal.add(c_key, {"machine": machine(), "c": step_ms(draft, prompts[0]) / step_ms(target, prompts[0])})
+    c = journal.get(c_key)["c"]
 
     def grade(i, r):
         from reasonbudget.tasks import grade_many
 
-        return grade_many([(r.answer, items[i].gold, task.grader)])[0]
+        return grade_many([(r["answer"], items[i].gold, task.grader)])[0]
 
     rows = []
     dq = f",draft_quant={draft_quant}" if draft_quant != "none" else ""
+    specs = {"target-only": "plain", **{name: f"{name}:draft={draft_name},gamma={gamma}{dq}" for name in methods}}
     for batch in batches:
         for temperature in temperatures:
-            base_res, base_s = run_method(engine, "plain", prompts, batch, temperature)
-            base = summarize(base_res, base_s, batch, grade)
+            results = {name: [] for name in specs}
+            seconds = {name: [] for name in specs}
+            resumed = 0
+            for start in range(0, len(prompts), batch):
+                key = (f"{draft_name}:{draft_quant}>{target_name}:{target_quant} {dtype} gamma={gamma} b={batch} "
+                       f"T={temperature:g} problems={start}-{min(start + batch, len(prompts)) - 1}")
+                group = journal.get(key)
+                if group is None or not all(name in group["methods"] for name in specs):
+                    group = {"machine": machine(), "methods": {}}
+                    for name, spec in specs.items():
+                        res, secs = run_batch(engine, spec, prompts[start : start + batch], start, temperature)
+                        group["methods"][name] = {"seconds": secs, "results": res}
+                    journal.add(key, group)
+                else:
+                    resumed += 1
+                for name in specs:
+                    results[name] += group["methods"][name]["results"]
+                    seconds[name].append(group["methods"][name]["seconds"])
+            if resumed:
+                print(f"  b={batch} T={temperature}: {resumed} batch groups from the journal", file=sys.stderr)
+            base = summarize(results["target-only"], seconds["target-only"], batch, grade)
             print(f"  target-only {target_name} b={batch} T={temperature}: {base['tok_s']} tok/s", file=sys.stderr)
             rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
                          "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
             speculative = None
             for name in methods:
-                spec = f"{name}:draft={draft_name},gamma={gamma}{dq}"
-                res, secs = run_method(engine, spec, prompts, batch, temperature)
-                s = summarize(res, secs, batch, grade)
+                s = summarize(results[name], seconds[name], batch, grade)
                 # tok/s over target-only's, with an interval that resamples the batches (the same problems)
                 ratio, lo, hi = rate_ratio_interval(s["batch_tokens"], s["batch_seconds"], base["batch_tokens"],
                                                     base["batch_seconds"])
@@ -140,7 +217,8 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
                 if name == "speculative":
                     speculative = s
                     if temperature == 0:
-                        row["greedy_mismatches"] = sum(a.tokens != b.tokens for a, b in zip(res, base_res))
+                        row["greedy_mismatches"] = sum(a["tokens"] != b["tokens"] for a, b in
+                                                       zip(results[name], results["target-only"]))
                 elif speculative is not None:  # MTAD's goal is stated against speculative decoding
                     ratio, lo, hi = rate_ratio_interval(s["batch_tokens"], s["batch_seconds"],
                                                         speculative["batch_tokens"], speculative["batch_seconds"])
@@ -182,6 +260,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
+    ap.add_argument("--resume", metavar="JOURNAL", help="a JSON-lines journal of finished batch groups: a rerun "
+                    "with the same settings skips them (each group's paired timings were measured back to back)")
     args = ap.parse_args(argv)
     qwen_pairs = QWEN_PAIRS[:1] if args.quick else QWEN_PAIRS
     if args.pairs == "testbed":
@@ -212,12 +292,14 @@ def main(argv=None) -> None:
         for d, dq, t, tq in qwen_pairs:
             pairs.append({"draft": d, "draft_quant": dq, "target": t, "target_quant": tq, "task": gsm8k,
                           "problems": gsm8k.problems(n), "dtype": args.dtype})
+    journal = Journal(args.resume)
     rows = []
     report = {"rows": rows, "settings": {"problems": n, "gamma": args.gamma, "threads": args.threads,
                                          "dtype_qwen": args.dtype, "quick": args.quick,
                                          "methods": list(methods)}}
     for pair in pairs:
-        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"], methods)
+        rows += measure_pair(pair, pair["problems"], batches, temperatures, args.gamma, pair["dtype"], methods,
+                             journal)
         if args.out:  # after every pair, so that a long run stopped early keeps what it measured
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=2)

@@ -70,3 +70,38 @@ def test_testbed_pair_rows_carry_speedups_with_intervals_and_accuracy_intervals(
         lo, hi = r["speedup_ci"]
         assert lo <= r["speedup_vs_target"] <= hi and r["acceptance"] is not None
     assert rows[1]["greedy_mismatches"] == 0  # float32 greedy speculation writes the target's own tokens
+
+
+def test_a_journaled_run_resumes_without_generating_again_and_a_cut_line_reruns_its_group(tmp_path, capsys,
+                                                                                          monkeypatch):
+    bench = load_benchmark("speculative")
+    journal = tmp_path / "spec.jsonl"
+    argv = ["--pairs", "testbed", "--problems", "3", "--batches", "2", "--temperatures", "0", "--threads", "1",
+            "--methods", "speculative", "--json", "--resume", str(journal)]
+    bench.main(argv)
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    lines = journal.read_text().splitlines()
+    c_line = lines[0] + "\n"
+    lines = lines[1:]  # the first holds the step-cost ratio c
+    assert len(lines) == 2  # batches of 2 problems: 0-1 and 2-2, each with both methods timed back to back
+    assert all(set(json.loads(ln)["methods"]) == {"target-only", "speculative"} for ln in lines)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a journaled group ran again")
+
+    real_run_batch = bench.run_batch
+    monkeypatch.setattr(bench, "run_batch", no_generation)
+    bench.main(argv)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == first
+
+    journal.write_text(c_line + lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # a kill cut the last line
+    calls = []
+    monkeypatch.setattr(bench, "run_batch", lambda *a, **k: calls.append(a[3]) or real_run_batch(*a, **k))
+    bench.main(argv)
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert calls == [2, 2]  # only the cut group (problem 2), once per method
+    assert [r["tokens"] for r in rows] == [r["tokens"] for r in first]
+    monkeypatch.setattr(bench, "run_batch", no_generation)  # the rerun group was journaled on a line of its own
+    bench.main(argv)
+    assert [r["tokens"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]] == \
+        [r["tokens"] for r in first]
