@@ -401,10 +401,24 @@ def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, 
                          f"one with `reasonbudget train-prm --model {t.name}` (prm=auto then finds it), or pass "
                          f"--prm DIR (e.g. the head `train-prm --model {d.name}` wrote)")
     questions = [p.question for p in get_task(task).problems()[:limit]]
-    t0 = time.time()
-    examples = generate_labels(d, t, scorer, questions, batch_size=16, max_tokens=640)
-    labelling = round(time.time() - t0, 1)
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from reasonbudget.models.registry import fingerprint
+    from reasonbudget.rewards.factory import head_prm_dir
+
+    prm_dir = Path(prm) if prm != "auto" else head_prm_dir(t)
+    identity = {"draft": d.name, "target": t.name, "prm": prm,
+                "prm_files": fingerprint(prm_dir) if prm_dir is not None and prm_dir.exists() else None}
     where.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with tqdm(total=len(questions), unit="problem", desc="router labels", dynamic_ncols=True) as bar:
+        # labels.partial.jsonl: finished problems, so that a killed labelling resumes (hours for a real pair)
+        examples = generate_labels(d, t, scorer, questions, batch_size=16, max_tokens=640,
+                                   journal=where / "labels.partial.jsonl", identity=identity,
+                                   progress=lambda done, total: bar.update(done - bar.n))
+    labelling = round(time.time() - t0, 1)
     save_examples(examples, where / "labels.jsonl")
     cfg = HeadRouterConfig(balance=balance)
     cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})

@@ -189,3 +189,33 @@ def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path, mon
     cfg = json.loads((where / "router.json").read_text())
     (where / "router.json").write_text(json.dumps(cfg | {"pair": {"draft": "testbed-draft", "target": "my-target"}}))
     assert type(load_router("auto", "testbed-draft", other)).__name__ == "HeadRouter"
+
+
+def test_label_journal_resumes_finished_problems_and_keeps_settings_apart(tmp_path):
+    from reasonbudget.models import load_model
+    from reasonbudget.rewards.factory import testbed_prm_dir
+    from reasonbudget.rewards.testbed_prm import TestbedPRM
+    from reasonbudget.tasks import get_task
+    from reasonbudget.training.router import generate_labels
+
+    draft, target = load_model("testbed-draft"), load_model("testbed-target")
+    prm = TestbedPRM(testbed_prm_dir(target))
+    questions = [p.question for p in get_task("testbed:d=6").problems(3)]
+    journal = tmp_path / "labels.partial.jsonl"
+    first = generate_labels(draft, target, prm, questions[:2], batch_size=1, journal=journal, identity={"prm": "a"})
+    assert len(journal.read_text().splitlines()) == 2  # one line per finished problem
+
+    class Refusing:  # any rollout would need a score
+        def score_steps(self, items):
+            raise AssertionError("a journaled problem was rolled out again")
+
+    assert generate_labels(draft, target, Refusing(), questions[:2], journal=journal, identity={"prm": "a"}) == first
+    with journal.open("a") as f:
+        f.write('{"problem": "cut by a ki')  # a kill mid-line: that problem runs again
+    seen = []
+    both = generate_labels(draft, target, prm, questions, journal=journal, identity={"prm": "a"},
+                           progress=lambda done, total: seen.append((done, total)))
+    assert both[: len(first)] == first and len(both) > len(first) and seen == [(2, 3), (3, 3)]
+    assert json.loads(journal.read_text().splitlines()[-1])["problem"] == questions[2]  # on a line of its own
+    with pytest.raises(AssertionError, match="rolled out again"):  # another PRM's labels are not reused
+        generate_labels(draft, target, Refusing(), questions[:1], journal=journal, identity={"prm": "b"})

@@ -66,18 +66,27 @@ class LabelArbiter:
 
 
 def generate_labels(draft, target, prm, questions: Sequence[str], *, batch_size: int = 64, max_steps: int = 24,
-                    max_tokens: int = 512, progress: Callable[[int, int], None] | None = None) -> list[RouterExample]:
-    """Greedy oracle rollouts of (draft, target) LoadedModels on `questions`; one example per round."""
+                    max_tokens: int = 512, progress: Callable[[int, int], None] | None = None,
+                    journal: Path | None = None, identity: dict | None = None) -> list[RouterExample]:
+    """Greedy oracle rollouts of (draft, target) LoadedModels on `questions`; one example per round. With a
+    `journal` (JSON lines, one finished problem each), problems already there under the same settings (the step
+    caps and `identity`, e.g. the pair and the PRM) are read back, not rolled out again: labelling a real pair
+    takes hours, and a killed run keeps every batch it finished."""
     from reasonbudget.engine import Engine, SamplingConfig
     from reasonbudget.models.registry import build_prompt
     from reasonbudget.steps import StepConfig, StepRunner
     from reasonbudget.steps.draft_target import draft_target_loop
 
     greedy, cfg = SamplingConfig(temperature=0.0), StepConfig(max_steps=max_steps, max_tokens=max_tokens)
-    d_engine, t_engine, arbiter = Engine(draft), Engine(target), LabelArbiter(prm)
-    out: list[RouterExample] = []
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i : i + batch_size]
+    settings = {"max_steps": max_steps, "max_tokens": max_tokens, **(identity or {})}
+    done = _read_journal(journal, settings)
+    todo = [q for q in dict.fromkeys(questions) if q not in done]
+    if todo:
+        d_engine, t_engine, arbiter = Engine(draft), Engine(target), LabelArbiter(prm)
+    if progress is not None and len(todo) < len(set(questions)):
+        progress(len(set(questions)) - len(todo), len(set(questions)))
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i : i + batch_size]
         prompts = [build_prompt(target, q) for q in chunk]
         runners = StepRunner(d_engine, greedy, cfg), StepRunner(t_engine, greedy, cfg)
         try:
@@ -86,12 +95,39 @@ def generate_labels(draft, target, prm, questions: Sequence[str], *, batch_size:
             for r in runners:
                 r.close()
         for q, o in zip(chunk, outcomes):
-            for prop, dec in o.rounds:
-                out.append(RouterExample(RouterItem(q, prop.history, prop.draft), prop.target,
-                                         dec.measured["draft_score"], dec.measured["target_score"]))
+            done[q] = [RouterExample(RouterItem(q, prop.history, prop.draft), prop.target,
+                                     dec.measured["draft_score"], dec.measured["target_score"])
+                       for prop, dec in o.rounds]
+        _append_journal(journal, settings, {q: done[q] for q in chunk})
         if progress is not None:
-            progress(i + len(chunk), len(questions))
-    return out
+            progress(len(set(questions)) - len(todo) + i + len(chunk), len(set(questions)))
+    return [e for q in questions for e in done[q]]
+
+
+def _read_journal(path: Path | None, settings: dict) -> dict[str, list[RouterExample]]:
+    """Problems a journal holds for these settings (a line cut by a kill, or other settings, are skipped)."""
+    if path is None or not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r.get("settings") == settings:
+            done[r["problem"]] = [_example_of(e) for e in r["rounds"]]
+    return done
+
+
+def _append_journal(path: Path | None, settings: dict, finished: dict[str, list[RouterExample]]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab+") as f:
+        cut = f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n"
+        lines = [json.dumps({"problem": q, "settings": settings,
+                             "rounds": [_record_of(e) for e in examples]}) for q, examples in finished.items()]
+        f.write((b"\n" if cut else b"") + "".join(ln + "\n" for ln in lines).encode())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,23 +247,27 @@ def train_router(examples: Sequence[RouterExample], init: Path, out: Path, cfg: 
     return report
 
 
+def _record_of(e: RouterExample) -> dict:
+    return {"problem": e.item.problem, "prev_responses": [list(h) for h in e.item.history],
+            "draft_response": list(e.item.draft), "target_response": list(e.target),
+            "draft_score": e.draft_score, "target_score": e.target_score}
+
+
+def _example_of(r: dict) -> RouterExample:
+    return RouterExample(RouterItem(r["problem"], tuple((s, int(w)) for s, w in r["prev_responses"]),
+                                    tuple(r["draft_response"])), tuple(r["target_response"]),
+                         r["draft_score"], r["target_score"])
+
+
 def save_examples(examples: Sequence[RouterExample], path: Path) -> None:
     """The label dump (one JSON object per round), as the reference's `generate` run writes it."""
     with path.open("w") as f:
         for e in examples:
-            f.write(json.dumps({"problem": e.item.problem, "prev_responses": [list(h) for h in e.item.history],
-                                "draft_response": list(e.item.draft), "target_response": list(e.target),
-                                "draft_score": e.draft_score, "target_score": e.target_score}) + "\n")
+            f.write(json.dumps(_record_of(e)) + "\n")
 
 
 def load_examples(path: Path) -> list[RouterExample]:
-    out = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        out.append(RouterExample(RouterItem(r["problem"], tuple((s, int(w)) for s, w in r["prev_responses"]),
-                                            tuple(r["draft_response"])), tuple(r["target_response"]),
-                                 r["draft_score"], r["target_score"]))
-    return out
+    return [_example_of(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 @dataclass(frozen=True, kw_only=True)
