@@ -100,6 +100,11 @@ def test_serve_refuses_a_draft_with_another_tokenizer():
 
     r = CliRunner().invoke(app, ["serve", "-m", "testbed-target", "--draft-model", "smollm2-135m"])
     assert r.exit_code != 0 and "do not share a tokenizer" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["serve", "-m", "testbed-target", "--draft-quant", "int4"])
+    assert r.exit_code != 0 and "name one" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["serve", "-m", "testbed-target", "--draft-model", "testbed-draft",
+                                 "--draft-quant", "int3"])
+    assert r.exit_code != 0 and "accepted are" in r.output and "Traceback" not in r.output
 
 
 def test_mtad_greedy_equals_greedy_decoding_and_tau_trades_acceptance(testbed):

@@ -569,6 +569,8 @@ def serve(
                                             "(prm=pool:URL#MODEL); repeat for several. None by default."),
     draft_model: str = typer.Option("", help="A draft model (same tokenizer) for speculative decoding: requests "
                                              "whose method can speculate use it unless they name their own."),
+    draft_quant: str = typer.Option("none", help="none | int8 | int4 | bf16: the --draft-model's weight-only "
+                                                 "quantization (int4: the cheapest draft step)."),
 ) -> None:
     """Serve a model over OpenAI-compatible HTTP (/v1/chat/completions, /v1/completions, /v1/models)."""
     from reasonbudget.models import ModelNotFoundError, load_model
@@ -582,7 +584,10 @@ def serve(
         if draft_model:
             from reasonbudget.engine import Engine
 
-            Engine(lm).speculation(draft_model, 4)  # load and check the pair now, not at the first request
+            Engine(lm).speculation(draft_model, 4, draft_quant)  # load and check the pair now, not at a request
+        elif draft_quant != "none":
+            _fail("--draft-quant quantizes the --draft-model: name one")
+            return
     except UserError as e:
         _fail(str(e))
         return
@@ -596,7 +601,7 @@ def serve(
     from reasonbudget.serve.scheduler import SchedulerConfig
 
     app_ = create_app(lm, ServeConfig(default_max_tokens=default_max_tokens, allowed_prm_urls=tuple(allow_prm_url),
-                                      default_draft=draft_model),
+                                      default_draft=draft_model, default_draft_quant=draft_quant),
                       SchedulerConfig(max_batch=max_batch, max_queue=max_queue))
     typer.echo(f"serving {lm.name} on http://{host}:{port}/v1 (OpenAI-compatible)", err=True)
     try:

@@ -43,3 +43,15 @@ def test_request_settings_come_first_and_bad_ones_are_400(testbed_server):
         "model": "testbed-target", "messages": [{"role": "user", "content": Q}], "method": "speculative",
         "method_config": {"gamma": 0}}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "method_config"
+
+
+def test_the_servers_draft_quantization_applies_to_its_own_draft_only():
+    from reasonbudget.models import load_model
+
+    app = create_app(load_model("testbed-target"), ServeConfig(default_max_tokens=200, default_draft="testbed-draft",
+                                                                default_draft_quant="int8"))
+    with serving(app) as url:
+        method = _ask(url, thinking_token_budget=10)["reasonbudget"]["method"]
+        assert "draft=testbed-draft" in method and "draft_quant=int8" in method
+        own = _ask(url, method="speculative", method_config={"draft": "testbed-draft"})["reasonbudget"]["method"]
+        assert "draft_quant" not in own  # a request naming its draft names its quantization too

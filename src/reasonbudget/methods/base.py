@@ -102,7 +102,8 @@ class DraftSettings:
     distribution; greedy output equals greedy decoding). Budgets and controllers see every emitted token."""
 
     draft: str = ""
-    """The draft model (registry name or path; it must share the target's tokenizer); empty: no speculation."""
+    """The draft model (registry name or path; it must share the target's tokenizer); empty or "none": no
+    speculation (how a request turns off a server's default draft)."""
     gamma: int = 4
     draft_quant: str = "none"
     """Weight-only quantized draft (none | int8 | int4 | bf16): a cheaper draft step."""
@@ -113,6 +114,8 @@ class DraftSettings:
     def __post_init__(self) -> None:
         from reasonbudget.models.quant import check_quant
 
+        if self.draft == "none":
+            object.__setattr__(self, "draft", "")
         if self.gamma < 1:
             raise ValueError(f"gamma={self.gamma}: must be >= 1 draft token per round")
         check_quant(self.draft_quant)

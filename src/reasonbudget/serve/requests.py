@@ -33,6 +33,8 @@ class ServeConfig:
     default_draft: str = ""
     """A draft model that requests whose method can speculate use unless they name their own
     (`reasonbudget serve --draft-model NAME`)."""
+    default_draft_quant: str = "none"
+    """Weight-only quantization of that draft (`serve --draft-quant int4`: a cheaper draft step)."""
     allowed_prm_urls: tuple[str, ...] = ()
     """Servers a request may name as its scorer (`prm=pool:URL#MODEL`); none by default, so that no client
     can make this server call an address of its choosing."""
@@ -122,7 +124,10 @@ def plan_request(req: GenerationFields, body: Mapping[str, Any], prompt: TokenId
     budget = _budget(name, req, policy, max_tokens, model, cfg)
     settings = dict(req.method_config or {})
     if cfg.default_draft and "draft" in getattr(METHODS[name].config_type, "__dataclass_fields__", {}):
-        settings.setdefault("draft", cfg.default_draft)  # the server's draft, unless the request names one
+        if "draft" not in settings:  # the server's draft (and its quantization), unless the request names one
+            settings["draft"] = cfg.default_draft
+            if cfg.default_draft_quant != "none":
+                settings.setdefault("draft_quant", cfg.default_draft_quant)
     spec = _spec(name, settings, cfg)
     try:
         make_method(spec, sampling)  # validates the settings (types, ranges) before queueing
