@@ -23,7 +23,7 @@ prefix. Both read the same states when the row holds the tokens the text encodes
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,9 +149,10 @@ def padded_batches(seqs: Sequence[Sequence[int]], max_batch_tokens: int):
 
 @torch.inference_mode()
 def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Sequence[int], *, separator: str,
-                  logprobs: bool = True, max_batch_tokens: int = 4096, top=None) -> list[Tensor]:
+                  logprobs: bool = True, max_batch_tokens: int = 4096, top=None,
+                  progress: Callable[[int], object] | None = None) -> list[Tensor]:
     """Per item: [num_steps, len(layers) * d (+ 3)] from one forward of the base model over its text. `top`: a
-    `LoraTop` whose adapted final state stands in for the final layer's."""
+    `LoraTop` whose adapted final state stands in for the final layer's. `progress(k)`: k more items read."""
     backend = model.backend
     encoded = [encode_steps(model, q, s, separator) for q, s in items]
     limit = model.context_length
@@ -180,6 +181,8 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
                 lp[first:] = torch.log_softmax(logits, -1).gather(-1, target)[:, 0].cpu()
                 hid = torch.cat([logprob_features(lp, ends, first), hid.cpu()], dim=-1)
             out[k] = hid.cpu()
+        if progress is not None:
+            progress(len(chunk))
     return out
 
 

@@ -127,7 +127,11 @@ def cached_data(model, labelled: Sequence[LabelledProblem], layers: Sequence[int
     if todo:
         wanted = set(todo)
         items = {k: (lp.question, s.steps) for k, (lp, s) in zip(keys, sols) if k in wanted}
-        feats = step_features(model, [items[k] for k in todo], layers, separator=separator, logprobs=logprobs)
+        from tqdm import tqdm
+
+        with tqdm(total=len(todo), unit="solution", desc=f"features ({model.name})", dynamic_ncols=True) as bar:
+            feats = step_features(model, [items[k] for k in todo], layers, separator=separator, logprobs=logprobs,
+                                  progress=bar.update)
         have.update(zip(todo, feats))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
