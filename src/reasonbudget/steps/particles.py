@@ -264,6 +264,14 @@ class StepRunner(RunnerBase):
         forked = iter(forked_rows)
         return [p if how == "keep" else replace(p, row=None if how == "none" else next(forked)) for p, how in plan]
 
+    def fork(self, p: Particle) -> Particle:
+        """A copy of `p` on a forked row (its row must exist; finished or not)."""
+        if p.row is None:
+            raise RuntimeError("a particle without an engine row cannot be forked")
+        (row,) = self.engine.fork(torch.tensor([p.row])).tolist()
+        self.owned.add(row)
+        return replace(p, row=row)
+
     def fork_prefix(self, p: Particle, num_rounds: int) -> Particle:
         """A new unfinished particle with the first `num_rounds` rounds of `p` (see `Particle.prefix`): a fork
         of its row cut back, or (if `p` no longer has a row) a prefill of that prefix."""

@@ -10,7 +10,7 @@ acceptance rates and the number of target calls (escalations).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from reasonbudget.engine.controllers import Observer
@@ -50,7 +50,8 @@ class StepDraftConfig:
 
 class PRMArbiter:
     """RSD (keep the draft step iff PRM(step) >= threshold) or, with `oracle`, Arbitrage's oracle (both models
-    write; take the target's step iff its PRM score beats the draft's by more than the threshold)."""
+    write; take the target's step iff its PRM score beats the draft's by more than the threshold). `measure`
+    reads the scores, `takes_target` applies a threshold to them: a threshold sweep measures a step once."""
 
     def __init__(self, prm, threshold: float, *, oracle: bool = False) -> None:
         self.prm, self.threshold, self.needs_target = prm, threshold, oracle
@@ -60,13 +61,21 @@ class PRMArbiter:
         self.calls += len(items)
         return [float(s[-1]) if s.numel() else 0.0 for s in self.prm.score_steps(items)]
 
-    def decide(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[Decision]:
+    def measure(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[dict[str, float]]:
         hist = [tuple(s for s, _ in p.history) for p in proposals]
         drafts = self._last_scores([StepSequence(questions[p.prompt], h + p.draft) for p, h in zip(proposals, hist)])
         if not self.needs_target:
-            return [Decision(s < self.threshold, {"draft_score": s}) for s in drafts]
+            return [{"draft_score": s} for s in drafts]
         targets = self._last_scores([StepSequence(questions[p.prompt], h + p.target) for p, h in zip(proposals, hist)])
-        return [Decision(t - d > self.threshold, {"draft_score": d, "target_score": t}) for d, t in zip(drafts, targets)]
+        return [{"draft_score": d, "target_score": t} for d, t in zip(drafts, targets)]
+
+    def takes_target(self, measured: dict[str, float], threshold: float) -> bool:
+        if self.needs_target:
+            return measured["target_score"] - measured["draft_score"] > threshold
+        return measured["draft_score"] < threshold
+
+    def decide(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[Decision]:
+        return [Decision(self.takes_target(m, self.threshold), m) for m in self.measure(questions, proposals)]
 
 
 class RouterArbiter:
@@ -77,9 +86,15 @@ class RouterArbiter:
     def __init__(self, router, threshold: float) -> None:
         self.router, self.threshold = router, threshold
 
-    def decide(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[Decision]:
+    def measure(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[dict[str, float]]:
         y = self.router.predict([RouterItem(questions[p.prompt], p.history, p.draft) for p in proposals])
-        return [Decision(v > self.threshold, {"y_hat": v}) for v in y]
+        return [{"y_hat": v} for v in y]
+
+    def takes_target(self, measured: dict[str, float], threshold: float) -> bool:
+        return measured["y_hat"] > threshold
+
+    def decide(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[Decision]:
+        return [Decision(self.takes_target(m, self.threshold), m) for m in self.measure(questions, proposals)]
 
 
 def draft_backend(cfg: StepDraftConfig, backend: Backend, method: str):
@@ -129,6 +144,36 @@ def run_step_drafting(cfg: StepDraftConfig, backend: Backend, prompts: Sequence[
     return results
 
 
+def sweep_step_drafting(cfg: StepDraftConfig, backend: Backend, prompt: TokenIds, question: str, arbiters: Sequence,
+                        runs: Sequence[tuple[int, float]], *,
+                        tokens_read: Sequence[Callable[[], int]] | None = None) -> list[MethodResult]:
+    """Many greedy runs of one prompt on the engine, each an (arbiter, threshold) of `arbiters` (PRMArbiter,
+    RouterArbiter, one instance and scorer each), walked as one tree of shared prefixes
+    (`steps.draft_target_tree`): one result per run, equal to the run alone, its usage and wall seconds those of
+    the calls that run makes, timed at batch 1. `cfg`: the draft, its quantization and the step caps."""
+    from reasonbudget.steps.draft_target_tree import draft_target_tree
+
+    if not hasattr(backend, "draft_engine"):
+        raise ValueError("a threshold sweep as one tree runs on the in-process engine")
+    drafter = draft_backend(cfg, backend, "step-drafting sweep")
+    answer = cfg.max_answer_tokens if cfg.max_answer_tokens is not None else backend.profile.answer_tokens
+    steps = StepConfig(max_steps=cfg.max_steps, max_step_tokens=cfg.max_step_tokens, max_tokens=cfg.max_tokens,
+                       max_answer_tokens=answer)
+    draft, target = make_runner(drafter, cfg.sampling, steps), make_runner(backend, cfg.sampling, steps)
+    try:
+        walked = draft_target_tree(draft, target, prompt, question, arbiters, runs, tokens_read=tokens_read)
+    finally:
+        draft.close()
+        target.close()
+
+    def cost(c) -> tuple[int, int]:  # as `_processed`: the prompt's prefill, generated and adopted tokens
+        return len(prompt) + c.thinking + c.forced + c.answer + c.fed, c.passes + 1
+
+    return [outcome_result(target, draft.model, 0, o, target_cost=cost(led.target), draft_cost=cost(led.draft),
+                           wall=led.wall_seconds, prm_calls=led.scorer_calls, prm_tokens=led.scorer_tokens)
+            for o, led in walked]
+
+
 def _processed(runner, prompt: int) -> tuple[int, int]:
     """(tokens processed, forward passes) of one prompt on one runner: prompt, generated and adopted tokens on
     the engine; on a server, every request's prefix plus what it generated."""
@@ -141,10 +186,17 @@ def _processed(runner, prompt: int) -> tuple[int, int]:
 
 def _result(draft, target, i: int, o: DraftTargetOutcome, wall: float, calls: int | None, prm_tokens: int,
             num_prompts: int) -> MethodResult:
-    model, draft_model = target.model, draft.model
+    return outcome_result(target, draft.model, i, o, target_cost=_processed(target, i), draft_cost=_processed(draft, i),
+                          wall=wall, prm_calls=(calls or 0) // max(1, num_prompts),
+                          prm_tokens=prm_tokens // max(1, num_prompts))
+
+
+def outcome_result(target, draft_model, i: int, o: DraftTargetOutcome, *, target_cost: tuple[int, int],
+                   draft_cost: tuple[int, int], wall: float, prm_calls: int, prm_tokens: int) -> MethodResult:
+    """Prompt i's run as a result: `target_cost`, `draft_cost`: (tokens processed, forward passes) per model."""
+    model = target.model
     router_calls = len(o.rounds) if any("y_hat" in d.measured for _, d in o.rounds) else 0
-    t_processed, t_passes = _processed(target, i)
-    d_processed, d_passes = _processed(draft, i)
+    (t_processed, t_passes), (d_processed, d_passes) = target_cost, draft_cost
     if o.final.tokens or not o.final.text:
         tokens = o.final.tokens
         thinking, answer = split_thinking(model, tokens, thinking_done=False)
@@ -162,8 +214,7 @@ def _result(draft, target, i: int, o: DraftTargetOutcome, wall: float, calls: in
                         wall_seconds=wall, others=[(draft_model, d_processed, d_passes)],
                         thinking_tokens=n_think, answer_tokens=n_answer,
                         drafted_tokens=o.draft_tokens, accepted_tokens=o.accepted_draft_tokens,
-                        prm_calls=(calls or 0) // max(1, num_prompts) if not router_calls else 0,
-                        prm_tokens=prm_tokens // max(1, num_prompts))
+                        prm_calls=prm_calls if not router_calls else 0, prm_tokens=prm_tokens)
     trace = {"writers": o.writers, "step_acceptance": round(o.acceptance, 4),
              "token_acceptance": round(o.token_acceptance, 4), "target_calls": o.target_calls,
              "rounds": len(o.rounds), "router_calls": router_calls}

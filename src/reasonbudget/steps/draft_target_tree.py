@@ -1,0 +1,194 @@
+"""Many greedy step-level drafting runs of one problem at once, as a tree of shared prefixes.
+
+Greedy, a step-level run (`draft_target.draft_target_loop`) is a walk: at each accepted prefix the draft writes
+its step, an arbiter measures it (a PRM score, a router's output) and a threshold decides whether the target
+writes the step instead. Runs that differ in the threshold, or in the arbiter (RSD, Arbitrage, its oracle), walk
+the same prefix until their decisions first differ. Here they walk together: a branch holds the runs that
+share a prefix and made the same calls so far; each node's draft step, measurements and target step are
+computed once, and a branch splits (its KV rows forked) where its runs decide differently or where some call the
+target and others do not (so that every run in a branch has the same rows, and the target's catching up costs
+what it would alone).
+
+Calls run one branch at a time (batch 1), each timed, and every run is charged the calls its own run makes:
+the prefills, the draft's catching up and step, its arbiter's measurement, the target's catching up and step
+where it calls the target. Its `Ledger` is then the batch-1 latency and the token counts of that run, which a
+threshold sweep would otherwise pay for every threshold. Each arbiter (kind) needs its own scorer instance, so that
+no kind reads another's cached states. Tested equal to separate runs, token for token and count for count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from reasonbudget.steps.draft_target import (
+    DRAFT,
+    TARGET,
+    Decision,
+    DraftTargetOutcome,
+    Proposal,
+    _tokenizers_match,
+    new_steps,
+    new_tokens,
+    same_text,
+)
+from reasonbudget.steps.particles import Particle, PromptCost, StepRunner
+from reasonbudget.types import TokenIds
+
+
+@dataclass
+class Ledger:
+    """What one run cost at batch 1: seconds of the calls it made, per model and scorer, and each model's tokens
+    (the prompt's runner costs: generated, forced, fed, forward passes)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {"draft": 0.0, "target": 0.0, "scorer": 0.0})
+    draft: PromptCost = field(default_factory=PromptCost)
+    target: PromptCost = field(default_factory=PromptCost)
+    scorer_calls: int = 0
+    scorer_tokens: int = 0
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def copy(self) -> Ledger:
+        return Ledger(dict(self.seconds), replace(self.draft), replace(self.target), self.scorer_calls,
+                      self.scorer_tokens)
+
+
+@dataclass
+class _Branch:
+    runs: list[int]
+    d: Particle
+    t: Particle
+    state: Particle
+    outcomes: dict[int, DraftTargetOutcome]
+    ledgers: dict[int, Ledger]
+
+
+def _add_cost(into: PromptCost, after: PromptCost, before: PromptCost) -> None:
+    for f in fields(PromptCost):
+        setattr(into, f.name, getattr(into, f.name) + getattr(after, f.name) - getattr(before, f.name))
+
+
+class _Meter:
+    """Times a call on one runner (or a scorer) and charges its seconds and cost deltas to the given runs."""
+
+    def __init__(self, draft: StepRunner, target: StepRunner) -> None:
+        self.runners = {"draft": draft, "target": target}
+
+    def call(self, who: str, fn: Callable, ledgers: Sequence[Ledger], *, tokens_read: Callable[[], int] | None = None):
+        runner = self.runners.get(who)
+        before = replace(runner.costs[0]) if runner is not None and runner.costs else PromptCost()
+        read0 = tokens_read() if tokens_read else 0
+        t0 = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t0
+        read = (tokens_read() if tokens_read else 0) - read0
+        for led in ledgers:
+            led.seconds[who if runner is not None else "scorer"] += seconds
+            if runner is not None:
+                _add_cost(getattr(led, who), runner.costs[0], before)
+            else:
+                led.scorer_tokens += read
+        return out
+
+
+def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, question: str, arbiters: Sequence,
+                      runs: Sequence[tuple[int, float]], *,
+                      tokens_read: Sequence[Callable[[], int]] | None = None) -> list[tuple[DraftTargetOutcome, Ledger]]:
+    """runs[k] = (index into `arbiters`, threshold): one greedy run each, of one prompt. An arbiter has
+    `needs_target`, `measure(questions, proposals)` and `takes_target(measured, threshold)` (the step-level
+    methods' arbiters); `tokens_read[a]()`: tokens arbiter a's scorer has read so far. -> per run, its outcome
+    (as `draft_target_loop` returns it) and its ledger."""
+    if not (draft.sampling.greedy and target.sampling.greedy):
+        raise ValueError("runs share prefixes only when greedy: sampled runs draw their own steps")
+    _tokenizers_match(draft.model, target.model)
+    meter, question_list = _Meter(draft, target), [question]
+    ledgers = {k: Ledger() for k in range(len(runs))}
+    everyone = list(ledgers.values())
+    (d0,) = meter.call("draft", lambda: draft.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone)
+    (t0,) = meter.call("target", lambda: target.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone)
+    stack = [_Branch(list(range(len(runs))), d0, t0, d0, {k: DraftTargetOutcome(final=d0) for k in ledgers},
+                     ledgers)]
+    out: dict[int, tuple[DraftTargetOutcome, Ledger]] = {}
+    none = [torch.Generator()]  # greedy: never drawn from
+    while stack:
+        b = stack.pop()
+        if b.state.done:
+            for k in b.runs:
+                b.outcomes[k].final = b.state
+                out[k] = (b.outcomes[k], b.ledgers[k])
+            draft.release([b.d])
+            target.release([b.t])
+            continue
+        led = [b.ledgers[k] for k in b.runs]
+        d = b.d
+        if not same_text(d, b.state):
+            d = meter.call("draft", lambda: draft.adopt([b.d], [b.state])[0], led)
+        d = meter.call("draft", lambda: draft.extend([d], none)[0], led)
+        first = b.outcomes[b.runs[0]]
+        proposal = Proposal(0, tuple(zip(b.state.steps, first.writers)), new_steps(d, b.state))
+        kinds = {runs[k][0] for k in b.runs}
+        measured: dict[int, dict[str, float]] = {}
+
+        def measure(kind: int, prop: Proposal) -> None:
+            reader = tokens_read[kind] if tokens_read else None
+            charged = [b.ledgers[k] for k in b.runs if runs[k][0] == kind]
+            before = getattr(arbiters[kind], "calls", 0)  # texts a PRM arbiter scored (a router counts none)
+            measured[kind] = meter.call("scorer", lambda: arbiters[kind].measure(question_list, [prop])[0], charged,
+                                        tokens_read=reader)
+            for led in charged:
+                led.scorer_calls += getattr(arbiters[kind], "calls", 0) - before
+
+        for kind in sorted(kinds):
+            if not arbiters[kind].needs_target:
+                measure(kind, proposal)
+        calls = {k: arbiters[runs[k][0]].needs_target or arbiters[runs[k][0]].takes_target(measured[runs[k][0]],
+                                                                                         runs[k][1])
+                 for k in b.runs}
+        t, asked = b.t, [b.ledgers[k] for k in b.runs if calls[k]]
+        t_before = b.t  # the target row of the runs that do not call it (theirs catches up later, from here)
+        if asked and len(asked) < len(b.runs):
+            t_before = target.fork(b.t)
+        if asked:
+            t = meter.call("target", lambda: target.adopt([b.t], [b.state])[0], asked)
+            t = meter.call("target", lambda: target.extend([t], none)[0], asked)
+            with_target = replace(proposal, target=new_steps(t, b.state))
+            for kind in sorted(kinds):
+                if arbiters[kind].needs_target:
+                    measure(kind, with_target)
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for k in b.runs:
+            kind, threshold = runs[k]
+            take = arbiters[kind].takes_target(measured[kind], threshold)
+            o = b.outcomes[k]
+            o.rounds.append((with_target if calls[k] else proposal, Decision(take, measured[kind])))
+            drafted = new_tokens(d, b.state)
+            o.draft_tokens += drafted
+            if calls[k]:
+                o.target_calls += 1
+                o.target_tokens += new_tokens(t, b.state)
+            chosen, writer = (t, TARGET) if take else (d, DRAFT)
+            if writer == DRAFT:
+                o.accepted_draft_tokens += drafted
+            o.writers += [writer] * len(new_steps(chosen, b.state))
+            groups.setdefault((take, calls[k]), []).append(k)
+        firsts: set[bool] = set()
+        for (take, called), members in groups.items():  # forks are the tree's work, charged to no run
+            dk = d if not firsts else draft.fork(d)
+            t_row = t if called else t_before
+            tk = t_row if called not in firsts else target.fork(t_row)
+            firsts.add(called)
+            share = len(groups) > 1
+            stack.append(_Branch(members, dk, tk, t if take else d,
+                                 {k: _copy_outcome(b.outcomes[k]) if share else b.outcomes[k] for k in members},
+                                 {k: b.ledgers[k] for k in members}))
+    return [out[k] for k in range(len(runs))]
+
+
+def _copy_outcome(o: DraftTargetOutcome) -> DraftTargetOutcome:
+    return replace(o, writers=list(o.writers), rounds=list(o.rounds))
