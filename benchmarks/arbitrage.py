@@ -7,6 +7,11 @@ rate (draft steps kept / draft steps written), latency per problem (wall seconds
 the paper measures; on the testbed the batch's wall time per problem), FLOPs per problem (2 x parameters x
 tokens read, summed over draft, target and the PRM or router) and target calls (escalations).
 
+The Qwen pair's step-level runs are walked per problem as one tree of shared prefixes (every threshold of
+RSD, Arbitrage and the oracle at once: `steps/draft_target_tree.py`; the same tokens and counts as the runs alone,
+tested), each run charged the wall time of the batch-1 calls it makes; `--qwen-runs` runs them one by one
+through the harness instead (34 batch-1 runs of every problem: days on a CPU).
+
 Matched accuracy: for every Arbitrage point on its cost/accuracy frontier, the cheapest RSD point at least as
 accurate; speedup = RSD cost / Arbitrage cost (cost: latency on the Qwen pair, FLOPs on the testbed, where the
 tiny models' wall time is mostly Python).
@@ -101,6 +106,67 @@ def cell(record: dict, scorer: int) -> dict:
             "scorer_flops": 2.0 * scorer * u["prm_tokens"]}
 
 
+def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: dict,
+                 args) -> list[tuple[tuple[str, float], dict]]:
+    """Every (method, threshold) run of the step-level methods on each problem, walked as one tree of shared
+    prefixes per problem (`methods.drafting.steps.sweep_step_drafting`: equal to the runs alone, each charged the
+    batch-1 calls it makes), greedy. Kept per problem in OUT/PAIR/TASK/tree.jsonl, so a stopped sweep continues.
+    -> ((method, threshold), record) with the harness records' usage, trace and correct."""
+    from dataclasses import asdict
+
+    from reasonbudget.engine import Engine, SamplingConfig
+    from reasonbudget.methods.drafting.arbitrage import load_router
+    from reasonbudget.methods.drafting.steps import PRMArbiter, RouterArbiter, StepDraftConfig, sweep_step_drafting
+    from reasonbudget.models import load_model
+    from reasonbudget.models.registry import model_fingerprints
+    from reasonbudget.rewards.factory import load_prm
+    from reasonbudget.tasks import get_task, grade_many
+
+    target = load_model(pair["target"], dtype=pair["dtype"])
+    kinds = {"rsd": PRMArbiter(load_prm("auto", target, fresh=True), 0.5),  # one scorer each: no shared caches
+             "arbitrage-oracle": PRMArbiter(load_prm("auto", target, fresh=True), 0.5, oracle=True)}
+    if any(method == "arbitrage" for method, _ in specs):
+        kinds["arbitrage"] = RouterArbiter(load_router(args.router or "auto", pair["draft"], target), 0.5)
+    names = list(kinds)
+    keys = [k for k in specs if k[0] in kinds]
+    runs = [(names.index(m), t) for m, t in keys]
+    readers = [lambda a=kinds[n]: getattr(getattr(a, "prm", None) or getattr(a, "router", None), "tokens_read", 0)
+               for n in names]
+    settings = {"draft": pair["draft"], "target": pair["target"], "dtype": pair["dtype"], "runs": keys,
+                "max_tokens": args.max_tokens, "router": args.router or "auto",
+                "fingerprints": model_fingerprints(pair["target"])}
+    settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
+    path = Path(args.out) / pair_name / task_spec.replace(":", "_").replace(",", "_").replace("=", "") / "tree.jsonl"
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: that problem runs again
+                continue
+            if rec["settings"] == settings:
+                done[rec["problem_id"]] = rec["runs"]
+    task = get_task(task_spec)
+    problems = task.problems(limit)
+    cfg = StepDraftConfig(draft=pair["draft"], sampling=SamplingConfig(temperature=0.0), max_tokens=args.max_tokens)
+    engine = Engine(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in problems if p.id not in done]
+    for i, p in enumerate(todo):
+        t0 = time.time()
+        results = sweep_step_drafting(cfg, engine, task.prompt(target, p), p.question, list(kinds.values()), runs,
+                                      tokens_read=readers)
+        right = grade_many([(r.answer, p.gold, task.grader) for r in results])
+        done[p.id] = [{"method": m, "threshold": t, "usage": asdict(r.usage), "trace": r.trace, "answer": r.answer,
+                       "correct": bool(ok)} for (m, t), r, ok in zip(keys, results, right)]
+        with path.open("a") as f:
+            f.write(json.dumps({"problem_id": p.id, "settings": settings, "runs": done[p.id]}) + "\n")
+        _log(args, f"{pair_name} tree: problem {len(problems) - len(todo) + i + 1}/{len(problems)} "
+                   f"({time.time() - t0:.0f}s)")
+    return [((r["method"], r["threshold"]), {**r, "task": task_spec, "problem_id": p.id})
+            for p in problems for r in done[p.id]]
+
+
 def measure(args) -> dict:
     import torch
 
@@ -131,7 +197,13 @@ def measure(args) -> dict:
         cells: dict[tuple[str, float | None], list[dict]] = defaultdict(list)
         by_spec = {v: k for k, v in specs.items()}
         for task in tasks:
-            for r in sweep(pair_name, pair, task, list(specs.values()), args, model=pair["target"], limit=limit, batch_size=batch):
+            if pair_name == "qwen" and args.qwen_tree:
+                for key, r in tree_records(pair_name, pair, task, limit, specs, args):
+                    cells[key].append(cell(r, params.get(key[0], 0)))
+                run_alone = ["plain"]  # target-only: plain decoding through the harness
+            else:
+                run_alone = list(specs.values())
+            for r in sweep(pair_name, pair, task, run_alone, args, model=pair["target"], limit=limit, batch_size=batch):
                 key = by_spec[r["method"]]
                 cells[key].append(cell(r, params.get(key[0], 0)))
             for r in sweep(pair_name, pair, task, ["plain"], args, model=pair["draft"], limit=limit, batch_size=batch):
@@ -157,7 +229,8 @@ def measure(args) -> dict:
             "notes": notes, "seconds": round(time.time() - t0, 1),
             "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
                          "per_difficulty": args.per_difficulty, "qwen_limit": args.qwen_limit,
-                         "max_tokens": args.max_tokens, "threads": args.threads, "quick": args.quick}}
+                         "max_tokens": args.max_tokens, "threads": args.threads, "quick": args.quick,
+                         "qwen_tree": args.qwen_tree}}
 
 
 def frontier(points: list[dict], cost: str) -> list[dict]:
@@ -306,6 +379,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="testbed problems per engine batch")
     ap.add_argument("--router", default="", help="router directory (default: the target's companion)")
     ap.add_argument("--no-router", dest="with_router", action="store_false", help="skip the router rows")
+    ap.add_argument("--qwen-runs", dest="qwen_tree", action="store_false",
+                    help="the Qwen pair's step-level runs one by one through the harness (default: every threshold "
+                         "of a problem walked as one tree of shared prefixes, each run charged its own batch-1 "
+                         "calls; the same results, a fraction of the time)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/arbitrage")
     ap.add_argument("--json", action="store_true")

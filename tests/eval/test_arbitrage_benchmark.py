@@ -1,4 +1,6 @@
-"""The step-level drafting benchmark's comparisons (synthetic rows, no model)."""
+"""The step-level drafting benchmark's comparisons (synthetic rows, no model) and its tree records (testbed pair)."""
+
+import pytest
 
 from tests.helpers import load_benchmark
 
@@ -39,3 +41,31 @@ def test_the_speedup_ceiling_is_rsds_costliest_frontier_point_over_arbitrages_ch
     # every matched-accuracy speedup lies below it
     assert all(m["speedup"] <= c["ceiling"] for m in bench.matched(rows))
     assert bench.speedup_ceiling([r for r in rows if r["method"] != "arbitrage"]) == []
+
+
+def test_tree_records_cover_every_run_and_resume_from_their_journal(tmp_path, monkeypatch):
+    import types
+
+    from reasonbudget.methods.drafting import steps
+
+    bench = load_benchmark("arbitrage")
+    pair = dict(bench.PAIRS["testbed"])
+    args = types.SimpleNamespace(out=str(tmp_path), max_tokens=256, router="", thresholds=3, json=True)
+    specs = bench.method_specs(pair, args, with_router=True)
+    first = bench.tree_records("testbed", pair, "testbed:d=6", 2, specs, args)
+    keys = [k for k in specs if k[0] != "target-only"]
+    assert [k for k, _ in first] == keys * 2  # every step-level run of each problem
+    for (method, _), r in first:
+        assert r["usage"]["wall_seconds"] > 0 and isinstance(r["correct"], bool)
+        assert (r["trace"]["router_calls"] > 0) == (method == "arbitrage")
+    journal = next(tmp_path.rglob("tree.jsonl"))
+    assert len(journal.read_text().splitlines()) == 2
+
+    def no_walk(*a, **k):
+        raise AssertionError("a journaled problem was walked again")
+
+    monkeypatch.setattr(steps, "sweep_step_drafting", no_walk)
+    assert bench.tree_records("testbed", pair, "testbed:d=6", 2, specs, args) == first
+    args.max_tokens = 128  # other settings: nothing is reused
+    with pytest.raises(AssertionError, match="walked again"):
+        bench.tree_records("testbed", pair, "testbed:d=6", 1, specs, args)
