@@ -103,7 +103,7 @@ def cell(record: dict, scorer: int) -> dict:
     return {"problem_id": f"{record['task']}/{record['problem_id']}", "correct": bool(record["correct"]),
             "acceptance": t.get("step_acceptance"), "target_calls": t.get("target_calls", 0),
             "latency_s": u["wall_seconds"], "flops": u["energy_flops"] + 2.0 * scorer * u["prm_tokens"],
-            "scorer_flops": 2.0 * scorer * u["prm_tokens"]}
+            "scorer_flops": 2.0 * scorer * u["prm_tokens"], "flips": t.get("decision_flips", 0)}
 
 
 def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: dict,
@@ -118,23 +118,22 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
     from reasonbudget.methods.drafting.arbitrage import load_router
     from reasonbudget.methods.drafting.steps import PRMArbiter, RouterArbiter, StepDraftConfig, sweep_step_drafting
     from reasonbudget.models import load_model
-    from reasonbudget.models.registry import model_fingerprints
+    from reasonbudget.models.registry import fingerprint, model_fingerprints
     from reasonbudget.rewards.factory import load_prm
     from reasonbudget.tasks import get_task, grade_many
 
     target = load_model(pair["target"], dtype=pair["dtype"])
-    kinds = {"rsd": PRMArbiter(load_prm("auto", target, fresh=True), 0.5),  # one scorer each: no shared caches
-             "arbitrage-oracle": PRMArbiter(load_prm("auto", target, fresh=True), 0.5, oracle=True)}
+    kinds = {"rsd": PRMArbiter(load_prm("auto", target), 0.5),
+             "arbitrage-oracle": PRMArbiter(load_prm("auto", target), 0.5, oracle=True)}
     if any(method == "arbitrage" for method, _ in specs):
         kinds["arbitrage"] = RouterArbiter(load_router(args.router or "auto", pair["draft"], target), 0.5)
     names = list(kinds)
     keys = [k for k in specs if k[0] in kinds]
     runs = [(names.index(m), t) for m, t in keys]
-    readers = [lambda a=kinds[n]: getattr(getattr(a, "prm", None) or getattr(a, "router", None), "tokens_read", 0)
-               for n in names]
     settings = {"draft": pair["draft"], "target": pair["target"], "dtype": pair["dtype"], "runs": keys,
                 "max_tokens": args.max_tokens, "router": args.router or "auto",
-                "fingerprints": model_fingerprints(pair["target"])}
+                "fingerprints": model_fingerprints(pair["target"]), "draft_weights": model_fingerprints(pair["draft"]),
+                "router_files": fingerprint(Path(args.router)) if args.router else None}
     settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
     path = Path(args.out) / pair_name / task_spec.replace(":", "_").replace(",", "_").replace("=", "") / "tree.jsonl"
     done = {}
@@ -154,13 +153,14 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
     todo = [p for p in problems if p.id not in done]
     for i, p in enumerate(todo):
         t0 = time.time()
-        results = sweep_step_drafting(cfg, engine, task.prompt(target, p), p.question, list(kinds.values()), runs,
-                                      tokens_read=readers)
+        results = sweep_step_drafting(cfg, engine, task.prompt(target, p), p.question, list(kinds.values()), runs)
         right = grade_many([(r.answer, p.gold, task.grader) for r in results])
         done[p.id] = [{"method": m, "threshold": t, "usage": asdict(r.usage), "trace": r.trace, "answer": r.answer,
                        "correct": bool(ok)} for (m, t), r, ok in zip(keys, results, right)]
-        with path.open("a") as f:
-            f.write(json.dumps({"problem_id": p.id, "settings": settings, "runs": done[p.id]}) + "\n")
+        with path.open("ab+") as f:  # a line cut by a kill is never extended
+            cut = f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n"
+            line = json.dumps({"problem_id": p.id, "settings": settings, "runs": done[p.id]})
+            f.write((b"\n" if cut else b"") + line.encode() + b"\n")
         _log(args, f"{pair_name} tree: problem {len(problems) - len(todo) + i + 1}/{len(problems)} "
                    f"({time.time() - t0:.0f}s)")
     return [((r["method"], r["threshold"]), {**r, "task": task_spec, "problem_id": p.id})
@@ -223,6 +223,7 @@ def measure(args) -> dict:
                          "latency_s": statistics.mean(c["latency_s"] for c in cs), "flops": flops,
                          "target_equivalent_tokens": flops / (2.0 * target_params),
                          "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs),
+                         "decision_flips": sum(c["flips"] for c in cs),
                          "scorer_share": statistics.mean(c["scorer_flops"] for c in cs) / flops if flops else 0.0})
     return {"rows": rows, "matched": matched(rows), "ceiling": speedup_ceiling(rows),
             "paired": paired_at_acceptance(rows, per_cell),

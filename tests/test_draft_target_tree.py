@@ -1,6 +1,7 @@
 """A threshold sweep of step-level drafting walked as one tree of shared prefixes equals the runs alone: the same
 tokens, writers, calls and token counts per model for RSD, Arbitrage and its oracle at every threshold, and each
-run is charged only the calls it makes."""
+run is charged only the calls it makes, its scorer's included (replayed alone: a scorer keeps states of the
+texts it read, and runs of one problem share prefixes)."""
 
 import pytest
 import torch
@@ -51,7 +52,8 @@ def test_tree_equals_each_run_alone(setting):
             assert g.tokens_by_model == a.tokens_by_model and g.forward_passes_by_model == a.forward_passes_by_model
             assert (g.drafted_tokens, g.accepted_tokens, g.prm_calls) == (a.drafted_tokens, a.accepted_tokens,
                                                                           a.prm_calls)
-            assert g.wall_seconds > 0
+            assert g.prm_tokens == a.prm_tokens  # its scorer replayed alone reads what the run alone reads
+            assert got.trace["decision_flips"] == 0 and g.wall_seconds > 0
     assert not bool(engine.cache.in_use.any())  # every row given back
 
 

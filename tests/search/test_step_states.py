@@ -61,6 +61,10 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
     fed = ss.tokens_fed
     ss.features([(ids, ends) for _, _, ids, ends in items])  # all read: nothing fed
     assert ss.tokens_fed == fed
+    ss.clear()  # a new run: everything is read again, and read right
+    got = ss.features([(ids, ends) for _, _, ids, ends in items])
+    assert ss.tokens_fed - fed == sum(len(ids) for _, _, ids, _ in items)
+    assert all(torch.allclose(g, fresh(target, q, st, layers), atol=1e-4) for (q, st, _, _), g in zip(items, got))
 
 
 def test_forked_texts_and_too_few_rows_still_read_right(target):

@@ -49,9 +49,8 @@ def head_prm_dir(policy) -> Path | None:
 
 
 def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False, seed: int | Mapping[str, int] = 0,
-             judge_model: str = "", fresh: bool = False):
-    """The PRM called `name` for a policy `LoadedModel` (see the module docstring). Loaded once per process and
-    shared, unless `fresh`: a new instance, whose caches (a head's kept KV rows) are its own."""
+             judge_model: str = ""):
+    """The PRM called `name` for a policy `LoadedModel` (see the module docstring)."""
     if name == "auto":
         head = head_prm_dir(policy) if policy.profile.name != "testbed" else None
         if head is not None and not _base_available(head):
@@ -67,7 +66,7 @@ def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False,
     if name in ("testbed", "oracle") and policy.profile.name != "testbed":
         raise ValueError(f"prm={name!r} scores testbed problems only; {policy.name} is not a testbed model "
                          "(use prm=judge or a PRM directory)")
-    if isinstance(seed, Mapping) or fresh:  # per-problem noise seeds: a fresh (cheap) oracle for this run
+    if isinstance(seed, Mapping):  # per-problem noise seeds: a fresh (cheap) oracle for this run, not cached
         return _build(name, policy, noise, calibrated, seed, judge_model)
     key = (name, id(policy), noise, calibrated, seed, judge_model)
     if key not in _loaded:

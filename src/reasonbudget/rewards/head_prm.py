@@ -252,6 +252,12 @@ class HeadPRM:
         limit = self.base.context_length
         return ids[:limit], [e for e in ends if e < limit]
 
+    def forget(self) -> None:
+        """Drop the kept states of the texts read so far, so that a new run is charged what it reads alone (a
+        benchmark sends the same problems to many runs; no run may read another's prefixes for free)."""
+        if self.states is not None:
+            self.states.clear()
+
     def score_steps(self, items: Sequence[StepSequence]) -> list[Tensor]:
         a, b = self.spec.calibration
         return [torch.sigmoid(a * z + b) for z in self.logits(items)]

@@ -121,6 +121,11 @@ class PRMFeatureRouter:
     def tokens_read(self) -> int:
         return self.prm.tokens_read
 
+    def forget(self) -> None:
+        """Drop the kept states of the texts read so far, so that a new run is charged what it reads alone (a
+        benchmark sends the same problems to many runs; no run may read another's prefixes for free)."""
+        self.prm.forget()
+
     @torch.inference_mode()
     def predict(self, items: Sequence[RouterItem]) -> list[float]:
         """y_hat in [0, 1] per item: P(the target's step would score higher)."""

@@ -92,6 +92,12 @@ class StepRouter:
     def separator(self) -> str:
         return self.config["separator"]
 
+    def forget(self) -> None:
+        """Drop the kept states of the texts read so far, so that a new run is charged what it reads alone (a
+        benchmark sends the same problems to many runs; no run may read another's prefixes for free)."""
+        if self.segments is not None:
+            self.segments.clear()
+
     @torch.inference_mode()
     def predict(self, items: Sequence[RouterItem], batch_size: int = 64) -> list[float]:
         """y_hat in [0, 1] per item: P(the target's step would score higher)."""

@@ -38,6 +38,9 @@ class SegmentKV:
     def __len__(self) -> int:
         return len(self._store)
 
+    def clear(self) -> None:
+        self._store.clear()
+
     def lookup(self, keys: Sequence[Hashable]) -> list[Segment]:
         """The longest run of leading segments already stored (marked as recently used)."""
         path = []

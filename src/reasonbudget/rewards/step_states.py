@@ -133,6 +133,13 @@ class StepStates:
                 return row, e + 1
         return None, 0
 
+    def clear(self) -> None:
+        """Forget every text read (the rows stay allocated, free for the next texts)."""
+        for row in range(self.num_rows):
+            self.row_keys[row] = set()
+        self.holder.clear()
+        self.states.clear()
+
     def _forget(self, row: int) -> None:
         for k in self.row_keys[row]:
             if self.holder.get(k) == row:

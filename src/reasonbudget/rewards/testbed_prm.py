@@ -126,6 +126,12 @@ class TestbedPRM:
     def count_tokens(self, items: Sequence[StepSequence]) -> int:
         return sum(len(encode_item(self.tok, it.problem, it.steps)[0]) for it in items)
 
+    def forget(self) -> None:
+        """Drop the kept states of the texts read so far, so that a new run is charged what it reads alone (a
+        benchmark sends the same problems to many runs; no run may read another's prefixes for free)."""
+        if self.segments is not None:
+            self.segments.clear()
+
     @torch.inference_mode()
     def score_steps(self, items: Sequence[StepSequence], batch_size: int = 64) -> list[Tensor]:
         feats = self.score_features([(it.problem, tuple(it.steps)) for it in items], batch_size)

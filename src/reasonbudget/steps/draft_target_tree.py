@@ -9,11 +9,15 @@ computed once, and a branch splits (its KV rows forked) where its runs decide di
 target and others do not (so that every run in a branch has the same rows, and the target's catching up costs
 what it would alone).
 
-Calls run one branch at a time (batch 1), each timed, and every run is charged the calls its own run makes:
-the prefills, the draft's catching up and step, its arbiter's measurement, the target's catching up and step
-where it calls the target. Its `Ledger` is then the batch-1 latency and the token counts of that run, which a
-threshold sweep would otherwise pay for every threshold. Each arbiter (kind) needs its own scorer instance, so that
-no kind reads another's cached states. Tested equal to separate runs, token for token and count for count.
+Calls run one branch at a time (batch 1), each timed, and every run is charged the model calls its own run
+makes: the prefills, the draft's catching up and step, the target's catching up and step where it calls the
+target. Its `Ledger` is then the batch-1 latency and the token counts of that run, which a threshold sweep would
+otherwise pay for every threshold. Scorers are charged differently: a scorer that keeps states of the texts it
+read (a PRM head's KV rows) would read other amounts in the tree than alone (a sibling branch overwrites a row,
+an identical text in another branch is a free hit), so `replay_scorers` replays each run's own scorer calls, round
+by round, on its kind's arbiter after `forget()`, timed: what its run alone would read and wait for. The replay also
+recomputes each decision (`Ledger.flips`: decisions that differ, only possible through rounding, e.g. bf16 states
+read in other chunks). Tested equal to separate runs, token for token and count for count.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Ledger:
     target: PromptCost = field(default_factory=PromptCost)
     scorer_calls: int = 0
     scorer_tokens: int = 0
+    flips: int = 0
+    """Rounds whose replayed measurement decides otherwise than the tree's did."""
 
     @property
     def wall_seconds(self) -> float:
@@ -56,7 +62,7 @@ class Ledger:
 
     def copy(self) -> Ledger:
         return Ledger(dict(self.seconds), replace(self.draft), replace(self.target), self.scorer_calls,
-                      self.scorer_tokens)
+                      self.scorer_tokens, self.flips)
 
 
 @dataclass
@@ -75,43 +81,41 @@ def _add_cost(into: PromptCost, after: PromptCost, before: PromptCost) -> None:
 
 
 class _Meter:
-    """Times a call on one runner (or a scorer) and charges its seconds and cost deltas to the given runs."""
+    """Times a call on one runner and charges its seconds and cost deltas to the given runs."""
 
     def __init__(self, draft: StepRunner, target: StepRunner) -> None:
         self.runners = {"draft": draft, "target": target}
 
-    def call(self, who: str, fn: Callable, ledgers: Sequence[Ledger], *, tokens_read: Callable[[], int] | None = None):
-        runner = self.runners.get(who)
-        before = replace(runner.costs[0]) if runner is not None and runner.costs else PromptCost()
-        read0 = tokens_read() if tokens_read else 0
+    def call(self, who: str, fn: Callable, ledgers: Sequence[Ledger], *, starts: bool = False):
+        """`starts`: the call is the runner's `start`, which resets its costs (nothing to diff against)."""
+        runner = self.runners[who]
+        before = PromptCost() if starts else replace(runner.costs[0])
         t0 = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t0
-        read = (tokens_read() if tokens_read else 0) - read0
         for led in ledgers:
-            led.seconds[who if runner is not None else "scorer"] += seconds
-            if runner is not None:
-                _add_cost(getattr(led, who), runner.costs[0], before)
-            else:
-                led.scorer_tokens += read
+            led.seconds[who] += seconds
+            _add_cost(getattr(led, who), runner.costs[0], before)
         return out
 
 
 def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, question: str, arbiters: Sequence,
-                      runs: Sequence[tuple[int, float]], *,
-                      tokens_read: Sequence[Callable[[], int]] | None = None) -> list[tuple[DraftTargetOutcome, Ledger]]:
+                      runs: Sequence[tuple[int, float]]) -> list[tuple[DraftTargetOutcome, Ledger]]:
     """runs[k] = (index into `arbiters`, threshold): one greedy run each, of one prompt. An arbiter has
-    `needs_target`, `measure(questions, proposals)` and `takes_target(measured, threshold)` (the step-level
-    methods' arbiters); `tokens_read[a]()`: tokens arbiter a's scorer has read so far. -> per run, its outcome
-    (as `draft_target_loop` returns it) and its ledger."""
+    `needs_target`, `forget()`, `measure(questions, proposals)` and `takes_target(measured, threshold)` (the
+    step-level methods' arbiters). -> per run, its outcome (as `draft_target_loop` returns it) and its ledger, which holds
+    its model calls; `replay_scorers` adds its scorer's."""
     if not (draft.sampling.greedy and target.sampling.greedy):
         raise ValueError("runs share prefixes only when greedy: sampled runs draw their own steps")
     _tokenizers_match(draft.model, target.model)
     meter, question_list = _Meter(draft, target), [question]
+    for arbiter in arbiters:
+        arbiter.forget()
     ledgers = {k: Ledger() for k in range(len(runs))}
     everyone = list(ledgers.values())
-    (d0,) = meter.call("draft", lambda: draft.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone)
-    (t0,) = meter.call("target", lambda: target.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone)
+    (d0,) = meter.call("draft", lambda: draft.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone, starts=True)
+    (t0,) = meter.call("target", lambda: target.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone,
+                       starts=True)
     stack = [_Branch(list(range(len(runs))), d0, t0, d0, {k: DraftTargetOutcome(final=d0) for k in ledgers},
                      ledgers)]
     out: dict[int, tuple[DraftTargetOutcome, Ledger]] = {}
@@ -135,14 +139,8 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
         kinds = {runs[k][0] for k in b.runs}
         measured: dict[int, dict[str, float]] = {}
 
-        def measure(kind: int, prop: Proposal) -> None:
-            reader = tokens_read[kind] if tokens_read else None
-            charged = [b.ledgers[k] for k in b.runs if runs[k][0] == kind]
-            before = getattr(arbiters[kind], "calls", 0)  # texts a PRM arbiter scored (a router counts none)
-            measured[kind] = meter.call("scorer", lambda: arbiters[kind].measure(question_list, [prop])[0], charged,
-                                        tokens_read=reader)
-            for led in charged:
-                led.scorer_calls += getattr(arbiters[kind], "calls", 0) - before
+        def measure(kind: int, prop: Proposal) -> None:  # decides; its cost is charged by `replay_scorers`
+            measured[kind] = arbiters[kind].measure(question_list, [prop])[0]
 
         for kind in sorted(kinds):
             if not arbiters[kind].needs_target:
@@ -192,3 +190,22 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
 
 def _copy_outcome(o: DraftTargetOutcome) -> DraftTargetOutcome:
     return replace(o, writers=list(o.writers), rounds=list(o.rounds))
+
+
+def replay_scorers(question: str, walked: Sequence[tuple[DraftTargetOutcome, Ledger]],
+                   runs: Sequence[tuple[int, float]], arbiters: Sequence, tokens_read: Callable[[object], int]) -> None:
+    """Charge each run its scorer: its rounds' measurements replayed in order on its kind's arbiter after
+    `forget()` (its scorer then holds no state of any text), each call timed; seconds, texts scored (a PRM
+    arbiter's `calls`), tokens read (`tokens_read(arbiter)`) and decisions that come out otherwise go into its
+    ledger."""
+    for (outcome, ledger), (kind, threshold) in zip(walked, runs):
+        arbiter = arbiters[kind]
+        arbiter.forget()
+        calls0, read0 = getattr(arbiter, "calls", 0), tokens_read(arbiter)
+        for proposal, decision in outcome.rounds:
+            t0 = time.perf_counter()
+            measured = arbiter.measure([question], [proposal])[0]
+            ledger.seconds["scorer"] += time.perf_counter() - t0
+            ledger.flips += arbiter.takes_target(measured, threshold) != decision.take_target
+        ledger.scorer_calls += getattr(arbiter, "calls", 0) - calls0
+        ledger.scorer_tokens += tokens_read(arbiter) - read0

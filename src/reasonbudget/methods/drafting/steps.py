@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from reasonbudget.engine.controllers import Observer
 from reasonbudget.engine.generation import model_usage, split_thinking
 from reasonbudget.engine.sampling import SamplingConfig
@@ -69,6 +71,10 @@ class PRMArbiter:
         targets = self._last_scores([StepSequence(questions[p.prompt], h + p.target) for p, h in zip(proposals, hist)])
         return [{"draft_score": d, "target_score": t} for d, t in zip(drafts, targets)]
 
+    def forget(self) -> None:
+        """A new run: the PRM drops the states of texts it read before (see `HeadPRM.forget`)."""
+        getattr(self.prm, "forget", lambda: None)()
+
     def takes_target(self, measured: dict[str, float], threshold: float) -> bool:
         if self.needs_target:
             return measured["target_score"] - measured["draft_score"] > threshold
@@ -89,6 +95,9 @@ class RouterArbiter:
     def measure(self, questions: Sequence[str], proposals: Sequence[Proposal]) -> list[dict[str, float]]:
         y = self.router.predict([RouterItem(questions[p.prompt], p.history, p.draft) for p in proposals])
         return [{"y_hat": v} for v in y]
+
+    def forget(self) -> None:
+        getattr(self.router, "forget", lambda: None)()
 
     def takes_target(self, measured: dict[str, float], threshold: float) -> bool:
         return measured["y_hat"] > threshold
@@ -128,6 +137,7 @@ def run_step_drafting(cfg: StepDraftConfig, backend: Backend, prompts: Sequence[
                        max_answer_tokens=answer)
     draft, target = make_runner(drafter, cfg.sampling, steps), make_runner(backend, cfg.sampling, steps)
     questions = questions_of(prompts, method)
+    arbiter.forget()  # the scorer is shared by the runs of a process: none reads another run's texts for free
     tokens_before = scorer_tokens()
     try:
         outcomes = draft_target_loop(draft, target, prompts, questions, arbiter,
@@ -144,14 +154,15 @@ def run_step_drafting(cfg: StepDraftConfig, backend: Backend, prompts: Sequence[
     return results
 
 
-def sweep_step_drafting(cfg: StepDraftConfig, backend: Backend, prompt: TokenIds, question: str, arbiters: Sequence,
-                        runs: Sequence[tuple[int, float]], *,
-                        tokens_read: Sequence[Callable[[], int]] | None = None) -> list[MethodResult]:
-    """Many greedy runs of one prompt on the engine, each an (arbiter, threshold) of `arbiters` (PRMArbiter,
-    RouterArbiter, one instance and scorer each), walked as one tree of shared prefixes
-    (`steps.draft_target_tree`): one result per run, equal to the run alone, its usage and wall seconds those of
-    the calls that run makes, timed at batch 1. `cfg`: the draft, its quantization and the step caps."""
-    from reasonbudget.steps.draft_target_tree import draft_target_tree
+def sweep_step_drafting(cfg: StepDraftConfig, backend: Backend, prompt: TokenIds, question: str,
+                        arbiters: Sequence, runs: Sequence[tuple[int, float]]) -> list[MethodResult]:
+    """Many greedy runs of one prompt on the engine, each an (arbiter kind, threshold): `arbiters[kind]` is a
+    PRMArbiter or RouterArbiter (its threshold unused). The runs are walked as one tree of shared prefixes
+    (`steps.draft_target_tree`), then each run's scorer calls are replayed alone (the scorer's kept states
+    forgotten first): one result per run, equal to the run alone, its usage and wall seconds
+    those of the calls that run makes, timed at batch 1 (`trace["decision_flips"]`: replayed decisions that came
+    out otherwise). `cfg`: the draft, its quantization and the step caps."""
+    from reasonbudget.steps.draft_target_tree import draft_target_tree, replay_scorers
 
     if not hasattr(backend, "draft_engine"):
         raise ValueError("a threshold sweep as one tree runs on the in-process engine")
@@ -160,18 +171,30 @@ def sweep_step_drafting(cfg: StepDraftConfig, backend: Backend, prompt: TokenIds
     steps = StepConfig(max_steps=cfg.max_steps, max_step_tokens=cfg.max_step_tokens, max_tokens=cfg.max_tokens,
                        max_answer_tokens=answer)
     draft, target = make_runner(drafter, cfg.sampling, steps), make_runner(backend, cfg.sampling, steps)
-    try:
-        walked = draft_target_tree(draft, target, prompt, question, arbiters, runs, tokens_read=tokens_read)
-    finally:
-        draft.close()
-        target.close()
+    with torch.inference_mode():
+        try:
+            walked = draft_target_tree(draft, target, prompt, question, arbiters, runs)
+        finally:
+            draft.close()
+            target.close()
+        replay_scorers(question, walked, runs, arbiters, scorer_tokens_read)
 
     def cost(c) -> tuple[int, int]:  # as `_processed`: the prompt's prefill, generated and adopted tokens
         return len(prompt) + c.thinking + c.forced + c.answer + c.fed, c.passes + 1
 
-    return [outcome_result(target, draft.model, 0, o, target_cost=cost(led.target), draft_cost=cost(led.draft),
+    results = []
+    for o, led in walked:
+        r = outcome_result(target, draft.model, 0, o, target_cost=cost(led.target), draft_cost=cost(led.draft),
                            wall=led.wall_seconds, prm_calls=led.scorer_calls, prm_tokens=led.scorer_tokens)
-            for o, led in walked]
+        r.trace["decision_flips"] = led.flips
+        results.append(r)
+    return results
+
+
+def scorer_tokens_read(arbiter) -> int:
+    """Tokens an arbiter's PRM or router has read so far (0 for a scorer that does not count them)."""
+    scorer = getattr(arbiter, "prm", None) or getattr(arbiter, "router", None)
+    return getattr(scorer, "tokens_read", 0)
 
 
 def _processed(runner, prompt: int) -> tuple[int, int]:
