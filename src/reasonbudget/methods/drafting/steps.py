@@ -10,7 +10,7 @@ acceptance rates and the number of target calls (escalations).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
