@@ -1,7 +1,7 @@
 """Thinking-budget requests to the server with speculation (`serve --draft-model`), against the same requests
 without it, on one server in one run.
 
-Each GSM8K test question is sent twice, back to back: once as a plain budgeted request (the server's draft
+Each GSM8K test question is sent twice, back to back (which goes first alternates): once as a plain budgeted request (the server's draft
 speculates for it) and once turning it off (`method_config: {"draft": "none"}`, target-only). Checks that every
 request keeps its thinking budget and gets an answer; reports completion tokens/s of both and their ratio, with
 a 95% interval that resamples the questions (pairs kept), and each side's accuracy.
@@ -80,10 +80,11 @@ def measure(args) -> dict:
     task = get_task("testbed:d=6" if args.target.startswith("testbed") else "gsm8k")
     problems = task.problems(args.problems)
     with serving(create_app(target, cfg)) as url:
-        ask(url, args.target, problems[0].question, 8, True)  # loads the draft (once per process)
+        for speculate in (True, False):  # loads the draft (once per process) and warms both paths up
+            ask(url, args.target, problems[0].question, 8, speculate)
         runs = {"speculative": [], "target-only": []}
         for i, p in enumerate(problems):
-            for name in runs:
+            for name in (list(runs) if i % 2 == 0 else list(runs)[::-1]):  # alternate which goes first
                 runs[name].append(ask(url, args.target, p.question, args.budget, name == "speculative"))
             if not args.json:
                 print(f"  {i + 1}/{len(problems)}: target-only {runs['target-only'][-1]['seconds']:.1f} s, "

@@ -165,8 +165,9 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
     prompts = [task.prompt(target, p) for p in items]
     draft = engine.speculation(draft_name, gamma, draft_quant).draft.model
     c_key = f"{draft_name}:{draft_quant}>{target_name}:{target_quant} {dtype} step-cost ratio"
+    c_now = step_ms(draft, prompts[0]) / step_ms(target, prompts[0])  # also warms both models up, resumed or not
     if journal.get(c_key) is None:  # kept with the timings it explains
-        journal.add(c_key, {"machine": machine(), "c": step_ms(draft, prompts[0]) / step_ms(target, prompts[0])})
+        journal.add(c_key, {"machine": machine(), "c": c_now})
     c = journal.get(c_key)["c"]
 
     def grade(i, r):
@@ -181,7 +182,7 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
         for temperature in temperatures:
             results = {name: [] for name in specs}
             seconds = {name: [] for name in specs}
-            resumed = 0
+            resumed, machines = 0, set()
             for start in range(0, len(prompts), batch):
                 key = (f"{draft_name}:{draft_quant}>{target_name}:{target_quant} {dtype} gamma={gamma} b={batch} "
                        f"T={temperature:g} problems={start}-{min(start + batch, len(prompts)) - 1}")
@@ -194,15 +195,20 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
                     journal.add(key, group)
                 else:
                     resumed += 1
+                machines.add(group["machine"])
                 for name in specs:
                     results[name] += group["methods"][name]["results"]
                     seconds[name].append(group["methods"][name]["seconds"])
             if resumed:
                 print(f"  b={batch} T={temperature}: {resumed} batch groups from the journal", file=sys.stderr)
+            if len(machines) > 1:  # each group's pair is still timed side by side, on one machine
+                print(f"  b={batch} T={temperature}: batch groups timed on {len(machines)} machines: "
+                      + "; ".join(sorted(machines)), file=sys.stderr)
             base = summarize(results["target-only"], seconds["target-only"], batch, grade)
             print(f"  target-only {target_name} b={batch} T={temperature}: {base['tok_s']} tok/s", file=sys.stderr)
             rows.append({"method": "target-only", "draft": None, "target": f"{target_name} {target_quant}",
-                         "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base})
+                         "batch": batch, "temperature": temperature, "speedup_vs_target": 1.0, **base,
+                         "machines": sorted(machines)})
             speculative = None
             for name in methods:
                 s = summarize(results[name], seconds[name], batch, grade)
@@ -211,7 +217,8 @@ def measure_pair(pair, problems, batches, temperatures, gamma: int, dtype: str,
                                                     base["batch_seconds"])
                 row = {"method": name, "draft": f"{draft_name} {draft_quant}", "target": f"{target_name} {target_quant}",
                        "batch": batch, "temperature": temperature, "c": round(c, 3),
-                       "speedup_vs_target": round(ratio, 3), "speedup_ci": [round(lo, 3), round(hi, 3)], **s}
+                       "speedup_vs_target": round(ratio, 3), "speedup_ci": [round(lo, 3), round(hi, 3)], **s,
+                       "machines": sorted(machines)}
                 if s["acceptance"] is not None:
                     row["predicted_speedup"] = round(expected_speedup(s["acceptance"], gamma, c), 3)
                 if name == "speculative":
