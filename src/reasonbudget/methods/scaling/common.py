@@ -118,6 +118,7 @@ def setup(cfg: SearchConfig, backend: Backend, prompts: Sequence[TokenIds], gene
         noise_seeds = {q: g.initial_seed() for q, g in zip(questions, generators)} if cfg.prm_noise else 0
         prm = load_prm(cfg.prm, getattr(backend, "model", backend), noise=cfg.prm_noise, seed=noise_seeds,
                        calibrated=cfg.prm_calibrated, judge_model=cfg.judge_model)
+        getattr(prm, "forget", lambda: None)()  # shared by a process's runs: none reads another's texts for free
         scorer = RewardScorer(prm, cfg.aggregation, engine=backend)  # type: ignore[arg-type]
     runner = make_runner(backend, cfg.search_sampling(), StepConfig(**cfg.step_fields(
                          answer_tokens=backend.profile.answer_tokens)),
