@@ -96,6 +96,24 @@ def same_text(a: Particle, b: Particle) -> bool:
     return a.tokens == b.tokens and a.text == b.text
 
 
+def record_round(o: DraftTargetOutcome, proposal: Proposal, decision: Decision, d: Particle, t: Particle,
+                 state: Particle, *, called: bool) -> Particle:
+    """Log one round of one prompt (`called`: the target wrote a step in it) -> its new accepted text: the draft's
+    `d` or the target's `t`, each a continuation of `state`."""
+    o.rounds.append((proposal, decision))
+    drafted = new_tokens(d, state)
+    o.draft_tokens += drafted
+    if called:
+        o.target_calls += 1
+        o.target_tokens += new_tokens(t, state)
+    chosen, writer = (t, TARGET) if decision.take_target else (d, DRAFT)
+    if writer == DRAFT:
+        o.accepted_draft_tokens += drafted
+    o.writers += [writer] * len(new_steps(chosen, state))
+    o.final = chosen
+    return chosen
+
+
 def _tokenizers_match(draft, target) -> None:
     """Refuse a pair whose tokenizers differ; a remote model that does not expose its tokenizer is trusted."""
     if getattr(draft, "tokenizer", None) is not None and getattr(target, "tokenizer", None) is not None:
@@ -129,18 +147,9 @@ def draft_target_loop(draft: StepRunner, target: StepRunner, prompts: Sequence[T
             for i, p in zip(ask, target.extend(synced, generators)):
                 t[i] = p
                 proposals[i] = Proposal(i, proposals[i].history, proposals[i].draft, new_steps(p, state[i]))
-                out[i].target_calls += 1
-                out[i].target_tokens += new_tokens(p, state[i])
         if decisions is None:
             decisions = dict(zip(active, arbiter.decide(questions, [proposals[i] for i in active])))
+        asked = set(ask)
         for i in active:
-            o, dec = out[i], decisions[i]
-            o.rounds.append((proposals[i], dec))
-            drafted = new_tokens(d[i], state[i])
-            o.draft_tokens += drafted
-            chosen, writer = (t[i], TARGET) if dec.take_target else (d[i], DRAFT)
-            if writer == DRAFT:
-                o.accepted_draft_tokens += drafted
-            o.writers += [writer] * len(new_steps(chosen, state[i]))
-            state[i] = o.final = chosen
+            state[i] = record_round(out[i], proposals[i], decisions[i], d[i], t[i], state[i], called=i in asked)
     return out

@@ -29,14 +29,12 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from reasonbudget.steps.draft_target import (
-    DRAFT,
-    TARGET,
     Decision,
     DraftTargetOutcome,
     Proposal,
     _tokenizers_match,
     new_steps,
-    new_tokens,
+    record_round,
     same_text,
 )
 from reasonbudget.steps.particles import Particle, PromptCost, StepRunner
@@ -163,17 +161,8 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
         for k in b.runs:
             kind, threshold = runs[k]
             take = arbiters[kind].takes_target(measured[kind], threshold)
-            o = b.outcomes[k]
-            o.rounds.append((with_target if calls[k] else proposal, Decision(take, measured[kind])))
-            drafted = new_tokens(d, b.state)
-            o.draft_tokens += drafted
-            if calls[k]:
-                o.target_calls += 1
-                o.target_tokens += new_tokens(t, b.state)
-            chosen, writer = (t, TARGET) if take else (d, DRAFT)
-            if writer == DRAFT:
-                o.accepted_draft_tokens += drafted
-            o.writers += [writer] * len(new_steps(chosen, b.state))
+            record_round(b.outcomes[k], with_target if calls[k] else proposal, Decision(take, measured[kind]), d, t,
+                         b.state, called=calls[k])
             groups.setdefault((take, calls[k]), []).append(k)
         firsts: set[bool] = set()
         for (take, called), members in groups.items():  # forks are the tree's work, charged to no run
