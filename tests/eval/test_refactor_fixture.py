@@ -14,7 +14,10 @@ prefix cache (each token read once, `rewards.segment_kv`): with the cache off th
 fixture byte for byte; with it on, the 40 particle-filter records change: `prm_tokens` in all (301380 -> 16110
 in total), and the trajectory in about half, because the verifier reads in bfloat16 and a score from an
 incremental read differs from a padded batch read by rounding (equal to 1e-5 in float32, see
-`tests/search/test_segment_kv.py`). Particle filtering still answers 34 of its 40 right.
+`tests/search/test_segment_kv.py`). Particle filtering still answers 34 of its 40 right. Rewritten a fifth time
+when scorers began forgetting their kept states at every run (`forget()`): the sweep's particle-filter@8 runs had
+read the prefixes particle-filter@4 left in the shared PRM for free; now 20 records' `prm_tokens` are higher (16110
+-> 19780 in total) and nothing else in any record changed (no trajectory, no answer).
 
 The particle-filter records depend on how the CPU rounds the verifier's bfloat16 matmuls: they were written on an
 AVX-512 CPU (oneDNN's native bf16 kernels). A CPU without AVX-512 runs plain `F.linear`, which rounds
