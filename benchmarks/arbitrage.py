@@ -115,6 +115,7 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
     from dataclasses import asdict
 
     from reasonbudget.engine import Engine, SamplingConfig
+    from reasonbudget.eval.records import JsonLines
     from reasonbudget.methods.drafting.arbitrage import load_router
     from reasonbudget.methods.drafting.steps import PRMArbiter, RouterArbiter, StepDraftConfig, sweep_step_drafting
     from reasonbudget.models import load_model
@@ -135,21 +136,13 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
                 "fingerprints": model_fingerprints(pair["target"]), "draft_weights": model_fingerprints(pair["draft"]),
                 "router_files": fingerprint(Path(args.router)) if args.router else None}
     settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
-    path = Path(args.out) / pair_name / task_spec.replace(":", "_").replace(",", "_").replace("=", "") / "tree.jsonl"
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: that problem runs again
-                continue
-            if rec["settings"] == settings:
-                done[rec["problem_id"]] = rec["runs"]
+    journal = JsonLines(Path(args.out) / pair_name / task_spec.replace(":", "_").replace(",", "_").replace("=", "")
+                        / "tree.jsonl")  # a line torn by a kill is dropped: that problem runs again
+    done = {r["problem_id"]: r["runs"] for r in journal.read() if r["settings"] == settings}
     task = get_task(task_spec)
     problems = task.problems(limit)
     cfg = StepDraftConfig(draft=pair["draft"], sampling=SamplingConfig(temperature=0.0), max_tokens=args.max_tokens)
     engine = Engine(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
     todo = [p for p in problems if p.id not in done]
     for i, p in enumerate(todo):
         t0 = time.time()
@@ -157,10 +150,7 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
         right = grade_many([(r.answer, p.gold, task.grader) for r in results])
         done[p.id] = [{"method": m, "threshold": t, "usage": asdict(r.usage), "trace": r.trace, "answer": r.answer,
                        "correct": bool(ok)} for (m, t), r, ok in zip(keys, results, right)]
-        with path.open("ab+") as f:  # a line cut by a kill is never extended
-            cut = f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n"
-            line = json.dumps({"problem_id": p.id, "settings": settings, "runs": done[p.id]})
-            f.write((b"\n" if cut else b"") + line.encode() + b"\n")
+        journal.append([{"problem_id": p.id, "settings": settings, "runs": done[p.id]}])
         _log(args, f"{pair_name} tree: problem {len(problems) - len(todo) + i + 1}/{len(problems)} "
                    f"({time.time() - t0:.0f}s)")
     return [((r["method"], r["threshold"]), {**r, "task": task_spec, "problem_id": p.id})

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -112,16 +111,10 @@ class Journal:
     early resumes where it stopped. A group is written whole: its paired timings were measured back to back."""
 
     def __init__(self, path: str | None):
-        self.path, self.groups = path, {}
-        if path and os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    if line.strip():
-                        try:
-                            rec = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut by a kill: its group runs again
-                            continue
-                        self.groups[rec["key"]] = rec
+        from reasonbudget.eval.records import JsonLines
+
+        self.file = JsonLines(path) if path else None  # a line torn by a kill is dropped: its group runs again
+        self.groups = {r["key"]: r for r in self.file.read(valid=lambda r: r["key"])} if self.file else {}
 
     def get(self, key: str) -> dict | None:
         return self.groups.get(key)
@@ -129,10 +122,8 @@ class Journal:
     def add(self, key: str, record: dict) -> None:
         record = {"key": key, **record}
         self.groups[key] = record
-        if self.path:
-            with open(self.path, "ab+") as f:
-                cut = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
-                f.write((b"\n" if cut else b"") + json.dumps(record).encode() + b"\n")  # never extend a cut line
+        if self.file:
+            self.file.append([record])
 
 
 def machine() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +23,29 @@ def record_key(r: dict[str, Any]) -> Key:
     return (r["task"], r["problem_id"], r["method"], r["budget"], r["seed"])
 
 
-class ResultsFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class JsonLines:
+    """An append-only JSON-lines file that a kill cannot spoil: every journal of a long run (a sweep's results,
+    a benchmark's finished groups, a labelling's finished problems) reads and appends through it."""
 
-    def load(self) -> dict[Key, dict[str, Any]]:
-        """Completed records by key; repairs a torn trailing line."""
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def read(self, valid: Callable[[dict[str, Any]], object] = lambda r: True) -> list[dict[str, Any]]:
+        """The complete records in order. A line that does not parse, or that `valid` rejects (raising KeyError or
+        TypeError), is dropped with a warning; a torn last line is cut from the file and a lost final newline
+        restored, so the next append starts on a line of its own."""
         if not self.path.exists():
-            return {}
+            return []
         data = self.path.read_bytes()
-        records: dict[Key, dict[str, Any]] = {}
-        lines = data.split(b"\n")
+        records: list[dict[str, Any]] = []
         good_end = pos = 0
-        for raw in lines:
+        for raw in data.split(b"\n"):
             end = pos + len(raw)
             if raw.strip():
                 try:
                     rec = json.loads(raw)
-                    records.setdefault(record_key(rec), rec)
+                    valid(rec)
+                    records.append(rec)
                     good_end = end
                 except (json.JSONDecodeError, KeyError, TypeError):
                     logger.warning("%s: dropping a corrupt line at byte %d; it will be recomputed", self.path, pos)
@@ -55,6 +60,8 @@ class ResultsFile:
         return records
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Each record one write() on an O_APPEND descriptor, fsync'd per call (a kill tears one line at most)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             for r in records:
@@ -62,3 +69,12 @@ class ResultsFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class ResultsFile(JsonLines):
+    def load(self) -> dict[Key, dict[str, Any]]:
+        """Completed records by key (the first of each); repairs a torn trailing line."""
+        records: dict[Key, dict[str, Any]] = {}
+        for rec in self.read(valid=record_key):
+            records.setdefault(record_key(rec), rec)
+        return records

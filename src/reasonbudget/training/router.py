@@ -105,29 +105,21 @@ def generate_labels(draft, target, prm, questions: Sequence[str], *, batch_size:
 
 
 def _read_journal(path: Path | None, settings: dict) -> dict[str, list[RouterExample]]:
-    """Problems a journal holds for these settings (a line cut by a kill, or other settings, are skipped)."""
-    if path is None or not path.exists():
+    """Problems a journal holds for these settings (a line torn by a kill, or other settings, are not reused)."""
+    from reasonbudget.eval.records import JsonLines
+
+    if path is None:
         return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("settings") == settings:
-            done[r["problem"]] = [_example_of(e) for e in r["rounds"]]
-    return done
+    return {r["problem"]: [_example_of(e) for e in r["rounds"]]
+            for r in JsonLines(path).read() if r.get("settings") == settings}
 
 
 def _append_journal(path: Path | None, settings: dict, finished: dict[str, list[RouterExample]]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab+") as f:
-        cut = f.seek(0, 2) > 0 and f.seek(-1, 2) >= 0 and f.read(1) != b"\n"
-        lines = [json.dumps({"problem": q, "settings": settings,
-                             "rounds": [_record_of(e) for e in examples]}) for q, examples in finished.items()]
-        f.write((b"\n" if cut else b"") + "".join(ln + "\n" for ln in lines).encode())
+    from reasonbudget.eval.records import JsonLines
+
+    if path is not None:
+        JsonLines(path).append([{"problem": q, "settings": settings, "rounds": [_record_of(e) for e in examples]}
+                                for q, examples in finished.items()])
 
 
 @dataclass(frozen=True, kw_only=True)
