@@ -58,10 +58,6 @@ class Ledger:
     def wall_seconds(self) -> float:
         return sum(self.seconds.values())
 
-    def copy(self) -> Ledger:
-        return Ledger(dict(self.seconds), replace(self.draft), replace(self.target), self.scorer_calls,
-                      self.scorer_tokens, self.flips)
-
 
 @dataclass
 class _Branch:
@@ -69,8 +65,6 @@ class _Branch:
     d: Particle
     t: Particle
     state: Particle
-    outcomes: dict[int, DraftTargetOutcome]
-    ledgers: dict[int, Ledger]
 
 
 def _add_cost(into: PromptCost, after: PromptCost, before: PromptCost) -> None:
@@ -114,25 +108,25 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
     (d0,) = meter.call("draft", lambda: draft.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone, starts=True)
     (t0,) = meter.call("target", lambda: target.start([prompt], [1], spare_rows=2 * len(runs))[0], everyone,
                        starts=True)
-    stack = [_Branch(list(range(len(runs))), d0, t0, d0, {k: DraftTargetOutcome(final=d0) for k in ledgers},
-                     ledgers)]
+    outcomes = {k: DraftTargetOutcome(final=d0) for k in ledgers}  # each run's own; a branch names its runs
+    stack = [_Branch(list(range(len(runs))), d0, t0, d0)]
     out: dict[int, tuple[DraftTargetOutcome, Ledger]] = {}
     none = [torch.Generator()]  # greedy: never drawn from
     while stack:
         b = stack.pop()
         if b.state.done:
             for k in b.runs:
-                b.outcomes[k].final = b.state
-                out[k] = (b.outcomes[k], b.ledgers[k])
+                outcomes[k].final = b.state
+                out[k] = (outcomes[k], ledgers[k])
             draft.release([b.d])
             target.release([b.t])
             continue
-        led = [b.ledgers[k] for k in b.runs]
+        led = [ledgers[k] for k in b.runs]
         d = b.d
         if not same_text(d, b.state):
             d = meter.call("draft", lambda: draft.adopt([b.d], [b.state])[0], led)
         d = meter.call("draft", lambda: draft.extend([d], none)[0], led)
-        first = b.outcomes[b.runs[0]]
+        first = outcomes[b.runs[0]]
         proposal = Proposal(0, tuple(zip(b.state.steps, first.writers)), new_steps(d, b.state))
         kinds = {runs[k][0] for k in b.runs}
         measured: dict[int, dict[str, float]] = {}
@@ -146,7 +140,7 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
         calls = {k: arbiters[runs[k][0]].needs_target or arbiters[runs[k][0]].takes_target(measured[runs[k][0]],
                                                                                          runs[k][1])
                  for k in b.runs}
-        t, asked = b.t, [b.ledgers[k] for k in b.runs if calls[k]]
+        t, asked = b.t, [ledgers[k] for k in b.runs if calls[k]]
         t_before = b.t  # the target row of the runs that do not call it (theirs catches up later, from here)
         if asked and len(asked) < len(b.runs):
             t_before = target.fork(b.t)
@@ -161,7 +155,7 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
         for k in b.runs:
             kind, threshold = runs[k]
             take = arbiters[kind].takes_target(measured[kind], threshold)
-            record_round(b.outcomes[k], with_target if calls[k] else proposal, Decision(take, measured[kind]), d, t,
+            record_round(outcomes[k], with_target if calls[k] else proposal, Decision(take, measured[kind]), d, t,
                          b.state, called=calls[k])
             groups.setdefault((take, calls[k]), []).append(k)
         firsts: set[bool] = set()
@@ -170,15 +164,8 @@ def draft_target_tree(draft: StepRunner, target: StepRunner, prompt: TokenIds, q
             t_row = t if called else t_before
             tk = t_row if called not in firsts else target.fork(t_row)
             firsts.add(called)
-            share = len(groups) > 1
-            stack.append(_Branch(members, dk, tk, t if take else d,
-                                 {k: _copy_outcome(b.outcomes[k]) if share else b.outcomes[k] for k in members},
-                                 {k: b.ledgers[k] for k in members}))
+            stack.append(_Branch(members, dk, tk, t if take else d))
     return [out[k] for k in range(len(runs))]
-
-
-def _copy_outcome(o: DraftTargetOutcome) -> DraftTargetOutcome:
-    return replace(o, writers=list(o.writers), rounds=list(o.rounds))
 
 
 def replay_scorers(question: str, walked: Sequence[tuple[DraftTargetOutcome, Ledger]],
