@@ -126,6 +126,33 @@ def test_mtad_greedy_equals_greedy_decoding_and_tau_trades_acceptance(testbed):
             make_method(f"mtad:draft=testbed-draft,{bad}", sampled)
 
 
+def test_mtad_rows_take_over_their_best_beam(testbed):
+    """After a round of beam drafting, each draft row holds its proposed block with that block's K/V (the best
+    beam's cache, copied): its next-token logits equal those of the same text prefilled afresh, so the next round
+    feeds the draft only the target's own tokens."""
+    from reasonbudget.engine.speculation import MTADSettings
+
+    engine, prompts = testbed
+    spec = engine.speculation("testbed-draft", 4, mtad=MTADSettings(width=3))
+    d = spec.draft
+    spec.start([0, 1], [prompts[0], prompts[1]], room=32)
+    try:
+        gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        proposed = spec.propose([0, 1], [prompts[0], prompts[1]], SamplingConfig(temperature=1.0), gens)
+        for row, prompt, (block, logq) in zip((0, 1), prompts[:2], proposed):
+            assert len(block) == 4 and len(logq) == 4
+            draft_row = spec.rows[row]
+            assert d.tokens(draft_row) == list(prompt) + block
+            fresh = Engine(d.model)
+            fresh_row = fresh.prefill([tuple(prompt) + tuple(block)], max_new_tokens=2)
+            expected = fresh.forward_last(fresh_row)
+            got = d.forward_last(torch.tensor([draft_row]))
+            d.rewind_last(torch.tensor([draft_row]))
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    finally:
+        spec.close()
+
+
 def test_adaptive_gamma_keeps_greedy_output_and_moves_with_acceptance(testbed):
     from reasonbudget.engine.speculation import adapt_gamma
 

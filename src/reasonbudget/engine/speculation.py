@@ -204,7 +204,7 @@ class Speculation:
         if depth < 1:
             return [([], []) for _ in rows]
         # depth 0 runs on the rows themselves (the W beams would be equal); the beams fork after it, and the rows
-        # take their last token back out of the cache, so that they stay as the next round expects them
+        # take their last token back out of the cache until they take over their best beam
         own = torch.tensor(rows, dtype=torch.long)
         first = d.forward_last(own)
         try:
@@ -230,15 +230,18 @@ class Speculation:
                     step = [float(logq[i, pa, t]) for pa, t in zip(parent, tok)]
                     blocks[i] = [blocks[i][pa] + [t] for pa, t in zip(parent, tok)]
                     logqs[i] = [logqs[i][pa] + [lq] for pa, lq in zip(parent, step)]
+            # the row takes over its best beam's cache: the next round feeds the draft only the target's own tokens
+            # (the bonus), not the kept block again (a multi-token forward that cost more than a beam step)
+            best = [int(s.argmax()) for s in score]
+            d.reorder(own, torch.stack([beams[i][b] for i, b in enumerate(best)]))
         finally:
             d.release(beams.flatten())
         out = []
         for i, r in enumerate(target_rows):
-            best = int(score[i].argmax())
             st = self.stats[r]
             st.drafted += depth
             st.draft_beam_tokens += (depth - 1) * (width - 1)
             st.draft_passes += depth
             st.rounds += 1
-            out.append((blocks[i][best], logqs[i][best]))
+            out.append((blocks[i][best[i]], logqs[i][best[i]]))
         return out
