@@ -55,6 +55,12 @@ def split_thinking(model: LoadedModel, tokens: TokenIds, *, thinking_done: bool)
     return thinking.strip(), answer.strip()
 
 
+def helper_key(helper: LoadedModel, model: LoadedModel) -> str:
+    """The usage key of a model that helps `model` (a draft): its name, or "NAME (draft)" when it has the target's
+    name (a quantized copy drafting for its own full-precision model), so the two models' counts stay apart."""
+    return helper.name if helper.name != model.name else f"{helper.name} (draft)"
+
+
 def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forward_passes: int, wall_seconds: float,
                 draft: tuple[LoadedModel, RowSpeculation] | None = None,
                 others: Sequence[tuple[LoadedModel, int, int]] = (), **counts: int) -> Usage:
@@ -70,13 +76,15 @@ def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forwa
         tokens[model.name] += spec.drafted - spec.accepted
         energy += 2.0 * getattr(model, "num_params", 0) * (spec.drafted - spec.accepted)
         d_processed = prompt_tokens + spec.drafted + spec.draft_beam_tokens + spec.draft_fed
-        tokens[dm.name] = tokens.get(dm.name, 0) + d_processed
-        passes[dm.name] = passes.get(dm.name, 0) + spec.draft_passes + 1
+        d_key = helper_key(dm, model)
+        tokens[d_key] = tokens.get(d_key, 0) + d_processed
+        passes[d_key] = passes.get(d_key, 0) + spec.draft_passes + 1
         energy += 2.0 * getattr(dm, "num_params", 0) * d_processed
         counts = {**counts, "drafted_tokens": spec.drafted, "accepted_tokens": spec.accepted}
     for om, o_processed, o_passes in others:
-        tokens[om.name] = tokens.get(om.name, 0) + o_processed
-        passes[om.name] = passes.get(om.name, 0) + o_passes
+        o_key = helper_key(om, model)
+        tokens[o_key] = tokens.get(o_key, 0) + o_processed
+        passes[o_key] = passes.get(o_key, 0) + o_passes
         energy += 2.0 * getattr(om, "num_params", 0) * o_processed
     return Usage(prompt_tokens=prompt_tokens, tokens_by_model=tokens, forward_passes_by_model=passes,
                  wall_seconds=wall_seconds, energy_flops=energy, **counts)
