@@ -449,6 +449,9 @@ def train_prm_cmd(
     epochs: Optional[int] = typer.Option(None, help="Passes over the labels (default: 60 for a head alone, 8 with "
                                                      "--tune-layers)."),
     hidden: int = typer.Option(128, help="Width of the head's hidden layer."),
+    folds: int = typer.Option(5, help="A head over the frozen base trains on every problem and is calibrated on "
+                                      "the out-of-fold scores of this many heads (1: early stopping and "
+                                      "calibration on a fifth of the problems, as a tuned head always is)."),
     layers: str = typer.Option("", help="Base-model layers the head reads, comma-separated (HF numbering: the "
                                         "base's layer count = its final normed state); default: three quarters "
                                         "of the way up (`benchmarks/prm_curve.py --layer-sets` compares sets)."),
@@ -472,9 +475,9 @@ def train_prm_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     epochs = epochs if epochs is not None else 8 if tune_layers else 60
     if (limit < 2 or samples < 1 or rollouts < 1 or max_tokens < 1 or epochs < 1 or hidden < 1 or lora_rank < 1
-            or chunk < 1):
-        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs, --hidden, --lora-rank and "
-              "--chunk >= 1")
+            or chunk < 1 or folds < 1):
+        _fail("--limit must be >= 2; --samples, --rollouts, --max-tokens, --epochs, --hidden, --lora-rank, "
+              "--chunk and --folds >= 1")
     if tune_layers < 0:
         _fail(f"--tune-layers {tune_layers}: must be >= 0 (0: a head over the frozen base)")
     try:
@@ -507,7 +510,7 @@ def train_prm_cmd(
         if any(v > head_base.backend.cfg.num_layers for v in read):
             raise ValueError(f"--layers {layers}: {head_base.name} has layers 0-{head_base.backend.cfg.num_layers}")
         head_cfg = HeadTrainConfig(epochs=epochs, hidden=hidden, logprobs=logprobs, tuned_layers=tune_layers,
-                                   lora_rank=lora_rank, layers=read)
+                                   lora_rank=lora_rank, layers=read, folds=folds)
         if tune_layers:
             from reasonbudget.training.tuned_prm import train_tuned_head
 

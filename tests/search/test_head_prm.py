@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from reasonbudget.rewards.head_prm import HEAD_CONFIG, HEAD_FILE, HeadPRM, HeadSpec, logprob_features
-from reasonbudget.training.head_prm import expected_calibration_error, fit_platt, split_problems, within_problem_auroc
+from reasonbudget.training.head_prm import (
+    expected_calibration_error,
+    fit_platt,
+    problem_folds,
+    split_problems,
+    within_problem_auroc,
+)
 from reasonbudget.training.step_labels import (
     LabelConfig,
     LabelledProblem,
@@ -52,6 +58,8 @@ def test_calibration_and_split_helpers():
 
     held = split_problems(["p1", "p1", "p2", "p3", "p4"], 0.5, random.Random(0))
     assert len(held) == 2 and held <= {"p1", "p2", "p3", "p4"}
+    folds = problem_folds(["p1", "p1", "p2", "p3", "p4", "p5"], 2, random.Random(0))
+    assert set(folds) == {"p1", "p2", "p3", "p4", "p5"} and sorted(folds.values()) == [0, 0, 0, 1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +179,7 @@ def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_p
 
     _, _, _, labelled = labels
     out = tmp_path / "head"
-    report = train_head(target, labelled, out, HeadTrainConfig(epochs=30, hidden=16, val_fraction=0.25))
+    report = train_head(target, labelled, out, HeadTrainConfig(epochs=30, hidden=16, val_fraction=0.25, folds=1))
     assert report["steps"] > report["held_out"]["steps"] > 0 and report["head_parameters"] > 0
     assert (out / HEAD_FILE).exists() and HeadSpec.load(out).base == "testbed-target"
     prm = HeadPRM(out, base=target)
@@ -187,6 +195,39 @@ def test_head_trains_scores_steps_and_refuses_another_base(labels, target, tmp_p
         HeadPRM(out, base=load_model("testbed-draft"))
     with pytest.raises(ValueError, match="not a PRM head directory"):
         HeadPRM(tmp_path)
+
+
+def test_a_cross_fitted_head_reports_and_calibrates_on_out_of_fold_scores(labels, target, tmp_path):
+    import random
+
+    from reasonbudget.rewards.head_prm import probe_layer
+    from reasonbudget.training import head_prm as hp
+
+    _, _, _, labelled = labels
+    cfg = hp.HeadTrainConfig(epochs=10, hidden=16, folds=2)
+    report = hp.train_head(target, labelled, tmp_path / "head", cfg)
+    data = hp.build_data(target, labelled, probe_layer(target.backend.cfg.num_layers),
+                         separator=target.profile.step_delimiter, logprobs=False)
+    labelled_steps = int((~torch.isnan(data.y)).sum())
+    # every labelled step is held out once: the report covers them all, and so does the head's own
+    assert report["held_out"]["steps"] == report["train"]["steps"] == labelled_steps
+    assert report["held_out_problems"] == report["problems"] == len(set(data.problem))
+    # a step's out-of-fold score comes from a head that never saw its problem (train_head's order of draws)
+    fold_of = hp.problem_folds(data.problem, 2, random.Random(cfg.seed))
+    fold = torch.tensor([fold_of[data.problem[int(k)]] for k in data.solution])
+    torch.manual_seed(cfg.seed)
+    hp.fit_fixed(data.x, data.y, cfg)
+    state = torch.get_rng_state()
+    z = hp.out_of_fold_logits(data, cfg)
+    torch.set_rng_state(state)
+    first, _ = hp.fit_fixed(data.x[fold != 0], data.y[fold != 0], cfg)
+    with torch.no_grad():
+        assert torch.allclose(z[fold == 0], first(data.x[fold == 0]))
+        assert not torch.allclose(z[fold == 1], first(data.x[fold == 1]))
+    lab = ~torch.isnan(data.y)
+    assert report["calibration"] == pytest.approx(list(hp.fit_platt(z[lab], data.y[lab])), rel=1e-6)
+    with pytest.raises(ValueError, match="folds"):
+        hp.HeadTrainConfig(folds=0)
 
 
 def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels, target, tmp_path):

@@ -1,7 +1,8 @@
 """Training of a head PRM (`rewards.head_prm`) on rollout step labels (`training.step_labels`): features from one
 forward of the frozen base model per solution, binary cross-entropy on the soft labels (the share of rollouts
-that reached the gold answer), early stopping and Platt calibration on held-out problems, and the metrics the
-issue asks for (step AUROC, final-step AUROC, pair accuracy, calibration error)."""
+that reached the gold answer), Platt calibration on out-of-fold scores (or early stopping and calibration on
+held-out problems), and the metrics the issue asks for (step AUROC, final-step AUROC, pair accuracy, calibration
+error)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,16 @@ class HeadTrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.05
+    folds: int = 5
+    """> 1 (a head over frozen states): the head trains on every labelled problem for `epochs`, and `folds` more
+    heads, each trained the same way without one fold of the problems, give every step an out-of-fold score for
+    the calibration and the held-out report, which so read every problem, not a fifth of them. On the GSM8K test
+    labels (204 train problems, 1.5B layer 21, 3 seeds each, paired bootstrap over the 64 test problems) it is
+    level with early stopping: step AUROC +0.018 [-0.010, +0.050], final-answer AUROC -0.020 [-0.054, +0.012];
+    early stopping by held-out BCE picked epochs 1-14 of 60 while the ranking kept improving.
+    1: that older recipe (`val_fraction`), which the tuned head always uses (its epochs cost minutes)."""
     val_fraction: float = 0.2
-    """Problems held out for early stopping, calibration and the report."""
+    """Problems held out for early stopping, calibration and the report (`folds` = 1, or a tuned head)."""
     seed: int = 0
     tuned_layers: int = 0
     """> 0: also train LoRA adapters on this many top blocks of the base (`training.tuned_prm`)."""
@@ -51,8 +60,8 @@ class HeadTrainConfig:
     """Solutions per optimizer step when the adapters train (each is a forward of the adapted blocks)."""
 
     def __post_init__(self) -> None:
-        if self.tuned_layers < 0 or self.lora_rank < 1 or self.solutions_per_batch < 1:
-            raise ValueError("tuned_layers must be >= 0, lora_rank and solutions_per_batch >= 1")
+        if self.tuned_layers < 0 or self.lora_rank < 1 or self.solutions_per_batch < 1 or self.folds < 1:
+            raise ValueError("tuned_layers must be >= 0, lora_rank, solutions_per_batch and folds >= 1")
         if self.tuned_layers and self.logprobs:
             raise ValueError("a tuned head reads hidden states only: drop --logprobs or --tune-layers")
 
@@ -164,6 +173,13 @@ def split_problems(ids: Sequence[str], val_fraction: float, rng: random.Random) 
     return set(unique[: max(1, round(len(unique) * val_fraction))]) if val_fraction > 0 else set()
 
 
+def problem_folds(ids: Sequence[str], folds: int, rng: random.Random) -> dict[str, int]:
+    """Each problem id's fold (0..folds-1, sizes within one of each other; whole problems); pure."""
+    unique = sorted(set(ids))
+    rng.shuffle(unique)
+    return {p: k % folds for k, p in enumerate(unique)}
+
+
 def fit_platt(z: Tensor, y: Tensor, iters: int = 200) -> tuple[float, float]:
     """(a, b) minimising BCE(sigmoid(a z + b), y) on held-out logits z and soft labels y, with a > 0: a
     calibration must not reverse the head's ranking (a few held-out problems could ask for that)."""
@@ -267,6 +283,54 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
     else:
         data = build_data(model, labelled, layers, separator=separator, logprobs=cfg.logprobs)
     features_seconds = round(time.time() - t0, 1)
+    if cfg.folds > 1:
+        head, history = fit_fixed(data.x, data.y, cfg)
+        z_held = out_of_fold_logits(data, cfg)
+        in_val = torch.full((len(data.y),), z_held is not None)
+    else:
+        head, history, in_val = early_stopped(data, cfg)
+        z_held = None
+    with torch.no_grad():
+        z = head(data.x)
+    spec = HeadSpec(base=base or model.name, base_shape=base_shape(model), layers=tuple(layers), hidden=cfg.hidden,
+                    separator=separator, logprobs=cfg.logprobs)
+    report = save_calibrated(out, spec, head.state_dict(), z, data, in_val, cfg, history, z_held=z_held)
+    return {**report, "features_seconds": features_seconds, "train_seconds": round(time.time() - t0, 1)}
+
+
+def fit_fixed(x: Tensor, y: Tensor, cfg: HeadTrainConfig) -> tuple[StepHeadMLP, list[dict]]:
+    """A head trained on the labelled rows of (x, y) for cfg.epochs, no selection; and its loss per epoch."""
+    keep = ~torch.isnan(y)
+    if not bool(keep.any()):
+        raise ValueError("no labelled steps to train on: label more problems")
+    head, opt, lr_at = fresh_head(x[keep], cfg)
+    history, step = [], 0
+    for epoch in range(cfg.epochs):
+        head.train()
+        loss, step = bce_epoch(head, opt, x[keep], y[keep], cfg.batch_size, step, lr_at)
+        history.append({"epoch": epoch, "loss": round(loss, 4)})
+    return head.eval(), history
+
+
+def out_of_fold_logits(data: StepData, cfg: HeadTrainConfig) -> Tensor | None:
+    """Every step's logit from a head trained (`fit_fixed`) without its problem's fold; None with one problem."""
+    fold_of = problem_folds(data.problem, cfg.folds, random.Random(cfg.seed))
+    folds = len(set(fold_of.values()))
+    if folds < 2:
+        return None
+    fold = torch.tensor([fold_of[data.problem[int(k)]] for k in data.solution])
+    z = torch.empty(len(data.y))
+    for k in range(folds):
+        out = fold == k
+        head, _ = fit_fixed(data.x[~out], data.y[~out], cfg)
+        with torch.no_grad():
+            z[out] = head(data.x[out])
+    return z
+
+
+def early_stopped(data: StepData, cfg: HeadTrainConfig) -> tuple[StepHeadMLP, list[dict], Tensor]:
+    """A head trained on the problems outside `val_fraction`, at the epoch of lowest held-out BCE; its history
+    and the held-out mask."""
     held, in_val, tr, va = held_out_split(data, cfg)
     xt, yt = data.x[tr], data.y[tr]
     head, opt, lr_at = fresh_head(xt, cfg)
@@ -287,28 +351,27 @@ def train_head(model, labelled: Sequence[LabelledProblem], out: Path, cfg: HeadT
         if val_loss < best:
             best, best_state = val_loss, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
-    head.eval()
-    with torch.no_grad():
-        z = head(data.x)
-    spec = HeadSpec(base=base or model.name, base_shape=base_shape(model), layers=tuple(layers), hidden=cfg.hidden,
-                    separator=separator, logprobs=cfg.logprobs)
-    report = save_calibrated(out, spec, head.state_dict(), z, data, in_val, cfg, history)
-    return {**report, "features_seconds": features_seconds, "train_seconds": round(time.time() - t0, 1)}
+    return head.eval(), history, in_val
 
 
 def save_calibrated(out: Path, spec: HeadSpec, state: dict[str, Tensor], z: Tensor, data: StepData, in_val: Tensor,
-                    cfg: HeadTrainConfig, history: list[dict], **extra) -> dict:
+                    cfg: HeadTrainConfig, history: list[dict], *, z_held: Tensor | None = None, **extra) -> dict:
     """Platt-calibrate the chosen head's logits `z` (one per step of `data`) on the held-out steps, save the head
-    (`state`: its tensors, adapters included) and its spec into `out`, and return the training report."""
+    (`state`: its tensors, adapters included) and its spec into `out`, and return the training report. With
+    `z_held` (out-of-fold logits, `in_val` marking the steps that have one) the calibration and the held-out
+    report read those, and the train report is the head's own on every step."""
     from dataclasses import replace
 
     from safetensors.torch import save_file
 
     labelled_step = ~torch.isnan(data.y)
     va = labelled_step & in_val
-    calibration = fit_platt(z[va], data.y[va]) if bool(va.any()) else (1.0, 0.0)
+    held_logits = z if z_held is None else z_held
+    calibration = fit_platt(held_logits[va], data.y[va]) if bool(va.any()) else (1.0, 0.0)
     spec = replace(spec, calibration=calibration)
     p = torch.sigmoid(calibration[0] * z + calibration[1])
+    p_held = torch.sigmoid(calibration[0] * held_logits + calibration[1])
+    trained_on = ~in_val if z_held is None else torch.ones(len(data.y), dtype=torch.bool)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / HEAD_FILE))
     spec.save(out)
@@ -318,11 +381,15 @@ def save_calibrated(out: Path, spec: HeadSpec, state: dict[str, Tensor], z: Tens
                                                                            for k in data.solution[in_val]}),
               "solutions": len(data.problem), "steps": int(len(data.y)), "labelled_steps": int(labelled_step.sum()),
               "head_parameters": sum(t.numel() for k, t in state.items() if k not in ("mean", "std")),
-              "train": prm_metrics(p, data, ~in_val), "held_out": prm_metrics(p, data, in_val) if held else None,
+              "train": prm_metrics(p, data, trained_on), "held_out": prm_metrics(p_held, data, in_val) if held else None,
               "calibration": list(calibration),
-              "held_out_note": "the epoch and the Platt calibration were chosen on the held-out problems: their "
-                               "AUROC and pair accuracy are unaffected (the calibration is monotone), their ECE is "
-                               "optimistic; a separate label file (GSM8K test) gives the honest figures",
+              "held_out_note": ("the epoch and the Platt calibration were chosen on the held-out problems: their "
+                                "AUROC and pair accuracy are unaffected (the calibration is monotone), their ECE is "
+                                "optimistic; a separate label file (GSM8K test) gives the honest figures"
+                                if z_held is None else
+                                f"every problem scored by a head trained without its fold ({cfg.folds} folds); the "
+                                "Platt calibration was fitted on those scores, so their ECE is optimistic; a "
+                                "separate label file (GSM8K test) gives the honest figures"),
               "history": history, **extra}
     logger.info("PRM head: held-out %s", report["held_out"])
     return report
