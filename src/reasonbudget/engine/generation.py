@@ -76,10 +76,7 @@ def model_usage(model: LoadedModel, *, prompt_tokens: int, processed: int, forwa
         tokens[model.name] += spec.drafted - spec.accepted
         energy += 2.0 * getattr(model, "num_params", 0) * (spec.drafted - spec.accepted)
         d_processed = prompt_tokens + spec.drafted + spec.draft_beam_tokens + spec.draft_fed
-        d_key = helper_key(dm, model)
-        tokens[d_key] = tokens.get(d_key, 0) + d_processed
-        passes[d_key] = passes.get(d_key, 0) + spec.draft_passes + 1
-        energy += 2.0 * getattr(dm, "num_params", 0) * d_processed
+        others = [(dm, d_processed, spec.draft_passes + 1), *others]
         counts = {**counts, "drafted_tokens": spec.drafted, "accepted_tokens": spec.accepted}
     for om, o_processed, o_passes in others:
         o_key = helper_key(om, model)
