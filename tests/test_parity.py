@@ -44,6 +44,24 @@ def test_hidden_states_match_transformers(arch, kw):
         assert (out.hidden[layer] - ref[layer]).abs().max().item() < 1e-4
 
 
+def test_a_hidden_only_forward_stops_at_the_highest_layer_asked_for():
+    """A head reading layer 1 of 2 skips block 2 (its K/V stay unwritten) and the logits; the states equal a
+    full forward's."""
+    ours = runtime_from_hf(tiny_hf_model("qwen2")).backend
+    ids = _ids(4, 20)
+    full = ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_layers=(0, 1))
+    cache = ours.new_cache(1, 32)
+    cut = ours(ids, cache, torch.tensor([0]), hidden_layers=(0, 1), hidden_only=True)
+    assert cut.logits is None and set(cut.hidden) == {0, 1}
+    assert all(torch.equal(cut.hidden[i], full.hidden[i]) for i in (0, 1))
+    assert cache.k[0].abs().sum() > 0 and cache.k[1].abs().sum() == 0
+    top = ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_layers=(2,), hidden_only=True)
+    assert top.logits is None and (top.hidden[2] - ours(ids, ours.new_cache(1, 32), torch.tensor([0]),
+                                                        hidden_layers=(2,)).hidden[2]).abs().max() == 0
+    with pytest.raises(ValueError, match="hidden_layers"):
+        ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_only=True)
+
+
 @pytest.mark.parametrize("arch,kw", CONFIGS[::2])
 def test_greedy_decoding_matches_generate(arch, kw):
     hf = tiny_hf_model(arch, **kw)

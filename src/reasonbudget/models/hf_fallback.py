@@ -44,7 +44,8 @@ class HFBackend(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: Tensor, cache: KVCache, rows: Tensor, *, logits_at: Tensor | None = None,
-                hidden_layers: Sequence[int] = ()) -> ForwardOutput:
+                hidden_layers: Sequence[int] = (), hidden_only: bool = False) -> ForwardOutput:
+        # hidden_only: transformers runs every layer anyway; the logits come along
         sel = RowSelection(cache, rows, tokens.shape[1], torch.device("cpu"))
         cache.write(0, sel, tokens[:, None, :, None], tokens[:, None, :, None])
         prefix, _ = cache.read(0, sel)  # [R, 1, S, 1]; right-padded rows are fine under causal attention

@@ -159,7 +159,7 @@ def fused_decode_applies(x: Tensor, cache: KVCache, head_dim: int) -> bool:
 
 @dataclass(frozen=True)
 class ForwardOutput:
-    logits: Tensor  # [R, T, V], or [R, V] when logits_at was given
+    logits: Tensor | None  # [R, T, V], or [R, V] when logits_at was given; None for a hidden_only forward
     hidden: dict[int, Tensor]  # layer -> [R, T, d]; HF numbering: 0 = embeddings, num_layers = final norm
 
 
@@ -261,8 +261,16 @@ class Transformer(nn.Module):
         *,
         logits_at: Tensor | None = None,  # [R] index into T: only those positions get logits
         hidden_layers: Sequence[int] = (),
+        hidden_only: bool = False,
     ) -> ForwardOutput:
-        """Run `tokens` at positions cache.lengths[rows] + t. Writes K/V; does not advance the lengths."""
+        """Run `tokens` at positions cache.lengths[rows] + t. Writes K/V; does not advance the lengths.
+        `hidden_only`: the caller reads hidden states only (a PRM head, a router, a probe): no logits, and the
+        blocks above the highest layer asked for are skipped (a head on layer 21 of 28 saves a quarter of the
+        forward), so those blocks' K/V in these rows are not written: such a cache serves hidden_only reads of
+        the same layers only."""
+        if hidden_only and not hidden_layers:
+            raise ValueError("hidden_only needs hidden_layers")
+        depth = max(hidden_layers) if hidden_only else self.cfg.num_layers
         sel = RowSelection(cache, rows, tokens.shape[1], self.device)
         cos, sin = self.rope(sel)
         x = F.embedding(tokens.to(self.device), self.embed)
@@ -278,13 +286,17 @@ class Transformer(nn.Module):
                                      head_dim=c.head_dim, intermediate=c.intermediate_size, eps=c.rms_norm_eps,
                                      cos=cos.reshape(r, -1), sin=sin.reshape(r, -1), k_cache=cache.k,
                                      v_cache=cache.v, rows=sel.rows_dev, positions=sel.starts).view(r, 1, -1)
-        for i, layer in enumerate(self.layers if blocks is None else ()):
+        for i, layer in enumerate(self.layers[:depth] if blocks is None else ()):
             x = layer.decode_fused(x, cache, sel, cos, sin) if fused else layer(x, cache, sel, cos, sin)
             if i + 1 in hidden_layers and i + 1 < self.cfg.num_layers:
                 hidden[i + 1] = x
+        if depth < self.cfg.num_layers:
+            return ForwardOutput(logits=None, hidden=hidden)
         x = rms_norm(x, self.norm, self.cfg.rms_norm_eps)
         if self.cfg.num_layers in hidden_layers:
             hidden[self.cfg.num_layers] = x
+        if hidden_only:
+            return ForwardOutput(logits=None, hidden=hidden)
         if logits_at is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)]  # [R, d]
         return ForwardOutput(logits=self.lm_head(x).float(), hidden=hidden)

@@ -46,7 +46,7 @@ def lm_states(model, sequences: Sequence[TokenIds]) -> Tensor:
         x[i, : len(s)] = torch.tensor(list(s))
     cache = backend.new_cache(len(sequences), width)
     layers = hidden_layer_ids(model)
-    out = backend(x, cache, torch.arange(len(sequences)), hidden_layers=layers)
+    out = backend(x, cache, torch.arange(len(sequences)), hidden_layers=layers, hidden_only=True)
     return torch.stack([out.hidden[i] for i in layers], dim=2).float()
 
 

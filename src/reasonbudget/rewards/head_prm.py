@@ -162,8 +162,7 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
         cache = backend.new_cache(len(chunk), width)
         wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ()),
                                *((top.start,) if top is not None else ())}))
-        fo = backend(x, cache, torch.arange(len(chunk)), logits_at=torch.zeros(len(chunk), dtype=torch.long),
-                     hidden_layers=wanted)
+        fo = backend(x, cache, torch.arange(len(chunk)), hidden_layers=wanted, hidden_only=True)
         if top is not None:
             fo.hidden[backend.cfg.num_layers] = top(fo.hidden[top.start])
         final = fo.hidden.get(backend.cfg.num_layers)

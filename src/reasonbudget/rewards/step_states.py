@@ -168,8 +168,7 @@ class StepStates:
             x[b, : len(ids) - start] = torch.tensor(list(ids[start:]), dtype=torch.long)
         rows = torch.tensor([row for row, *_ in group])
         self.cache.lengths[rows] = torch.tensor([start for _, start, *_ in group])
-        forward = self.model.backend(x, self.cache, rows, logits_at=torch.zeros(len(group), dtype=torch.long),
-                                     hidden_layers=self.layers)
+        forward = self.model.backend(x, self.cache, rows, hidden_layers=self.layers, hidden_only=True)
         for b, (row, start, ids, ends, ks) in enumerate(group):
             at = [e - start for e in ends if e >= start]
             feats = torch.cat([forward.hidden[layer][b, at].float().cpu() for layer in self.layers], dim=-1)

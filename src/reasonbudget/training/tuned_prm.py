@@ -47,7 +47,7 @@ def top_inputs(model, labelled: Sequence[LabelledProblem], layers: Sequence[int]
     states, ends, frozen = [torch.zeros(0)] * n, [[] for _ in range(n)], [torch.zeros(0)] * n
     for chunk, x in padded_batches([e[0][:limit] for e in encoded], max_batch_tokens):
         fo = backend(x, backend.new_cache(len(chunk), x.shape[1]), torch.arange(len(chunk)),
-                     logits_at=torch.zeros(len(chunk), dtype=torch.long), hidden_layers=(start, *frozen_layers))
+                     hidden_layers=(start, *frozen_layers), hidden_only=True)
         for b, k in enumerate(chunk):
             e = [i for i in encoded[k][1] if i < x.shape[1]]  # steps past the context are not scored
             ends[k] = e
