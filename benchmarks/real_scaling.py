@@ -11,6 +11,7 @@ Everything runs through the evaluation harness (resumable sweep directories unde
 
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--prm auto] [--json]
                                       [--search-ns 4,8] (beam search and DVTS; beam width 4)
+                                      [--particle-ns 4,8] (default --ns; '' skips particle filtering)
                                       [--text-judge-problems K] [--judge-model qwen2.5-coder-1.5b]
                                       [--judge-model-problems K] [--judge-model-ns 8]
 
@@ -77,9 +78,10 @@ def measure(args) -> dict:
         judges[f"judge-text, first {k}"] = judge_quality(text) | {"same_samples": same_samples(text, same)}
     add_scaled(cells, sampled, scorer, args.ns)
     _log(args, f"sampled done ({time.time() - t0:.0f}s)")
-    add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.ns),
-                               out / f"particle-filter{sub}", TEMPERATURE), scorer)
-    _log(args, f"particle filtering done ({time.time() - t0:.0f}s)")
+    if args.particle_ns:
+        add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.particle_ns),
+                                   out / f"particle-filter{sub}", TEMPERATURE), scorer)
+        _log(args, f"particle filtering done ({time.time() - t0:.0f}s)")
     if args.search_ns:
         for r in sweep(args, [f"{m}:{PRM},{steps}" for m in ("beam-search", "dvts")], list(args.search_ns),
                        out / f"tree{sub}", TEMPERATURE):
@@ -108,7 +110,8 @@ def measure(args) -> dict:
              if a in cells and b in cells]
     return {"rows": rows_of(cells), "paired": pairs, **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
-                         "ns": list(args.ns), "search_ns": list(args.search_ns), "prm": PRM,
+                         "ns": list(args.ns), "particle_ns": list(args.particle_ns),
+                         "search_ns": list(args.search_ns), "prm": PRM,
                          "judge_model": args.judge_model,
                          "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
@@ -223,6 +226,8 @@ def main() -> None:
     ap.add_argument("--ns", default="4,8", help="comma-separated N values")
     ap.add_argument("--prm", default="auto", help="step scorer: auto (the model's trained PRM head, else the "
                                                   "fallback), judge, logprob, judge-text or a PRM head directory")
+    ap.add_argument("--particle-ns", default=None,
+                    help="N values for particle filtering (default --ns; '' for none: a sweep run in stages)")
     ap.add_argument("--search-ns", default="", help="N values for beam search and DVTS (beam width 4), e.g. 4,8")
     ap.add_argument("--max-tokens", type=int, default=640, help="per sample or particle")
     ap.add_argument("--batch-size", type=int, default=10, help="problems per engine batch")
@@ -244,6 +249,7 @@ def main() -> None:
     args.dtype = resolve_dtype(args.dtype)
     args.ns = tuple(int(x) for x in args.ns.split(","))
     args.search_ns = tuple(int(x) for x in args.search_ns.split(",")) if args.search_ns else ()
+    args.particle_ns = args.ns if args.particle_ns is None else tuple(int(x) for x in args.particle_ns.split(",") if x)
     args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
     if args.load and not Path(args.load).is_file():
         ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
