@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reasonbudget.engine import Action, Controller, Engine, SamplingConfig, StopOnText
+from reasonbudget.engine.engine import GATHER_WEIGHT
 from tests.helpers import runtime_from_hf, scripted_model, tiny_hf_model
 
 GREEDY = SamplingConfig()
@@ -54,17 +55,31 @@ def test_rows_finishing_early_do_not_change_the_others(tiny):
     assert out[3].tokens == _alone(tiny, prompts[3], 30)
 
 
-def test_scattered_rows_fed_as_a_span_leave_the_rows_between_intact(tiny):
-    """Rows 4, 1, 3 (unordered, row 2 between them not in the call) decode through the span path; row 2
-    decodes afterwards exactly as if nothing had touched it."""
+@pytest.mark.parametrize("whole_range", [True, False])
+def test_scattered_rows_leave_the_rows_between_intact(tiny, monkeypatch, whole_range):
+    """Rows 4, 1, 3 (unordered, row 2 between them not in the call) decode fed as their whole range or gathered;
+    row 2 decodes afterwards exactly as if nothing had touched it."""
     prompts = _prompts(6, seed=4)
     e = Engine(tiny)
+    monkeypatch.setattr(e, "_feed_whole_range", lambda *a: whole_range)
     rows = e.prefill(prompts, max_new_tokens=20)
     picked = rows[torch.tensor([4, 1, 3])]
     out = e.decode(picked, max_new_tokens=20, sampling=GREEDY, stop_on_eos=False)
     assert [d.tokens for d in out] == [_alone(tiny, prompts[i], 20) for i in (4, 1, 3)]
     later = e.decode(rows[2:3], max_new_tokens=20, sampling=GREEDY, stop_on_eos=False)
     assert later[0].tokens == _alone(tiny, prompts[2], 20)
+
+
+def test_idle_rows_are_fed_only_where_their_matmuls_cost_less_than_the_gather(tiny, monkeypatch):
+    e = Engine(tiny)
+    e.prefill(_prompts(4, seed=6), max_new_tokens=5)  # rows 0-3, 2-39 positions cached
+    kv = 50
+    gather = GATHER_WEIGHT * 2 * int(e.cache.lengths[:4].max()) * kv  # 2 active rows' K/V
+    for weights, expected in ((gather // 2 - 1, True), (gather // 2 + 1, False)):  # against 2 idle rows' matmuls
+        monkeypatch.setattr(tiny.backend, "step_row_costs", lambda cache, w=weights: (w, kv))
+        assert e._feed_whole_range(2, 0, 3) is expected
+    monkeypatch.setattr(tiny.backend, "step_row_costs", lambda cache: (1, 0))  # rows read in place
+    assert e._feed_whole_range(3, 0, 3) is False
 
 
 class _StopAfter(Controller):

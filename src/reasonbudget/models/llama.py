@@ -241,6 +241,19 @@ class Transformer(nn.Module):
             if isinstance(m, Linear):
                 m.pack()
 
+    def step_row_costs(self, cache: KVCache) -> tuple[int, int]:
+        """What one more row costs a one-token step, in elements: (the weights its linears multiply, the keys and
+        values per cached position it reads). The second is 0 where the step reads scattered rows in place (the
+        fused kernels index cache rows; PyTorch's attention gathers them into a copy). The engine weighs the two
+        to decide whether to feed a gappy range of rows whole (`Engine._step_forward`)."""
+        c = self.cfg
+        d, hd, heads = c.hidden_size, c.head_dim, c.num_heads + 2 * c.num_kv_heads
+        block = d * hd * heads + c.num_heads * hd * d + 3 * c.intermediate_size * d  # wqkv, wo, gate/up, down
+        weights = c.num_layers * block + c.vocab_size * d  # the lm_head too
+        with torch.no_grad():  # (decoding runs without autograd)
+            in_place = fused_decode_applies(torch.empty(1, 1, 0, dtype=self.dtype, device=self.device), cache, hd)
+        return weights, 0 if in_place else c.num_layers * 2 * c.num_kv_heads * hd
+
     def new_cache(self, num_rows: int, capacity: int) -> KVCache:
         c = self.cfg
         return KVCache(num_layers=c.num_layers, num_rows=num_rows, capacity=capacity,
