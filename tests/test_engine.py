@@ -5,6 +5,8 @@ import torch
 
 from reasonbudget.engine import Action, Controller, Engine, SamplingConfig, StopOnText
 from reasonbudget.engine.engine import GATHER_WEIGHT
+from reasonbudget.models import native
+from reasonbudget.models.llama import Linear
 from tests.helpers import runtime_from_hf, scripted_model, tiny_hf_model
 
 GREEDY = SamplingConfig()
@@ -72,14 +74,28 @@ def test_scattered_rows_leave_the_rows_between_intact(tiny, monkeypatch, whole_r
 
 def test_idle_rows_are_fed_only_where_their_matmuls_cost_less_than_the_gather(tiny, monkeypatch):
     e = Engine(tiny)
-    e.prefill(_prompts(4, seed=6), max_new_tokens=5)  # rows 0-3, 2-39 positions cached
-    kv = 50
-    gather = GATHER_WEIGHT * 2 * int(e.cache.lengths[:4].max()) * kv  # 2 active rows' K/V
-    for weights, expected in ((gather // 2 - 1, True), (gather // 2 + 1, False)):  # against 2 idle rows' matmuls
+    e.prefill(_prompts(4, seed=6), max_new_tokens=5)  # rows 0-3
+    active, kv = [0, 3], 50  # rows 1 and 2 idle
+    longest = int(e.cache.lengths.max())
+    gather = GATHER_WEIGHT * 2 * int(e.cache.lengths[active].max()) * kv
+    idle_row_weights = gather // 2 - longest * kv  # where two idle rows' matmuls and K/V reads cost as much
+    for weights, expected in ((idle_row_weights - 1, True), (idle_row_weights + 1, False)):
         monkeypatch.setattr(tiny.backend, "step_row_costs", lambda cache, w=weights: (w, kv))
-        assert e._feed_whole_range(2, 0, 3) is expected
+        assert e._feed_whole_range(active) is expected
     monkeypatch.setattr(tiny.backend, "step_row_costs", lambda cache: (1, 0))  # rows read in place
-    assert e._feed_whole_range(3, 0, 3) is False
+    assert e._feed_whole_range([0, 1, 3]) is False
+
+
+def test_step_row_costs_count_the_linears_and_what_a_gather_copies():
+    model = runtime_from_hf(tiny_hf_model("qwen2", seed=5))
+    backend = model.backend
+    weights = sum(m.weight.numel() for m in backend.modules() if isinstance(m, Linear))
+    c = backend.cfg
+    fused = native.available()  # float32 on the fused kernels reads rows in place
+    kv_per_position = c.num_layers * 2 * c.num_kv_heads * c.head_dim
+    assert backend.step_row_costs(backend.new_cache(2, 16)) == (weights, 0 if fused else kv_per_position)
+    backend.to(torch.bfloat16)
+    assert backend.step_row_costs(backend.new_cache(2, 16)) == (weights, kv_per_position)
 
 
 class _StopAfter(Controller):

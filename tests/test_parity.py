@@ -60,6 +60,9 @@ def test_a_hidden_only_forward_stops_at_the_highest_layer_asked_for():
                                                         hidden_layers=(2,)).hidden[2]).abs().max() == 0
     with pytest.raises(ValueError, match="hidden_layers"):
         ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_only=True)
+    for wrong in (-1, 3):
+        with pytest.raises(ValueError, match=r"each in 0\.\.2"):
+            ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_layers=(wrong,), hidden_only=True)
 
 
 @pytest.mark.parametrize("arch,kw", CONFIGS[::2])

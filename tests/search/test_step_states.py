@@ -41,8 +41,8 @@ def fresh(target, q, st, layers):
     return f
 
 
-def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(target):
-    layers = (2, 4)
+@pytest.mark.parametrize("layers", [(2, 4), (2,)])  # (2,): the blocks above layer 2 never run
+def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(target, layers):
     ss = StepStates(target, layers, rows=1)  # grows to the three texts of a call
     items = texts(target, n=3)
     # round k: every text with its first k steps, as a search scores its particles
@@ -51,7 +51,7 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
         before = ss.tokens_fed
         got = ss.features([(ids[: ends[k - 1] + 1], ends[:k]) for _, _, ids, ends in items])
         for (q, st, _, _), g in zip(items, got):
-            assert g.shape == (k, 2 * target.backend.cfg.hidden_size)
+            assert g.shape == (k, len(layers) * target.backend.cfg.hidden_size)
             assert torch.allclose(g, fresh(target, q, st[:k], layers), atol=1e-4)
         # the first round reads whole texts; later ones feed each text from where the previous round stopped
         assert ss.tokens_fed - before == sum(ends[k - 1] + 1 - (ends[prev - 1] + 1 if prev else 0)

@@ -287,7 +287,7 @@ class Engine:
         span = hi - lo + 1
         contiguous = span == len(ids) and ids == list(range(lo, hi + 1))
         if (contiguous or self.model.kind != "runtime"  # (the HF fallback recomputes rows)
-                or not self._feed_whole_range(len(ids), lo, hi)):
+                or not self._feed_whole_range(ids)):
             feed = torch.tensor([[self.history[r][-1]] for r in ids])
             return self._forward(feed, act_rows, zeros[: len(ids)], layers)
         span_rows = torch.arange(lo, hi + 1)
@@ -296,16 +296,22 @@ class Engine:
         at = act_rows - lo
         return type(fo)(logits=fo.logits[at], hidden={k: h[at] for k, h in fo.hidden.items()})
 
-    def _feed_whole_range(self, active: int, lo: int, hi: int) -> bool:
-        """Whether the idle rows of [lo, hi] cost a step less than gathering the active rows' keys and values:
-        idle rows x the weights a row multiplies < GATHER_WEIGHT x active rows x cached positions x K/V per
-        position. Never where the step reads scattered rows in place (the fused float32 kernels)."""
-        lengths = self.cache.lengths[lo : hi + 1]
-        if int(lengths.max()) >= self.cache.capacity:
+    def _feed_whole_range(self, ids: list[int]) -> bool:
+        """Whether feeding the idle rows of the range of `ids` (the active rows) costs a step less than gathering
+        the active rows' keys and values: idle rows x (the weights a row multiplies + its K/V read) <
+        GATHER_WEIGHT x the active rows' K/V. Never where the step reads scattered rows in place (the fused
+        float32 kernels); off the CPU, where the rule is not measured, the old one: the range at least half active."""
+        lo, hi = min(ids), max(ids)
+        range_longest = int(self.cache.lengths[lo : hi + 1].max())
+        if range_longest >= self.cache.capacity:
             return False
-        weights, kv_per_position = self.backend.step_row_costs(self.cache)
-        idle = hi - lo + 1 - active
-        return idle * weights < GATHER_WEIGHT * active * int(lengths.max()) * kv_per_position
+        idle = hi - lo + 1 - len(ids)
+        costs = getattr(self.backend, "step_row_costs", None)
+        if costs is None or str(getattr(self.backend, "device", "cpu")) != "cpu":
+            return idle <= len(ids)
+        weights, kv = costs(self.cache)
+        active_longest = int(self.cache.lengths[ids].max())
+        return idle * (weights + range_longest * kv) < GATHER_WEIGHT * len(ids) * active_longest * kv
 
     @torch.inference_mode()
     def decode(

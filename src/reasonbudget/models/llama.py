@@ -151,9 +151,14 @@ class Block(nn.Module):
 
 def fused_decode_applies(x: Tensor, cache: KVCache, head_dim: int) -> bool:
     """One new token per row, float32 CPU tensors, a real KV cache, no autograd (see `models.native`)."""
-    return (x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu" and type(cache) is KVCache
+    return (x.shape[1] == 1 and not torch.is_grad_enabled()
+            and fused_decode_supported(x.dtype, x.device, cache, head_dim))
+
+
+def fused_decode_supported(dtype: torch.dtype, device: torch.device, cache: KVCache, head_dim: int) -> bool:
+    """Whether one-token steps of a model in `dtype` on `device` over `cache` run on the fused kernels."""
+    return (dtype == torch.float32 and device.type == "cpu" and type(cache) is KVCache
             and cache.k.dtype == torch.float32 and cache.k.is_contiguous() and head_dim % 8 == 0
-            and not torch.is_grad_enabled()
             and native.available())
 
 
@@ -250,8 +255,7 @@ class Transformer(nn.Module):
         d, hd, heads = c.hidden_size, c.head_dim, c.num_heads + 2 * c.num_kv_heads
         block = d * hd * heads + c.num_heads * hd * d + 3 * c.intermediate_size * d  # wqkv, wo, gate/up, down
         weights = c.num_layers * block + c.vocab_size * d  # the lm_head too
-        with torch.no_grad():  # (decoding runs without autograd)
-            in_place = fused_decode_applies(torch.empty(1, 1, 0, dtype=self.dtype, device=self.device), cache, hd)
+        in_place = fused_decode_supported(self.dtype, self.device, cache, hd)
         return weights, 0 if in_place else c.num_layers * 2 * c.num_kv_heads * hd
 
     def new_cache(self, num_rows: int, capacity: int) -> KVCache:
@@ -283,6 +287,9 @@ class Transformer(nn.Module):
         the same layers only."""
         if hidden_only and not hidden_layers:
             raise ValueError("hidden_only needs hidden_layers")
+        if any(not 0 <= i <= self.cfg.num_layers for i in hidden_layers):
+            raise ValueError(f"hidden_layers {tuple(hidden_layers)}: each in 0..{self.cfg.num_layers} "
+                             "(0 = embeddings, num_layers = the final norm)")
         depth = max(hidden_layers) if hidden_only else self.cfg.num_layers
         sel = RowSelection(cache, rows, tokens.shape[1], self.device)
         cos, sin = self.rope(sel)
