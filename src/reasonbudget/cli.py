@@ -331,6 +331,8 @@ def train_router_cmd(
     out: Optional[str] = typer.Option(None, help="Output directory (default: the target's router companion)."),
     problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed) or in all (--task)."),
     task: str = typer.Option("gsm8k:split=train", help="Label-generation problems of a real pair (a task spec)."),
+    skip: int = typer.Option(0, help="A real pair: start after the task's first SKIP problems (e.g. those the PRM "
+                                     "head was trained on, so that it scores steps as it would at test time)."),
     prm: str = typer.Option("auto", help="The PRM that scores both models' steps (a real pair: its trained PRM head "
                                          "directory, or auto)."),
     epochs: Optional[int] = typer.Option(None, help="Default: 3 (fine-tuned router), 60 (router heads)."),
@@ -352,8 +354,8 @@ def train_router_cmd(
     from reasonbudget.models.registry import check_shared_tokenizer, companion_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0):
-        _fail("--problems and --epochs must be >= 1 and --lr > 0")
+    if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or skip < 0:
+        _fail("--problems and --epochs must be >= 1, --skip >= 0 and --lr > 0")
     if balance not in ("downsample", "none"):
         _fail(f"--balance {balance!r}: accepted are downsample, none")
     if kind not in ("prm-features", "classifier"):
@@ -373,8 +375,8 @@ def train_router_cmd(
             report = train_testbed_router(d, t, testbed_prm_dir(t), where, per_difficulty=problems, cfg=cfg,
                                           kind=kind)
         else:
-            report = _train_real_router(d, t, where, task=task, limit=problems, prm=prm, epochs=epochs, lr=lr,
-                                        balance=balance)
+            report = _train_real_router(d, t, where, task=task, skip=skip, limit=problems, prm=prm, epochs=epochs,
+                                        lr=lr, balance=balance)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -382,10 +384,11 @@ def train_router_cmd(
         typer.echo("warning: every labelled round has the same label: the router predicts a constant", err=True)
     typer.echo(json.dumps({"saved_to": str(where), "examples": report["examples"],
                            "labelling_seconds": report["labelling_seconds"], "train_seconds": report["train_seconds"],
-                           "held_out": report["held_out"]}, indent=2))
+                           "held_out": report["held_out"], **{k: report[k] for k in ("problems",) if k in report}},
+                          indent=2))
 
 
-def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, lr, balance: str) -> dict:
+def _train_real_router(d, t, where, *, task: str, skip: int, limit: int, prm: str, epochs, lr, balance: str) -> dict:
     """Oracle labels of a real (draft, target) pair on a task's problems, then a router head over the draft."""
     import time
     from dataclasses import replace
@@ -400,7 +403,10 @@ def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, 
                          f"{type(scorer).__name__}, an untrained scorer): train "
                          f"one with `reasonbudget train-prm --model {t.name}` (prm=auto then finds it), or pass "
                          f"--prm DIR (e.g. the head `train-prm --model {d.name}` wrote)")
-    questions = [p.question for p in get_task(task).problems()[:limit]]
+    every = get_task(task).problems()
+    if skip >= len(every):
+        raise ValueError(f"--skip {skip}: {task} has {len(every)} problems")
+    questions = [p.question for p in every[skip : skip + limit]]
     from pathlib import Path
 
     from tqdm import tqdm
@@ -424,7 +430,8 @@ def _train_real_router(d, t, where, *, task: str, limit: int, prm: str, epochs, 
     cfg = replace(cfg, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
     report = train_head_router(examples, d, where, cfg, separator=t.profile.step_delimiter,
                                pair={"draft": d.name, "target": t.name})
-    return {"labelling_seconds": labelling, **report}
+    return {"labelling_seconds": labelling, "problems": {"task": task, "skip": skip, "count": len(questions)},
+            **report}
 
 
 @app.command("train-prm")

@@ -123,6 +123,8 @@ def test_train_router_refuses_a_pair_it_cannot_label(smollm):
     assert res.exit_code != 0 and "no trained PRM" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["train-router", "--problems", "0"])
     assert res.exit_code != 0 and "--problems" in res.output
+    res = CliRunner().invoke(app, ["train-router", "--skip", "-1"])
+    assert res.exit_code != 0 and "--skip >= 0" in res.output and "Traceback" not in res.output
 
 
 def test_missing_router_says_how_to_train_one(tmp_path):
