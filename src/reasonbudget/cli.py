@@ -341,6 +341,8 @@ def train_router_cmd(
     kind: str = typer.Option("prm-features", help="Testbed: prm-features (a head over the PRM's step features, "
                                                   "started from its step head) | classifier (fine-tuned from the "
                                                   "PRM's LM, the paper's recipe)."),
+    dtype: str = typer.Option("auto", help="A real pair's dtype: float32 | bfloat16 | auto (bfloat16 where its "
+                                           "matmuls are native: a GPU or an AVX-512 CPU). The testbed runs float32."),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
     scores both, the better continues), then a classifier: on the testbed a head over the PRM's step features
@@ -351,7 +353,7 @@ def train_router_cmd(
     from pathlib import Path
 
     from reasonbudget.models import ModelNotFoundError, load_model
-    from reasonbudget.models.registry import check_shared_tokenizer, companion_dir
+    from reasonbudget.models.registry import check_shared_tokenizer, companion_dir, resolve_dtype
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or skip < 0:
@@ -362,6 +364,8 @@ def train_router_cmd(
         _fail(f"--kind {kind!r}: accepted are prm-features, classifier")
     try:
         d, t = load_model(draft), load_model(target)
+        if t.profile.name != "testbed" and resolve_dtype(dtype) != "float32":  # loaded again, in that dtype
+            d, t = load_model(draft, dtype=resolve_dtype(dtype)), load_model(target, dtype=resolve_dtype(dtype))
         check_shared_tokenizer(d, t)
         where = Path(out) if out else companion_dir(t.name, "router")
         if t.profile.name == "testbed":
@@ -411,11 +415,12 @@ def _train_real_router(d, t, where, *, task: str, skip: int, limit: int, prm: st
 
     from tqdm import tqdm
 
-    from reasonbudget.models.registry import fingerprint
+    from reasonbudget.models.registry import DTYPES, fingerprint
     from reasonbudget.rewards.factory import head_prm_dir
 
     prm_dir = Path(prm) if prm != "auto" else head_prm_dir(t)
-    identity = {"draft": d.name, "target": t.name, "prm": prm,
+    dtype = next(k for k, v in DTYPES.items() if v == next(t.backend.parameters()).dtype)
+    identity = {"draft": d.name, "target": t.name, "prm": prm, "dtype": dtype,
                 "prm_files": fingerprint(prm_dir) if prm_dir is not None and prm_dir.exists() else None}
     where.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
