@@ -342,7 +342,8 @@ def train_router_cmd(
                                                   "started from its step head) | classifier (fine-tuned from the "
                                                   "PRM's LM, the paper's recipe)."),
     dtype: str = typer.Option("auto", help="A real pair's dtype: float32 | bfloat16 | auto (bfloat16 where its "
-                                           "matmuls are native: a GPU or an AVX-512 CPU). The testbed runs float32."),
+                                           "matmuls are native: a GPU or an AVX-512 CPU). The registered testbed pair runs "
+                                           "float32."),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
     scores both, the better continues), then a classifier: on the testbed a head over the PRM's step features
@@ -353,7 +354,7 @@ def train_router_cmd(
     from pathlib import Path
 
     from reasonbudget.models import ModelNotFoundError, load_model
-    from reasonbudget.models.registry import check_shared_tokenizer, companion_dir, resolve_dtype
+    from reasonbudget.models.registry import REGISTRY, check_shared_tokenizer, companion_dir, resolve_dtype
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or skip < 0:
@@ -363,9 +364,9 @@ def train_router_cmd(
     if kind not in ("prm-features", "classifier"):
         _fail(f"--kind {kind!r}: accepted are prm-features, classifier")
     try:
-        d, t = load_model(draft), load_model(target)
-        if t.profile.name != "testbed" and resolve_dtype(dtype) != "float32":  # loaded again, in that dtype
-            d, t = load_model(draft, dtype=resolve_dtype(dtype)), load_model(target, dtype=resolve_dtype(dtype))
+        entry = REGISTRY.get(target)  # a registered testbed pair runs float32 (a path: the dtype asked for)
+        dtype = "float32" if entry is not None and entry.profile == "testbed" else resolve_dtype(dtype)
+        d, t = load_model(draft, dtype=dtype), load_model(target, dtype=dtype)
         check_shared_tokenizer(d, t)
         where = Path(out) if out else companion_dir(t.name, "router")
         if t.profile.name == "testbed":
