@@ -60,6 +60,11 @@ def test_a_hidden_only_forward_stops_at_the_highest_layer_asked_for():
                                                         hidden_layers=(2,)).hidden[2]).abs().max() == 0
     with pytest.raises(ValueError, match="hidden_layers"):
         ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_only=True)
+    small = ours.new_cache(1, 32, blocks=1)  # K/V of block 1 only: enough for layer 1, not for logits
+    assert torch.equal(ours(ids, small, torch.tensor([0]), hidden_layers=(1,), hidden_only=True).hidden[1],
+                       full.hidden[1])
+    with pytest.raises(ValueError, match="1 blocks' K/V"):
+        ours(ids, ours.new_cache(1, 32, blocks=1), torch.tensor([0]))
     for wrong in (-1, 3):
         with pytest.raises(ValueError, match=r"each in 0\.\.2"):
             ours(ids, ours.new_cache(1, 32), torch.tensor([0]), hidden_layers=(wrong,), hidden_only=True)

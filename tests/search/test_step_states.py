@@ -57,7 +57,7 @@ def test_states_equal_a_fresh_read_and_a_growing_text_feeds_only_its_new_tokens(
         assert ss.tokens_fed - before == sum(ends[k - 1] + 1 - (ends[prev - 1] + 1 if prev else 0)
                                              for _, _, _, ends in items)
         prev = k
-    assert ss.num_rows == 3
+    assert ss.num_rows == 3 and ss.cache.k.shape[0] == max(layers)  # no K/V for blocks a read never runs
     fed = ss.tokens_fed
     ss.features([(ids, ends) for _, _, ids, ends in items])  # all read: nothing fed
     assert ss.tokens_fed == fed

@@ -258,9 +258,11 @@ class Transformer(nn.Module):
         in_place = fused_decode_supported(self.dtype, self.device, cache, hd)
         return weights, 0 if in_place else c.num_layers * 2 * c.num_kv_heads * hd
 
-    def new_cache(self, num_rows: int, capacity: int) -> KVCache:
+    def new_cache(self, num_rows: int, capacity: int, *, blocks: int | None = None) -> KVCache:
+        """`blocks`: K/V for the first this many blocks only, for hidden_only reads of layers up to it (a head on
+        layer 21 of 28 keeps three quarters of the memory per row)."""
         c = self.cfg
-        return KVCache(num_layers=c.num_layers, num_rows=num_rows, capacity=capacity,
+        return KVCache(num_layers=c.num_layers if blocks is None else blocks, num_rows=num_rows, capacity=capacity,
                        num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=self.dtype, device=self.device)
 
     def rope(self, sel: RowSelection) -> tuple[Tensor, Tensor]:
@@ -291,6 +293,9 @@ class Transformer(nn.Module):
             raise ValueError(f"hidden_layers {tuple(hidden_layers)}: each in 0..{self.cfg.num_layers} "
                              "(0 = embeddings, num_layers = the final norm)")
         depth = max(hidden_layers) if hidden_only else self.cfg.num_layers
+        if cache.k.shape[0] < depth:
+            raise ValueError(f"a cache of {cache.k.shape[0]} blocks' K/V serves hidden_only reads up to layer "
+                             f"{cache.k.shape[0]}, not a forward through {depth} blocks")
         sel = RowSelection(cache, rows, tokens.shape[1], self.device)
         cos, sin = self.rope(sel)
         x = F.embedding(tokens.to(self.device), self.embed)

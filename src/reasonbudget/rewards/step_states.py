@@ -89,12 +89,13 @@ class StepStates:
             raise ValueError(f"a text of {longest} tokens exceeds {self.model.name}'s context ({ctx}): cut it first")
         capacity = max(self.capacity, min(ctx, -(-longest * 3 // 2 // 256) * 256))
         cfg = self.model.backend.cfg
-        per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * capacity * self.model.backend.dtype.itemsize
+        blocks = max(self.layers)  # hidden_only reads run no block above the highest layer
+        per_row = 2 * blocks * cfg.num_kv_heads * cfg.head_dim * capacity * self.model.backend.dtype.itemsize
         rows = max(self.num_rows, min(rows, self.max_bytes // per_row))
         if (rows, capacity) == (self.num_rows, self.capacity):
             return
         old, n = self.cache, self.num_rows
-        self.cache = self.model.backend.new_cache(rows, capacity)
+        self.cache = self.model.backend.new_cache(rows, capacity, blocks=blocks)
         if old is not None:
             self.cache.k[:, :n, :, : old.capacity] = old.k
             self.cache.v[:, :n, :, : old.capacity] = old.v
