@@ -342,8 +342,8 @@ def train_router_cmd(
                                                   "started from its step head) | classifier (fine-tuned from the "
                                                   "PRM's LM, the paper's recipe)."),
     dtype: str = typer.Option("auto", help="A real pair's dtype: float32 | bfloat16 | auto (bfloat16 where its "
-                                           "matmuls are native: a GPU or an AVX-512 CPU). The registered testbed pair runs "
-                                           "float32."),
+                                           "matmuls are native: a GPU or an AVX-512 CPU). The registered testbed "
+                                           "pair runs float32."),
 ) -> None:
     """Train Arbitrage's router for a draft/target pair: oracle labels (both models write each step, the PRM
     scores both, the better continues), then a classifier: on the testbed a head over the PRM's step features
@@ -381,7 +381,7 @@ def train_router_cmd(
                                           kind=kind)
         else:
             report = _train_real_router(d, t, where, task=task, skip=skip, limit=problems, prm=prm, epochs=epochs,
-                                        lr=lr, balance=balance)
+                                        lr=lr, balance=balance, dtype=dtype)
     except (ModelNotFoundError, ValueError) as e:
         _fail(str(e))
         return
@@ -393,7 +393,8 @@ def train_router_cmd(
                           indent=2))
 
 
-def _train_real_router(d, t, where, *, task: str, skip: int, limit: int, prm: str, epochs, lr, balance: str) -> dict:
+def _train_real_router(d, t, where, *, task: str, skip: int, limit: int, prm: str, epochs, lr, balance: str,
+                       dtype: str) -> dict:
     """Oracle labels of a real (draft, target) pair on a task's problems, then a router head over the draft."""
     import time
     from dataclasses import replace
@@ -416,11 +417,10 @@ def _train_real_router(d, t, where, *, task: str, skip: int, limit: int, prm: st
 
     from tqdm import tqdm
 
-    from reasonbudget.models.registry import DTYPES, fingerprint
+    from reasonbudget.models.registry import fingerprint
     from reasonbudget.rewards.factory import head_prm_dir
 
     prm_dir = Path(prm) if prm != "auto" else head_prm_dir(t)
-    dtype = next(k for k, v in DTYPES.items() if v == next(t.backend.parameters()).dtype)
     identity = {"draft": d.name, "target": t.name, "prm": prm, "dtype": dtype,
                 "prm_files": fingerprint(prm_dir) if prm_dir is not None and prm_dir.exists() else None}
     where.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ class StepStates:
         cfg = self.model.backend.cfg
         blocks = max(self.layers)  # hidden_only reads run no block above the highest layer
         per_row = 2 * blocks * cfg.num_kv_heads * cfg.head_dim * capacity * self.model.backend.dtype.itemsize
-        rows = max(self.num_rows, min(rows, self.max_bytes // per_row))
+        rows = max(self.num_rows, min(rows, self.max_bytes // max(per_row, 1)))  # (layer 0 alone runs no block)
         if (rows, capacity) == (self.num_rows, self.capacity):
             return
         old, n = self.cache, self.num_rows
