@@ -255,6 +255,12 @@ def test_a_states_only_head_scores_the_policys_rows_as_it_scores_the_text(labels
                                                rows=rows.tolist())
     (by_text,) = prm.score_steps([StepSequence(lp.question, s.steps)])
     assert by_rows == pytest.approx(by_text.tolist(), abs=1e-4)
+    # its text entry (another model's steps: RSD's drafts) keeps the prefixes it read: one more step feeds that step
+    read = prm.tokens_read
+    (longer,) = prm.score_steps([StepSequence(lp.question, (*s.steps, "1 + 1 = 2"))])
+    longer_ids = encode_steps(target, lp.question, (*s.steps, "1 + 1 = 2"), prm.step_separator)[0]
+    assert prm.tokens_read - read == len(longer_ids) - len(ids)
+    assert longer[:-1].tolist() == pytest.approx(by_text.tolist(), abs=1e-4)
     assert [engine.tokens(r) for r in rows.tolist()] == before[0] and torch.equal(engine.cache.lengths, before[1])
     # a row that ended its turn is read with the separator in place of its end-of-sequence token
     (eos,) = sorted(target.eos_ids)[:1]

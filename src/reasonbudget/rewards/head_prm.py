@@ -225,10 +225,12 @@ class HeadPRM:
                              "states: it scores text, not KV rows")
         self.reads_rows = rows
         self.states = None
-        if not rows and self.spec.reads_rows and getattr(base, "kind", "runtime") == "runtime":
+        # also beside `rows`: a head reading the policy's rows still scores text written by another model (a
+        # draft's steps, RSD/Arbitrage), which would otherwise be re-read whole every round (rows allocated lazily)
+        if reuse_prefixes and self.spec.reads_rows and getattr(base, "kind", "runtime") == "runtime":
             from reasonbudget.rewards.step_states import StepStates
 
-            self.states = StepStates(base, self.spec.layers) if reuse_prefixes else None
+            self.states = StepStates(base, self.spec.layers)
         self.separator_ids = list(base.encode(self.spec.separator))
         self.lookahead_tokens = len(self.separator_ids) if rows else 0
 
