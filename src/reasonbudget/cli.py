@@ -389,7 +389,7 @@ def train_router_cmd(
         typer.echo("warning: every labelled round has the same label: the router predicts a constant", err=True)
     typer.echo(json.dumps({"saved_to": str(where), "examples": report["examples"],
                            "labelling_seconds": report["labelling_seconds"], "train_seconds": report["train_seconds"],
-                           "held_out": report["held_out"], **{k: report[k] for k in ("problems",) if k in report}},
+                           "held_out": report["held_out"], **{k: report[k] for k in ("problems", "cross_fitted") if k in report}},
                           indent=2))
 
 

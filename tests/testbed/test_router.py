@@ -15,6 +15,7 @@ from reasonbudget.training.router import (
     load_examples,
     router_metrics,
     save_examples,
+    spearman_interval,
     split_by_problem,
 )
 from reasonbudget.training.testbed import CHECKPOINTS
@@ -47,6 +48,15 @@ def test_router_metrics_known_values():
     assert m["acc0"] == 0.5 and m["acc1"] == 0.5 and m["positive_share"] == 0.5
     assert m["spearman_rho"] == pytest.approx(0.8) and m["auroc"] == pytest.approx(0.75)
     assert math.isnan(router_metrics([0.2], [ex[0]])["acc1"])
+
+
+def test_spearman_interval_is_fishers_z_with_bonett_wright_variance():
+    lo, hi = spearman_interval(0.15, 1000)
+    half = 1.96 * math.sqrt((1 + 0.15**2 / 2) / 997)
+    assert (lo, hi) == pytest.approx((math.tanh(math.atanh(0.15) - half), math.tanh(math.atanh(0.15) + half)), abs=1e-4)
+    assert lo < 0.15 < hi and hi - lo < 0.13  # about +-0.06 at n = 1000
+    assert spearman_interval(0.15, 4000)[1] - spearman_interval(0.15, 4000)[0] < hi - lo
+    assert all(math.isnan(v) for v in spearman_interval(0.5, 3)) and all(math.isnan(v) for v in spearman_interval(float("nan"), 50))
 
 
 def test_label_dump_round_trips(tmp_path):
@@ -164,6 +174,9 @@ def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path, mon
     report = train_head_router(examples, draft, tmp_path, HeadRouterConfig(epochs=20, hidden=16, val_fraction=0.25),
                                separator="\n", pair={"draft": "testbed-draft", "target": "testbed-target"})
     assert {"spearman_rho", "acc0", "acc1"} <= set(report["held_out"]) and report["train_examples"] > 0
+    cross = report["cross_fitted"]  # every round scored once, by a head that never saw its problem
+    assert cross["folds"] == 5 and cross["examples"] == len(examples)
+    assert cross["spearman_rho_ci"][0] <= cross["spearman_rho"] <= cross["spearman_rho_ci"][1]
     router = load_router_dir(tmp_path)
     assert type(router).__name__ == "HeadRouter"
     y = router.predict([e.item for e in examples[:5]])
