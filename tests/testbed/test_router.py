@@ -181,6 +181,17 @@ def test_a_router_head_over_a_frozen_draft_trains_loads_and_routes(tmp_path, mon
     assert type(router).__name__ == "HeadRouter"
     y = router.predict([e.item for e in examples[:5]])
     assert len(y) == 5 and all(0.0 <= v <= 1.0 for v in y) and router.tokens_read > 0
+    from reasonbudget.rewards.head_router import text_features
+
+    whole = text_features(router.base, [router_text(e.item, "\n") for e in examples[:5]], router.config["layers"])
+    assert y == pytest.approx(torch.sigmoid(router.head(whole)).tolist(), abs=1e-4)  # kept rows read as the whole
+    # a later round of the same problem feeds only what its text adds to one read before
+    a, b = next((a, b) for a, b in zip(examples, examples[1:]) if a.item.problem == b.item.problem)
+    router.forget()
+    router.predict([a.item])
+    read = router.tokens_read
+    router.predict([b.item])
+    assert 0 < router.tokens_read - read < len(router.base.encode(router_text(b.item, "\n")))
     prompts = [task.prompt(target, p) for p in task.problems(2)]
     results = make_method(f"arbitrage:draft=testbed-draft,router={tmp_path},threshold=0.5", SamplingConfig()).run(
         Engine(target), prompts, budget=None, generator=torch.Generator().manual_seed(0))

@@ -5,6 +5,12 @@ MLP over the hidden states of a middle and the last layer at its last token pred
 step would score higher). It is trained like the fine-tuned router (`training.router`: oracle labels, the
 majority class downsampled) and stored in a directory with `router.json` (`"kind": "head"`, the base model and
 its shape, the pair) and `router_head.safetensors`.
+
+A round's text extends the previous round's (the kept step joins the history), so the base keeps KV rows of the
+texts it read (`rewards.step_states`, segment ends as step ends) and feeds each round only its new segments;
+without it every round re-reads the problem and the whole history, and a run's router cost grows with the square
+of its steps. The segments are encoded one by one (checked equal to encoding the whole text on the Qwen pair's
+1905 labelled rounds, where the segments end in blank lines).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from torch import Tensor
 
 from reasonbudget.rewards.head_prm import StepHeadMLP, base_shape, padded_batches
-from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, router_text
+from reasonbudget.rewards.router import CONFIG_FILE, RouterItem, router_segments, router_text
 
 HEAD_FILE = "router_head.safetensors"
 
@@ -61,15 +67,45 @@ class HeadRouter:
         self.head.load_state_dict(state)
         self.calls = self.tokens_read = 0
         self.num_params = base.num_params + sum(p.numel() for p in self.head.parameters())
+        self.states = None
+        if getattr(base, "kind", "runtime") == "runtime":
+            from reasonbudget.rewards.step_states import StepStates
+
+            self.states = StepStates(base, self.config["layers"])
 
     @property
     def separator(self) -> str:
         return self.config["separator"]
 
     def predict(self, items: Sequence[RouterItem]) -> list[float]:
-        texts = [router_text(it, self.separator, annotate=self.config.get("annotate", True)) for it in items]
-        feats = text_features(self.base, texts, self.config["layers"])
+        annotate = self.config.get("annotate", True)
+        encoded = [self._encoded(router_segments(it, self.separator, annotate=annotate)) for it in items]
+        fits = [i for i, (ids, _) in enumerate(encoded) if self.states is not None and len(ids) < self.base.context_length]
+        rest = [i for i in range(len(items)) if i not in set(fits)]
+        feats = torch.zeros(len(items), len(self.config["layers"]) * self.base.backend.cfg.hidden_size)
+        if fits:
+            before = self.states.tokens_fed
+            for i, f in zip(fits, self.states.features([encoded[i] for i in fits])):
+                feats[i] = f[-1]
+            self.tokens_read += self.states.tokens_fed - before
+        if rest:  # another backend, or a text past the context (read as `text_features` cuts it: its tail)
+            feats[rest] = text_features(self.base, [router_text(items[i], self.separator, annotate=annotate)
+                                                    for i in rest], self.config["layers"])
+            self.tokens_read += sum(min(len(encoded[i][0]), self.base.context_length - 1) for i in rest)
         self.calls += len(items)
-        self.tokens_read += sum(len(self.base.encode(t)) for t in texts)
         with torch.no_grad():
             return torch.sigmoid(self.head(feats)).tolist() if len(items) else []
+
+    def _encoded(self, segments: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The text's ids, segment by segment, and the index of each segment's last token."""
+        ids: list[int] = []
+        ends = []
+        for seg in segments:
+            ids += self.base.encode(seg)
+            ends.append(len(ids) - 1)
+        return ids, ends
+
+    def forget(self) -> None:
+        """Drop the kept states, so that a run is charged what it reads alone (`HeadPRM.forget`)."""
+        if self.states is not None:
+            self.states.clear()
