@@ -328,7 +328,9 @@ def train_predictor(
 def train_router_cmd(
     draft: str = typer.Option("testbed-draft", help="The draft model (registry name or path)."),
     target: str = typer.Option("testbed-target", help="The target model; the router is its companion."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default: the target's router companion)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the testbed target's committed "
+                                                 "router; for a real target its folder in the user cache, where "
+                                                 "router=auto looks first)."),
     problems: int = typer.Option(100, help="Label-generation problems per difficulty (testbed) or in all (--task)."),
     task: str = typer.Option("gsm8k:split=train", help="Label-generation problems of a real pair (a task spec)."),
     skip: int = typer.Option(0, help="A real pair: start after the task's first SKIP problems (e.g. those the PRM "
@@ -354,7 +356,13 @@ def train_router_cmd(
     from pathlib import Path
 
     from reasonbudget.models import ModelNotFoundError, load_model
-    from reasonbudget.models.registry import REGISTRY, check_shared_tokenizer, companion_dir, resolve_dtype
+    from reasonbudget.models.registry import (
+        REGISTRY,
+        check_shared_tokenizer,
+        companion_dir,
+        resolve_dtype,
+        user_companion_dir,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if problems < 1 or (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or skip < 0:
@@ -368,8 +376,11 @@ def train_router_cmd(
         dtype = "float32" if entry is not None and entry.profile == "testbed" else resolve_dtype(dtype)
         d, t = load_model(draft, dtype=dtype), load_model(target, dtype=dtype)
         check_shared_tokenizer(d, t)
-        where = Path(out) if out else companion_dir(t.name, "router")
-        if t.profile.name == "testbed":
+        # the testbed retrains its committed router; a real pair's goes to the user cache (found before a
+        # committed one), never over the package's own
+        testbed = t.profile.name == "testbed"
+        where = Path(out) if out else (companion_dir if testbed else user_companion_dir)(t.name, "router")
+        if testbed:
             from reasonbudget.rewards.factory import testbed_prm_dir
             from reasonbudget.training.prm_router import PRMRouterConfig
             from reasonbudget.training.router import RouterTrainConfig

@@ -245,3 +245,22 @@ def test_label_journal_resumes_finished_problems_and_keeps_settings_apart(tmp_pa
     assert json.loads(journal.read_text().splitlines()[-1])["problem"] == questions[2]  # on a line of its own
     with pytest.raises(AssertionError, match="rolled out again"):  # another PRM's labels are not reused
         generate_labels(draft, target, Refusing(), questions[:1], journal=journal, identity={"prm": "b"})
+
+
+def test_the_qwen_pair_has_a_committed_router_head_over_the_draft(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from reasonbudget.methods.drafting.arbitrage import load_router
+    from reasonbudget.models.registry import companion_dir, registered_companion
+    from reasonbudget.rewards.head_router import HEAD_FILE
+
+    monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path))  # no user-trained router in the way
+    where = registered_companion("qwen2.5-coder-1.5b", "router")
+    assert where is not None and companion_dir("qwen2.5-coder-1.5b", "router") == where
+    cfg = json.loads((where / "router.json").read_text())
+    assert (where / HEAD_FILE).exists() and cfg["kind"] == "head" and cfg["base"] == "qwen2.5-coder-0.5b"
+    assert cfg["pair"] == {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b"}
+    report = json.loads((where / "router_training.json").read_text())
+    assert report["examples"] > 1000 and report["cross_fitted"]["examples"] == report["examples"]
+    with pytest.raises(ValueError, match="trained for qwen2.5-coder-0.5b -> qwen2.5-coder-1.5b, not testbed-draft"):
+        load_router("auto", "testbed-draft", SimpleNamespace(name="qwen2.5-coder-1.5b"))

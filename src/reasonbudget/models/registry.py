@@ -95,7 +95,9 @@ REGISTRY: dict[str, RegistryEntry] = {
         RegistryEntry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (target)",
                       lambda: _existing(real_models_dir() / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
                       "make real-models", "instruct",
-                      {"prm": lambda: _committed_heads() / "qwen2.5-coder-1.5b"}),
+                      {"prm": lambda: _committed_heads() / "qwen2.5-coder-1.5b",
+                       # Arbitrage's router for the 0.5B drafting (`reasonbudget train-router`, data/router-labels)
+                       "router": lambda: _committed_routers() / "qwen2.5-coder-1.5b"}),
         RegistryEntry("testbed-target", "testbed target thinking model (trained here, committed)",
                       lambda: _existing(_testbed_dir() / "target"), "reasonbudget testbed train", "testbed",
                       {"length_predictor": lambda: _testbed_dir() / "testbed-target-length-predictor",
@@ -120,6 +122,11 @@ def _testbed_dir() -> Path:
 def _committed_heads() -> Path:
     """PRM heads trained here for real models (`reasonbudget train-prm`), committed with the package."""
     return Path(__file__).resolve().parent.parent / "rewards" / "heads"
+
+
+def _committed_routers() -> Path:
+    """Arbitrage routers trained here for real pairs (`reasonbudget train-router`), committed with the package."""
+    return Path(__file__).resolve().parent.parent / "rewards" / "routers"
 
 
 def testbed_checkpoints() -> Path:
