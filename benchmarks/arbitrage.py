@@ -79,12 +79,25 @@ def sweep(pair_name: str, pair: dict, task: str, methods: list[str], args, *, mo
     return [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in keep]
 
 
+_TARGETS: dict[tuple[str, str], object] = {}
+
+
+def target_model(pair: dict):
+    """The pair's target, loaded once: PRMs are cached per policy object, so every fresh copy of the 1.5B would
+    stay in memory with its own PRM (four copies: 20 GB)."""
+    from reasonbudget.models import load_model
+
+    key = (pair["target"], pair["dtype"])
+    if key not in _TARGETS:
+        _TARGETS[key] = load_model(pair["target"], dtype=pair["dtype"])
+    return _TARGETS[key]
+
+
 def scorer_params(pair: dict, method: str, args) -> int:
     """Parameters of what scores steps for `method`: the PRM (RSD, oracle) or the router."""
-    from reasonbudget.models import load_model
     from reasonbudget.rewards.factory import load_prm
 
-    target = load_model(pair["target"], dtype=pair["dtype"])
+    target = target_model(pair)
     if method == "arbitrage":
         from reasonbudget.methods.drafting.arbitrage import load_router
 
@@ -118,12 +131,11 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
     from reasonbudget.eval.records import JsonLines
     from reasonbudget.methods.drafting.arbitrage import load_router
     from reasonbudget.methods.drafting.steps import PRMArbiter, RouterArbiter, StepDraftConfig, sweep_step_drafting
-    from reasonbudget.models import load_model
     from reasonbudget.models.registry import fingerprint, model_fingerprints
     from reasonbudget.rewards.factory import load_prm
     from reasonbudget.tasks import get_task, grade_many
 
-    target = load_model(pair["target"], dtype=pair["dtype"])
+    target = target_model(pair)
     kinds = {"rsd": PRMArbiter(load_prm("auto", target), 0.5),
              "arbitrage-oracle": PRMArbiter(load_prm("auto", target), 0.5, oracle=True)}
     if any(method == "arbitrage" for method, _ in specs):
@@ -161,7 +173,6 @@ def measure(args) -> dict:
     import torch
 
     from reasonbudget.eval.stats import bootstrap_interval
-    from reasonbudget.models import load_model
     from reasonbudget.models.registry import resolve_dtype
 
     torch.set_num_threads(args.threads)
@@ -173,7 +184,7 @@ def measure(args) -> dict:
         tasks = pair["tasks"] if pair_name == "testbed" else ["gsm8k"]
         limit = args.per_difficulty if pair_name == "testbed" else args.qwen_limit
         batch = args.batch_size if pair_name == "testbed" else 1  # the Qwen pair: batch-1 latency
-        target_params = load_model(pair["target"], dtype=pair["dtype"]).num_params
+        target_params = target_model(pair).num_params
         params = {"rsd": scorer_params(pair, "rsd", args)}
         params["arbitrage-oracle"] = params["rsd"]
         with_router = args.with_router
