@@ -173,15 +173,25 @@ def replay_scorers(question: str, walked: Sequence[tuple[DraftTargetOutcome, Led
     """Charge each run its scorer: its rounds' measurements replayed in order on its kind's arbiter after
     `forget()` (its scorer then holds no state of any text), each call timed; seconds, texts scored (a PRM
     arbiter's `calls`), tokens read (`tokens_read(arbiter)`) and decisions that come out otherwise go into its
-    ledger."""
-    for (outcome, ledger), (kind, threshold) in zip(walked, runs):
+    ledger. Runs of one kind whose rounds are the same (thresholds that decided alike all the way) make the same
+    calls alone: those are replayed once and charged to each (a sweep's thresholds often share a whole run)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, ((outcome, _), (kind, _)) in enumerate(zip(walked, runs)):
+        groups.setdefault((kind, tuple(proposal for proposal, _ in outcome.rounds)), []).append(k)
+    for (kind, proposals), members in groups.items():
         arbiter = arbiters[kind]
         arbiter.forget()
         calls0, read0 = getattr(arbiter, "calls", 0), tokens_read(arbiter)
-        for proposal, decision in outcome.rounds:
+        seconds, measured = 0.0, []
+        for proposal in proposals:
             t0 = time.perf_counter()
-            measured = arbiter.measure([question], [proposal])[0]
-            ledger.seconds["scorer"] += time.perf_counter() - t0
-            ledger.flips += arbiter.takes_target(measured, threshold) != decision.take_target
-        ledger.scorer_calls += getattr(arbiter, "calls", 0) - calls0
-        ledger.scorer_tokens += tokens_read(arbiter) - read0
+            measured.append(arbiter.measure([question], [proposal])[0])
+            seconds += time.perf_counter() - t0
+        calls, read = getattr(arbiter, "calls", 0) - calls0, tokens_read(arbiter) - read0
+        for k in members:
+            (outcome, ledger), threshold = walked[k], runs[k][1]
+            ledger.seconds["scorer"] += seconds
+            ledger.flips += sum(arbiter.takes_target(m, threshold) != decision.take_target
+                                for m, (_, decision) in zip(measured, outcome.rounds))
+            ledger.scorer_calls += calls
+            ledger.scorer_tokens += read
