@@ -80,8 +80,9 @@ class HeadRouter:
     def predict(self, items: Sequence[RouterItem]) -> list[float]:
         annotate = self.config.get("annotate", True)
         encoded = [self._encoded(router_segments(it, self.separator, annotate=annotate)) for it in items]
-        fits = [i for i, (ids, _) in enumerate(encoded) if self.states is not None and len(ids) < self.base.context_length]
-        rest = [i for i in range(len(items)) if i not in set(fits)]
+        kept = self.states is not None
+        fits = [i for i, (ids, _) in enumerate(encoded) if kept and len(ids) < self.base.context_length]
+        rest = sorted(set(range(len(items))) - set(fits))
         feats = torch.zeros(len(items), len(self.config["layers"]) * self.base.backend.cfg.hidden_size)
         if fits:
             before = self.states.tokens_fed
