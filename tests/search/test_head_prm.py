@@ -345,7 +345,6 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
 
     _, _, _, labelled = labels
     smol = load_model("smollm2-135m")
-    monkeypatch.setattr(factory, "_loaded", {})
     monkeypatch.setenv("REASONBUDGET_CACHE", str(tmp_path))
     no_head = factory.load_prm("auto", smol)  # no head: the policy's lowest token probability (measured > the judge)
     assert type(no_head).__name__ == "PolicyLogProb" and no_head.aggregate == "min"
@@ -369,7 +368,7 @@ def test_prm_auto_picks_a_models_trained_head(labels, target, tmp_path, monkeypa
     # a head whose base model is not installed here: prm=auto passes over it to the fallback
     spec["base"] = "qwen-not-installed"
     (where / HEAD_CONFIG).write_text(json.dumps(spec))
-    monkeypatch.setattr(factory, "_loaded", {})
+    factory.loaded_prms(smol).clear()
     assert type(factory.load_prm("auto", smol)).__name__ == "PolicyLogProb"
 
 

@@ -132,3 +132,24 @@ def test_self_judge_scores_nan_without_room_and_scorer_needs_rows(smollm):
     assert math.isnan(scorer([StepSequence("q", ("a",))], rows=[None])[0])
     with pytest.raises(ValueError, match="reads KV rows"):
         RewardScorer(judge)([StepSequence("q", ("a",))])
+
+
+def test_a_loaded_prm_is_kept_with_its_policy_and_goes_with_it():
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    from reasonbudget.rewards.factory import load_prm
+
+    def policy(name):
+        return SimpleNamespace(name=name, profile=SimpleNamespace(name="testbed"))
+
+    a, b = policy("testbed-a"), policy("testbed-b")
+    prm = load_prm("oracle", a)
+    assert load_prm("oracle", a) is prm  # built once per policy
+    assert load_prm("oracle", b) is not prm  # never another policy's
+    assert load_prm("oracle", a, noise=0.1) is not prm
+    gone = weakref.ref(prm)
+    del a, prm
+    gc.collect()
+    assert gone() is None  # nothing process-wide keeps a freed policy's PRM (or the models it holds)

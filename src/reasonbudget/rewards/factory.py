@@ -20,7 +20,8 @@ The policy may be a local model or a remote one (`remote:URL#MODEL`); a remote p
 `judge` and `judge-text` ask the served model with a one-token completion and its top log-probabilities
 (`remote.judge`), unless `judge_model` names a local judge.
 
-Loaded PRMs are kept per process: a sweep builds its method once per unit, the PRM only once.
+Loaded PRMs are kept on their policy: a sweep builds its method once per unit, the PRM only once, and a PRM (with
+any model it loaded) goes when its policy does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 NAMES = ("auto", "testbed", "oracle", "judge", "judge-text", "logprob", "logprob-min")
-_loaded: dict[tuple, object] = {}
 
 
 def testbed_prm_dir(policy) -> Path:
@@ -68,10 +68,18 @@ def load_prm(name: str, policy, *, noise: float = 0.0, calibrated: bool = False,
                          "(use prm=judge or a PRM directory)")
     if isinstance(seed, Mapping):  # per-problem noise seeds: a fresh (cheap) oracle for this run, not cached
         return _build(name, policy, noise, calibrated, seed, judge_model)
-    key = (name, id(policy), noise, calibrated, seed, judge_model)
-    if key not in _loaded:
-        _loaded[key] = _build(name, policy, noise, calibrated, seed, judge_model)
-    return _loaded[key]
+    loaded = loaded_prms(policy)
+    key = (name, noise, calibrated, seed, judge_model)
+    if key not in loaded:
+        loaded[key] = _build(name, policy, noise, calibrated, seed, judge_model)
+    return loaded[key]
+
+
+def loaded_prms(policy) -> dict[tuple, object]:
+    """The PRMs built for this policy, kept on the policy object itself. A process-wide cache keyed by
+    `id(policy)` kept every policy a process ever loaded (a PRM often holds its policy), and could hand a freed
+    policy's PRM to a new policy born at the same address; here the two live and go together."""
+    return vars(policy).setdefault("_loaded_prms", {})
 
 
 def _base_available(head: Path) -> bool:
