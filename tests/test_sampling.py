@@ -68,3 +68,24 @@ def test_top_p_after_top_k_ranks_only_the_survivors_and_keeps_the_same_tokens(ro
     logits = (torch.randn(rows, 200, generator=g) * 4).round() / 2
     filtered = apply_top_k(logits, k)
     assert torch.equal(torch.isfinite(apply_top_p(filtered, p)), torch.isfinite(_top_p_full_sort(filtered, p)))
+
+
+@pytest.mark.parametrize("vocab", [5, 64, 100, 1000])
+@pytest.mark.parametrize("block", [1, 7, 64, 1024])
+def test_inverse_cdf_picks_the_token_a_whole_row_cumsum_picks(vocab, block):
+    from reasonbudget.engine.sampling import inverse_cdf
+
+    g = torch.Generator().manual_seed(vocab * 31 + block)
+    probs = (torch.randn(48, vocab, generator=g) * 3).softmax(-1)
+    probs[::3, vocab // 2 :] = 0  # mass in the first half only
+    probs[1::3, : vocab - 1] = 0  # all of it on the last token (the last, maybe short, block)
+    probs[2, :] = 0
+    probs[2, 0] = 2.0  # unnormalised weights
+    u = torch.rand(48, dtype=torch.float64, generator=g)
+    u[:4] = torch.tensor([0.0, 1 - 2**-53, 0.5, 1 - 2**-53], dtype=torch.float64)  # the ends of [0, 1)
+    cdf = probs.double().cumsum(-1)
+    reference = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    reference = torch.where(reference < vocab, reference, (probs > 0).int().cumsum(-1).argmax(-1))  # u at the end
+    tokens = inverse_cdf(probs, u, block)
+    assert torch.equal(tokens, reference)
+    assert bool((probs.gather(1, tokens[:, None]) > 0).all())  # zero-weight tokens are never picked

@@ -21,6 +21,7 @@ from reasonbudget.engine import generation
 from reasonbudget.engine.budget import BudgetConfig, BudgetController
 from reasonbudget.engine.controllers import BatchedWork, Controller, Observer
 from reasonbudget.engine.errors import PromptTooLongError
+from reasonbudget.engine.memory import retain_freed_memory
 from reasonbudget.engine.sampling import SamplingConfig, child_generators, draw, probabilities, sample
 from reasonbudget.engine.speculation import MTADSettings, RowSpeculation, Speculation
 from reasonbudget.engine.verify import accepts, mtad_verify, residual
@@ -70,6 +71,7 @@ class Engine:
     levels: frozenset[str] = frozenset({"text", "steps", "tokens"})
 
     def __init__(self, model: LoadedModel, *, prefill_chunk_tokens: int = 4096) -> None:
+        retain_freed_memory()  # a decode step's large tensors reuse freed memory instead of faulting in new pages
         self.model = model
         self.backend = model.backend
         self.cache = None
