@@ -72,7 +72,8 @@ def test_top_p_after_top_k_ranks_only_the_survivors_and_keeps_the_same_tokens(ro
 
 @pytest.mark.parametrize("vocab", [5, 64, 100, 1000])
 @pytest.mark.parametrize("block", [1, 7, 64, 1024])
-def test_inverse_cdf_picks_the_token_a_whole_row_cumsum_picks(vocab, block):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # numpy's block sums; torch's (as on a GPU)
+def test_inverse_cdf_picks_the_token_a_whole_row_cumsum_picks(vocab, block, dtype):
     from reasonbudget.engine.sampling import inverse_cdf
 
     g = torch.Generator().manual_seed(vocab * 31 + block)
@@ -81,6 +82,7 @@ def test_inverse_cdf_picks_the_token_a_whole_row_cumsum_picks(vocab, block):
     probs[1::3, : vocab - 1] = 0  # all of it on the last token (the last, maybe short, block)
     probs[2, :] = 0
     probs[2, 0] = 2.0  # unnormalised weights
+    probs = probs.to(dtype)
     u = torch.rand(48, dtype=torch.float64, generator=g)
     u[:4] = torch.tensor([0.0, 1 - 2**-53, 0.5, 1 - 2**-53], dtype=torch.float64)  # the ends of [0, 1)
     cdf = probs.double().cumsum(-1)
