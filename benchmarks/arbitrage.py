@@ -17,7 +17,8 @@ accurate; speedup = RSD cost / Arbitrage cost (cost: latency on the Qwen pair, F
 tiny models' wall time is mostly Python).
 
     python benchmarks/arbitrage.py [--quick] [--json] [--pairs testbed,qwen] [--thresholds 11]
-                                   [--per-difficulty 50] [--qwen-limit 100] [--router DIR] [--out runs/arbitrage]
+                                   [--per-difficulty 50] [--qwen-limit 100] [--qwen-draft-quant int4]
+                                   [--router DIR] [--out runs/arbitrage]
 
 --json prints {"rows": [{"pair", "method", "threshold", "accuracy", "acceptance", "latency_s", "flops",
 "target_calls", ...}...], "matched": [{"pair", "accuracy", "rsd_latency_s", "arbitrage_latency_s", "speedup",
@@ -40,12 +41,16 @@ from collections import defaultdict
 from pathlib import Path
 
 PAIRS = {
-    "testbed": {"draft": "testbed-draft", "target": "testbed-target", "dtype": "float32",
+    "testbed": {"draft": "testbed-draft", "target": "testbed-target", "dtype": "float32", "draft_quant": "none",
                 "tasks": [f"testbed:d={d}" + (f",seed={s}" if s else "") for d in (6, 7, 8) for s in (0, 1, 2)]},
-    "qwen": {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b", "dtype": "auto", "tasks": ["gsm8k"]},
+    "qwen": {"draft": "qwen2.5-coder-0.5b", "target": "qwen2.5-coder-1.5b", "dtype": "auto", "draft_quant": "int4",
+             "tasks": ["gsm8k"]},
 }
 """dtype auto: bfloat16 where its matmuls are native (GPU, AVX-512), else float32; resolved before a sweep starts,
-so that its identity names the dtype it ran in."""
+so that its identity names the dtype it ran in. draft_quant: the Qwen draft runs with int4 weights (the engine's
+quantized linears, `--qwen-draft-quant`), as the paper's quantized drafts do: at batch 1 here the 0.5B in int4 writes
+about 2.7x faster than in bf16 (`docs/decode_speed.json`), a step-cost ratio to the bf16 1.5B of about 0.14 instead
+of 0.38, near the paper's 1B/8B pair. The target stays bf16: the PRM reads its states, as it was trained to."""
 METHODS = ("rsd", "arbitrage", "arbitrage-oracle")
 
 
@@ -55,7 +60,8 @@ def thresholds(k: int) -> list[float]:
 
 def method_specs(pair: dict, args, with_router: bool) -> dict[tuple[str, float | None], str]:
     """(method, threshold) -> method spec."""
-    base = f"draft={pair['draft']},max_tokens={args.max_tokens}"
+    quant = f",draft_quant={pair['draft_quant']}" if pair["draft_quant"] != "none" else ""
+    base = f"draft={pair['draft']}{quant},max_tokens={args.max_tokens}"
     specs: dict[tuple[str, float | None], str] = {("target-only", None): "plain"}
     router = f",router={args.router}" if args.router else ""
     for t in thresholds(args.thresholds):
@@ -67,13 +73,16 @@ def method_specs(pair: dict, args, with_router: bool) -> dict[tuple[str, float |
 
 
 def sweep(pair_name: str, pair: dict, task: str, methods: list[str], args, *, model: str, limit: int,
-          batch_size: int) -> list[dict]:
+          batch_size: int, quant: str = "none") -> list[dict]:
     from reasonbudget.eval import SweepConfig, run_sweep
     from reasonbudget.eval.records import ResultsFile
+    from reasonbudget.models.registry import resolve_dtype
 
-    out = Path(args.out) / pair_name / task.replace(":", "_").replace(",", "_").replace("=", "") / model
+    folder = model + (f"-{quant}" if quant != "none" else "")
+    out = Path(args.out) / pair_name / task.replace(":", "_").replace(",", "_").replace("=", "") / folder
+    dtype = pair["dtype"] if quant == "none" else resolve_dtype("auto", "cpu", quant)  # as `Engine.draft_engine`
     cfg = SweepConfig(task=task, methods=tuple(methods), seeds=(0,), limit=limit, model=model, temperature=0.0,
-                      dtype=pair["dtype"], batch_size=batch_size)
+                      dtype=dtype, batch_size=batch_size, quant=quant)
     run_sweep(cfg, out, progress=not args.json)
     keep = set(methods)
     return [r for r in ResultsFile(out / "results.jsonl").load().values() if r["method"] in keep]
@@ -123,7 +132,8 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
                  args) -> list[tuple[tuple[str, float], dict]]:
     """Every (method, threshold) run of the step-level methods on each problem, walked as one tree of shared
     prefixes per problem (`methods.drafting.steps.sweep_step_drafting`: equal to the runs alone, each charged the
-    batch-1 calls it makes), greedy. Kept per problem in OUT/PAIR/TASK/tree.jsonl, so a stopped sweep continues.
+    batch-1 calls it makes), greedy. Kept per problem in OUT/PAIR/TASK/tree.jsonl (tree-int4.jsonl for an int4
+    draft), so a stopped sweep continues.
     -> ((method, threshold), record) with the harness records' usage, trace and correct."""
     from dataclasses import asdict
 
@@ -143,17 +153,20 @@ def tree_records(pair_name: str, pair: dict, task_spec: str, limit: int, specs: 
     names = list(kinds)
     keys = [k for k in specs if k[0] in kinds]
     runs = [(names.index(m), t) for m, t in keys]
+    quant = pair["draft_quant"]
     settings = {"draft": pair["draft"], "target": pair["target"], "dtype": pair["dtype"], "runs": keys,
+                **({"draft_quant": quant} if quant != "none" else {}),  # bf16 drafts: the records from before
                 "max_tokens": args.max_tokens, "router": args.router or "auto",
                 "fingerprints": model_fingerprints(pair["target"]), "draft_weights": model_fingerprints(pair["draft"]),
                 "router_files": fingerprint(Path(args.router)) if args.router else None}
     settings = json.loads(json.dumps(settings))  # as read back (tuples become lists)
     journal = JsonLines(Path(args.out) / pair_name / task_spec.replace(":", "_").replace(",", "_").replace("=", "")
-                        / "tree.jsonl")  # a line torn by a kill is dropped: that problem runs again
+                        / ("tree.jsonl" if quant == "none" else f"tree-{quant}.jsonl"))  # a torn line: runs again
     done = {r["problem_id"]: r["runs"] for r in journal.read() if r["settings"] == settings}
     task = get_task(task_spec)
     problems = task.problems(limit)
-    cfg = StepDraftConfig(draft=pair["draft"], sampling=SamplingConfig(temperature=0.0), max_tokens=args.max_tokens)
+    cfg = StepDraftConfig(draft=pair["draft"], draft_quant=quant, sampling=SamplingConfig(temperature=0.0),
+                          max_tokens=args.max_tokens)
     engine = Engine(target)
     todo = [p for p in problems if p.id not in done]
     for i, p in enumerate(todo):
@@ -181,6 +194,8 @@ def measure(args) -> dict:
     per_cell: dict[tuple, dict[str, list[bool]]] = {}  # (pair, method, threshold) -> problem -> correct
     for pair_name in args.pairs:
         pair = dict(PAIRS[pair_name], dtype=resolve_dtype(PAIRS[pair_name]["dtype"]))
+        if pair_name == "qwen":
+            pair["draft_quant"] = args.qwen_draft_quant
         tasks = pair["tasks"] if pair_name == "testbed" else ["gsm8k"]
         limit = args.per_difficulty if pair_name == "testbed" else args.qwen_limit
         batch = args.batch_size if pair_name == "testbed" else 1  # the Qwen pair: batch-1 latency
@@ -207,7 +222,8 @@ def measure(args) -> dict:
             for r in sweep(pair_name, pair, task, run_alone, args, model=pair["target"], limit=limit, batch_size=batch):
                 key = by_spec[r["method"]]
                 cells[key].append(cell(r, params.get(key[0], 0)))
-            for r in sweep(pair_name, pair, task, ["plain"], args, model=pair["draft"], limit=limit, batch_size=batch):
+            for r in sweep(pair_name, pair, task, ["plain"], args, model=pair["draft"], limit=limit, batch_size=batch,
+                           quant=pair["draft_quant"]):
                 cells[("draft-only", None)].append(cell(r, 0) | {"acceptance": 1.0})
             _log(args, f"{pair_name} {task} done ({time.time() - t0:.0f}s)")
         for (method, thr), cs in cells.items():
@@ -232,7 +248,7 @@ def measure(args) -> dict:
             "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
                          "per_difficulty": args.per_difficulty, "qwen_limit": args.qwen_limit,
                          "max_tokens": args.max_tokens, "threads": args.threads, "quick": args.quick,
-                         "qwen_tree": args.qwen_tree}}
+                         "qwen_tree": args.qwen_tree, "qwen_draft_quant": args.qwen_draft_quant}}
 
 
 def frontier(points: list[dict], cost: str) -> list[dict]:
@@ -377,6 +393,8 @@ def main() -> None:
     ap.add_argument("--thresholds", type=int, default=11, help="thresholds per method, evenly over [0, 1]")
     ap.add_argument("--per-difficulty", type=int, default=50, help="testbed problems per (difficulty, problem seed)")
     ap.add_argument("--qwen-limit", type=int, default=100, help="first N GSM8K test problems (Qwen pair)")
+    ap.add_argument("--qwen-draft-quant", default="int4", choices=("none", "int8", "int4"),
+                    help="the Qwen draft's weights (none: bf16, as its target)")
     ap.add_argument("--max-tokens", type=int, default=640)
     ap.add_argument("--batch-size", type=int, default=16, help="testbed problems per engine batch")
     ap.add_argument("--router", default="", help="router directory (default: the target's companion)")
