@@ -91,3 +91,10 @@ def test_inverse_cdf_picks_the_token_a_whole_row_cumsum_picks(vocab, block, dtyp
     tokens = inverse_cdf(probs, u, block)
     assert torch.equal(tokens, reference)
     assert bool((probs.gather(1, tokens[:, None]) > 0).all())  # zero-weight tokens are never picked
+
+
+def test_inverse_cdf_of_no_rows_is_no_tokens():
+    from reasonbudget.engine.sampling import inverse_cdf
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert inverse_cdf(torch.zeros(0, 3000, dtype=dtype), torch.zeros(0, dtype=torch.float64)).shape == (0,)

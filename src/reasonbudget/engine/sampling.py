@@ -123,11 +123,11 @@ def _block_sums(probs: Tensor, block: int) -> Tensor:
     whole = vocab // block * block
     if probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64):
         a = probs.detach().numpy()
-        parts = [a[:, :whole].reshape(rows, -1, block).sum(-1, dtype=np.float64)]
+        parts = [a[:, :whole].reshape(rows, whole // block, block).sum(-1, dtype=np.float64)]
         if whole < vocab:
             parts.append(a[:, whole:].sum(-1, dtype=np.float64, keepdims=True))
         return torch.from_numpy(np.concatenate(parts, axis=1))
-    parts = [probs[:, :whole].reshape(rows, -1, block).sum(-1, dtype=torch.float64)]
+    parts = [probs[:, :whole].reshape(rows, whole // block, block).sum(-1, dtype=torch.float64)]
     if whole < vocab:
         parts.append(probs[:, whole:].sum(-1, dtype=torch.float64, keepdim=True))
     return torch.cat(parts, dim=1)
