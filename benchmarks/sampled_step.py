@@ -92,7 +92,8 @@ def decode_runs(args) -> dict:
             print(f"  {label:9s} {runs[label][-1]}", file=sys.stderr)
     summary = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in runs.items()}
     walls = [d["wall_s"] / r["wall_s"] for d, r in zip(runs["default"], runs["retained"])]
-    return {"runs": runs, "median": summary, "speedup": statistics.median(walls), "speedup_range": [min(walls), max(walls)]}
+    return {"runs": runs, "median": summary, "speedup": statistics.median(walls),
+            "speedup_range": [min(walls), max(walls)]}
 
 
 def main(argv=None) -> None:

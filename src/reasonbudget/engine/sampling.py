@@ -105,7 +105,7 @@ def inverse_cdf(probs: Tensor, u: Tensor, block: int = CDF_BLOCK) -> Tensor:
     ends = sums.cumsum(-1)
     u = u.to(torch.float64) * ends[:, -1]
     blocks = torch.arange(sums.shape[1], device=probs.device)
-    last_with_mass = torch.where(sums > 0, blocks, 0).amax(-1)  # rounding must not carry u past the last block with mass
+    last_with_mass = torch.where(sums > 0, blocks, 0).amax(-1)  # rounding must not carry u past it
     b = torch.searchsorted(ends, u[:, None], right=True)[:, 0].clamp(max=last_with_mass)
     before = torch.where(b > 0, ends.gather(1, (b - 1).clamp(min=0)[:, None])[:, 0], 0.0)
     ids = b[:, None] * block + torch.arange(block, device=probs.device)
