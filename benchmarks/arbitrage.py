@@ -92,8 +92,8 @@ _TARGETS: dict[tuple[str, str], object] = {}
 
 
 def target_model(pair: dict):
-    """The pair's target, loaded once: PRMs are cached per policy object, so every fresh copy of the 1.5B would
-    stay in memory with its own PRM (four copies: 20 GB)."""
+    """The pair's target, loaded once, so that its PRM is built once too (PRMs are kept on their policy object;
+    the four loads this replaced held 20 GB while they lived)."""
     from reasonbudget.models import load_model
 
     key = (pair["target"], pair["dtype"])
