@@ -32,9 +32,7 @@ def retain_freed_memory() -> bool:
 
 
 def _raise_thresholds() -> bool:
-    if os.environ.get("REASONBUDGET_RETAIN_MEMORY", "1") == "0" or platform.system() != "Linux":
-        return False
-    if platform.libc_ver()[0] != "glibc":
+    if os.environ.get("REASONBUDGET_RETAIN_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
