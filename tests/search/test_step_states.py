@@ -90,3 +90,33 @@ def test_forked_texts_and_too_few_rows_still_read_right(target):
     assert ss.tokens_fed - before <= len(f_ids) - (ends[1] + 1)  # at most what follows the shared two steps
     with pytest.raises(ValueError, match="exceeds"):
         ss.features([(list(range(target.context_length + 1)), [0])])
+
+
+def test_a_search_round_feeds_each_new_token_once(target):
+    """A search's rounds: the shared prompt read once in the first round, then children of a few parents (beam
+    search keeps some texts, particle filtering duplicates some) fed their new step only; no parent's row is
+    handed to another text before its children read from it."""
+    from reasonbudget.rewards.head_prm import encode_steps
+    from reasonbudget.tasks import get_task
+
+    layers = (4,)
+    q = get_task("testbed:d=5").problems()[0].question
+    ss = StepStates(target, layers, rows=1)
+    prompt = len(encode_steps(target, q, [], "\n\n")[0])
+
+    def read(all_steps):
+        enc = [encode_steps(target, q, st, "\n\n") for st in all_steps]
+        before = ss.tokens_fed
+        got = ss.features(enc)
+        for st, g in zip(all_steps, got):
+            assert torch.allclose(g, fresh(target, q, st, layers), atol=1e-4)
+        return ss.tokens_fed - before, [e for _, e, _ in enc]
+
+    firsts = [[f"y{i} = {3 * i + 1}"] for i in range(6)]
+    fed, ends = read(firsts)
+    assert fed == prompt + sum(e[-1] + 1 - prompt for e in ends)  # the prompt once, then each first step
+    for parents in ([0, 0, 5, 5, 5, 2], [1, 1, 1, 3, 3, 4]):  # the rows of the last round's texts, reused
+        children = [[*firsts[p], f"z{j} = {j + 7}"] for j, p in enumerate(parents)]
+        fed, ends = read(children)
+        assert fed == sum(e[-1] - e[-2] for e in ends)  # only the new steps
+        firsts = children

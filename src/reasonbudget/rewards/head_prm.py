@@ -247,11 +247,12 @@ class HeadPRM:
         with torch.no_grad():
             return [self.head(f) if f.numel() else torch.zeros(0) for f in feats]
 
-    def _encoded(self, item: StepSequence) -> tuple[list[int], list[int]]:
-        """Token ids within the base's context and the ends of the steps that fit (as `step_features` reads)."""
-        ids, ends, _ = encode_steps(self.base, item.problem, item.steps, self.spec.separator)
+    def _encoded(self, item: StepSequence) -> tuple[list[int], list[int], int]:
+        """Token ids within the base's context, the ends of the steps that fit (as `step_features` reads) and
+        where the first step starts (the prompt before it is read once for all texts of a problem)."""
+        ids, ends, first = encode_steps(self.base, item.problem, item.steps, self.spec.separator)
         limit = self.base.context_length
-        return ids[:limit], [e for e in ends if e < limit]
+        return ids[:limit], [e for e in ends if e < limit], first
 
     def forget(self) -> None:
         """Drop the kept states of the texts read so far, so that a new run is charged what it reads alone (a

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -61,22 +61,37 @@ class StepStates:
         return len(self.row_keys)
 
     @torch.inference_mode()
-    def features(self, items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Tensor]:
-        """Per item (token ids, the index of each step's last token, ascending, within the context): the
-        concatenated states of `layers` at each step end, [num_steps, len(layers) * d] (float32, CPU)."""
-        keys = [step_keys(ids, ends) for ids, ends in items]
-        todo = [i for i, k in enumerate(keys) if any(x not in self.states for x in k)]
-        longest = max((len(items[i][0]) for i in todo), default=0)
+    def features(self, items: Sequence[tuple[Sequence[int], Sequence[int]] | tuple[Sequence[int], Sequence[int], int]]
+                 ) -> list[Tensor]:
+        """Per item (token ids, the index of each step's last token, ascending, within the context; optionally
+        where the first step starts, the prompt before it shared by the texts of one problem): the concatenated
+        states of `layers` at each step end, [num_steps, len(layers) * d] (float32, CPU). A prompt that texts of
+        this call share and no row holds is read once, then forked (a search's first round)."""
+        plans = [_points(item) for item in items]
+        keys = [step_keys(ids, points) for ids, points, _ in plans]
+        todo = [i for i, (k, (_, _, skip)) in enumerate(zip(keys, plans)) if any(x not in self.states for x in k[skip:])]
+        prompts: dict[bytes, tuple[list[int], list[int], int]] = {}
+        wanted_by = defaultdict(int)
+        for i in todo:
+            ids, points, skip = plans[i]
+            if skip and self._longest_held(points, keys[i])[0] is None:
+                wanted_by[keys[i][0]] += 1
+                prompts.setdefault(keys[i][0], (list(ids[: points[0] + 1]), points[:1], 0))
+        shared = [(p, [k]) for k, p in prompts.items() if wanted_by[k] > 1]
+        longest = max((len(plans[i][0]) for i in todo), default=0)
         if longest > self.capacity or len(todo) > self.num_rows:
-            self._grow(max(len(todo), self.num_rows), longest)
+            self._grow(max(len(todo), len(shared), self.num_rows), longest)
+        keep = {row for i in todo if (row := self._longest_held(plans[i][1], keys[i])[0]) is not None}
+        for start in range(0, len(shared), self.num_rows):
+            self._read(shared[start : start + self.num_rows], keep)
         for start in range(0, len(todo), self.num_rows):  # one row per text and round
-            self._read([items[i] for i in todo[start : start + self.num_rows]],
-                       [keys[i] for i in todo[start : start + self.num_rows]])
+            self._read([(plans[i], keys[i]) for i in todo[start : start + self.num_rows]])
         out = []
-        for ks in keys:
+        for (_, _, skip), ks in zip(plans, keys):
             for x in ks:
-                self.states.move_to_end(x)
-            out.append(torch.stack([self.states[x] for x in ks]) if ks else torch.zeros(0))
+                if x in self.states:  # (a prompt's state may have been dropped)
+                    self.states.move_to_end(x)
+            out.append(torch.stack([self.states[x] for x in ks[skip:]]) if ks[skip:] else torch.zeros(0))
         while len(self.states) > self.remembered:
             self.states.popitem(last=False)
         return out
@@ -104,17 +119,20 @@ class StepStates:
         self.row_keys += [set() for _ in range(rows - n)]
         self.last_used += [0] * (rows - n)
 
-    def _read(self, items, keys) -> None:
-        """Feed each item's unread tokens on a row of its own and remember the states at its step ends."""
-        plan = []  # (row, fed from, item)
+    def _read(self, items, keep: set[int] = frozenset()) -> None:
+        """Feed each item's unread tokens on a row of its own and remember the states at its points. items:
+        ((ids, points, skip), keys); a row that some item (or `keep`) continues from is not handed to another."""
+        held = [self._longest_held(points, ks) for (_, points, _), ks in items]
+        wanted = keep | {row for row, _ in held if row is not None}
+        plan = []  # (row, fed from, ids, points, keys)
         claimed: set[int] = set()
-        for (ids, ends), ks in zip(items, keys):
-            first_missing = next(e for e, x in zip(ends, ks) if x not in self.states)
-            best, shared = self._longest_held(ends, ks)
+        for ((ids, points, skip), ks), (best, shared) in zip(items, held):
+            first_missing = next((e for e, x in zip(points[skip:], ks[skip:]) if x not in self.states), points[-1])
             # at least the first unread step end is fed again (its state may have been forgotten)
             start = min(shared, first_missing)
             if best is None or best in claimed or start == 0:
-                row = min((r for r in range(self.num_rows) if r not in claimed), key=lambda r: self.last_used[r])
+                free = [r for r in range(self.num_rows) if r not in claimed]
+                row = min(free, key=lambda r: (r in wanted, self.last_used[r]))
                 self._forget(row)
                 if start and row != best:
                     self.cache.reorder(torch.tensor([row]), torch.tensor([best]))
@@ -122,13 +140,14 @@ class StepStates:
             else:
                 row = best
             claimed.add(row)
-            plan.append((row, start, ids, ends, ks))
+            plan.append((row, start, ids, points, ks))
         for group in self._groups(plan):
             self._feed(group)
 
-    def _longest_held(self, ends: Sequence[int], keys: Sequence[bytes]) -> tuple[int | None, int]:
-        """(a row holding the text's longest step-end prefix, that prefix's length); (None, 0) when none does."""
-        for e, k in zip(reversed(ends), reversed(keys)):
+    def _longest_held(self, points: Sequence[int], keys: Sequence[bytes]) -> tuple[int | None, int]:
+        """(a row holding the text's longest prefix ending at a point, that prefix's length); (None, 0) when none
+        does."""
+        for e, k in zip(reversed(points), reversed(keys)):
             row = self.holder.get(k)
             if row is not None and k in self.row_keys[row]:
                 return row, e + 1
@@ -182,3 +201,12 @@ class StepStates:
             self.clock += 1
             self.last_used[row] = self.clock
             self.tokens_fed += len(ids) - start
+
+
+def _points(item) -> tuple[Sequence[int], list[int], int]:
+    """(ids, the positions whose prefixes rows hold: the prompt's last token if given, then the step ends, how
+    many leading points are not step ends)."""
+    ids, ends, *first = item
+    if first and 0 < first[0] <= len(ids) and (not ends or first[0] <= ends[0]):
+        return ids, [first[0] - 1, *ends], 1
+    return ids, list(ends), 0
