@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -69,21 +69,15 @@ class StepStates:
         this call share and no row holds is read once, then forked (a search's first round)."""
         plans = [_points(item) for item in items]
         keys = [step_keys(ids, points) for ids, points, _ in plans]
-        todo = [i for i, (k, (_, _, skip)) in enumerate(zip(keys, plans)) if any(x not in self.states for x in k[skip:])]
-        prompts: dict[bytes, tuple[list[int], list[int], int]] = {}
-        wanted_by = defaultdict(int)
-        for i in todo:
-            ids, points, skip = plans[i]
-            if skip and self._longest_held(points, keys[i])[0] is None:
-                wanted_by[keys[i][0]] += 1
-                prompts.setdefault(keys[i][0], (list(ids[: points[0] + 1]), points[:1], 0))
-        shared = [(p, [k]) for k, p in prompts.items() if wanted_by[k] > 1]
+        todo = [i for i, (ks, (_, _, skip)) in enumerate(zip(keys, plans))
+                if any(x not in self.states for x in ks[skip:])]
         longest = max((len(plans[i][0]) for i in todo), default=0)
         if longest > self.capacity or len(todo) > self.num_rows:
-            self._grow(max(len(todo), len(shared), self.num_rows), longest)
-        keep = {row for i in todo if (row := self._longest_held(plans[i][1], keys[i])[0]) is not None}
+            self._grow(max(len(todo), self.num_rows), longest)
+        held = [self._longest_held(plans[i][1], keys[i])[0] for i in todo]
+        shared = self._unheld_shared_prompts([plans[i] for i in todo], [keys[i] for i in todo], held)
         for start in range(0, len(shared), self.num_rows):
-            self._read(shared[start : start + self.num_rows], keep)
+            self._read(shared[start : start + self.num_rows], keep={row for row in held if row is not None})
         for start in range(0, len(todo), self.num_rows):  # one row per text and round
             self._read([(plans[i], keys[i]) for i in todo[start : start + self.num_rows]])
         out = []
@@ -95,6 +89,14 @@ class StepStates:
         while len(self.states) > self.remembered:
             self.states.popitem(last=False)
         return out
+
+    @staticmethod
+    def _unheld_shared_prompts(plans, keys, held) -> list:
+        """The prompts (as items of `_read`) that two or more of these texts start with and no row holds."""
+        counts = Counter(ks[0] for (_, _, skip), ks, row in zip(plans, keys, held) if skip and row is None)
+        prompts = {ks[0]: (list(ids[: points[0] + 1]), points[:1], 0) for (ids, points, skip), ks in zip(plans, keys)
+                   if skip and counts[ks[0]] > 1}
+        return [(p, [k]) for k, p in prompts.items()]
 
     def _grow(self, rows: int, longest: int) -> None:
         """At least `rows` rows (as many as fit in max_bytes, at least the current ones) of at least `longest`
