@@ -3,10 +3,11 @@
 A text scorer (a PRM head scoring text, for a policy that is another model or a remote server) is asked for
 every step of a prefix each round of a search: re-reading each prefix makes its cost quadratic in the steps.
 Here the base model keeps KV rows holding texts it has read. A new text continues from a row that holds its
-longest prefix ending at a step end (found by digests of the prefixes, not by comparing tokens; copied when
-another text of the same call wants that row too, since particles fork), and only its new tokens are fed; the
-states at step ends already read are remembered. The states equal a
-fresh read's up to float rounding (a test).
+longest prefix ending at a step end or at the prompt's end (found by digests of the prefixes, not by comparing
+tokens; copied when another text of the same call wants that row too, since particles and beams fork), and only its
+new tokens are fed. A row that a text of the call continues from is never handed to another text first, and a
+prompt that several texts of a call share and no row holds is read once, then forked. The states at step ends
+already read are remembered. The states equal a fresh read's up to float rounding (a test).
 """
 
 from __future__ import annotations
