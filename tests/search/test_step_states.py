@@ -112,11 +112,11 @@ def test_a_search_round_feeds_each_new_token_once(target):
             assert torch.allclose(g, fresh(target, q, st, layers), atol=1e-4)
         return ss.tokens_fed - before, [e for _, e, _ in enc]
 
-    firsts = [[f"y{i} = {3 * i + 1}"] for i in range(6)]
-    fed, ends = read(firsts)
+    last_round = [[f"y{i} = {3 * i + 1}"] for i in range(6)]
+    fed, ends = read(last_round)
     assert fed == prompt + sum(e[-1] + 1 - prompt for e in ends)  # the prompt once, then each first step
     for parents in ([0, 0, 5, 5, 5, 2], [1, 1, 1, 3, 3, 4]):  # the rows of the last round's texts, reused
-        children = [[*firsts[p], f"z{j} = {j + 7}"] for j, p in enumerate(parents)]
+        children = [[*last_round[p], f"z{j} = {j + 7}"] for j, p in enumerate(parents)]
         fed, ends = read(children)
         assert fed == sum(e[-1] - e[-2] for e in ends)  # only the new steps
-        firsts = children
+        last_round = children
