@@ -18,7 +18,7 @@ tiny models' wall time is mostly Python).
 
     python benchmarks/arbitrage.py [--quick] [--json] [--pairs testbed,qwen] [--thresholds 11]
                                    [--per-difficulty 50] [--qwen-limit 100] [--qwen-draft-quant int4]
-                                   [--router DIR] [--out runs/arbitrage]
+                                   [--router DIR] [--out runs/arbitrage] [--plot-dir DIR] [--into FILE]
 
 --json prints {"rows": [{"pair", "method", "threshold", "accuracy", "acceptance", "latency_s", "flops",
 "target_calls", ...}...], "matched": [{"pair", "accuracy", "rsd_latency_s", "arbitrage_latency_s", "speedup",
@@ -27,7 +27,9 @@ tiny models' wall time is mostly Python).
 "rsd_max", "arbitrage_min", "ceiling", ...}...]} (paired: each Arbitrage threshold against RSD at the nearest
 acceptance, per-problem differences on the same problems; ceiling: the largest matched-accuracy speedup the
 measured costs allow, the costliest point of RSD's frontier over Arbitrage's cheapest). Plots
-(--plot-dir, default OUT): accuracy vs acceptance, accuracy vs latency (and vs FLOPs).
+(--plot-dir, default OUT; one file per pair, arbitrage-PAIR.png): accuracy vs acceptance, accuracy vs latency (and
+vs FLOPs). --into FILE merges the pairs measured into a report kept elsewhere (docs/arbitrage.json holds both
+pairs, measured in separate runs); --load FILE prints one.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def measure(args) -> dict:
     t0 = time.time()
     rows, notes = [], []
     per_cell: dict[tuple, dict[str, list[bool]]] = {}  # (pair, method, threshold) -> problem -> correct
+    per_cost: dict[tuple, dict[str, float]] = {}  # (pair, method, threshold) -> problem -> the pair's cost
     for pair_name in args.pairs:
         pair = dict(PAIRS[pair_name], dtype=resolve_dtype(PAIRS[pair_name]["dtype"]))
         if pair_name == "qwen":
@@ -228,6 +231,8 @@ def measure(args) -> dict:
             _log(args, f"{pair_name} {task} done ({time.time() - t0:.0f}s)")
         for (method, thr), cs in cells.items():
             per_cell[(pair_name, method, thr)] = {c["problem_id"]: [c["correct"]] for c in cs}
+            cost = "latency_s" if pair_name == "qwen" else "flops"
+            per_cost[(pair_name, method, thr)] = {c["problem_id"]: c[cost] for c in cs}
             if method == "target-only":
                 for c in cs:
                     c["acceptance"] = 0.0
@@ -242,7 +247,7 @@ def measure(args) -> dict:
                          "target_calls": statistics.mean(c["target_calls"] for c in cs), "problems": len(cs),
                          "decision_flips": sum(c["flips"] for c in cs),
                          "scorer_share": statistics.mean(c["scorer_flops"] for c in cs) / flops if flops else 0.0})
-    return {"rows": rows, "matched": matched(rows), "ceiling": speedup_ceiling(rows),
+    return {"rows": rows, "matched": matched(rows, per_cost), "ceiling": speedup_ceiling(rows),
             "paired": paired_at_acceptance(rows, per_cell),
             "notes": notes, "seconds": round(time.time() - t0, 1),
             "settings": {"pairs": args.pairs, "thresholds": thresholds(args.thresholds),
@@ -261,8 +266,12 @@ def frontier(points: list[dict], cost: str) -> list[dict]:
     return out
 
 
-def matched(rows: list[dict]) -> list[dict]:
-    """Per pair, every Arbitrage frontier point against the cheapest RSD point at least as accurate."""
+def matched(rows: list[dict], per_cost: dict | None = None) -> list[dict]:
+    """Per pair, every Arbitrage frontier point against the cheapest RSD point at least as accurate. With
+    `per_cost` ((pair, method, threshold) -> problem -> cost), each speedup gets a 95% interval that resamples
+    the problems both points ran (the two thresholds held fixed: the choice of the pair is not resampled)."""
+    from reasonbudget.eval.stats import rate_ratio_interval
+
     out = []
     for pair in dict.fromkeys(r["pair"] for r in rows):
         cost = "latency_s" if pair == "qwen" else "flops"
@@ -277,6 +286,12 @@ def matched(rows: list[dict]) -> list[dict]:
                         "rsd_latency_s": b["latency_s"], "arbitrage_latency_s": a["latency_s"],
                         "rsd_flops": b["flops"], "arbitrage_flops": a["flops"], "cost": cost,
                         "speedup": b[cost] / a[cost] if a[cost] > 0 else float("nan")})
+            if per_cost is not None:
+                mine, theirs = per_cost[(pair, "arbitrage", a["threshold"])], per_cost[(pair, "rsd", b["threshold"])]
+                common = sorted(mine.keys() & theirs.keys())
+                ones = [1.0] * len(common)  # (1 / sum arbitrage) / (1 / sum rsd): RSD's cost over Arbitrage's
+                _, lo, hi = rate_ratio_interval(ones, [mine[p] for p in common], ones, [theirs[p] for p in common])
+                out[-1] |= {"speedup_ci_low": lo, "speedup_ci_high": hi}
     return out
 
 
@@ -320,6 +335,24 @@ def paired_at_acceptance(rows: list[dict], per_cell: dict) -> list[dict]:
     return out
 
 
+def merge_reports(old: dict, new: dict) -> dict:
+    """`new` laid over `old` pair by pair: the pairs `new` measured replace theirs in `old`, the others stay (the
+    testbed and the Qwen pair are measured in different runs, hours apart, into one report); pure."""
+    pairs = set(new["settings"]["pairs"])
+
+    def keep(entries: list) -> list:
+        return [e for e in entries if e["pair"] not in pairs]
+
+    out = {k: keep(old.get(k, [])) + new[k] for k in ("rows", "matched", "ceiling", "paired")}
+    by_pair = {p: s for p, s in old.get("settings_by_pair", {}).items() if p not in pairs}
+    by_pair |= {p: old["settings"] | {"seconds": old["seconds"]} for p in old["settings"]["pairs"]
+                if p not in pairs and p not in by_pair}
+    by_pair |= {p: new["settings"] | {"seconds": new["seconds"]} for p in pairs}
+    notes = [n for n in old.get("notes", []) if n.split(":")[0] not in pairs] + new.get("notes", [])
+    return {**out, "notes": notes, "seconds": round(sum(s["seconds"] for s in by_pair.values()), 1),
+            "settings": {**new["settings"], "pairs": sorted(by_pair)}, "settings_by_pair": by_pair}
+
+
 def _log(args, msg: str) -> None:
     if not args.json:
         print(msg, file=sys.stderr, flush=True)
@@ -334,10 +367,13 @@ def print_table(report: dict) -> None:
               f"{r['acceptance']:7.3f} {r['latency_s']:10.3f} {r['target_equivalent_tokens']:13.1f} "
               f"{r['target_calls']:12.2f}")
     if report["matched"]:
-        print("\nmatched accuracy (Arbitrage frontier vs the cheapest RSD point at least as accurate):")
+        print("\nmatched accuracy (Arbitrage frontier vs the cheapest RSD point at least as accurate; 95% interval "
+              "over problems, the two thresholds held fixed):")
         for m in report["matched"]:
+            ci = (f" [{m['speedup_ci_low']:.2f}, {m['speedup_ci_high']:.2f}]" if "speedup_ci_low" in m
+                  else "")  # reports saved before the interval was added
             print(f"{m['pair']:8} acc {m['accuracy']:.3f} (RSD {m['rsd_accuracy']:.3f}): cost {m['cost']} "
-                  f"speedup {m['speedup']:.2f}x  (tau {m['arbitrage_threshold']}, delta {m['rsd_threshold']})")
+                  f"speedup {m['speedup']:.2f}x{ci}  (tau {m['arbitrage_threshold']}, delta {m['rsd_threshold']})")
     else:
         print("\nno matched-accuracy comparison: no RSD point reaches an Arbitrage point's accuracy, or no router rows")
     for c in report.get("ceiling") or speedup_ceiling(report["rows"]):  # reports saved before it was added
@@ -405,6 +441,9 @@ def main() -> None:
                          "calls; the same results, a fraction of the time)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/arbitrage")
+    ap.add_argument("--plot-dir", help="where the plots go (default: --out)")
+    ap.add_argument("--into", help="also merge this run's pairs into this report file (e.g. docs/arbitrage.json), "
+                                   "keeping the pairs it does not measure")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--load", help="print a saved report.json, measure nothing")
     args = ap.parse_args()
@@ -421,9 +460,16 @@ def main() -> None:
         report = measure(args)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2))
-        plot(report, Path(args.out))
+        if args.into:
+            into = Path(args.into)
+            if into.exists():
+                report = merge_reports(json.loads(into.read_text()), report)
+            into.write_text(json.dumps(report, indent=2))
+        plot_dir = Path(args.plot_dir or args.out)
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        plot(report, plot_dir)
     if args.json:
-        print(json.dumps({"rows": report["rows"], "matched": report["matched"]}, indent=2))
+        print(json.dumps({k: report.get(k, []) for k in ("rows", "matched", "paired", "ceiling")}, indent=2))
     else:
         print_table(report)
 

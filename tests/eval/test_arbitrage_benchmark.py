@@ -69,3 +69,37 @@ def test_tree_records_cover_every_run_and_resume_from_their_journal(tmp_path, mo
     args.max_tokens = 128  # other settings: nothing is reused
     with pytest.raises(AssertionError, match="walked again"):
         bench.tree_records("testbed", pair, "testbed:d=6", 1, specs, args)
+
+
+def test_a_matched_speedup_carries_an_interval_over_the_problems_both_points_ran():
+    bench = load_benchmark("arbitrage")
+    rows = [row("rsd", 0.8, 1.0, 0.5, 20), row("arbitrage", 0.3, 1.0, 0.85, 10)]
+    problems = [f"p{i}" for i in range(30)]
+    # every problem costs RSD twice what it costs Arbitrage: no resampling moves the ratio
+    even = {("testbed", "rsd", 0.8): {p: 2.0 * (1 + i) for i, p in enumerate(problems)},
+            ("testbed", "arbitrage", 0.3): {p: 1.0 + i for i, p in enumerate(problems)}}
+    (m,) = bench.matched(rows, even)
+    assert m["speedup"] == 2.0 and m["speedup_ci_low"] == pytest.approx(2.0) == m["speedup_ci_high"]
+    # half the problems 3x, half 1x: the interval is wide and holds the pooled ratio
+    mixed = {("testbed", "rsd", 0.8): {p: 3.0 if i % 2 else 1.0 for i, p in enumerate(problems)},
+             ("testbed", "arbitrage", 0.3): {p: 1.0 for p in problems}}
+    (m,) = bench.matched(rows, mixed)
+    assert m["speedup_ci_low"] < 2.0 < m["speedup_ci_high"] and m["speedup_ci_high"] - m["speedup_ci_low"] > 0.3
+    assert "speedup_ci_low" not in bench.matched(rows)[0]  # no per-problem costs: no interval claimed
+
+
+def test_merging_reports_replaces_the_measured_pairs_and_keeps_the_others():
+    bench = load_benchmark("arbitrage")
+
+    def report(pair, acc, seconds):
+        r = dict(row("rsd", 0.5, acc, 0.5, 10), pair=pair)
+        return {"rows": [r], "matched": [{"pair": pair}], "ceiling": [], "paired": [], "notes": [f"{pair}: n"],
+                "seconds": seconds, "settings": {"pairs": [pair], "qwen_limit": 20}}
+
+    old = bench.merge_reports(report("testbed", 0.6, 100.0), report("qwen", 0.4, 50.0))
+    assert [(r["pair"], r["accuracy"]) for r in old["rows"]] == [("testbed", 0.6), ("qwen", 0.4)]
+    newer = bench.merge_reports(old, report("qwen", 0.5, 70.0))
+    assert [(r["pair"], r["accuracy"]) for r in newer["rows"]] == [("testbed", 0.6), ("qwen", 0.5)]
+    assert newer["notes"] == ["testbed: n", "qwen: n"] and newer["seconds"] == 170.0
+    assert newer["settings"]["pairs"] == ["qwen", "testbed"]
+    assert newer["settings_by_pair"]["testbed"]["seconds"] == 100.0
