@@ -60,11 +60,19 @@ def thresholds(k: int) -> list[float]:
     return [round(i / (k - 1), 3) for i in range(k)] if k > 1 else [0.5]
 
 
+def plain_spec(args) -> str:
+    """Draft-only and target-only decoding under the step-level runs' token cap (`max_tokens`): uncapped, a run
+    that never reaches an answer goes on to plain's 2048-token safety cap and its minutes land in the baseline's
+    latency (one 1.5B answer here: 1898 tokens, 286 s). At the cap plain forces the answer line where a step-level
+    run stops without one, the one way the two still differ."""
+    return f"plain:max_thinking_tokens={args.max_tokens}"
+
+
 def method_specs(pair: dict, args, with_router: bool) -> dict[tuple[str, float | None], str]:
     """(method, threshold) -> method spec."""
     quant = f",draft_quant={pair['draft_quant']}" if pair["draft_quant"] != "none" else ""
     base = f"draft={pair['draft']}{quant},max_tokens={args.max_tokens}"
-    specs: dict[tuple[str, float | None], str] = {("target-only", None): "plain"}
+    specs: dict[tuple[str, float | None], str] = {("target-only", None): plain_spec(args)}
     router = f",router={args.router}" if args.router else ""
     for t in thresholds(args.thresholds):
         specs[("rsd", t)] = f"rsd:{base},threshold={t}"
@@ -219,14 +227,14 @@ def measure(args) -> dict:
             if pair_name == "qwen" and args.qwen_tree:
                 for key, r in tree_records(pair_name, pair, task, limit, specs, args):
                     cells[key].append(cell(r, params.get(key[0], 0)))
-                run_alone = ["plain"]  # target-only: plain decoding through the harness
+                run_alone = [plain_spec(args)]  # target-only: plain decoding through the harness
             else:
                 run_alone = list(specs.values())
             for r in sweep(pair_name, pair, task, run_alone, args, model=pair["target"], limit=limit, batch_size=batch):
                 key = by_spec[r["method"]]
                 cells[key].append(cell(r, params.get(key[0], 0)))
-            for r in sweep(pair_name, pair, task, ["plain"], args, model=pair["draft"], limit=limit, batch_size=batch,
-                           quant=pair["draft_quant"]):
+            for r in sweep(pair_name, pair, task, [plain_spec(args)], args, model=pair["draft"], limit=limit,
+                           batch_size=batch, quant=pair["draft_quant"]):
                 cells[("draft-only", None)].append(cell(r, 0) | {"acceptance": 1.0})
             _log(args, f"{pair_name} {task} done ({time.time() - t0:.0f}s)")
         for (method, thr), cs in cells.items():
@@ -328,7 +336,8 @@ def paired_at_acceptance(rows: list[dict], per_cell: dict) -> list[dict]:
             if not rsd:
                 break
             b = min(rsd, key=lambda r: (abs(r["acceptance"] - a["acceptance"]), r["threshold"]))
-            d = paired_difference(per_cell[(pair, "arbitrage", a["threshold"])], per_cell[(pair, "rsd", b["threshold"])])
+            d = paired_difference(per_cell[(pair, "arbitrage", a["threshold"])],
+                                  per_cell[(pair, "rsd", b["threshold"])])
             out.append({"pair": pair, "arbitrage_threshold": a["threshold"], "rsd_threshold": b["threshold"],
                         "arbitrage_acceptance": a["acceptance"], "rsd_acceptance": b["acceptance"], **d,
                         "verdict": verdict(d, ("Arbitrage", "RSD"))})

@@ -52,6 +52,7 @@ def test_tree_records_cover_every_run_and_resume_from_their_journal(tmp_path, mo
     pair = dict(bench.PAIRS["testbed"])
     args = types.SimpleNamespace(out=str(tmp_path), max_tokens=256, router="", thresholds=3, json=True)
     specs = bench.method_specs(pair, args, with_router=True)
+    assert specs[("target-only", None)] == "plain:max_thinking_tokens=256"  # the step-level runs' token cap
     first = bench.tree_records("testbed", pair, "testbed:d=6", 2, specs, args)
     keys = [k for k in specs if k[0] != "target-only"]
     assert [k for k, _ in first] == keys * 2  # every step-level run of each problem
