@@ -358,9 +358,9 @@ def merge_reports(old: dict, new: dict) -> dict:
         return [e for e in entries if e["pair"] not in pairs]
 
     out = {k: keep(old.get(k, [])) + new[k] for k in ("rows", "matched", "ceiling", "paired")}
-    by_pair = {p: s for p, s in old.get("settings_by_pair", {}).items() if p not in pairs}
-    by_pair |= {p: old["settings"] | {"seconds": old["seconds"]} for p in old["settings"]["pairs"]
-                if p not in pairs and p not in by_pair}
+    before = old.get("settings_by_pair") or {p: old["settings"] | {"seconds": old["seconds"]}
+                                             for p in old["settings"]["pairs"]}  # a report of one run
+    by_pair = {p: s for p, s in before.items() if p not in pairs}
     by_pair |= {p: new["settings"] | {"seconds": new["seconds"]} for p in pairs}
     notes = [n for n in old.get("notes", []) if n.split(":")[0] not in pairs] + new.get("notes", [])
     return {**out, "notes": notes, "seconds": round(sum(s["seconds"] for s in by_pair.values()), 1),
