@@ -12,6 +12,7 @@ Everything runs through the evaluation harness (resumable sweep directories unde
     python benchmarks/real_scaling.py [--model qwen2.5-coder-0.5b] [--limit 50] [--ns 4,8] [--prm auto] [--json]
                                       [--search-ns 4,8] (beam search and DVTS; beam width 4)
                                       [--particle-ns 4,8] (default --ns; '' skips particle filtering)
+                                      [--particle-variant ess_threshold=0.5 ...] (particle filtering's settings)
                                       [--text-judge-problems K] [--judge-model qwen2.5-coder-1.5b]
                                       [--judge-model-problems K] [--judge-model-ns 8]
 
@@ -19,6 +20,11 @@ Everything runs through the evaluation harness (resumable sweep directories unde
 judging the policy's particles): weighted best-of-N on the same samples, and particle filtering at
 --judge-model-ns on the first --judge-model-problems problems. When those are fewer than --limit, every row
 is also reported over just those problems (`rows_first_k`), so that the comparison is like for like.
+
+--particle-variant OPTS (repeatable) adds particle filtering with those settings (e.g. `ess_threshold=0.5`:
+resample only when the effective sample size falls below half the particles, `tau=2`, `resampler=systematic`)
+at the --particle-ns values (--ns when those are ''), as its own rows ("particle-filter (OPTS)"), paired against
+the default particle filter, weighted best-of-N and greedy.
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...], "paired": [{"a", "b", "diff", "diff_ci_low",
@@ -82,6 +88,11 @@ def measure(args) -> dict:
         add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.particle_ns),
                                    out / f"particle-filter{sub}", TEMPERATURE), scorer)
         _log(args, f"particle filtering done ({time.time() - t0:.0f}s)")
+    for opts in args.particle_variant:
+        folder = out / f"particle-filter{sub}-{opts.replace('=', '').replace(',', '-')}"
+        add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps},{opts}"], list(args.particle_ns or args.ns),
+                                   folder, TEMPERATURE), scorer, method=variant_label(opts))
+        _log(args, f"particle filtering ({opts}) done ({time.time() - t0:.0f}s)")
     if args.search_ns:
         for r in sweep(args, [f"{m}:{PRM},{steps}" for m in ("beam-search", "dvts")], list(args.search_ns),
                        out / f"tree{sub}", TEMPERATURE):
@@ -108,10 +119,15 @@ def measure(args) -> dict:
                           (("particle-filter", scorer, n), ("weighted-best-of-n", scorer, n)),
                           (("particle-filter", scorer, n), ("greedy", "-", 1)))
              if a in cells and b in cells]
+    pairs += [paired(cells, (variant_label(opts), scorer, n), b) for opts in args.particle_variant
+              for n in args.particle_ns or args.ns
+              for b in (("particle-filter", scorer, n), ("weighted-best-of-n", scorer, n), ("greedy", "-", 1))
+              if (variant_label(opts), scorer, n) in cells and b in cells]
     return {"rows": rows_of(cells), "paired": pairs, **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "particle_ns": list(args.particle_ns),
                          "search_ns": list(args.search_ns), "prm": PRM,
+                         "particle_variants": list(args.particle_variant),
                          "judge_model": args.judge_model,
                          "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
@@ -133,11 +149,16 @@ def add_scaled(cells, records: list[dict], prm: str, ns, voting: bool = True) ->
                     cells[(method, "-", n)].append(c)
 
 
-def add_particles(cells, records: list[dict], prm: str) -> None:
+def variant_label(opts: str) -> str:
+    return f"particle-filter ({opts})"
+
+
+def add_particles(cells, records: list[dict], prm: str, method: str = "particle-filter") -> None:
+    voted = method.replace("particle-filter", "particle-filter-vote", 1)
     for r in records:
-        cells[("particle-filter", prm, r["budget"])].append(outcome(r))
+        cells[(method, prm, r["budget"])].append(outcome(r))
         if "picks" in r["trace"]:  # the same run, weighted-vote selection
-            cells[("particle-filter-vote", prm, r["budget"])].append(voted_outcome(r, task="gsm8k"))
+            cells[(voted, prm, r["budget"])].append(voted_outcome(r, task="gsm8k"))
 
 
 def judge_quality(records: list[dict]) -> dict:
@@ -186,10 +207,11 @@ def print_table(report: dict) -> None:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'method':20} {'judge':>24} {'N':>3} {'problems':>8} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} "
+    width = max([20] + [len(r["method"]) for r in rows])
+    print(f"{'method':{width}} {'judge':>24} {'N':>3} {'problems':>8} {'accuracy':>9} {'95% CI':>15} {'gen tokens':>11} "
           f"{'PRM calls':>10} {'PRM tokens':>11} {'wall s':>8}")
     for r in rows:
-        print(f"{r['method']:20} {r['prm']:>24} {r['n']:3d} {r['count']:8d} {r['accuracy']:9.3f} "
+        print(f"{r['method']:{width}} {r['prm']:>24} {r['n']:3d} {r['count']:8d} {r['accuracy']:9.3f} "
               f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['mean_generated_tokens']:11.0f} {r['mean_prm_calls']:10.1f} "
               f"{r['mean_prm_tokens']:11.0f} {r['mean_wall_seconds']:8.1f}")
 
@@ -228,6 +250,8 @@ def main() -> None:
                                                   "fallback), judge, logprob, judge-text or a PRM head directory")
     ap.add_argument("--particle-ns", default=None,
                     help="N values for particle filtering (default --ns; '' for none: a sweep run in stages)")
+    ap.add_argument("--particle-variant", action="append", default=[], metavar="OPTS",
+                    help="particle filtering with these settings as well, e.g. ess_threshold=0.5 (repeatable)")
     ap.add_argument("--search-ns", default="", help="N values for beam search and DVTS (beam width 4), e.g. 4,8")
     ap.add_argument("--max-tokens", type=int, default=640, help="per sample or particle")
     ap.add_argument("--batch-size", type=int, default=10, help="problems per engine batch")
@@ -251,6 +275,13 @@ def main() -> None:
     args.search_ns = tuple(int(x) for x in args.search_ns.split(",")) if args.search_ns else ()
     args.particle_ns = args.ns if args.particle_ns is None else tuple(int(x) for x in args.particle_ns.split(",") if x)
     args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
+    for opts in args.particle_variant:
+        from reasonbudget.methods.spec import parse_method_spec
+
+        try:
+            parse_method_spec(f"particle-filter:{opts}")
+        except ValueError as e:
+            ap.error(f"--particle-variant {opts}: {e}")
     if args.load and not Path(args.load).is_file():
         ap.error(f"--load {args.load}: no such report file (write one with --out DIR, then load DIR/report.json)")
     if args.load:
