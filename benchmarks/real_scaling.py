@@ -88,9 +88,10 @@ def measure(args) -> dict:
         add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps}"], list(args.particle_ns),
                                    out / f"particle-filter{sub}", TEMPERATURE), scorer)
         _log(args, f"particle filtering done ({time.time() - t0:.0f}s)")
+    variant_ns = list(args.particle_ns or args.ns)
     for opts in args.particle_variant:
         folder = out / f"particle-filter{sub}-{opts.replace('=', '').replace(',', '-')}"
-        add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps},{opts}"], list(args.particle_ns or args.ns),
+        add_particles(cells, sweep(args, [f"particle-filter:{PRM},{steps},{opts}"], variant_ns,
                                    folder, TEMPERATURE), scorer, method=variant_label(opts))
         _log(args, f"particle filtering ({opts}) done ({time.time() - t0:.0f}s)")
     if args.search_ns:
@@ -114,15 +115,13 @@ def measure(args) -> dict:
             first = {p.id for p in get_task("gsm8k").problems(k)}
             report_k = {key: [c for c in cs if c["problem_id"] in first] for key, cs in cells.items()}
             extra["rows_first_k"] = {"problems": k, "rows": rows_of(report_k)}
+    filters = ["particle-filter"] + [variant_label(opts) for opts in args.particle_variant]
     pairs = [paired(cells, a, b) for n in args.ns
-             for a, b in ((("weighted-best-of-n", scorer, n), ("majority-vote", "-", n)),
-                          (("particle-filter", scorer, n), ("weighted-best-of-n", scorer, n)),
-                          (("particle-filter", scorer, n), ("greedy", "-", 1)))
+             for a, b in [(("weighted-best-of-n", scorer, n), ("majority-vote", "-", n))]
+             + [((f, scorer, n), b) for f in filters
+                for b in (("weighted-best-of-n", scorer, n), ("greedy", "-", 1), ("particle-filter", scorer, n))
+                if b[0] != f]
              if a in cells and b in cells]
-    pairs += [paired(cells, (variant_label(opts), scorer, n), b) for opts in args.particle_variant
-              for n in args.particle_ns or args.ns
-              for b in (("particle-filter", scorer, n), ("weighted-best-of-n", scorer, n), ("greedy", "-", 1))
-              if (variant_label(opts), scorer, n) in cells and b in cells]
     return {"rows": rows_of(cells), "paired": pairs, **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "particle_ns": list(args.particle_ns),
