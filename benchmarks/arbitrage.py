@@ -227,7 +227,7 @@ def measure(args) -> dict:
             if pair_name == "qwen" and args.qwen_tree:
                 for key, r in tree_records(pair_name, pair, task, limit, specs, args):
                     cells[key].append(cell(r, params.get(key[0], 0)))
-                run_alone = [plain_spec(args)]  # target-only: plain decoding through the harness
+                run_alone = [specs[("target-only", None)]]  # plain decoding through the harness
             else:
                 run_alone = list(specs.values())
             for r in sweep(pair_name, pair, task, run_alone, args, model=pair["target"], limit=limit, batch_size=batch):

@@ -274,9 +274,9 @@ def main() -> None:
     args.search_ns = tuple(int(x) for x in args.search_ns.split(",")) if args.search_ns else ()
     args.particle_ns = args.ns if args.particle_ns is None else tuple(int(x) for x in args.particle_ns.split(",") if x)
     args.judge_model_ns = tuple(int(x) for x in args.judge_model_ns.split(",")) if args.judge_model_ns else args.ns
-    for opts in args.particle_variant:
-        from reasonbudget.methods.spec import parse_method_spec
+    from reasonbudget.methods.spec import parse_method_spec
 
+    for opts in args.particle_variant:
         try:
             parse_method_spec(f"particle-filter:{opts}")
         except ValueError as e:
