@@ -291,8 +291,9 @@ def test_untrained_adapters_give_the_frozen_models_final_state_and_train_through
     ids[1, -3:] = 0  # a row with different tail tokens: causal, so its first positions match row 0's
     top = LoraTop(backend, 2, rank=4, alpha=8.0)
     with torch.inference_mode():
-        fo = backend(ids, backend.new_cache(2, ids.shape[1]), torch.arange(2), hidden_layers=(top.start, top.start + 2))
-    entering, final = fo.hidden[top.start].clone(), fo.hidden[top.start + 2]
+        forward_out = backend(ids, backend.new_cache(2, ids.shape[1]), torch.arange(2),
+                              hidden_layers=(top.start, top.start + 2))
+    entering, final = forward_out.hidden[top.start].clone(), forward_out.hidden[top.start + 2]
     assert torch.allclose(top(entering), final, atol=1e-4)
     top(entering).square().mean().backward()
     grads = [p.grad for n, p in top.named_parameters() if n.endswith(".b")]

@@ -175,10 +175,10 @@ class Engine:
     def forward_last(self, rows: Tensor) -> Tensor:
         """One decode step without sampling: feed each row its last token (its K/V join the cache) and return
         the next-token logits [R, V]; the caller appends the token it picks (MTAD's beams)."""
-        fo = self._forward(torch.tensor([[self.history[r][-1]] for r in rows.tolist()]), rows,
+        forward_out = self._forward(torch.tensor([[self.history[r][-1]] for r in rows.tolist()]), rows,
                            torch.zeros(rows.numel(), dtype=torch.long), ())
         self.cache.lengths[rows] += 1
-        return fo.logits
+        return forward_out.logits
 
     def rewind_last(self, rows: Tensor) -> None:
         """Undo `forward_last` on rows whose history did not grow: their last token's K/V leave the cache (it is
@@ -273,10 +273,10 @@ class Engine:
             for j, f in enumerate(chunk):
                 x[j, : len(f)] = torch.tensor(f)
             at = torch.tensor([len(f) - 1 for f in chunk])
-            fo = self._forward(x, rows[i : i + per_chunk], at, layers)
-            logits.append(fo.logits)
+            forward_out = self._forward(x, rows[i : i + per_chunk], at, layers)
+            logits.append(forward_out.logits)
             for k in layers:
-                hidden[k].append(fo.hidden[k][torch.arange(len(chunk)), at.to(fo.hidden[k].device)])
+                hidden[k].append(forward_out.hidden[k][torch.arange(len(chunk)), at.to(forward_out.hidden[k].device)])
         return torch.cat(logits), {k: torch.cat(v) for k, v in hidden.items()}
 
     def _step_forward(self, act_rows: Tensor, zeros: Tensor, layers: Sequence[int]):
@@ -294,9 +294,10 @@ class Engine:
             return self._forward(feed, act_rows, zeros[: len(ids)], layers)
         span_rows = torch.arange(lo, hi + 1)
         feed = torch.tensor([[h[-1] if (h := self.history.get(r)) else 0] for r in range(lo, hi + 1)])
-        fo = self._forward(feed, span_rows, torch.zeros(span, dtype=torch.long), layers)
+        forward_out = self._forward(feed, span_rows, torch.zeros(span, dtype=torch.long), layers)
         at = act_rows - lo
-        return type(fo)(logits=fo.logits[at], hidden={k: h[at] for k, h in fo.hidden.items()})
+        hidden = {k: h[at] for k, h in forward_out.hidden.items()}
+        return type(forward_out)(logits=forward_out.logits[at], hidden=hidden)
 
     def _feed_whole_range(self, ids: list[int]) -> bool:
         """Whether feeding the idle rows of the range of `ids` (the active rows) costs a step less than gathering
@@ -425,11 +426,11 @@ class Engine:
     def _step(self, active, rows, zeros, sampling, gens, ctrl, queue, layers, passes, emit) -> list[int]:
         """One token for every active row (the plain decode step)."""
         act_rows = rows[active]
-        fo = self._step_forward(act_rows, zeros, layers)
+        forward_out = self._step_forward(act_rows, zeros, layers)
         self.cache.lengths[act_rows] += 1
-        logits = fo.logits  # [A, V]
+        logits = forward_out.logits  # [A, V]
         steered = {j: i for j, i in enumerate(active) if ctrl[i] is not None and not queue[i]}
-        row_hidden = {j: {k: h[j, 0] for k, h in fo.hidden.items()} if layers else None for j in steered}
+        row_hidden = {j: {k: h[j, 0] for k, h in forward_out.hidden.items()} if layers else None for j in steered}
         _run_batched_work([(ctrl[i], row_hidden[j]) for j, i in steered.items()])
         for j, i in enumerate(active):
             passes[i] += 1
@@ -466,8 +467,9 @@ class Engine:
         x = torch.zeros(len(active), width, dtype=torch.long)
         for j, f in enumerate(feeds):
             x[j, : len(f)] = torch.tensor(f)
-        fo = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
-        keep_upto = _mtad_lengths(fo.logits, feeds, proposals, active, spec, sampling) if spec.mtad is not None else {}
+        forward_out = self._forward(x, act_rows, None, layers)  # logits [A, T, V]
+        keep_upto = (_mtad_lengths(forward_out.logits, feeds, proposals, active, spec, sampling)
+                     if spec.mtad is not None else {})
         going, finished = set(range(len(active))), set()
         kept_in_round: dict[int, int] = {}
         for pos in range(width):
@@ -475,7 +477,7 @@ class Engine:
             if not in_run:
                 break
             steered = [j for j in in_run if ctrl[active[j]] is not None and not queue[active[j]]]
-            row_hidden = {j: {k: h[j, pos] for k, h in fo.hidden.items()} if layers else None for j in steered}
+            row_hidden = {j: {k: h[j, pos] for k, h in forward_out.hidden.items()} if layers else None for j in steered}
             _run_batched_work([(ctrl[active[j]], row_hidden[j]) for j in steered])
             for j in in_run:
                 i = active[j]
@@ -486,7 +488,7 @@ class Engine:
                 if queue[i]:
                     tok, is_forced = queue[i].popleft(), True
                 else:
-                    logits = fo.logits[j, pos]
+                    logits = forward_out.logits[j, pos]
                     if j in steered:
                         logits = ctrl[i].process_logits(logits, row_hidden[j])
                     qs = proposals.get(i, ([], []))[1]

@@ -96,19 +96,19 @@ def check_room(model: LoadedModel, longest_prompt: int, needed: int) -> int:
     return room
 
 
-def thinking_room(b: BudgetConfig, ptok: ProfileTokens, room: int) -> int:
+def thinking_room(b: BudgetConfig, profile_ids: ProfileTokens, room: int) -> int:
     """An unlimited thinking budget made finite by the context: the most thinking that still leaves `room`
     for the forced close and the whole answer, so a soft budget (guidance) that never ends still answers."""
-    return max(1, min(room - len(ptok.forcing_ids) - b.max_answer_tokens - 1 - b.max_waits * len(ptok.wait_ids),
-                      THINKING_SAFETY_CAP))
+    waits = b.max_waits * len(profile_ids.wait_ids)
+    return max(1, min(room - len(profile_ids.forcing_ids) - b.max_answer_tokens - 1 - waits, THINKING_SAFETY_CAP))
 
 
-def max_new_tokens(b: BudgetConfig, ptok: ProfileTokens) -> int:
+def max_new_tokens(b: BudgetConfig, profile_ids: ProfileTokens) -> int:
     thinking = b.max_thinking_tokens if b.max_thinking_tokens is not None else THINKING_SAFETY_CAP
-    waits = b.max_waits * len(ptok.wait_ids)
+    waits = b.max_waits * len(profile_ids.wait_ids)
     if b.wrapup:  # "**Final Answer**", up to another budget of wrap-up, the close marker
-        return 2 * thinking + waits + len(ptok.wrapup_ids) + len(ptok.close_ids) + b.max_answer_tokens + 1
-    return thinking + waits + len(ptok.forcing_ids) + b.max_answer_tokens + 1
+        return 2 * thinking + waits + len(profile_ids.wrapup_ids) + len(profile_ids.close_ids) + b.max_answer_tokens + 1
+    return thinking + waits + len(profile_ids.forcing_ids) + b.max_answer_tokens + 1
 
 
 class Admission(Protocol):
@@ -143,23 +143,25 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
     if observers is not None and len(observers) != len(prompts):
         raise ValueError(f"got {len(observers)} observers for {len(prompts)} prompts")
-    ptok = profile_tokens(model)
+    profile_ids = profile_tokens(model)
     in_answer = bool(prefill_text)
     prefill_ids = model.encode(prefill_text) if in_answer else ()
     prompts = [tuple(p) + prefill_ids for p in prompts]
     t0 = time.perf_counter()
-    room = check_room(model, max(len(p) for p in prompts), len(ptok.forcing_ids) + 16)
+    room = check_room(model, max(len(p) for p in prompts), len(profile_ids.forcing_ids) + 16)
 
     def resolved(b: BudgetConfig, room: int) -> BudgetConfig:
-        return b if b.max_thinking_tokens is not None else replace(b, max_thinking_tokens=thinking_room(b, ptok, room))
+        if b.max_thinking_tokens is not None:
+            return b
+        return replace(b, max_thinking_tokens=thinking_room(b, profile_ids, room))
 
     budgets = [resolved(b, room) for b in budgets]
-    limit = min(max(max_new_tokens(b, ptok) for b in budgets), room)
+    limit = min(max(max_new_tokens(b, profile_ids) for b in budgets), room)
     admission: Admission | None = getattr(engine, "admission", None) if speculation is None and observers else None
     if admission is not None:
         engine.reserve(len(prompts) + admission.spare_rows, max(len(p) for p in prompts) + limit)
     rows = engine.prefill(prompts, max_new_tokens=limit)
-    ctrls = [BudgetController(b, ptok, model.decode, start_in_answer=in_answer) for b in budgets]
+    ctrls = [BudgetController(b, profile_ids, model.decode, start_in_answer=in_answer) for b in budgets]
     steer = [steering(c) for c in ctrls] if steering is not None else [None] * len(ctrls)
     watch: list[Observer | None] = list(observers or [None] * len(ctrls))
     row_ctrls = [_chain(c, s, o) for c, s, o in zip(ctrls, steer, watch)]
@@ -217,7 +219,7 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
         def fits(prompt: TokenIds, b: BudgetConfig) -> bool:
             p_len = len(prompt) + len(prefill_ids)
             return p_len + limit <= min(cap, model.context_length) and \
-                max_new_tokens(resolved(b, model.context_length - p_len), ptok) <= limit
+                max_new_tokens(resolved(b, model.context_length - p_len), profile_ids) <= limit
 
         for prompt, b, observer, gen in admission.poll(fits, int((~engine.cache.in_use).sum())):
             prompt = tuple(prompt) + prefill_ids
@@ -225,9 +227,10 @@ def generate(engine: Engine, prompts: Sequence[TokenIds], budgets: Sequence[Budg
             (row,) = engine.prefill([prompt[:first]], max_new_tokens=limit + len(prompt) - first).tolist()
             room -= first
             joined.append(row)
-            c = BudgetController(resolved(b, model.context_length - len(prompt)), ptok, model.decode,
-                                 start_in_answer=in_answer)
-            joining = (c, steering(c) if steering is not None else None, observer, gen, time.perf_counter())
+            controller = BudgetController(resolved(b, model.context_length - len(prompt)), profile_ids, model.decode,
+                                          start_in_answer=in_answer)
+            joining = (controller, steering(controller) if steering is not None else None, observer, gen,
+                       time.perf_counter())
             if first >= len(prompt):
                 ready.append(hand_over(row, prompt, joining))
             else:

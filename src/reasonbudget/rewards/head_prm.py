@@ -162,17 +162,18 @@ def step_features(model, items: Sequence[tuple[str, Sequence[str]]], layers: Seq
         cache = backend.new_cache(len(chunk), width)
         wanted = tuple(sorted({*layers, *((backend.cfg.num_layers,) if logprobs else ()),
                                *((top.start,) if top is not None else ())}))
-        fo = backend(x, cache, torch.arange(len(chunk)), hidden_layers=wanted, hidden_only=True)
+        forward_out = backend(x, cache, torch.arange(len(chunk)), hidden_layers=wanted, hidden_only=True)
         if top is not None:
-            fo.hidden[backend.cfg.num_layers] = top(fo.hidden[top.start])
-        final = fo.hidden.get(backend.cfg.num_layers)
+            forward_out.hidden[backend.cfg.num_layers] = top(forward_out.hidden[top.start])
+        final = forward_out.hidden.get(backend.cfg.num_layers)
         for b, k in enumerate(chunk):
             ids, ends, first = encoded[k]
             ends = [e for e in ends if e < width]  # steps past the context are not scored
             if not ends:
                 out[k] = torch.zeros(0)
                 continue
-            hid = torch.cat([fo.hidden[layer][b, ends].float() for layer in layers] or [torch.zeros(len(ends), 0)], dim=-1)
+            hid = torch.cat([forward_out.hidden[layer][b, ends].float() for layer in layers]
+                            or [torch.zeros(len(ends), 0)], dim=-1)
             if logprobs:  # the logits of the steps' tokens only (a full [T, V] per row would be large)
                 logits = backend.lm_head(final[b, first - 1 : ends[-1]]).float()
                 lp = torch.zeros(ends[-1] + 1)

@@ -36,10 +36,11 @@ def text_features(model, texts: Sequence[str], layers: Sequence[int], *, max_bat
     out = torch.zeros(len(texts), len(layers) * backend.cfg.hidden_size)
     for chunk, x in padded_batches(encoded, max_batch_tokens):
         width = x.shape[1]
-        fo = backend(x, backend.new_cache(len(chunk), width), torch.arange(len(chunk)), hidden_layers=tuple(layers),
-                     hidden_only=True)
+        forward_out = backend(x, backend.new_cache(len(chunk), width), torch.arange(len(chunk)),
+                              hidden_layers=tuple(layers), hidden_only=True)
         last = torch.tensor([len(encoded[k]) - 1 for k in chunk])
-        feats = torch.cat([fo.hidden[layer][torch.arange(len(chunk)), last.to(fo.hidden[layer].device)].float()
+        rows = torch.arange(len(chunk))
+        feats = torch.cat([forward_out.hidden[layer][rows, last.to(forward_out.hidden[layer].device)].float()
                            for layer in layers], dim=-1)
         out[chunk] = feats.cpu()
     return out

@@ -202,7 +202,7 @@ class StepRunner(RunnerBase):
         """`lookahead`: room kept in every row past its last token (a scorer that peeks, `Engine.peek`)."""
         self.engine, self.model, self.sampling, self.cfg = engine, engine.model, sampling, cfg
         self.lookahead = lookahead
-        self.ptok = profile_tokens(self.model)
+        self.profile_ids = profile_tokens(self.model)
         self.delimiter = cfg.delimiter or self.model.profile.step_delimiter
         self.delimiter_ids = self.model.encode(self.delimiter)
         self.prompts: list[TokenIds] = []
@@ -219,8 +219,8 @@ class StepRunner(RunnerBase):
             raise ValueError(f"got {len(self.observers)} observers for {len(prompts)} prompts")
         self.prompts, self.costs = [tuple(p) for p in prompts], [PromptCost() for _ in prompts]
         longest = max(len(p) for p in prompts)
-        room = check_room(self.model, longest, len(self.ptok.forcing_ids) + 16)
-        self.capacity = longest + min(room, self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1)
+        room = check_room(self.model, longest, len(self.profile_ids.forcing_ids) + 16)
+        self.capacity = longest + min(room, self.cfg.max_tokens + len(self.profile_ids.forcing_ids) + 1)
         self.engine.reserve(sum(counts) + len(prompts) + spare_rows,
                             min(self.capacity + self.lookahead, self.model.context_length))
         self.roots = self.engine.prefill(list(prompts), max_new_tokens=self.capacity - longest).tolist()
@@ -333,7 +333,7 @@ class StepRunner(RunnerBase):
 
     # ---- generation and scoring -------------------------------------------------------------------------
     def _step_limit(self) -> int:
-        return self.cfg.max_step_tokens + len(self.ptok.forcing_ids) + self.cfg.max_answer_tokens + 1
+        return self.cfg.max_step_tokens + len(self.profile_ids.forcing_ids) + self.cfg.max_answer_tokens + 1
 
     def extend(self, particles: Sequence[Particle], generators: Sequence[Generator], *,
                to_end: bool = False) -> list[Particle]:
@@ -352,7 +352,7 @@ class StepRunner(RunnerBase):
             for i, js in per_prompt.items():
                 gens.update(zip(js, child_generators(generators[i], len(js))))
         budget_cfg = BudgetConfig(max_thinking_tokens=None, max_answer_tokens=self.cfg.max_answer_tokens)
-        budgets = [BudgetController(budget_cfg, self.ptok, self.model.decode) for _ in active]
+        budgets = [BudgetController(budget_cfg, self.profile_ids, self.model.decode) for _ in active]
         # a particle on its last allowed step runs to the end of its answer, so that it has one
         last = [to_end or len(particles[j].steps) >= self.cfg.max_steps - 1 for j in active]
         ctrls = [_StepController(b, MarkerDetector(self.delimiter, self.model.decode, self.delimiter_ids,
@@ -362,7 +362,7 @@ class StepRunner(RunnerBase):
                  for j, b, end in zip(active, budgets, last)]
         rows = torch.tensor([particles[j].row for j in active], dtype=torch.long)
         longest = max(len(self.engine.tokens(r)) for r in rows.tolist())
-        per_call = self.cfg.max_tokens + len(self.ptok.forcing_ids) + 1 if any(last) else self._step_limit()
+        per_call = self.cfg.max_tokens + len(self.profile_ids.forcing_ids) + 1 if any(last) else self._step_limit()
         limit = max(1, min(per_call, self.capacity - longest))
         decoded = self.engine.decode(rows, max_new_tokens=limit, sampling=self.sampling,
                                      generator=[gens[j] for j in active] if gens else None, controllers=ctrls)

@@ -46,14 +46,14 @@ def top_inputs(model, labelled: Sequence[LabelledProblem], layers: Sequence[int]
     n = len(encoded)
     states, ends, frozen = [torch.zeros(0)] * n, [[] for _ in range(n)], [torch.zeros(0)] * n
     for chunk, x in padded_batches([e[0][:limit] for e in encoded], max_batch_tokens):
-        fo = backend(x, backend.new_cache(len(chunk), x.shape[1]), torch.arange(len(chunk)),
+        forward_out = backend(x, backend.new_cache(len(chunk), x.shape[1]), torch.arange(len(chunk)),
                      hidden_layers=(start, *frozen_layers), hidden_only=True)
         for b, k in enumerate(chunk):
             e = [i for i in encoded[k][1] if i < x.shape[1]]  # steps past the context are not scored
             ends[k] = e
             if e:
-                states[k] = fo.hidden[start][b, : e[-1] + 1].clone()
-                frozen[k] = torch.cat([fo.hidden[la][b, e].float() for la in frozen_layers]
+                states[k] = forward_out.hidden[start][b, : e[-1] + 1].clone()
+                frozen[k] = torch.cat([forward_out.hidden[la][b, e].float() for la in frozen_layers]
                                       or [torch.zeros(len(e), 0)], dim=-1).clone()
     return TopInputs(states, ends, frozen)
 
