@@ -28,8 +28,9 @@ the default particle filter, weighted best-of-N and greedy.
 
 --json prints {"rows": [{"method", "prm", "n", "accuracy", "ci_low", "ci_high", "mean_generated_tokens",
 "mean_prm_calls", "mean_prm_tokens", "mean_wall_seconds"}...], "paired": [{"a", "b", "diff", "diff_ci_low",
-"diff_ci_high", "p", ...}...]}: weighted best-of-N against majority vote at each N (the same samples), particle
-filtering against weighted best-of-N and against greedy (problem-level bootstrap and sign-flip test).
+"diff_ci_high", "p", ...}...]}: weighted best-of-N against majority vote at each N (the same samples); particle
+filtering, beam search and DVTS against weighted best-of-N, greedy and particle filtering at the same N, and DVTS
+against beam search (problem-level bootstrap and sign-flip test).
 """
 
 from __future__ import annotations
@@ -116,12 +117,7 @@ def measure(args) -> dict:
             report_k = {key: [c for c in cs if c["problem_id"] in first] for key, cs in cells.items()}
             extra["rows_first_k"] = {"problems": k, "rows": rows_of(report_k)}
     filters = ["particle-filter"] + [variant_label(opts) for opts in args.particle_variant]
-    pairs = [paired(cells, a, b) for n in args.ns
-             for a, b in [(("weighted-best-of-n", scorer, n), ("majority-vote", "-", n))]
-             + [((f, scorer, n), b) for f in filters
-                for b in (("weighted-best-of-n", scorer, n), ("greedy", "-", 1), ("particle-filter", scorer, n))
-                if b[0] != f]
-             if a in cells and b in cells]
+    pairs = paired_tests(cells, scorer, filters, args.ns + args.search_ns)
     return {"rows": rows_of(cells), "paired": pairs, **extra, "judges": judges, "seconds": round(time.time() - t0, 1),
             "settings": {"model": args.model, "dtype": args.dtype, "task": "gsm8k", "limit": args.limit,
                          "ns": list(args.ns), "particle_ns": list(args.particle_ns),
@@ -130,6 +126,27 @@ def measure(args) -> dict:
                          "judge_model": args.judge_model,
                          "judge_model_problems": args.judge_model_problems, "judge_model_ns": list(args.judge_model_ns),
                          "temperature": TEMPERATURE, "max_tokens": args.max_tokens, "threads": args.threads}}
+
+
+def paired_tests(cells, scorer: str, filters: list[str], ns) -> list[dict]:
+    """Per-problem paired tests at each N: weighted best-of-N against majority vote (the same samples); each
+    particle filter, beam search and DVTS against weighted best-of-N, greedy and the default particle filter;
+    DVTS against beam search. Only pairs whose both cells ran."""
+    def at(method: str, n: int) -> tuple:
+        return ("greedy", "-", 1) if method == "greedy" else (method, "-" if method == "majority-vote" else scorer, n)
+
+    against = {**{f: ["weighted-best-of-n", "greedy", "particle-filter"] for f in filters},
+               "beam-search": ["weighted-best-of-n", "greedy", "particle-filter"],
+               "dvts": ["weighted-best-of-n", "greedy", "particle-filter", "beam-search"],
+               "weighted-best-of-n": ["majority-vote"]}
+    pairs = []
+    for n in dict.fromkeys(sorted(ns)):
+        for a_method in ("weighted-best-of-n", *filters, "beam-search", "dvts"):
+            for b_method in against[a_method]:
+                a, b = at(a_method, n), at(b_method, n)
+                if a != b and a in cells and b in cells:
+                    pairs.append(paired(cells, a, b))
+    return pairs
 
 
 def same_samples(records: list[dict], reference: dict[str, dict]) -> bool:
